@@ -1,0 +1,84 @@
+"""Candidates: source text that defines ``class ModelNew(nn.Module)`` (the KernelBench convention).
+
+A candidate is plain data so it can cross a process boundary as JSON. Its identity is the hash of its
+*normalised* source: the source parsed and unparsed by :mod:`ast`, so comments, blank lines and
+formatting do not make two otherwise identical kernels count as different candidates.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+Language = Literal["torch", "triton", "cuda"]
+LANGUAGES: tuple[str, ...] = ("torch", "triton", "cuda")
+
+
+def normalise_source(source: str) -> str:
+    """Return a canonical form of ``source`` (comments and layout removed) for hashing."""
+    try:
+        return ast.unparse(ast.parse(source))
+    except SyntaxError:
+        # Not valid Python: hash what is there, minus trailing spaces and blank lines, so a broken
+        # candidate still has a stable identity (and still fails with compile_error when evaluated).
+        lines = [line.rstrip() for line in source.splitlines()]
+        return "\n".join(line for line in lines if line)
+
+
+def source_hash(source: str) -> str:
+    """sha256 of the normalised source, as 16 hex digits (enough to tell candidates of one run apart)."""
+    return hashlib.sha256(normalise_source(source).encode()).hexdigest()[:16]
+
+
+_CUDA_MARKERS = re.compile(r"load_inline|cpp_extension|__global__")
+_TRITON_MARKERS = re.compile(r"^\s*(import triton|from triton)|@triton\.jit", re.MULTILINE)
+
+
+def detect_language(source: str) -> Language:
+    """Guess the candidate's language from its source (CUDA C++ wins over Triton over torch)."""
+    if _CUDA_MARKERS.search(source):
+        return "cuda"
+    if _TRITON_MARKERS.search(source):
+        return "triton"
+    return "torch"
+
+
+@dataclass
+class Candidate:
+    """One implementation to evaluate.
+
+    ``labels`` name deliberate departures from the task's semantics (``"bf16 compute"``, ``"tf32"``):
+    such a candidate is still judged against the task's own high-precision reference, and reports
+    carry the label. ``lineage`` records where the candidate came from (parents, mutation, mutator,
+    generation) once a search produces it.
+    """
+
+    name: str
+    source: str
+    language: str = ""
+    labels: list[str] = field(default_factory=list)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    genome: dict[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.language:
+            self.language = detect_language(self.source)
+        if self.language not in LANGUAGES:
+            raise ValueError(f"candidate {self.name!r}: language must be one of {LANGUAGES}, got {self.language!r}")
+
+    @property
+    def hash(self) -> str:
+        return source_hash(self.source)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["hash"] = self.hash
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Candidate:
+        fields = {k: data[k] for k in ("name", "source", "language", "labels", "lineage", "genome") if k in data}
+        return cls(**fields)

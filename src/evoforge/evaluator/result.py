@@ -1,0 +1,73 @@
+"""EvalResult: what the evaluator says about one candidate. Plain data, JSON both ways.
+
+A failure is a status, never an exception: ``ok`` (correct, passed every guard, timed),
+``compile_error`` (source or kernel did not build), ``runtime_error`` (raised when called),
+``incorrect`` (wrong values, shape or dtype, or NaN/Inf), ``rejected`` (a guard caught it cheating:
+inputs written, stale output reused, global flags or torch patched, work left on a side stream),
+``timeout`` (a stage ran past its time limit), ``crashed`` (the worker process died: segfault,
+``os._exit``, CUDA error, out of memory, output limit).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from evoforge.timing import TimingStats
+
+STATUSES = ("ok", "compile_error", "runtime_error", "incorrect", "rejected", "timeout", "crashed")
+
+
+@dataclass
+class CaseCheck:
+    """One input set's comparison with the reference."""
+
+    case: str
+    ok: bool
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    detail: str = ""
+
+
+@dataclass
+class EvalResult:
+    name: str
+    hash: str
+    status: str
+    detail: str = ""
+    role: str = "candidate"
+    language: str = "torch"
+    labels: list[str] = field(default_factory=list)
+    max_abs_err: float | None = None
+    max_rel_err: float | None = None
+    checks: list[CaseCheck] = field(default_factory=list)
+    timing: dict[str, TimingStats] = field(default_factory=dict)
+    timing_errors: dict[str, str] = field(default_factory=dict)
+    speedup: dict[str, dict[str, float]] = field(default_factory=dict)
+    fitness: float = 0.0
+    fitness_mode: str | None = None
+    best_baseline: str | None = None
+    logs: str = ""
+    seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.status not in STATUSES:
+            raise ValueError(f"unknown status {self.status!r}")
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def latency(self, mode: str) -> float | None:
+        stats = self.timing.get(mode)
+        return stats.median_us if stats else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EvalResult:
+        data = dict(data)
+        data["checks"] = [CaseCheck(**c) for c in data.get("checks", [])]
+        data["timing"] = {m: TimingStats.from_dict(t) for m, t in data.get("timing", {}).items()}
+        return cls(**data)

@@ -1,0 +1,397 @@
+"""The evaluator's driver side: runs workers, survives them, and turns their records into results.
+
+Every evaluation runs in a fresh worker process (``python -m evoforge.evaluator.worker``) started in
+its own session and scratch directory, with a scrubbed environment (no API keys or tokens), resource
+limits (no core files, a file-size cap; an address-space cap on CPU-only runs, where it does not break
+CUDA) and a watchdog that polls the worker's resident memory. The worker writes one progress line per
+stage, so when it dies (segfault, ``os._exit``, CUDA error, out of memory) or outlives a stage's time
+limit, the entry it was working on gets ``crashed`` or ``timeout`` and a fresh worker takes the
+entries that remain. Baselines and candidates are checked and timed by the same worker, interleaved,
+so their ratio is measured under the same conditions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evoforge.candidate import Candidate
+from evoforge.evaluator.result import CaseCheck, EvalResult
+from evoforge.task import TaskError, TaskSpec
+from evoforge.timing import MODES, TimingConfig, TimingStats
+
+_SECRET = re.compile(r"(_API_KEY|_TOKEN|SECRET|PASSWORD|PASSWD|_KEY)$|^AWS_|^GH_|^GITHUB_TOKEN", re.IGNORECASE)
+
+
+class EvaluatorError(Exception):
+    """The evaluator itself could not work (the worker can't start at all). One line."""
+
+
+def _default_memory_limit_mb() -> int:
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    except (ValueError, OSError):
+        total = 16 * 1024
+    return int(min(32 * 1024, total * 0.75))
+
+
+@dataclass
+class EvalConfig:
+    """How candidates are evaluated. Defaults suit a GPU; tests shrink timeouts and budgets."""
+
+    device: str = "auto"
+    n_random: int = 3
+    edge_cases: bool = True
+    modes: tuple[str, ...] = MODES
+    timing: TimingConfig = field(default_factory=TimingConfig)
+    fitness_mode: str | None = None  # None: graph on CUDA, eager on a CPU
+    timeout_s: float = 300.0  # per stage of one entry (import+checks, or one block of timing reps)
+    startup_timeout_s: float = 600.0  # worker start, task load, reference outputs
+    memory_limit_mb: int = field(default_factory=_default_memory_limit_mb)
+    file_size_limit_mb: int = 512
+    seed: int | None = None
+    side_stream_guard: bool = True
+    keep_workdir: bool = False
+
+    def worker_view(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["modes"] = list(self.modes)
+        return data
+
+
+@dataclass
+class EvalReport:
+    """Everything one evaluation produced: a result per entry plus the environment it ran in."""
+
+    results: list[EvalResult]
+    env: dict[str, Any]
+    seeds: list[int]
+    workers: int
+
+    def by_name(self) -> dict[str, EvalResult]:
+        return {r.name: r for r in self.results}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"env": self.env, "seeds": self.seeds, "workers": self.workers,
+                "results": [r.to_dict() for r in self.results]}
+
+
+@dataclass
+class _Entry:
+    candidate: Candidate
+    role: str
+
+    def job(self) -> dict[str, Any]:
+        c = self.candidate
+        return {"name": c.name, "source": c.source, "hash": c.hash, "language": c.language,
+                "labels": c.labels, "role": self.role}
+
+
+@dataclass
+class _WorkerOutcome:
+    records: list[dict[str, Any]]
+    returncode: int | None
+    stage: str
+    killed: str | None  # "timeout" or "memory" when the parent killed it
+    log_tail: str
+
+
+class Evaluator:
+    """Evaluate candidates against a task, beside the task's baselines, in worker processes."""
+
+    def __init__(self, task: TaskSpec, config: EvalConfig | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.task = task
+        self.config = config or EvalConfig()
+        self.progress = progress or (lambda message: None)
+
+    def evaluate(self, candidates: list[Candidate], baselines: list[Candidate] = ()) -> EvalReport:  # type: ignore[assignment]
+        entries = [_Entry(c, "candidate") for c in candidates] + [_Entry(b, "baseline") for b in baselines]
+        if not entries:
+            raise ValueError("nothing to evaluate")
+        names = [e.candidate.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"entry names must be unique: {names}")
+        final: dict[int, EvalResult] = {}
+        pending = list(range(len(entries)))
+        env: dict[str, Any] = {}
+        seeds: list[int] = []
+        workers = 0
+        while pending:
+            workers += 1
+            outcome = self._run_worker([entries[i] for i in pending])
+            records = outcome.records
+            for rec in records:
+                if rec["kind"] == "job_error":
+                    raise TaskError(rec["message"])
+                if rec["kind"] == "env" and not env:
+                    env = rec["env"]
+                if rec["kind"] == "seed":
+                    seeds.append(rec["seed"])
+            checks = {rec["index"]: rec for rec in records if rec["kind"] == "check"}
+            timings = {rec["index"]: rec for rec in records if rec["kind"] == "timing"}
+            clean = outcome.returncode == 0 and outcome.stage == "done"
+            if clean:
+                for local, idx in enumerate(pending):
+                    final[idx] = self._result(entries[idx], checks.get(local), timings.get(local))
+                break
+            culprit = _culprit(outcome.stage, checks)
+            if culprit is None:
+                raise EvaluatorError(_startup_failure(outcome))
+            idx = pending[culprit]
+            final[idx] = self._casualty(entries[idx], outcome, checks.get(culprit))
+            self.progress(f"{entries[idx].candidate.name}: {final[idx].status} ({final[idx].detail}); "
+                          "restarting the worker for the rest")
+            pending.remove(idx)
+        results = [final[i] for i in range(len(entries))]
+        _score(results, self._fitness_mode(env))
+        return EvalReport(results=results, env=env, seeds=seeds, workers=workers)
+
+    # ---------------------------------------------------------------- one worker
+    def _run_worker(self, entries: list[_Entry]) -> _WorkerOutcome:
+        cfg = self.config
+        workdir = Path(tempfile.mkdtemp(prefix="evoforge-worker-"))
+        job = {"task": self.task.to_dict(), "entries": [e.job() for e in entries], "config": cfg.worker_view()}
+        (workdir / "job.json").write_text(json.dumps(job))
+        out_path, err_path = workdir / "stdout.log", workdir / "stderr.log"
+        killed: str | None = None
+        with open(out_path, "wb") as out, open(err_path, "wb") as err:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "evoforge.evaluator.worker", str(workdir / "job.json")],
+                cwd=workdir, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=self._env(),
+                start_new_session=True, preexec_fn=self._limits(),
+            )
+            stage, stage_since = "", time.monotonic()
+            try:
+                while proc.poll() is None:
+                    time.sleep(0.05)
+                    now_stage = _last_line(workdir / "progress")
+                    if now_stage != stage:
+                        stage, stage_since = now_stage, time.monotonic()
+                        self._report_stage(stage, entries)
+                    limit = cfg.timeout_s if stage.split(" ")[0] in ("check", "time", "recheck") \
+                        else cfg.startup_timeout_s
+                    if time.monotonic() - stage_since > limit:
+                        killed = "timeout"
+                    elif _rss_mb(proc.pid) > cfg.memory_limit_mb:
+                        killed = "memory"
+                    if killed:
+                        _kill_group(proc)
+                        break
+            finally:
+                if proc.poll() is None:
+                    _kill_group(proc)
+                proc.wait()
+        stage = _last_line(workdir / "progress")
+        records = _read_records(workdir / "results.jsonl")
+        tail = _log_tail(err_path) or _log_tail(out_path)
+        if not cfg.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return _WorkerOutcome(records, proc.returncode, stage, killed, tail)
+
+    def _report_stage(self, stage: str, entries: list[_Entry]) -> None:
+        parts = stage.split(" ")
+        if parts[0] in ("check", "recheck") and len(parts) > 1:
+            self.progress(f"{parts[0]}ing {entries[int(parts[1])].candidate.name}")
+        elif parts[0] in ("startup", "load"):
+            self.progress({"startup": "starting a worker", "load": "computing reference outputs"}[parts[0]])
+        elif parts[0] == "time" and len(parts) > 2:
+            self.progress(f"timing {entries[int(parts[1])].candidate.name} ({parts[2]})")
+
+    def _env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not _SECRET.search(k)}
+        src = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env["PYTHONUNBUFFERED"] = "1"
+        env.setdefault("PYTHONFAULTHANDLER", "1")
+        return env
+
+    def _limits(self) -> Callable[[], None]:
+        """The child's resource limits, decided here and applied between fork and exec."""
+        fsize = self.config.file_size_limit_mb * 2**20
+        # An address-space cap breaks CUDA (it reserves huge virtual ranges): CPU-only runs get it,
+        # GPU runs rely on the RSS watchdog.
+        cpu_only = self.config.device == "cpu" or (self.config.device == "auto" and not _has_cuda_device())
+        address_space = self.config.memory_limit_mb * 2**20 if cpu_only else None
+
+        def apply() -> None:
+            resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+            if address_space is not None:
+                resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+
+        return apply
+
+    # ---------------------------------------------------------------- results
+    def _result(self, entry: _Entry, check: dict[str, Any] | None, timed: dict[str, Any] | None) -> EvalResult:
+        c = entry.candidate
+        base = {"name": c.name, "hash": c.hash, "role": entry.role, "language": c.language, "labels": c.labels}
+        if check is None:
+            return EvalResult(**base, status="crashed", detail="no result from the worker")
+        result = EvalResult(
+            **base, status=check["status"], detail=check.get("detail", ""),
+            max_abs_err=check.get("max_abs_err"), max_rel_err=check.get("max_rel_err"),
+            checks=[CaseCheck(**x) for x in check.get("checks", [])],
+            logs=check.get("logs", ""), seconds=check.get("seconds", 0.0),
+        )
+        if check.get("guard_note"):
+            result.logs = (result.logs + "\n" + check["guard_note"]).strip()
+        if timed is not None:
+            result.timing = {m: TimingStats.from_dict(s) for m, s in timed["timing"].items()}
+            result.timing_errors = dict(timed.get("timing_errors", {}))
+            result.checks += [CaseCheck(**x) for x in timed.get("checks", [])]
+            if timed.get("logs"):
+                result.logs = (result.logs + "\n" + timed["logs"]).strip()
+            if timed.get("final"):
+                result.status, result.detail = timed["final"]["status"], timed["final"]["detail"]
+                result.timing = {}
+            elif not result.timing:
+                result.status = "runtime_error"
+                result.detail = "could not be timed: " + "; ".join(f"{m}: {e}" for m, e in result.timing_errors.items())
+        return result
+
+    def _casualty(self, entry: _Entry, outcome: _WorkerOutcome, check: dict[str, Any] | None) -> EvalResult:
+        """The result of the entry a worker died (or was killed) on."""
+        c = entry.candidate
+        stage = outcome.stage.split(" ")[0]
+        if check is not None and check.get("fatal"):
+            status, detail = check["status"], check["detail"]
+        elif outcome.killed == "timeout":
+            limit = self.config.timeout_s
+            status, detail = "timeout", f"{stage} stage ran past its {limit:g} s limit"
+        elif outcome.killed == "memory":
+            status, detail = "crashed", f"out of memory: worker passed the {self.config.memory_limit_mb} MiB limit"
+        else:
+            status, detail = "crashed", _describe_exit(outcome.returncode, stage, outcome.log_tail)
+        return EvalResult(name=c.name, hash=c.hash, status=status, detail=detail, role=entry.role,
+                          language=c.language, labels=c.labels, logs=outcome.log_tail)
+
+    def _fitness_mode(self, env: dict[str, Any]) -> str:
+        if self.config.fitness_mode:
+            return self.config.fitness_mode
+        return "graph" if env.get("device_type") == "cuda" and "graph" in self.config.modes else "eager"
+
+
+def _score(results: list[EvalResult], preferred_mode: str) -> None:
+    """Speedups against every baseline, and fitness = fastest baseline / candidate latency.
+
+    A baseline with the same source hash as the entry is left out of the entry's own comparison
+    (so a PyTorch path measured as a candidate is compared with the *other* paths). Fitness uses
+    ``preferred_mode`` where the entry has a timing in it, else eager, and says which it used.
+    """
+    baselines = [r for r in results if r.role == "baseline" and r.ok]
+    for r in results:
+        r.speedup = {}
+        for mode, stats in r.timing.items():
+            r.speedup[mode] = {
+                b.name: b.timing[mode].median_us / stats.median_us
+                for b in baselines if b.hash != r.hash and mode in b.timing and stats.median_us > 0
+            }
+        if not r.ok:
+            r.fitness, r.fitness_mode, r.best_baseline = 0.0, None, None
+            continue
+        mode = preferred_mode if preferred_mode in r.timing else ("eager" if "eager" in r.timing else None)
+        ratios = r.speedup.get(mode, {}) if mode else {}
+        r.fitness_mode = mode
+        if ratios:
+            r.best_baseline = min(ratios, key=ratios.__getitem__)
+            r.fitness = ratios[r.best_baseline]
+        else:
+            r.best_baseline, r.fitness = None, 0.0
+
+
+# -------------------------------------------------------------------- helpers
+def _culprit(stage: str, checks: dict[int, dict[str, Any]]) -> int | None:
+    parts = stage.split(" ")
+    if parts[0] in ("check", "time", "recheck") and len(parts) > 1:
+        return int(parts[1])
+    fatal = [i for i, rec in checks.items() if rec.get("fatal")]
+    return fatal[0] if fatal else None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    lines = data.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _read_records(path: Path) -> list[dict[str, Any]]:
+    records = []
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return records
+    for line in text.splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break  # a record cut short by the worker's death
+    return records
+
+
+def _log_tail(path: Path, limit: int = 4000) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(size - limit, 0))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return ("..." if size > limit else "") + text.strip()
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+
+
+def _describe_exit(code: int | None, stage: str, log: str) -> str:
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        if name == "SIGXFSZ":
+            return f"worker killed by {name} during {stage}: output file size limit exceeded"
+        return f"worker killed by {name} during {stage}"
+    last = log.strip().splitlines()[-1] if log.strip() else ""
+    return f"worker exited with code {code} during {stage}" + (f": {last[:200]}" if last else "")
+
+
+def _startup_failure(outcome: _WorkerOutcome) -> str:
+    last = outcome.log_tail.strip().splitlines()[-1] if outcome.log_tail.strip() else "no output"
+    what = "timed out" if outcome.killed == "timeout" else f"exited with code {outcome.returncode}"
+    return f"evaluation worker {what} during {outcome.stage or 'startup'}: {last[:300]}"
+
+
+def _has_cuda_device() -> bool:
+    # Cheap check usable between fork and exec: no CUDA initialisation in the parent.
+    return any(Path("/dev").glob("nvidia[0-9]*")) and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""

@@ -1,0 +1,464 @@
+"""The evaluator's worker: one process that checks and times a list of entries for one task.
+
+Started by :mod:`evoforge.evaluator.runner` as ``python -m evoforge.evaluator.worker JOB.json`` in a
+scratch directory. It talks back only through files beside the job: ``progress`` (one line per stage,
+so the parent knows whom to blame if this process dies) and ``results.jsonl`` (one JSON record per
+finished step). Order of work:
+
+1. load the task, draw every input set (fresh seeds) and compute every reference output in high
+   precision, *before* any candidate code is imported;
+2. per entry: import/compile, call on each input set, compare with the reference, run the guards;
+3. time every entry that passed, interleaved, on a fresh input set (one timing module for all);
+4. per timed entry: check once more on another fresh input set (a result cached during timing fails).
+
+A CUDA error or out-of-memory during an entry ends the process after its record is written (exit
+code 3): the parent starts a fresh worker for the entries that remain.
+"""
+
+from __future__ import annotations
+
+import copy
+import faulthandler
+import io
+import json
+import os
+import random
+import sys
+import time
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+FATAL_EXIT = 3
+
+
+class _CappedStream(io.TextIOBase):
+    """sys.stdout/sys.stderr for candidate code: keeps the first ``limit`` characters of each
+    section (per entry) for its result's logs, passes at most ``file_limit`` characters on to the
+    real file, and drops the rest, counting it. A candidate that prints megabytes costs nothing."""
+
+    def __init__(self, fd_stream: Any, limit: int, file_limit: int) -> None:
+        self.fd_stream = fd_stream
+        self.limit = limit
+        self.file_limit = file_limit
+        self.written = 0
+        self.section: list[str] = []
+        self.section_len = 0
+        self.dropped = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:  # type: ignore[override]
+        if self.written < self.file_limit:
+            chunk = text[: self.file_limit - self.written]
+            self.fd_stream.write(chunk)
+            self.written += len(chunk)
+        room = self.limit - self.section_len
+        if room > 0:
+            self.section.append(text[:room])
+            self.section_len += min(len(text), room)
+        self.dropped += max(len(text) - max(room, 0), 0)
+        return len(text)
+
+    def flush(self) -> None:
+        self.fd_stream.flush()
+
+    def take(self) -> str:
+        text = "".join(self.section)
+        if self.dropped:
+            text += f"\n[... {self.dropped} more characters dropped]"
+        self.section, self.section_len, self.dropped = [], 0, 0
+        return text
+
+
+class _Worker:
+    def __init__(self, job_path: Path) -> None:
+        self.dir = job_path.parent
+        self.job = json.loads(job_path.read_text())
+        self.cfg = self.job["config"]
+        self.progress = open(self.dir / "progress", "a", buffering=1)  # noqa: SIM115
+        self.results = open(self.dir / "results.jsonl", "a", buffering=1)  # noqa: SIM115
+        limit = int(self.cfg.get("log_limit_chars", 16_000))
+        file_limit = int(self.cfg.get("file_log_limit_chars", 1_000_000))
+        self.out = _CappedStream(sys.__stdout__, limit, file_limit)
+        self.err = _CappedStream(sys.__stderr__, limit, file_limit)
+        sys.stdout, sys.stderr = self.out, self.err  # type: ignore[assignment]
+
+    def stage(self, text: str) -> None:
+        self.progress.write(text + "\n")
+        self.progress.flush()
+
+    def emit(self, record: dict[str, Any]) -> None:
+        self.results.write(json.dumps(record, default=_json_default) + "\n")
+        self.results.flush()
+
+    def logs(self) -> str:
+        out, err = self.out.take(), self.err.take()
+        return (out + ("\n" if out and err else "") + err).strip()
+
+    # ---------------------------------------------------------------- main
+    def run(self) -> int:
+        self.stage("startup")
+        import torch
+
+        from evoforge import envinfo, timing
+        from evoforge.evaluator import guards
+        from evoforge.task import TaskError, TaskSpec, init_inputs, load_task
+
+        self.torch, self.guards, self.timing = torch, guards, timing
+        self.device = _pick_device(self.cfg.get("device", "auto"))
+        # The reference runs in true fp32/fp64: no TF32 anywhere unless a candidate sets it itself.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        self.emit({"kind": "env", "env": envinfo.collect(self.device)})
+
+        self.stage("load")
+        spec = TaskSpec.from_dict(self.job["task"])
+        seed = self.cfg.get("seed")
+        self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(1, 2**31 - 1)
+        try:
+            self.task = load_task(spec, module_name="evoforge_task")
+            self.init_inputs = init_inputs(self.task)
+            self.cases = self._cases()
+        except TaskError as exc:
+            self.emit({"kind": "job_error", "message": str(exc)})
+            return 0
+        self.emit({"kind": "seed", "seed": self.seed})
+        self.logs()
+
+        self.patch_state = guards.patch_snapshot()
+        self.flag_state = guards.flags_snapshot()
+        models: dict[int, Any] = {}
+        for index, entry in enumerate(self.job["entries"]):
+            self.stage(f"check {index}")
+            record, model = self._check(entry)
+            record["logs"] = self.logs()
+            self.emit({"kind": "check", "index": index, **record})
+            if record.get("fatal"):
+                return FATAL_EXIT
+            if model is not None:
+                models[index] = model
+
+        self._time(models)
+        self.stage("done")
+        return 0
+
+    # ---------------------------------------------------------------- inputs and references
+    def _cases(self) -> list[dict[str, Any]]:
+        from evoforge.task import TaskError, edge_inputs, make_inputs
+
+        torch = self.torch
+        n_random = int(self.cfg.get("n_random", 3))
+        draws = [(f"random seed={self.seed + i}", make_inputs(self.task, self.seed + i)) for i in range(n_random)]
+        if self.cfg.get("edge_cases", True):
+            draws += edge_inputs(self.task, self.seed + n_random)
+        ref_dtype = torch.float64 if self.device.type == "cpu" else torch.float32
+        torch.manual_seed(self.seed)
+        try:
+            base = self.task.model_cls(*self.init_inputs)
+        except Exception as exc:
+            raise TaskError(f"{self.task.spec.origin}: constructing Model raised {_one_line(exc)}") from None
+        reference = copy.deepcopy(base).to(device=self.device, dtype=ref_dtype).eval()
+        native = base.to(self.device).eval()
+        cases = [c for name, inputs in draws if (c := self._case(name, inputs, reference, native, ref_dtype))]
+        self.timing_inputs = [_to(x, self.device) for x in make_inputs(self.task, self.seed + 1000)]
+        final = self._case("after timing", make_inputs(self.task, self.seed + 2000), reference, native, ref_dtype)
+        if final is None:
+            raise TaskError(f"{self.task.spec.origin}: Model's output has NaN/Inf on random inputs")
+        self.final_case = final
+        return cases
+
+    def _case(self, name: str, inputs: list[Any], reference: Any, native: Any, ref_dtype: Any) -> dict | None:
+        """One input set with its high-precision reference output and the native output dtypes."""
+        from evoforge.task import TaskError
+
+        torch = self.torch
+        dev_inputs = [_to(x, self.device) for x in inputs]
+        hi_inputs = [_to(x, self.device, ref_dtype) for x in inputs]
+        try:
+            with torch.no_grad():
+                ref = self.guards.tensors_in(reference(*hi_inputs))
+                like = self.guards.tensors_in(native(*dev_inputs))
+        except Exception as exc:
+            raise TaskError(
+                f"{self.task.spec.origin}: Model raised on its own inputs ({name}): {_one_line(exc)}"
+            ) from None
+        if not ref:
+            raise TaskError(f"{self.task.spec.origin}: Model's forward returned no tensor")
+        if not all(bool(torch.isfinite(r).all()) for r in ref if r.is_floating_point()):
+            if name.startswith("random"):
+                raise TaskError(f"{self.task.spec.origin}: Model's output has NaN/Inf on random inputs")
+            return None  # an edge case the reference itself can't represent is no test
+        # The task's own Model, run in its native dtype, sets a floor under the tolerance: a case on
+        # which the specification itself is off by more than the dtype's atol is judged at twice
+        # the Model's own error, so the bar never asks more than the task's precision can give.
+        native_err = [
+            float((n.to(r.dtype) - r).abs().max()) if r.is_floating_point() and n.numel() and n.shape == r.shape
+            else 0.0
+            for n, r in zip(like, ref, strict=False)
+        ]
+        return {"name": name, "inputs": dev_inputs, "ref": ref, "native_err": native_err,
+                "expect": [(tuple(t.shape), t.dtype) for t in like]}
+
+    # ---------------------------------------------------------------- checking
+    def _check(self, entry: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        from evoforge.task import import_source
+
+        torch, guards = self.torch, self.guards
+        started = time.perf_counter()
+        record: dict[str, Any] = {"checks": []}
+
+        def done(status: str, detail: str, **extra: Any) -> tuple[dict[str, Any], Any]:
+            record.update(status=status, detail=detail, seconds=time.perf_counter() - started, **extra)
+            return record, None
+
+        name = entry["name"]
+        try:
+            module = import_source(entry["source"], f"evoforge_candidate_{entry['hash']}", f"<{name}>")
+        except SyntaxError as exc:
+            return done("compile_error", f"syntax error at line {exc.lineno}: {exc.msg}")
+        except BaseException as exc:
+            return self._failure(done, exc, "compile_error", "importing the candidate raised")
+        cls = getattr(module, "ModelNew", None)
+        if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+            return done("compile_error", "the source defines no `class ModelNew(nn.Module)`")
+        try:
+            torch.manual_seed(self.seed)
+            model = cls(*self.init_inputs).to(self.device).eval()
+        except BaseException as exc:
+            return self._failure(done, exc, "compile_error", "constructing ModelNew raised")
+        if reason := guards.patched(self.patch_state):
+            return done("rejected", reason)
+
+        history: list[tuple[list[Any], list[Any]]] = []
+        worst_abs = worst_rel = 0.0
+        for case in self.cases:
+            verdict = self._call_and_compare(model, case, history, record)
+            if verdict is not None:
+                return done(*verdict, max_abs_err=_finite(worst_abs), max_rel_err=_finite(worst_rel))
+            last = record["checks"][-1]
+            worst_abs = max(worst_abs, last["max_abs_err"] or 0.0)
+            worst_rel = max(worst_rel, last["max_rel_err"] or 0.0)
+
+        if self.device.type == "cuda" and self.cfg.get("side_stream_guard", True):
+            try:
+                reason = guards.side_stream_work(model, self.cases[0]["inputs"], self.device)
+            except Exception as exc:  # the profiler is a helper, not the judge: note and go on
+                reason = None
+                record["guard_note"] = f"side-stream guard unavailable: {_one_line(exc)}"
+            if reason:
+                return done("rejected", reason, max_abs_err=worst_abs, max_rel_err=worst_rel)
+        record.update(status="ok", detail="", max_abs_err=worst_abs, max_rel_err=worst_rel,
+                      seconds=time.perf_counter() - started)
+        return record, model
+
+    def _call_and_compare(self, model: Any, case: dict[str, Any], history: list[Any],
+                          record: dict[str, Any]) -> tuple[str, str] | None:
+        """Call the model on one case; return (status, detail) on failure, None if it passed."""
+        torch, guards = self.torch, self.guards
+        inputs = case["inputs"]
+        copies = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        guards.poison_allocator([t.numel() * t.element_size() for t in case["ref"]], self.device)
+        try:
+            with torch.no_grad():
+                out = model(*inputs)
+            _sync(torch, self.device)
+        except BaseException as exc:
+            failure = self._classify(exc, "runtime_error")
+            return failure[0], f"{case['name']}: {failure[1]}"
+        if reason := guards.flags_changed(self.flag_state):
+            return "rejected", reason
+        if reason := guards.patched(self.patch_state):
+            return "rejected", reason
+        if reason := guards.inputs_written(inputs, copies):
+            return "rejected", reason
+        outs = guards.tensors_in(out)
+        check = _compare(torch, outs, case, self.task.tolerance)
+        record["checks"].append(check)
+        if not check["ok"]:
+            for earlier, _ in history:
+                if len(earlier) == len(outs) and all(
+                        guards.same_bits(a, b) for a, b in zip(earlier, outs, strict=True)):
+                    return "rejected", f"{case['name']}: returned the result of an earlier call (result reuse)"
+            return "incorrect", f"{case['name']}: {check['detail']}"
+        for earlier, snapshot in history:
+            if not all(guards.same_bits(a, b) for a, b in zip(earlier, snapshot, strict=True)):
+                return "rejected", "a later call overwrote the output returned by an earlier call"
+        history.append((outs, [t.clone() for t in outs]))
+        return None
+
+    def _classify(self, exc: BaseException, default: str) -> tuple[str, str]:
+        """Status and one-line detail for an exception raised by candidate code."""
+        text = _one_line(exc)
+        kind = type(exc).__name__
+        lowered = text.lower()
+        if isinstance(exc, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered:
+            return "crashed", f"out of memory: {text}"
+        if "compilationerror" in kind.lower() or "ptxas" in lowered:
+            return "compile_error", text
+        if self.device.type == "cuda" and (_cuda_broken(self.torch, self.device) or "cuda error" in lowered):
+            return "crashed", f"CUDA error: {text}"
+        if isinstance(exc, SystemExit):
+            return "crashed", f"called exit ({exc.code})"
+        return default, text
+
+    def _failure(self, done: Any, exc: BaseException, default: str, what: str) -> tuple[dict[str, Any], Any]:
+        status, detail = self._classify(exc, default)
+        record, _ = done(status, f"{what}: {detail}", traceback=_tail(traceback.format_exc()))
+        if status == "crashed":
+            record["fatal"] = True
+        return record, None
+
+    # ---------------------------------------------------------------- timing
+    def _time(self, models: dict[int, Any]) -> None:
+        torch, timing = self.torch, self.timing
+        if not models:
+            return
+        names = {index: self.job["entries"][index]["name"] for index in models}
+        by_name = {names[i]: i for i in models}
+        inputs = self.timing_inputs
+
+        def call(model: Any) -> Any:
+            def run() -> Any:
+                with torch.no_grad():
+                    return model(*inputs)
+            return run
+
+        modes = tuple(self.cfg.get("modes", timing.MODES))
+        if self.device.type != "cuda":
+            modes = tuple(m for m in modes if m == "eager") or ("eager",)
+        config = timing.TimingConfig(**self.cfg.get("timing", {}))
+        self.stage("time")
+        results = timing.measure(
+            {names[i]: call(m) for i, m in models.items()},
+            device=self.device, modes=modes, config=config,
+            on_switch=lambda name, mode: self.stage(f"time {by_name[name]} {mode}"),
+        )
+        if self.device.type == "cuda" and _cuda_broken(torch, self.device):
+            # Someone broke the context while being timed: blame the last one on the progress line.
+            raise RuntimeError("CUDA context broken during timing")
+        for index, model in models.items():
+            self.stage(f"recheck {index}")
+            record = {"checks": []}
+            verdict = self._call_and_compare(model, self.final_case, [], record)
+            if verdict is not None and verdict[0] in ("incorrect", "rejected"):
+                verdict = ("rejected", f"wrong after being timed ({verdict[1]})")
+            timed = results[names[index]]
+            self.emit({
+                "kind": "timing", "index": index,
+                "timing": {m: asdict(s) for m, s in timed.items() if not isinstance(s, str)},
+                "timing_errors": {m: s for m, s in timed.items() if isinstance(s, str)},
+                "final": {"status": verdict[0], "detail": verdict[1]} if verdict else None,
+                "checks": record["checks"], "logs": self.logs(),
+            })
+
+
+# -------------------------------------------------------------------- helpers
+def _pick_device(name: str) -> Any:
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)
+    return device
+
+
+def _to(x: Any, device: Any, dtype: Any = None) -> Any:
+    import torch
+
+    if not isinstance(x, torch.Tensor):
+        return x
+    if dtype is not None and x.is_floating_point():
+        return x.to(device=device, dtype=dtype)
+    return x.to(device)
+
+
+def _sync(torch: Any, device: Any) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cuda_broken(torch: Any, device: Any) -> bool:
+    try:
+        torch.cuda.synchronize(device)
+        torch.zeros(1, device=device).add_(1).item()
+        return False
+    except Exception:
+        return True
+
+
+def _compare(torch: Any, outs: list[Any], case: dict[str, Any], tolerance: Any) -> dict[str, Any]:
+    """Compare outputs with the high-precision reference: shape, dtype, NaN/Inf, then atol/rtol."""
+    ref, expect = case["ref"], case["expect"]
+
+    def result(ok: bool, detail: str = "", max_abs: float | None = None, max_rel: float | None = None) -> dict:
+        return {"case": case["name"], "ok": ok, "detail": detail, "max_abs_err": max_abs, "max_rel_err": max_rel}
+
+    if len(outs) != len(ref):
+        return result(False, f"returned {len(outs)} tensors, expected {len(ref)}")
+    worst_abs = worst_rel = 0.0
+    for i, (out, r) in enumerate(zip(outs, ref, strict=True)):
+        if tuple(out.shape) != tuple(r.shape):
+            return result(False, f"output {i} has shape {tuple(out.shape)}, expected {tuple(r.shape)}")
+        if expect and out.dtype != expect[i][1]:
+            return result(False, f"output {i} has dtype {out.dtype}, expected {expect[i][1]}")
+        if out.device != r.device:
+            out = out.to(r.device)
+        if not r.is_floating_point():
+            if not bool(torch.equal(out.to(r.dtype), r)):
+                return result(False, f"output {i} differs (exact comparison for non-float outputs)")
+            continue
+        if not bool(torch.isfinite(out).all()):
+            bad = int((~torch.isfinite(out)).sum())
+            return result(False, f"output {i} has {bad} NaN/Inf values")
+        atol, rtol = tolerance(out.dtype)
+        native = case.get("native_err", [])
+        if i < len(native) and native[i] == native[i]:
+            atol = max(atol, 2.0 * native[i])
+        diff = (out.to(r.dtype) - r).abs()
+        allowed = atol + rtol * r.abs()
+        worst_abs = max(worst_abs, float(diff.max()) if diff.numel() else 0.0)
+        worst_rel = max(worst_rel, float((diff / r.abs().clamp_min(max(atol, 1e-12))).max()) if diff.numel() else 0.0)
+        if not bool((diff <= allowed).all()):
+            n_bad = int((diff > allowed).sum())
+            return result(False, f"output {i}: {n_bad}/{diff.numel()} values off, max abs error {worst_abs:.3g} "
+                                 f"(atol {atol:g}, rtol {rtol:g})", worst_abs, worst_rel)
+    return result(True, "", worst_abs, worst_rel)
+
+
+def _finite(x: float) -> float | None:
+    return x if x == x and abs(x) != float("inf") else None
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:400]}" if lines else type(exc).__name__
+
+
+def _tail(text: str, limit: int = 4000) -> str:
+    return text if len(text) <= limit else "..." + text[-limit:]
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv if argv is None else argv
+    faulthandler.enable(file=sys.__stderr__)
+    worker = _Worker(Path(argv[1]))
+    code = worker.run()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+if __name__ == "__main__":
+    # os._exit, not sys.exit: a candidate's atexit hooks or threads must not hold the worker open.
+    status = main()
+    os._exit(status)

@@ -1,0 +1,263 @@
+"""The one timing module: everything in evoforge that measures time goes through :func:`measure`.
+
+What a number means:
+
+- **eager** (CUDA): one Python call of the function, timed with CUDA events recorded just before and
+  just after it. Before every rep the L2 cache is flushed (a buffer larger than L2 is zeroed) and the
+  device is synchronised, so the GPU sits idle when the start event is recorded: the launch cost a
+  user pays when calling from Python is inside the number.
+- **graph** (CUDA): the same call captured once in a CUDA graph of exactly one call, replayed once per
+  rep. The L2 flush is enqueued just before the replay and the device is *not* idled, so the replay's
+  launch hides behind the flush: the number is the device time of one call from a cold L2. (Unlike
+  Triton's ``do_bench_cudagraph``, which replays many calls per graph with no flush between them.)
+- **eager** on a machine without CUDA: ``time.perf_counter_ns`` around one call, after writing a
+  buffer larger than the CPU's L2. Results say ``clock="perf_counter_ns"``, so CPU timings are never
+  mistaken for GPU ones.
+
+After every rep the whole device is synchronised (``torch.cuda.synchronize``, not only the current
+stream) before the next one starts. Reps per function are chosen from a time budget after warm-up
+(between ``min_reps`` and ``max_reps``). Several functions timed together are **interleaved**: the reps
+are split into rounds, and every round visits every function (in a rotated order), so drifting clocks
+and a noisy neighbour affect all of them alike and their ratio can be trusted. Statistics: median,
+min, first and third quartile, interquartile range, mean, all in microseconds.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Bound at import, before any candidate code runs: a candidate that patches torch or time later
+# cannot change what the harness measures with.
+_perf_counter_ns = time.perf_counter_ns
+_cuda_synchronize = torch.cuda.synchronize
+_CudaEvent = torch.cuda.Event
+
+MODES = ("eager", "graph")
+
+
+@dataclass
+class TimingConfig:
+    """How long and how often to time. ``budget_ms`` is the time spent running each function per
+    mode (flushes and synchronisation come on top); ``flush_bytes=None`` picks twice the L2 size."""
+
+    budget_ms: float = 100.0
+    rounds: int = 5
+    warmup: int = 5
+    min_reps: int = 10
+    max_reps: int = 1000
+    flush_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class TimingStats:
+    """Latency statistics of one function in one mode, microseconds."""
+
+    mode: str
+    clock: str
+    device: str
+    reps: int
+    median_us: float
+    min_us: float
+    q1_us: float
+    q3_us: float
+    iqr_us: float
+    mean_us: float
+    flush_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TimingStats:
+        return cls(**data)
+
+
+def summarize(samples_us: list[float], *, mode: str, clock: str, device: str, flush_bytes: int) -> TimingStats:
+    """Statistics of a list of per-call latencies (at least one sample)."""
+    if not samples_us:
+        raise ValueError("no samples to summarise")
+    ordered = sorted(samples_us)
+    if len(ordered) >= 2:
+        q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
+    else:
+        q1 = q3 = ordered[0]
+    return TimingStats(
+        mode=mode,
+        clock=clock,
+        device=device,
+        reps=len(ordered),
+        median_us=statistics.median(ordered),
+        min_us=ordered[0],
+        q1_us=q1,
+        q3_us=q3,
+        iqr_us=q3 - q1,
+        mean_us=statistics.fmean(ordered),
+        flush_bytes=flush_bytes,
+    )
+
+
+def cpu_l2_bytes() -> int:
+    """The CPU's L2 size from sysfs (per core), 2 MiB where it can't be read."""
+    try:
+        text = Path("/sys/devices/system/cpu/cpu0/cache/index2/size").read_text().strip()
+        units = {"K": 1024, "M": 1024**2}
+        return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+    except (OSError, ValueError, IndexError):
+        return 2 * 1024**2
+
+
+def gpu_l2_bytes(device: torch.device) -> int:
+    props = torch.cuda.get_device_properties(device)
+    return int(getattr(props, "L2_cache_size", 0) or 50 * 1024**2)
+
+
+class _Clock:
+    """Runs one timed rep of a prepared callable and returns its latency in microseconds."""
+
+    name = ""
+
+    def __init__(self, device: torch.device, flush_bytes: int) -> None:
+        self.device = device
+        self.flush_bytes = flush_bytes
+        self.flush_buffer = torch.empty(max(flush_bytes // 4, 1), dtype=torch.int32, device=device)
+
+    def prepare(self, fn: Callable[[], Any], mode: str) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def rep(self, run: Callable[[], Any], mode: str) -> float:
+        raise NotImplementedError
+
+
+class _CpuClock(_Clock):
+    name = "perf_counter_ns"
+
+    def prepare(self, fn: Callable[[], Any], mode: str) -> Callable[[], Any]:
+        if mode != "eager":
+            raise RuntimeError(f"{mode} mode needs a CUDA device")
+        return fn
+
+    def rep(self, run: Callable[[], Any], mode: str) -> float:
+        self.flush_buffer.zero_()
+        start = _perf_counter_ns()
+        run()
+        return (_perf_counter_ns() - start) / 1000.0
+
+
+class _CudaClock(_Clock):
+    name = "cuda_event"
+
+    def __init__(self, device: torch.device, flush_bytes: int) -> None:
+        super().__init__(device, flush_bytes)
+        self.start = _CudaEvent(enable_timing=True)
+        self.end = _CudaEvent(enable_timing=True)
+
+    def prepare(self, fn: Callable[[], Any], mode: str) -> Callable[[], Any]:
+        if mode == "eager":
+            return fn
+        if mode != "graph":
+            raise ValueError(f"unknown timing mode {mode!r}")
+        # Warm up on a side stream before capture, as torch.cuda.graphs requires.
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                fn()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        _cuda_synchronize(self.device)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        _cuda_synchronize(self.device)
+        return graph.replay
+
+    def rep(self, run: Callable[[], Any], mode: str) -> float:
+        self.flush_buffer.zero_()
+        if mode == "eager":
+            _cuda_synchronize(self.device)  # idle GPU: the launch cost lands inside the events
+        self.start.record()
+        run()
+        self.end.record()
+        _cuda_synchronize(self.device)  # the whole device, so work on any stream has finished
+        return self.start.elapsed_time(self.end) * 1000.0
+
+
+def make_clock(device: torch.device, flush_bytes: int | None = None) -> _Clock:
+    if device.type == "cuda":
+        size = flush_bytes if flush_bytes is not None else 2 * gpu_l2_bytes(device)
+        return _CudaClock(device, size)
+    size = flush_bytes if flush_bytes is not None else 2 * cpu_l2_bytes()
+    return _CpuClock(device, size)
+
+
+def measure(
+    fns: dict[str, Callable[[], Any]],
+    *,
+    device: torch.device | str,
+    modes: tuple[str, ...] = MODES,
+    config: TimingConfig | None = None,
+    on_switch: Callable[[str, str], None] | None = None,
+) -> dict[str, dict[str, TimingStats | str]]:
+    """Time every function in every mode, interleaved; see the module docstring for what it means.
+
+    Returns ``{name: {mode: TimingStats or an error string}}``. A function that raises while being
+    prepared or timed gets the error text for that mode and is dropped from later rounds; the others
+    go on. ``on_switch(name, mode)`` is called before each block of reps (the evaluator's worker uses
+    it to know whom to blame if the process dies). Modes a device can't do (graph on a CPU) get an
+    error string, not an exception.
+    """
+    config = config or TimingConfig()
+    device = torch.device(device)
+    clock = make_clock(device, config.flush_bytes)
+    results: dict[str, dict[str, TimingStats | str]] = {name: {} for name in fns}
+    active: list[tuple[str, str, Callable[[], Any], int]] = []
+
+    for mode in modes:
+        for name, fn in fns.items():
+            if on_switch:
+                on_switch(name, mode)
+            try:
+                run = clock.prepare(fn, mode)
+                estimates = [clock.rep(run, mode) for _ in range(max(config.warmup, 1))]
+            except Exception as exc:
+                results[name][mode] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                continue
+            per_call = max(statistics.median(estimates), 1e-3)
+            reps = int(config.budget_ms * 1000.0 / per_call)
+            reps = min(max(reps, config.min_reps), config.max_reps)
+            active.append((name, mode, run, reps))
+
+    samples: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _, _ in active}
+    rounds = max(config.rounds, 1)
+    for r in range(rounds):
+        order = active[r % len(active):] + active[: r % len(active)] if active else []
+        for name, mode, run, reps in order:
+            if mode in results[name]:  # failed in an earlier round
+                continue
+            per_round = math.ceil(reps / rounds)
+            if on_switch:
+                on_switch(name, mode)
+            try:
+                samples[(name, mode)].extend(clock.rep(run, mode) for _ in range(per_round))
+            except Exception as exc:
+                results[name][mode] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+
+    for (name, mode), values in samples.items():
+        if mode not in results[name] and values:
+            results[name][mode] = summarize(
+                values, mode=mode, clock=clock.name, device=str(device), flush_bytes=clock.flush_bytes
+            )
+    for name in fns:
+        for mode in modes:
+            results[name].setdefault(mode, "not timed")
+    return results
