@@ -234,15 +234,11 @@ class _Worker:
             return done("rejected", reason)
 
         history: list[tuple[list[Any], list[Any]]] = []
-        worst_abs = worst_rel = 0.0
         for case in self.cases:
             verdict = self._call_and_compare(model, case, history, record)
             if verdict is not None:
-                return done(*verdict, max_abs_err=_finite(worst_abs), max_rel_err=_finite(worst_rel))
-            last = record["checks"][-1]
-            worst_abs = max(worst_abs, last["max_abs_err"] or 0.0)
-            worst_rel = max(worst_rel, last["max_rel_err"] or 0.0)
-
+                return done(*verdict, **_worst(record["checks"]))
+        worst = _worst(record["checks"])
         if self.device.type == "cuda" and self.cfg.get("side_stream_guard", True):
             try:
                 reason = guards.side_stream_work(model, self.cases[0]["inputs"], self.device)
@@ -250,9 +246,8 @@ class _Worker:
                 reason = None
                 record["guard_note"] = f"side-stream guard unavailable: {_one_line(exc)}"
             if reason:
-                return done("rejected", reason, max_abs_err=worst_abs, max_rel_err=worst_rel)
-        record.update(status="ok", detail="", max_abs_err=worst_abs, max_rel_err=worst_rel,
-                      seconds=time.perf_counter() - started)
+                return done("rejected", reason, **worst)
+        record.update(status="ok", detail="", seconds=time.perf_counter() - started, **worst)
         return record, model
 
     def _call_and_compare(self, model: Any, case: dict[str, Any], history: list[Any],
@@ -431,8 +426,13 @@ def _compare(torch: Any, outs: list[Any], case: dict[str, Any], tolerance: Any) 
     return result(True, "", worst_abs, worst_rel)
 
 
-def _finite(x: float) -> float | None:
-    return x if x == x and abs(x) != float("inf") else None
+def _worst(checks: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Largest errors over the cases compared so far (None where no case got that far)."""
+    out: dict[str, float | None] = {}
+    for key in ("max_abs_err", "max_rel_err"):
+        values = [c[key] for c in checks if c.get(key) is not None and c[key] == c[key]]
+        out[key] = max(values) if values else None
+    return out
 
 
 def _one_line(exc: BaseException) -> str:

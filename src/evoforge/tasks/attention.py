@@ -119,7 +119,8 @@ import torch
 import torch.nn as nn
 
 NAME = "{p.slug()}"
-BATCH, HEADS, KV_HEADS, Q_LEN, SEQ_LEN, HEAD_DIM = {p.batch}, {p.heads}, {p.n_kv_heads}, {p.n_q}, {p.seq_len}, {p.head_dim}
+BATCH, HEADS, KV_HEADS = {p.batch}, {p.heads}, {p.n_kv_heads}
+Q_LEN, SEQ_LEN, HEAD_DIM = {p.n_q}, {p.seq_len}, {p.head_dim}
 CAUSAL = {p.causal}
 DTYPE = torch.{p.torch_dtype}
 SCALE = 1.0 / math.sqrt(HEAD_DIM)

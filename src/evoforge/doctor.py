@@ -1,0 +1,69 @@
+"""``evoforge doctor``: what this machine can run, checked by running it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from evoforge import envinfo
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    return torch.device(name)
+
+
+def _try(fn: Any) -> str:
+    try:
+        fn()
+        return "runs"
+    except Exception as exc:  # doctor reports, it does not fail
+        text = str(exc).strip().splitlines()
+        return "unavailable: " + (text[0][:120] if text else type(exc).__name__)
+
+
+def attention_backends(device: torch.device) -> dict[str, str]:
+    """Run each SDPA backend, FlexAttention and Triton once on a tiny fp16 problem."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dtype = torch.float16
+    q, k, v = (torch.randn(1, 2, 128, 64, dtype=dtype, device=device) for _ in range(3))
+
+    def sdpa(backend: Any) -> Any:
+        def run() -> None:
+            with sdpa_kernel([backend]):
+                F.scaled_dot_product_attention(q, k, v)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        return run
+
+    states = {
+        "sdpa_default": _try(lambda: F.scaled_dot_product_attention(q, k, v)),
+        "sdpa_flash": _try(sdpa(SDPBackend.FLASH_ATTENTION)),
+        "sdpa_mem_eff": _try(sdpa(SDPBackend.EFFICIENT_ATTENTION)),
+        "sdpa_cudnn": _try(sdpa(SDPBackend.CUDNN_ATTENTION)),
+        "sdpa_math": _try(sdpa(SDPBackend.MATH)),
+    }
+
+    def flex() -> None:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+
+    states["flex_attention (import)"] = _try(flex)
+
+    def triton_import() -> None:
+        import triton  # noqa: F401
+
+    states["triton (import)"] = _try(triton_import)
+    return states
+
+
+def diagnose(device_name: str = "auto") -> dict[str, Any]:
+    device = _device(device_name)
+    notes = []
+    if device.type != "cuda":
+        notes.append("no CUDA device: timings are CPU timings (perf_counter_ns), graph mode is unavailable, "
+                     "and Triton kernels only run under TRITON_INTERPRET=1")
+    return {"env": envinfo.collect(device), "backends": attention_backends(device), "notes": notes}
