@@ -30,7 +30,7 @@ app = typer.Typer(
 out = Console()
 if not out.is_terminal:
     out = Console(width=160)  # a log or a pipe: don't squeeze tables into 80 columns
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # one error, one line, whatever the width
 T = TypeVar("T")
 
 DEFAULT_SWEEP_OUT = Path("evidence/evo_attention_sweep.json")

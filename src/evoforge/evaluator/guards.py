@@ -19,7 +19,7 @@ _equal = torch.equal
 # Functions a candidate could replace to fool the harness, or to route around the task.
 _WATCHED: list[tuple[Any, str]] = [
     (torch, "allclose"), (torch, "isclose"), (torch, "equal"), (torch, "isfinite"), (torch, "abs"),
-    (torch, "matmul"), (torch, "softmax"), (torch, "randn"), (torch, "manual_seed"),
+    (torch, "matmul"), (torch, "softmax"),
     (torch.Tensor, "__sub__"), (torch.Tensor, "abs"), (torch.Tensor, "max"), (torch.Tensor, "float"),
     (torch.Tensor, "double"), (torch.Tensor, "clone"), (torch.Tensor, "copy_"), (torch.Tensor, "to"),
     (torch.testing, "assert_close"), (F, "scaled_dot_product_attention"),
@@ -45,13 +45,17 @@ def _owner_name(owner: Any) -> str:
     return getattr(owner, "__name__", type(owner).__name__)
 
 
-def patch_snapshot() -> dict[str, int]:
-    return {f"{_owner_name(o)}.{a}": id(getattr(o, a, None)) for o, a in _WATCHED}
+def patch_snapshot() -> dict[str, tuple[Any, str, Any]]:
+    return {f"{_owner_name(o)}.{a}": (o, a, getattr(o, a, None)) for o, a in _WATCHED}
 
 
-def patched(before: dict[str, int]) -> str | None:
-    now = patch_snapshot()
-    changed = [name for name, ident in before.items() if now.get(name) != ident]
+def patched(before: dict[str, tuple[Any, str, Any]]) -> str | None:
+    """Fire if a watched function was replaced; put the original back so later entries are safe."""
+    changed = []
+    for name, (owner, attr, original) in before.items():
+        if getattr(owner, attr, None) is not original:
+            changed.append(name)
+            setattr(owner, attr, original)
     return f"replaced {', '.join(changed)} (monkey-patching torch or time)" if changed else None
 
 

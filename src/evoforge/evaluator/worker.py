@@ -129,6 +129,10 @@ class _Worker:
         self.emit({"kind": "seed", "seed": self.seed})
         self.logs()
 
+        # Importing torch._dynamo legitimately wraps a few torch functions; do it before the
+        # snapshot so a candidate that uses torch.compile is not mistaken for one that patches torch.
+        import torch._dynamo
+
         self.patch_state = guards.patch_snapshot()
         self.flag_state = guards.flags_snapshot()
         models: dict[int, Any] = {}
@@ -213,6 +217,9 @@ class _Worker:
 
         def done(status: str, detail: str, **extra: Any) -> tuple[dict[str, Any], Any]:
             record.update(status=status, detail=detail, seconds=time.perf_counter() - started, **extra)
+            # After a crash (out of memory, CUDA error, exit) this process is suspect: the parent
+            # starts a fresh worker for the entries that remain.
+            record["fatal"] = status == "crashed"
             return record, None
 
         name = entry["name"]
@@ -254,8 +261,10 @@ class _Worker:
                           record: dict[str, Any]) -> tuple[str, str] | None:
         """Call the model on one case; return (status, detail) on failure, None if it passed."""
         torch, guards = self.torch, self.guards
-        inputs = case["inputs"]
-        copies = [x.clone() if isinstance(x, torch.Tensor) else x for x in inputs]
+        # The candidate gets its own copies: one that writes its inputs can't spoil the case for
+        # the entries after it, and the pristine originals show what it changed.
+        pristine = case["inputs"]
+        inputs = [x.clone() if isinstance(x, torch.Tensor) else x for x in pristine]
         guards.poison_allocator([t.numel() * t.element_size() for t in case["ref"]], self.device)
         try:
             with torch.no_grad():
@@ -268,7 +277,7 @@ class _Worker:
             return "rejected", reason
         if reason := guards.patched(self.patch_state):
             return "rejected", reason
-        if reason := guards.inputs_written(inputs, copies):
+        if reason := guards.inputs_written(inputs, pristine):
             return "rejected", reason
         outs = guards.tensors_in(out)
         check = _compare(torch, outs, case, self.task.tolerance)
@@ -302,10 +311,7 @@ class _Worker:
 
     def _failure(self, done: Any, exc: BaseException, default: str, what: str) -> tuple[dict[str, Any], Any]:
         status, detail = self._classify(exc, default)
-        record, _ = done(status, f"{what}: {detail}", traceback=_tail(traceback.format_exc()))
-        if status == "crashed":
-            record["fatal"] = True
-        return record, None
+        return done(status, f"{what}: {detail}", traceback=_tail(traceback.format_exc()))
 
     # ---------------------------------------------------------------- timing
     def _time(self, models: dict[int, Any]) -> None:

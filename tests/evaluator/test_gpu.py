@@ -1,0 +1,58 @@
+"""The evaluator on a GPU: CUDA timing modes, side-stream work, a CUDA error that breaks the context."""
+
+from __future__ import annotations
+
+import pytest
+
+from evoforge.candidate import Candidate
+from evoforge.evaluator import EvalConfig, EvalReport, Evaluator
+from evoforge.task import task_from_file
+from evoforge.tasks import TASK_MODEL_SOURCE
+from evoforge.timing import TimingConfig
+from tests.conftest import CANDIDATES, FIXTURES, TASKS
+
+pytestmark = pytest.mark.gpu
+
+GPU = FIXTURES / "gpu_candidates"
+
+
+@pytest.fixture(scope="module")
+def report() -> EvalReport:
+    spec = task_from_file(TASKS / "tanh_matmul.py")
+    files = [GPU / "side_stream.py", GPU / "side_stream_joined.py", GPU / "illegal_address.py",
+             CANDIDATES / "partial_output.py", CANDIDATES / "cached_result.py", CANDIDATES / "good.py"]
+    candidates = [Candidate(name=f.stem, source=f.read_text()) for f in files]
+    baseline = Candidate(name="task_model", source=TASK_MODEL_SOURCE, lineage={"baseline": True})
+    config = EvalConfig(device="cuda", timeout_s=120, timing=TimingConfig(budget_ms=10, rounds=3))
+    return Evaluator(spec, config).evaluate(candidates, [baseline])
+
+
+def test_unjoined_side_stream_is_rejected(report: EvalReport) -> None:
+    result = report.by_name()["side_stream"]
+    assert result.status == "rejected" and "side stream" in result.detail
+
+
+def test_joined_side_stream_is_fine(report: EvalReport) -> None:
+    assert report.by_name()["side_stream_joined"].status == "ok"
+
+
+def test_illegal_address_crashes_only_its_worker(report: EvalReport) -> None:
+    result = report.by_name()["illegal_address"]
+    assert result.status == "crashed", result.detail
+    assert report.by_name()["good"].ok
+
+
+def test_partial_output_on_the_caching_allocator_is_caught(report: EvalReport) -> None:
+    assert report.by_name()["partial_output"].status == "incorrect"
+
+
+def test_cached_result_is_rejected_on_gpu(report: EvalReport) -> None:
+    assert report.by_name()["cached_result"].status == "rejected"
+
+
+def test_gpu_results_carry_both_modes_and_graph_fitness(report: EvalReport) -> None:
+    good = report.by_name()["good"]
+    assert set(good.timing) == {"eager", "graph"}
+    assert good.timing["eager"].clock == "cuda_event"
+    assert good.fitness_mode == "graph" and good.fitness > 0
+    assert report.env["device_type"] == "cuda" and report.env["device_name"]
