@@ -37,7 +37,8 @@ def test_cpu_timing_measures_the_call() -> None:
 
 def test_slower_function_gets_fewer_reps_within_bounds() -> None:
     results = measure({"fast": lambda: None, "slow": lambda: time.sleep(0.001)}, device="cpu", modes=("eager",),
-                      config=TimingConfig(budget_ms=20, rounds=2, warmup=2, min_reps=3, max_reps=500))
+                      config=TimingConfig(budget_ms=20, rounds=2, warmup=2, min_reps=3, max_reps=500,
+                                          flush_bytes=1 << 16))
     fast, slow = results["fast"]["eager"], results["slow"]["eager"]
     assert not isinstance(fast, str) and not isinstance(slow, str)
     assert fast.reps > slow.reps >= 3

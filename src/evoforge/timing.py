@@ -6,10 +6,11 @@ What a number means:
   just after it. Before every rep the L2 cache is flushed (a buffer larger than L2 is zeroed) and the
   device is synchronised, so the GPU sits idle when the start event is recorded: the launch cost a
   user pays when calling from Python is inside the number.
-- **graph** (CUDA): the same call captured once in a CUDA graph of exactly one call, replayed once per
-  rep. The L2 flush is enqueued just before the replay and the device is *not* idled, so the replay's
-  launch hides behind the flush: the number is the device time of one call from a cold L2. (Unlike
-  Triton's ``do_bench_cudagraph``, which replays many calls per graph with no flush between them.)
+- **graph** (CUDA): the device time of one call from a cold L2. Two CUDA graphs are captured: one
+  of ``calls`` repetitions of [L2 flush, call], one of ``calls`` flushes alone. Each rep replays both
+  (events around each replay) and records ``(t_pairs - t_flushes) / calls``: the call's marginal
+  device time with the graph-launch overhead amortised and the flush subtracted. (Triton's
+  ``do_bench_cudagraph`` also replays many calls per graph, but with no flush between them: warm L2.)
 - **eager** on a machine without CUDA: ``time.perf_counter_ns`` around one call, after writing a
   buffer larger than the CPU's L2. Results say ``clock="perf_counter_ns"``, so CPU timings are never
   mistaken for GPU ones.
@@ -45,8 +46,8 @@ MODES = ("eager", "graph")
 
 @dataclass
 class TimingConfig:
-    """How long and how often to time. ``budget_ms`` is the time spent running each function per
-    mode (flushes and synchronisation come on top); ``flush_bytes=None`` picks twice the L2 size."""
+    """How long and how often to time. ``budget_ms`` is the wall time spent on each function per mode
+    (flushes and synchronisation included), after warm-up; ``flush_bytes=None`` picks twice the L2."""
 
     budget_ms: float = 100.0
     rounds: int = 5
@@ -156,11 +157,21 @@ class _CpuClock(_Clock):
 
 class _CudaClock(_Clock):
     name = "cuda_event"
+    calls_per_graph = 10
 
     def __init__(self, device: torch.device, flush_bytes: int) -> None:
         super().__init__(device, flush_bytes)
         self.start = _CudaEvent(enable_timing=True)
         self.end = _CudaEvent(enable_timing=True)
+        self.flush_graph: Callable[[], Any] | None = None
+
+    def _capture(self, body: Callable[[], Any]) -> Callable[[], Any]:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for _ in range(self.calls_per_graph):
+                body()
+        _cuda_synchronize(self.device)
+        return graph.replay
 
     def prepare(self, fn: Callable[[], Any], mode: str) -> Callable[[], Any]:
         if mode == "eager":
@@ -175,21 +186,30 @@ class _CudaClock(_Clock):
                 fn()
         torch.cuda.current_stream(self.device).wait_stream(side)
         _cuda_synchronize(self.device)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        _cuda_synchronize(self.device)
-        return graph.replay
+        if self.flush_graph is None:
+            self.flush_graph = self._capture(self.flush_buffer.zero_)
 
-    def rep(self, run: Callable[[], Any], mode: str) -> float:
-        self.flush_buffer.zero_()
-        if mode == "eager":
-            _cuda_synchronize(self.device)  # idle GPU: the launch cost lands inside the events
+        def pair() -> None:
+            self.flush_buffer.zero_()
+            fn()
+
+        return self._capture(pair)
+
+    def _elapsed_us(self, run: Callable[[], Any]) -> float:
         self.start.record()
         run()
         self.end.record()
         _cuda_synchronize(self.device)  # the whole device, so work on any stream has finished
         return self.start.elapsed_time(self.end) * 1000.0
+
+    def rep(self, run: Callable[[], Any], mode: str) -> float:
+        if mode == "graph":
+            assert self.flush_graph is not None
+            flushes = self._elapsed_us(self.flush_graph)
+            return (self._elapsed_us(run) - flushes) / self.calls_per_graph
+        self.flush_buffer.zero_()
+        _cuda_synchronize(self.device)  # idle GPU: the launch cost lands inside the events
+        return self._elapsed_us(run)
 
 
 def make_clock(device: torch.device, flush_bytes: int | None = None) -> _Clock:
@@ -228,12 +248,16 @@ def measure(
                 on_switch(name, mode)
             try:
                 run = clock.prepare(fn, mode)
-                estimates = [clock.rep(run, mode) for _ in range(max(config.warmup, 1))]
+                wall = []
+                for _ in range(max(config.warmup, 1)):
+                    started = _perf_counter_ns()
+                    clock.rep(run, mode)
+                    wall.append((_perf_counter_ns() - started) / 1000.0)
             except Exception as exc:
                 results[name][mode] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
                 continue
-            per_call = max(statistics.median(estimates), 1e-3)
-            reps = int(config.budget_ms * 1000.0 / per_call)
+            per_rep = max(statistics.median(wall), 1e-3)
+            reps = int(config.budget_ms * 1000.0 / per_rep)
             reps = min(max(reps, config.min_reps), config.max_reps)
             active.append((name, mode, run, reps))
 

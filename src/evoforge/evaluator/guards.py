@@ -7,6 +7,7 @@ catch what a candidate *does*, whatever its source looks like.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -142,7 +143,8 @@ def side_stream_work(model: Any, inputs: list[Any], device: torch.device) -> str
 
     marker = torch.zeros(1, device=device)
     torch.cuda.synchronize(device)
-    with profile(activities=[ProfilerActivity.CUDA]) as prof, torch.no_grad():
+    with warnings.catch_warnings(), profile(activities=[ProfilerActivity.CUDA]) as prof, torch.no_grad():
+        warnings.simplefilter("ignore")
         marker.add_(1)
         model(*inputs)
         marker.add_(1)
@@ -154,15 +156,14 @@ def side_stream_work(model: Any, inputs: list[Any], device: torch.device) -> str
     kernels.sort(key=lambda e: e.start_ns())
     if len(kernels) < 2:
         return None
-    first, last = kernels[0], kernels[-1]
-    ours = first.device_resource_id()
+    # The first kernel is the opening marker (the GPU was idle before it); the last kernel on that
+    # stream is the closing marker, enqueued right after the call returned.
+    ours = kernels[0].device_resource_id()
+    closing = [e for e in kernels if e.device_resource_id() == ours][-1]
     late = [
-        e.name() for e in kernels[1:-1]
-        if e.device_resource_id() != ours and e.start_ns() + e.duration_ns() > last.start_ns()
+        e.name() for e in kernels
+        if e.device_resource_id() != ours and e.start_ns() + e.duration_ns() > closing.start_ns()
     ]
-    if last.device_resource_id() != ours:
-        # The final marker should be on our stream; if it isn't, the trace is not what we think.
-        return None
     if late:
         return f"left GPU work running on a side stream after returning ({late[0][:60]})"
     return None

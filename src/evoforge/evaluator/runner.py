@@ -246,14 +246,14 @@ class Evaluator:
             checks=[CaseCheck(**x) for x in check.get("checks", [])],
             logs=check.get("logs", ""), seconds=check.get("seconds", 0.0),
         )
-        if check.get("guard_note"):
-            result.logs = (result.logs + "\n" + check["guard_note"]).strip()
         if timed is not None:
             result.timing = {m: TimingStats.from_dict(s) for m, s in timed["timing"].items()}
             result.timing_errors = dict(timed.get("timing_errors", {}))
             result.checks += [CaseCheck(**x) for x in timed.get("checks", [])]
             if timed.get("logs"):
                 result.logs = (result.logs + "\n" + timed["logs"]).strip()
+            if timed.get("guard_note"):
+                result.logs = (result.logs + "\n" + timed["guard_note"]).strip()
             if timed.get("final"):
                 result.status, result.detail = timed["final"]["status"], timed["final"]["detail"]
                 result.timing = {}

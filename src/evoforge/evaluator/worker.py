@@ -246,14 +246,6 @@ class _Worker:
             if verdict is not None:
                 return done(*verdict, **_worst(record["checks"]))
         worst = _worst(record["checks"])
-        if self.device.type == "cuda" and self.cfg.get("side_stream_guard", True):
-            try:
-                reason = guards.side_stream_work(model, self.cases[0]["inputs"], self.device)
-            except Exception as exc:  # the profiler is a helper, not the judge: note and go on
-                reason = None
-                record["guard_note"] = f"side-stream guard unavailable: {_one_line(exc)}"
-            if reason:
-                return done("rejected", reason, **worst)
         record.update(status="ok", detail="", seconds=time.perf_counter() - started, **worst)
         return record, model
 
@@ -347,14 +339,29 @@ class _Worker:
             verdict = self._call_and_compare(model, self.final_case, [], record)
             if verdict is not None and verdict[0] in ("incorrect", "rejected"):
                 verdict = ("rejected", f"wrong after being timed ({verdict[1]})")
+            if verdict is None:
+                verdict = self._side_stream_verdict(model, record)
             timed = results[names[index]]
+            record.setdefault("guard_note", None)
             self.emit({
                 "kind": "timing", "index": index,
                 "timing": {m: asdict(s) for m, s in timed.items() if not isinstance(s, str)},
                 "timing_errors": {m: s for m, s in timed.items() if isinstance(s, str)},
                 "final": {"status": verdict[0], "detail": verdict[1]} if verdict else None,
-                "checks": record["checks"], "logs": self.logs(),
+                "checks": record["checks"], "logs": self.logs(), "guard_note": record["guard_note"],
             })
+
+    def _side_stream_verdict(self, model: Any, record: dict[str, Any]) -> tuple[str, str] | None:
+        """Profile one call for work left on a side stream. Runs after all timing is done: a
+        profiler session leaves CUPTI overhead on every later launch in this process."""
+        if self.device.type != "cuda" or not self.cfg.get("side_stream_guard", True):
+            return None
+        try:
+            reason = self.guards.side_stream_work(model, self.final_case["inputs"], self.device)
+        except Exception as exc:  # the profiler is a helper, not the judge: note it and go on
+            record["guard_note"] = f"side-stream guard unavailable: {_one_line(exc)}"
+            return None
+        return ("rejected", reason) if reason else None
 
 
 # -------------------------------------------------------------------- helpers
