@@ -178,9 +178,10 @@ def _print_sweep(evidence: dict[str, Any]) -> None:
     out.print("latency: median [min–max across repeats]; " + evidence["fitness_rule"], highlight=False, markup=False)
     if evidence["success"]:
         out.print(f"[green]success:[/green] {', '.join(evidence['winners'])} beat every other PyTorch path "
-                  "in every repeat")
+                  "in every repeat, beyond noise")
     else:
-        out.print("no variant beat every other PyTorch path in every repeat (exit 1): the baseline is real now")
+        out.print("no variant beat every other PyTorch path beyond noise in every repeat (exit 1): "
+                  "the baseline is real now")
 
 
 @app.command()

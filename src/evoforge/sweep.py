@@ -5,7 +5,9 @@ a float32/float64 reference, guards, both timing modes). Each repeat is a fresh 
 seeds, so the spread across repeats is real. PyTorch's own paths (every SDPA backend, FlexAttention,
 the 3-kernel path and its compiled form) are the baselines; a variant's fitness is the fastest
 *other* baseline's latency divided by its own. Success (exit 0), as the seed defined it but with a
-real baseline: some variant is correct in every repeat with fitness > 1 in every repeat.
+real baseline: some variant is correct in every repeat with fitness > 1 in every repeat — and, since
+two names for the same kernel can differ by noise alone, with interquartile ranges that don't overlap
+the best baseline's in every repeat.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from evoforge.tasks.attention import variants as attention_variants
 
 FITNESS_RULE = (
     "fitness = fastest correct baseline's median latency / the variant's median latency, in the fitness mode "
-    "(graph on CUDA, eager on CPU); a baseline is never compared with itself; 0 if not correct"
+    "(graph on CUDA, eager on CPU); a baseline is never compared with itself; 0 if not correct. A win counts "
+    "only if significant: the variant's third-quartile latency below the baseline's first quartile"
 )
 TIMING_METHOD = {
     "eager": "one Python call per rep, CUDA events, L2 flushed and device idle before each rep (launch cost "
@@ -105,7 +108,9 @@ def summarize_variant(variant: Candidate, reports: list[EvalReport]) -> dict[str
         "fitness_mode": [res.fitness_mode for res in results],
         "fitness_spread": _spread(fitness),
         "best_baseline": [res.best_baseline for res in results],
-        "faster_than_all_baselines": correct_all and all(f > 1.0 for f in fitness),
+        "significant": [res.significant for res in results],
+        "faster_than_all_baselines": correct_all and all(f > 1.0 for f in fitness)
+        and all(res.significant for res in results),
     }
 
 

@@ -75,12 +75,18 @@ class LoadedTask:
         return atol, rtol
 
 
-def import_source(source: str, module_name: str, filename: str) -> types.ModuleType:
+def import_source(source: str, module_name: str, filename: str, directory: Path | None = None) -> types.ModuleType:
     """Execute ``source`` as a fresh module registered under ``module_name``.
 
-    Registering in ``sys.modules`` matters: torch.compile, Triton and dataclasses look modules up
+    With ``directory``, the source is first written to ``directory/module_name.py`` and executed
+    from there: Triton's ``@jit`` and ``inspect`` need a real file to read a function's source.
+    Registering in ``sys.modules`` matters too: torch.compile, Triton and dataclasses look modules up
     by name. Exceptions propagate unchanged; callers classify them.
     """
+    if directory is not None:
+        path = Path(directory) / f"{module_name}.py"
+        path.write_text(source)
+        filename = str(path)
     module = types.ModuleType(module_name)
     module.__file__ = filename
     sys.modules[module_name] = module
@@ -95,14 +101,15 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
-def load_task(spec: TaskSpec, *, check_inputs: bool = True, module_name: str = "evoforge_task") -> LoadedTask:
+def load_task(spec: TaskSpec, *, check_inputs: bool = True, module_name: str = "evoforge_task",
+              directory: Path | None = None) -> LoadedTask:
     """Import a task and check its shape; raise :class:`TaskError` naming the first problem found.
 
     The module is registered as ``module_name`` (the worker's built-in baseline ``task_model``
     finds the task's Model there)."""
     where = spec.origin
     try:
-        module = import_source(spec.source, module_name, where)
+        module = import_source(spec.source, module_name, where, directory)
     except SyntaxError as exc:
         raise TaskError(f"{where}: syntax error at line {exc.lineno}: {exc.msg}") from None
     except Exception as exc:

@@ -47,6 +47,9 @@ class EvalResult:
     fitness: float = 0.0
     fitness_mode: str | None = None
     best_baseline: str | None = None
+    # True when the win over the best baseline is beyond noise: the candidate's third-quartile
+    # latency is below the baseline's first quartile (their interquartile ranges don't overlap).
+    significant: bool = False
     logs: str = ""
     seconds: float = 0.0
 

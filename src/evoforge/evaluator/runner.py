@@ -290,6 +290,7 @@ def _score(results: list[EvalResult], preferred_mode: str) -> None:
     A baseline with the same source hash as the entry is left out of the entry's own comparison
     (so a PyTorch path measured as a candidate is compared with the *other* paths). Fitness uses
     ``preferred_mode`` where the entry has a timing in it, else eager, and says which it used.
+    ``significant`` marks a win whose interquartile range clears the best baseline's.
     """
     baselines = [r for r in results if r.role == "baseline" and r.ok]
     for r in results:
@@ -305,9 +306,12 @@ def _score(results: list[EvalResult], preferred_mode: str) -> None:
         mode = preferred_mode if preferred_mode in r.timing else ("eager" if "eager" in r.timing else None)
         ratios = r.speedup.get(mode, {}) if mode else {}
         r.fitness_mode = mode
-        if ratios:
+        r.significant = False
+        if ratios and mode:
             r.best_baseline = min(ratios, key=ratios.__getitem__)
             r.fitness = ratios[r.best_baseline]
+            best = next(b for b in baselines if b.name == r.best_baseline)
+            r.significant = r.fitness > 1.0 and r.timing[mode].q3_us < best.timing[mode].q1_us
         else:
             r.best_baseline, r.fitness = None, 0.0
 

@@ -120,7 +120,7 @@ class _Worker:
         seed = self.cfg.get("seed")
         self.seed = int(seed) if seed is not None else random.SystemRandom().randrange(1, 2**31 - 1)
         try:
-            self.task = load_task(spec, module_name="evoforge_task")
+            self.task = load_task(spec, module_name="evoforge_task", directory=self.dir)
             self.init_inputs = init_inputs(self.task)
             self.cases = self._cases()
         except TaskError as exc:
@@ -224,7 +224,7 @@ class _Worker:
 
         name = entry["name"]
         try:
-            module = import_source(entry["source"], f"evoforge_candidate_{entry['hash']}", f"<{name}>")
+            module = import_source(entry["source"], f"evoforge_candidate_{entry['hash']}", f"<{name}>", self.dir)
         except SyntaxError as exc:
             return done("compile_error", f"syntax error at line {exc.lineno}: {exc.msg}")
         except BaseException as exc:
