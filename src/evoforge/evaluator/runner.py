@@ -2,7 +2,7 @@
 
 Every evaluation runs in a fresh worker process (``python -m evoforge.evaluator.worker``) started in
 its own session and scratch directory, with a scrubbed environment (no API keys or tokens), resource
-limits (no core files, a file-size cap; an address-space cap on CPU-only runs, where it does not break
+limits (no core files, a file-size cap; an address-space cap with a CPU build of torch, where it cannot break
 CUDA) and a watchdog that polls the worker's resident memory. The worker writes one progress line per
 stage, so when it dies (segfault, ``os._exit``, CUDA error, out of memory) or outlives a stage's time
 limit, the entry it was working on gets ``crashed`` or ``timeout`` and a fresh worker takes the
@@ -221,10 +221,10 @@ class Evaluator:
     def _limits(self) -> Callable[[], None]:
         """The child's resource limits, decided here and applied between fork and exec."""
         fsize = self.config.file_size_limit_mb * 2**20
-        # An address-space cap breaks CUDA (it reserves huge virtual ranges): CPU-only runs get it,
-        # GPU runs rely on the RSS watchdog.
-        cpu_only = self.config.device == "cpu" or (self.config.device == "auto" and not _has_cuda_device())
-        address_space = self.config.memory_limit_mb * 2**20 if cpu_only else None
+        # An address-space cap breaks a CUDA build of torch (its libraries and the driver reserve
+        # huge virtual ranges, even with --device cpu): only a CPU build gets it; everything else
+        # relies on the resident-memory watchdog.
+        address_space = self.config.memory_limit_mb * 2**20 if _cpu_build_of_torch() else None
 
         def apply() -> None:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -396,6 +396,7 @@ def _startup_failure(outcome: _WorkerOutcome) -> str:
     return f"evaluation worker {what} during {outcome.stage or 'startup'}: {last[:300]}"
 
 
-def _has_cuda_device() -> bool:
-    # Cheap check usable between fork and exec: no CUDA initialisation in the parent.
-    return any(Path("/dev").glob("nvidia[0-9]*")) and os.environ.get("CUDA_VISIBLE_DEVICES", "x") != ""
+def _cpu_build_of_torch() -> bool:
+    import torch
+
+    return torch.version.cuda is None and getattr(torch.version, "hip", None) is None
