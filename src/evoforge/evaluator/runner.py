@@ -68,7 +68,25 @@ class EvalConfig:
     def worker_view(self) -> dict[str, Any]:
         data = asdict(self)
         data["modes"] = list(self.modes)
+        # The worker sees exactly one GPU (pinned through CUDA_VISIBLE_DEVICES), always as cuda:0.
+        if self.device.startswith("cuda"):
+            data["device"] = "cuda:0"
         return data
+
+    def visible_gpu(self) -> str | None:
+        """The CUDA_VISIBLE_DEVICES entry the worker is pinned to; None for CPU runs and for auto
+        where no GPU is visible (then the worker decides by itself)."""
+        if self.device == "cpu":
+            return None
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+        index = int(self.device.split(":", 1)[1]) if self.device.startswith("cuda:") else 0
+        if visible:
+            if index >= len(visible):
+                raise EvaluatorError(f"device {self.device}: only {len(visible)} GPU(s) visible")
+            return visible[index].strip()
+        if "CUDA_VISIBLE_DEVICES" in os.environ:  # set but empty: no GPU visible
+            return None
+        return str(index)
 
 
 @dataclass
@@ -216,6 +234,9 @@ class Evaluator:
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
         env.setdefault("PYTHONFAULTHANDLER", "1")
+        gpu = self.config.visible_gpu()
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
         return env
 
     def _limits(self) -> Callable[[], None]:

@@ -1,4 +1,4 @@
-"""Fitness and significance from timings (the runner's _score), on synthetic results."""
+"""The runner's pure parts: fitness and significance from timings, and GPU pinning."""
 
 from __future__ import annotations
 
@@ -59,3 +59,17 @@ def test_falls_back_to_eager_when_the_preferred_mode_is_missing() -> None:
     base = _result("b", "baseline", [10.0] * 4)
     _score([cand, base], "graph")
     assert cand.fitness_mode == "eager" and cand.fitness == 2.0
+
+
+def test_worker_is_pinned_to_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from evoforge.evaluator import EvalConfig, EvaluatorError
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    assert EvalConfig(device="cuda:1").visible_gpu() == "6"
+    assert EvalConfig(device="auto").visible_gpu() == "4"
+    assert EvalConfig(device="cuda:1").worker_view()["device"] == "cuda:0"
+    assert EvalConfig(device="cpu").visible_gpu() is None
+    with pytest.raises(EvaluatorError):
+        EvalConfig(device="cuda:2").visible_gpu()
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert EvalConfig(device="cuda:3").visible_gpu() == "3"
