@@ -45,6 +45,7 @@ class _Fail(Exception):
 def _guarded(fn: Callable[[], T], verbose: bool) -> T:
     """Run a command body: known errors become one line and an exit code, never a bare traceback."""
     from evoforge.evaluator import EvaluatorError
+    from evoforge.store import StoreError
     from evoforge.task import TaskError
 
     try:
@@ -52,7 +53,7 @@ def _guarded(fn: Callable[[], T], verbose: bool) -> T:
     except _Fail as exc:
         err.print(f"[red]error:[/red] {exc}", highlight=False)
         raise typer.Exit(exc.code) from None
-    except TaskError as exc:
+    except (TaskError, StoreError) as exc:
         if verbose:
             traceback.print_exc()
         err.print(f"[red]error:[/red] {exc}", highlight=False)
@@ -260,6 +261,194 @@ def _print_eval(report: Any, task_name: str) -> None:
     cand = report.results[0]
     if cand.logs and not cand.ok:
         out.print(f"[dim]{cand.name} logs (tail):[/dim]\n{cand.logs[-1500:]}", highlight=False, markup=False)
+
+
+DbOpt = typer.Option(Path(".evoforge/runs.db"), "--db", help="The run store (SQLite).")
+
+
+def _open_store(db: Path) -> Any:
+    from evoforge.store import RunStore
+
+    return RunStore(db)
+
+
+def _progress_line(p: Any, total: int) -> str:
+    best = f"{p.best_fitness:.2f}×" if p.best_fitness else "-"
+    lat = f" ({_fmt_us(p.best_latency_us)} µs)" if p.best_latency_us else ""
+    eta = f", ETA {p.eta_s / 60:.1f} min" if p.eta_s else ""
+    return (f"gen {p.generation + 1}/{total}: best {best}{lat} {p.best_name or ''}, valid {p.valid}/{p.evaluated}, "
+            f"{p.evals_per_min:.1f} evals/min{eta}")
+
+
+def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) -> int:
+    from evoforge import evolve
+
+    if prepared.device == "cpu":
+        err.print("no CUDA device: timings are CPU timings, Triton kernels run in Triton's interpreter",
+                  highlight=False)
+    err.print(f"run {run_id}: {prepared.spec.name}, mutator {config.mutator}, up to {config.generations} "
+              f"generations of {config.population}; store {store.path}", highlight=False)
+    state = {"line": "starting"}
+    with _progress(True) as say:
+        prepared.evaluate.progress = lambda m: say(f"{state['line']} · {m}")
+
+        def on_progress(p: Any) -> None:
+            state["line"] = _progress_line(p, config.generations)
+            err.print(state["line"], highlight=False)
+
+        final = evolve.search_for(store, run_id, prepared, config, on_progress).run()
+    summary = {"run": run_id, "stop_reason": final.stop_reason, "generations": final.generation + 1,
+               "evaluated": final.evaluated, "valid": final.valid, "best": final.best_name,
+               "best_fitness": final.best_fitness, "best_latency_us": final.best_latency_us}
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        out.print(f"stopped: {final.stop_reason}", highlight=False)
+        out.print(f"best: {final.best_name} at {final.best_fitness:.3f}× the fastest PyTorch path "
+                  f"({_fmt_us(final.best_latency_us)} µs); {final.valid}/{final.evaluated} valid", highlight=False)
+        out.print(f"next: evoforge report {run_id}   ·   evoforge best {run_id} --export kernel.py", highlight=False)
+    return 0 if final.valid else 1
+
+
+@app.command()
+def run(
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in attention task (default: attention "
+                                    "with a GPU, attention-tiny without)."),
+    generations: int | None = typer.Option(None, "--generations", "-g", min=1, help="Generations, counting 0."),
+    population: int | None = typer.Option(None, "--population", "-p", min=1, help="New candidates per generation."),
+    elites: int | None = typer.Option(None, "--elites", min=1, help="Elites kept (top-K)."),
+    budget: str | None = typer.Option(None, "--budget", help="Wall-clock budget: 90s, 10m, 1h."),
+    max_evals: int | None = typer.Option(None, "--max-evals", min=1, help="Stop after this many evaluations."),
+    target: float | None = typer.Option(None, "--target", help="Stop once the best fitness reaches this."),
+    plateau: int | None = typer.Option(None, "--plateau", min=1, help="Stop after N generations without 1% gain."),
+    mutator: str | None = typer.Option(None, "--mutator", help="template (built in, no network)."),
+    seed: int | None = typer.Option(None, "--seed", help="Search RNG seed (default 0)."),
+    device: str | None = typer.Option(None, "--device", help="auto, cuda, cuda:N or cpu."),
+    timeout: float | None = typer.Option(None, "--timeout", help="Seconds one stage of one candidate may take."),
+    budget_ms: float | None = typer.Option(None, "--budget-ms", help="Timing budget per entry and mode, ms."),
+    config_file: Path | None = typer.Option(None, "--config", help="TOML config (default: ./evoforge.toml)."),
+    db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
+) -> None:
+    """Evolve a kernel for a task: generate -> measure -> select -> mutate, stored as it goes."""
+    from evoforge import evolve
+
+    flags = {"task": task, "generations": generations, "population": population, "elites": elites,
+             "budget": budget, "max_evals": max_evals, "target_fitness": target, "plateau": plateau,
+             "mutator": mutator, "seed": seed, "device": device, "timeout_s": timeout, "budget_ms": budget_ms}
+
+    def body() -> int:
+        settings = evolve.load_config_file(config_file)
+        settings.update({k: v for k, v in flags.items() if v is not None})
+        config = evolve.RunConfig.from_dict(settings)
+        if config.budget:
+            evolve.parse_duration(config.budget)
+        store = _open_store(db)
+        run_id, prepared = evolve.start(config, store)
+        config = evolve.RunConfig.from_dict(store.run(run_id).config)
+        return _search(store, run_id, prepared, config, as_json)
+
+    raise typer.Exit(_guarded(body, verbose))
+
+
+@app.command()
+def resume(
+    run_id: str = typer.Argument(..., help="The run to continue (an id or a unique prefix; see `evoforge runs`)."),
+    generations: int | None = typer.Option(None, "--generations", "-g", min=1, help="Raise the generation limit."),
+    budget: str | None = typer.Option(None, "--budget", help="Wall-clock budget for this session."),
+    max_evals: int | None = typer.Option(None, "--max-evals", min=1, help="Raise the evaluation limit."),
+    db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
+) -> None:
+    """Continue a stopped run with its population and RNG state."""
+    from evoforge import evolve
+
+    def body() -> int:
+        store = _open_store(db)
+        config, prepared, full_id = evolve.resume(
+            store, run_id, {"generations": generations, "budget": budget, "max_evals": max_evals})
+        return _search(store, full_id, prepared, config, as_json)
+
+    raise typer.Exit(_guarded(body, verbose))
+
+
+@app.command()
+def runs(db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt) -> None:
+    """List the runs in the store."""
+    from evoforge.report import evidence
+
+    def body() -> int:
+        if not db.exists():
+            raise _Fail(f"{db}: no run store here yet (start one with `evoforge run`)", 2)
+        store = _open_store(db)
+        rows = []
+        for record in store.runs():
+            data = evidence(store, record.id)
+            best = data["best"]
+            rows.append({"id": record.id, "created": record.created, "status": record.status,
+                         "task": record.task.get("name"), "generation": record.generation,
+                         "evaluated": data["evaluated"], "valid": data["valid"],
+                         "best": best["name"] if best else None, "best_fitness": best["fitness"] if best else 0.0,
+                         "stop_reason": record.note})
+        if as_json:
+            out.print_json(json.dumps(rows))
+            return 0
+        table = Table(title=f"runs in {db}")
+        for col in ("id", "created", "status", "task", "gens", "valid", "best", "fitness", "stopped"):
+            table.add_column(col)
+        for r in rows:
+            table.add_row(r["id"], r["created"], r["status"], r["task"], str(r["generation"] + 1),
+                          f"{r['valid']}/{r['evaluated']}", r["best"] or "-", f"{r['best_fitness']:.3f}",
+                          escape(r["stop_reason"] or ""))
+        out.print(table)
+        return 0
+
+    raise typer.Exit(_guarded(body, verbose))
+
+
+@app.command()
+def report(
+    run_id: str = typer.Argument(..., help="The run to report on."),
+    output: Path | None = typer.Option(None, "--out", "-o", help="Folder (default: evidence/run-<id>)."),
+    db: Path = DbOpt, verbose: bool = VerboseOpt,
+) -> None:
+    """Evidence JSON, PNG plots and a self-contained HTML page for a run."""
+    from evoforge.report import write_report
+
+    def body() -> int:
+        store = _open_store(db)
+        record = store.run(run_id)
+        paths = write_report(store, record.id, output or Path("evidence") / f"run-{record.id}")
+        for path in paths:
+            out.print(str(path), highlight=False)
+        if not any(p.suffix == ".png" for p in paths):
+            err.print("note: plots need matplotlib (pip install 'evoforge[report]')", highlight=False)
+        return 0
+
+    raise typer.Exit(_guarded(body, verbose))
+
+
+@app.command()
+def best(
+    run_id: str = typer.Argument(..., help="The run whose best kernel to show or export."),
+    export: Path | None = typer.Option(None, "--export", help="Write a standalone module here."),
+    db: Path = DbOpt, verbose: bool = VerboseOpt,
+) -> None:
+    """Show the best kernel of a run, or export it as a module you can import."""
+    from evoforge.report import best_candidate, export_module
+
+    def body() -> int:
+        store = _open_store(db)
+        if export is None:
+            cand, info, _ = best_candidate(store, run_id)
+            out.print(f"# {cand.name}: fitness {info['fitness']:.3f} ({info['fitness_mode']}), "
+                      f"latency {info['latency_us']}", highlight=False, markup=False)
+            out.print(cand.source, highlight=False, markup=False)
+            return 0
+        export.parent.mkdir(parents=True, exist_ok=True)
+        export.write_text(export_module(store, run_id))
+        out.print(f"wrote {export}", highlight=False)
+        return 0
+
+    raise typer.Exit(_guarded(body, verbose))
 
 
 @app.command()

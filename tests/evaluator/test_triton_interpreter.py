@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 
 
 def test_triton_candidate_is_checked_and_timed_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TRITON_INTERPRET", "1")  # inherited by the worker
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # inherited by the worker, which runs on the CPU
     source = (CANDIDATES / "triton_tanh.py").read_text()
     cand = Candidate(name="triton_tanh", source=source)
     assert cand.language == "triton"

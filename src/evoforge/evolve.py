@@ -1,0 +1,208 @@
+"""Wiring for ``evoforge run`` / ``resume``: config, the generation evaluator, mutator and store.
+
+Config comes from ``evoforge.toml`` (a ``[run]`` table) with command-line flags overriding it; the
+full resolved config is stored with the run, so ``resume`` continues exactly what was started.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from evoforge.candidate import Candidate
+from evoforge.evaluator import EvalConfig, EvalResult, Evaluator
+from evoforge.kernels.flash_attention import HardwareLimits
+from evoforge.mutators import Mutator, TemplateMutator
+from evoforge.search import Progress, Search, SearchConfig, restore_rng
+from evoforge.store import RunStore
+from evoforge.task import TaskError, TaskSpec, load_task, resolve_task
+from evoforge.tasks import attention_params, baselines_for
+from evoforge.timing import TimingConfig
+
+MUTATORS = ("template",)
+
+
+@dataclass
+class RunConfig:
+    task: str | None = None  # None: "attention" with a GPU, "attention-tiny" without
+    generations: int = 10
+    population: int = 8
+    elites: int = 3
+    budget: str | None = None  # wall clock, e.g. "10m", "90s", "1h"
+    max_evals: int | None = None
+    target_fitness: float | None = None
+    plateau: int | None = None
+    seed: int = 0
+    mutator: str = "template"
+    device: str = "auto"
+    timeout_s: float = 300.0
+    budget_ms: float = 100.0
+    keep_baselines: int = 3  # after generation 0, re-time only the fastest baselines each generation
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TaskError(f"unknown run setting(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**data)
+
+    def search_config(self) -> SearchConfig:
+        return SearchConfig(generations=self.generations, population=self.population, elites=self.elites,
+                            budget_s=parse_duration(self.budget) if self.budget else None,
+                            max_evals=self.max_evals, target_fitness=self.target_fitness,
+                            plateau=self.plateau, seed=self.seed)
+
+
+def parse_duration(text: str) -> float:
+    """'10m' -> 600.0; also 's', 'h' and plain seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([smh]?)\s*", str(text))
+    if not match:
+        raise TaskError(f"budget {text!r}: expected a duration such as 90s, 10m or 1h")
+    value, unit = float(match.group(1)), match.group(2) or "s"
+    return value * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def load_config_file(path: Path | None) -> dict[str, Any]:
+    """The ``[run]`` table of an evoforge.toml ({} when there is no file)."""
+    if path is None:
+        default = Path("evoforge.toml")
+        if not default.exists():
+            return {}
+        path = default
+    if not path.exists():
+        raise TaskError(f"{path}: no such config file")
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef]
+        except ModuleNotFoundError:
+            raise TaskError(f"{path}: reading TOML on Python 3.10 needs `pip install tomli`") from None
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TaskError(f"{path}: not valid TOML ({exc})") from None
+    table = data.get("run", {})
+    if not isinstance(table, dict):
+        raise TaskError(f"{path}: [run] must be a table")
+    return table
+
+
+def has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if has_cuda() else "cpu"
+    return device
+
+
+@dataclass
+class Prepared:
+    spec: TaskSpec
+    mutator: Mutator
+    evaluate: GenerationEvaluator
+    rng: random.Random
+    device: str
+
+
+class GenerationEvaluator:
+    """One worker per generation: the generation's candidates beside the baselines. Generation 0
+    times every baseline; later generations re-time only the fastest ``keep`` of them."""
+
+    def __init__(self, spec: TaskSpec, config: EvalConfig, baselines: list[Candidate], keep: int,
+                 fastest: list[str] | None = None, progress: Callable[[str], None] | None = None,
+                 on_baselines: Callable[[list[str], dict[str, Any]], None] | None = None) -> None:
+        self.spec, self.config, self.baselines, self.keep = spec, config, baselines, keep
+        self.fastest = fastest
+        self.progress = progress
+        self.on_baselines = on_baselines
+        self.env: dict[str, Any] = {}
+
+    def __call__(self, candidates: list[Candidate], generation: int) -> tuple[list[EvalResult], list[EvalResult]]:
+        base = self.baselines if self.fastest is None else [b for b in self.baselines if b.name in self.fastest]
+        report = Evaluator(self.spec, self.config, progress=self.progress).evaluate(candidates, base)
+        self.env = report.env
+        results, bases = report.results[: len(candidates)], report.results[len(candidates):]
+        if self.fastest is None:
+            mode = "graph" if report.env.get("device_type") == "cuda" else "eager"
+            ranked = sorted((b for b in bases if b.ok), key=lambda b: b.latency(mode) or math.inf)
+            self.fastest = [b.name for b in ranked[: self.keep]] or [b.name for b in self.baselines[: self.keep]]
+            if self.on_baselines:
+                self.on_baselines(self.fastest, report.env)
+        return results, bases
+
+
+def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
+            progress: Callable[[str], None] | None = None) -> Prepared:
+    if config.mutator not in MUTATORS:
+        raise TaskError(f"unknown mutator {config.mutator!r} (available: {', '.join(MUTATORS)}; "
+                        "the LLM mutator is not part of this release)")
+    device = resolve_device(config.device)
+    spec = resolve_task(config.task or ("attention" if device.startswith("cuda") else "attention-tiny"))
+    load_task(spec)
+    params = attention_params(spec)
+    if params is None:
+        raise TaskError(f"{spec.origin}: the template mutator evolves attention kernels; give a built-in "
+                        "attention task (see `evoforge tasks`)")
+    if device == "cpu":
+        # Triton kernels run on CPU tensors through the interpreter: slow, but the same code path.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+        limits = HardwareLimits(interpreter=True)
+    else:
+        import torch
+
+        limits = HardwareLimits.for_device(torch.cuda.get_device_properties(torch.device(device)))
+    eval_config = EvalConfig(device=device, timeout_s=config.timeout_s, timing=TimingConfig(budget_ms=config.budget_ms))
+    fastest = None
+    for event in store.events(run_id, "baselines"):
+        fastest = event["names"]
+
+    def remember(names: list[str], env: dict[str, Any]) -> None:
+        store.add_event(run_id, "baselines", names=names)
+        store.update_run(run_id, env=env)
+
+    evaluate = GenerationEvaluator(spec, eval_config, baselines_for(spec), config.keep_baselines, fastest,
+                                   progress, remember)
+    mutator = TemplateMutator(rng, params, limits)
+    return Prepared(spec, mutator, evaluate, rng, device)
+
+
+def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | None = None) -> tuple[str, Prepared]:
+    """Create a run record and everything needed to search it."""
+    device = resolve_device(config.device)
+    task_name = config.task or ("attention" if device.startswith("cuda") else "attention-tiny")
+    resolved = RunConfig.from_dict({**config.to_dict(), "task": task_name})
+    spec = resolve_task(task_name)
+    run_id = store.create_run({"name": spec.name, "arg": task_name, "origin": spec.origin, "params": spec.params},
+                              resolved.to_dict())
+    rng = random.Random(resolved.seed)
+    return run_id, prepare(resolved, store, run_id, rng, progress)
+
+
+def search_for(store: RunStore, run_id: str, prepared: Prepared, config: RunConfig,
+               on_progress: Callable[[Progress], None] | None = None) -> Search:
+    return Search(store, run_id, prepared.mutator, prepared.evaluate, config.search_config(), prepared.rng,
+                  on_progress)
+
+
+def resume(store: RunStore, run_id: str, overrides: dict[str, Any],
+           progress: Callable[[str], None] | None = None) -> tuple[RunConfig, Prepared, str]:
+    record = store.run(run_id)
+    config = RunConfig.from_dict({**record.config, **{k: v for k, v in overrides.items() if v is not None}})
+    store.update_run(record.id, config=config.to_dict())
+    rng = restore_rng(record.rng) if record.rng else random.Random(config.seed)
+    return config, prepare(config, store, record.id, rng, progress), record.id

@@ -1,0 +1,223 @@
+"""A parameterised Triton flash-attention forward kernel, rendered from a genome.
+
+The genome is the template mutator's search space. Every genome renders a complete KernelBench
+candidate (``class ModelNew``) with: online softmax, fp32 accumulation, optional exp2 with the scale
+folded in, GQA (each program reads its K/V head), causal masking with block skipping and, optionally,
+the causal loop split into unmasked full blocks and masked diagonal blocks. The launcher is fixed at
+render time: no autotuning and no re-specialisation on the hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+BLOCKS = (16, 32, 64, 128)
+WARPS = (1, 2, 4, 8)
+STAGES = (1, 2, 3, 4, 5)
+K_LAYOUTS = ("direct", "trans")  # load K as [D, N] through strides, or [N, D] then tl.trans
+LOOPS = ("range", "tl.range")  # plain Python range, or tl.range(num_stages=...) software pipelining
+
+
+@dataclass(frozen=True)
+class FlashGenome:
+    """One point of the Triton kernel's search space (hashable; JSON both ways)."""
+
+    block_m: int = 64
+    block_n: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    exp2: bool = True
+    k_layout: str = "direct"
+    loop: str = "range"
+    causal_split: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "triton_flash", **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FlashGenome:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def with_(self, **changes: Any) -> FlashGenome:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class HardwareLimits:
+    """What a genome must fit in. ``interpreter`` means Triton's CPU interpreter (small blocks keep
+    it fast; warps and stages mean nothing there)."""
+
+    shared_memory_bytes: int = 227 * 1024
+    max_registers_per_thread: int = 255
+    interpreter: bool = False
+
+    @classmethod
+    def for_device(cls, props: Any | None) -> HardwareLimits:
+        if props is None:
+            return cls(interpreter=True)
+        smem = int(getattr(props, "shared_memory_per_block_optin", 0) or 99 * 1024)
+        return cls(shared_memory_bytes=smem)
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(n - 1, 0).bit_length()
+
+
+def fits(g: FlashGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits) -> str | None:
+    """Why the genome can't run well on this hardware, or None if it fits."""
+    d = next_pow2(head_dim)
+    if limits.interpreter:
+        return None if g.block_m <= 64 and g.block_n <= 64 else "blocks over 64 are slow in the interpreter"
+    # Q tile once, K and V tiles per pipeline stage.
+    smem = elem_bytes * (g.block_m * d + g.num_stages * 2 * g.block_n * d)
+    if smem > limits.shared_memory_bytes:
+        return f"needs {smem} B of shared memory, the GPU has {limits.shared_memory_bytes}"
+    threads = g.num_warps * 32
+    # fp32 accumulator + scores tile per thread, a rough lower bound on registers.
+    regs = (g.block_m * d + g.block_m * g.block_n) / threads
+    if regs > limits.max_registers_per_thread:
+        return f"needs about {regs:.0f} registers per thread for its tiles"
+    if g.block_m * g.block_n < 16 * 16 * g.num_warps // 2:
+        return "too many warps for such small tiles"
+    return None
+
+
+_KERNEL = '''import math
+
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+
+# Rendered by evoforge from genome {genome_json}
+CAUSAL = {causal}
+HEAD_DIM = {head_dim}
+SCALE = 1.0 / math.sqrt(HEAD_DIM)
+BLOCK_M, BLOCK_N, BLOCK_D = {block_m}, {block_n}, {block_d}
+NUM_WARPS, NUM_STAGES = {num_warps}, {num_stages}
+USE_EXP2 = {exp2}
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n, offs_d,
+                lo, hi, n_k, causal_offset, qk_scale,
+                MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr):
+    for start_n in {loop_expr}:
+        cols = start_n + offs_n
+        col_ok = cols < n_k
+        if K_TRANS:
+            k = tl.load(k_base + cols[:, None] * skn + offs_d[None, :] * skd,
+                        mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            qk = tl.dot(q, tl.trans(k))
+        else:
+            k = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd,
+                        mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+            qk = tl.dot(q, k)
+        qk = qk * qk_scale
+        keep = col_ok[None, :]
+        if MASK_CAUSAL:
+            keep = keep & ((offs_m[:, None] + causal_offset) >= cols[None, :])
+        qk = tl.where(keep, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        if EXP2:
+            p = tl.math.exp2(qk - m_new[:, None])
+            alpha = tl.math.exp2(m_i - m_new)
+        else:
+            p = tl.exp(qk - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd,
+                    mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+              sob, soh, som, sod, n_heads, kv_group, n_q, n_k, qk_scale,
+              CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, HEAD_DIM: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr):
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    kvh = h // kv_group
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < n_q
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    k_base = K + b * skb + kvh * skh
+    v_base = V + b * svb + kvh * svh
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    causal_offset = n_k - n_q
+    if CAUSAL:
+        # Block skipping: keys past the last row's diagonal are never loaded.
+        hi = tl.minimum(n_k, (start_m + 1) * BLOCK_M + causal_offset)
+        if CAUSAL_SPLIT:
+            # Full blocks (entirely below every row's diagonal) run without the mask.
+            full = tl.maximum(tl.minimum(start_m * BLOCK_M + causal_offset + 1, hi), 0)
+            full = (full // BLOCK_N) * BLOCK_N
+            acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
+                                        offs_d, 0, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
+                                        BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
+            acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
+                                        offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
+                                        BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
+        else:
+            acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
+                                        offs_d, 0, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
+                                        BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
+    else:
+        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
+                                    offs_d, 0, n_k, n_k, causal_offset, qk_scale, False, HEAD_DIM,
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
+    acc = acc / l_i[:, None]
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
+             acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
+class ModelNew(nn.Module):
+    def forward(self, q, k, v):
+        batch, heads, n_q, _ = q.shape
+        n_k = k.shape[2]
+        out = torch.empty_like(q)
+        grid = (triton.cdiv(n_q, BLOCK_M), batch * heads)
+        qk_scale = SCALE * LOG2E if USE_EXP2 else SCALE
+        _attn_fwd[grid](
+            q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            heads, heads // k.shape[1], n_q, n_k, qk_scale,
+            CAUSAL=CAUSAL, CAUSAL_SPLIT={causal_split}, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+            BLOCK_D=BLOCK_D, EXP2=USE_EXP2, K_TRANS={k_trans}, NUM_STAGES=NUM_STAGES,
+            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        )
+        return out
+'''
+
+
+def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
+    """ModelNew source for genome ``g`` on an attention task with this causality and head size."""
+    loop_expr = "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES)" if g.loop == "tl.range" \
+        else "range(lo, hi, BLOCK_N)"
+    return _KERNEL.format(
+        genome_json=json.dumps(g.to_dict(), sort_keys=True),
+        causal=bool(causal), head_dim=head_dim, block_m=g.block_m, block_n=g.block_n,
+        block_d=max(next_pow2(head_dim), 16), num_warps=g.num_warps, num_stages=g.num_stages,
+        exp2=bool(g.exp2), loop_expr=loop_expr, causal_split=bool(g.causal_split and causal),
+        k_trans=g.k_layout == "trans",
+    )

@@ -1,0 +1,6 @@
+"""Mutators: where new candidates come from. Each is one class behind :class:`Mutator`."""
+
+from evoforge.mutators.base import Individual, Mutator
+from evoforge.mutators.template import TemplateMutator
+
+__all__ = ["Individual", "Mutator", "TemplateMutator"]

@@ -1,0 +1,147 @@
+"""The built-in template/genome mutator: no network, no key.
+
+Its space is the parameterised Triton flash-attention kernel (:mod:`evoforge.kernels.flash_attention`)
+plus PyTorch's own attention paths as genomes of their own. Mutation operators follow the seed's three
+levels:
+
+- **algorithmic**: move between a PyTorch path and the fused online-softmax kernel; split the causal
+  loop into unmasked full blocks and masked diagonal blocks;
+- **implementation**: exp2 with the scale folded in or exp; K loaded transposed through strides or
+  loaded row-major and transposed in registers; a plain loop or ``tl.range`` software pipelining;
+- **hardware**: BLOCK_M, BLOCK_N, num_warps, num_stages, one step at a time;
+
+plus uniform crossover of two kernel genomes. Genomes that don't fit the GPU (shared memory,
+registers) are never proposed.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import fields
+from typing import Any
+
+from evoforge.candidate import Candidate
+from evoforge.kernels.flash_attention import (
+    BLOCKS,
+    K_LAYOUTS,
+    LOOPS,
+    STAGES,
+    WARPS,
+    FlashGenome,
+    HardwareLimits,
+    fits,
+    render,
+)
+from evoforge.mutators.base import Individual, Mutator
+from evoforge.tasks.attention import AttentionParams, variants
+
+LEVEL_WEIGHTS = {"algorithmic": 0.2, "implementation": 0.3, "hardware": 0.5}
+CROSSOVER_RATE = 0.2
+
+
+def _step(values: tuple[Any, ...], current: Any, rng: random.Random) -> Any:
+    i = values.index(current) if current in values else 0
+    options = [values[j] for j in (i - 1, i + 1) if 0 <= j < len(values)]
+    return rng.choice(options)
+
+
+class TemplateMutator(Mutator):
+    name = "template"
+
+    def __init__(self, rng: random.Random, params: AttentionParams, limits: HardwareLimits) -> None:
+        super().__init__(rng)
+        self.params = params
+        self.limits = limits
+        self.elem_bytes = 4 if params.torch_dtype == "float32" else 2
+        self.torch_paths = {v.name: v for v in variants(params) if v.lineage.get("baseline")}
+
+    # ---------------------------------------------------------------- genomes -> candidates
+    def default_genome(self) -> FlashGenome:
+        if self.limits.interpreter:
+            return FlashGenome(block_m=32, block_n=32, num_warps=4, num_stages=1)
+        return FlashGenome()
+
+    def build(self, genome: dict[str, Any], lineage: dict[str, Any]) -> Candidate:
+        if genome["kind"] == "torch":
+            base = self.torch_paths[genome["variant"]]
+            return Candidate(name=f"torch-{genome['variant']}", source=base.source, language="torch",
+                             genome=genome, lineage={**lineage, "mutator": self.name})
+        g = FlashGenome.from_dict(genome)
+        source = render(g, causal=self.params.causal, head_dim=self.params.head_dim)
+        return Candidate(name=f"flash-{g.key()[:6]}", source=source, language="triton",
+                         genome=g.to_dict(), lineage={**lineage, "mutator": self.name})
+
+    def seed(self) -> list[Candidate]:
+        return [
+            self.build({"kind": "torch", "variant": "math_baseline"}, {"mutation": "seed", "level": "seed"}),
+            self.build(self.default_genome().to_dict(), {"mutation": "seed", "level": "seed"}),
+        ]
+
+    # ---------------------------------------------------------------- operators
+    def _fits(self, g: FlashGenome) -> bool:
+        return fits(g, self.params.head_dim, self.elem_bytes, self.limits) is None
+
+    def mutate(self, genome: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+        """One mutation of ``genome``: (new genome, description, level)."""
+        rng = self.rng
+        if genome["kind"] == "torch":
+            if rng.random() < 0.6:
+                return self.default_genome().to_dict(), "fuse into the online-softmax Triton kernel", "algorithmic"
+            other = rng.choice([n for n in self.torch_paths if n != genome["variant"]] or [genome["variant"]])
+            return {"kind": "torch", "variant": other}, f"switch PyTorch path to {other}", "algorithmic"
+        g = FlashGenome.from_dict(genome)
+        level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
+        if level == "algorithmic":
+            if self.params.causal and rng.random() < 0.7:
+                return g.with_(causal_split=not g.causal_split).to_dict(), \
+                    f"causal loop split {'off' if g.causal_split else 'on'}", level
+            variant = rng.choice(sorted(self.torch_paths))
+            return {"kind": "torch", "variant": variant}, f"replace the kernel with {variant}", level
+        if level == "implementation":
+            what = rng.choice(["exp2", "k_layout", "loop"])
+            if what == "exp2":
+                return g.with_(exp2=not g.exp2).to_dict(), f"exp2 {'off' if g.exp2 else 'on'}", level
+            if what == "k_layout":
+                new = _step(K_LAYOUTS, g.k_layout, rng)
+                return g.with_(k_layout=new).to_dict(), f"K load {g.k_layout} -> {new}", level
+            new = _step(LOOPS, g.loop, rng)
+            return g.with_(loop=new).to_dict(), f"loop {g.loop} -> {new}", level
+        what = rng.choice(["block_m", "block_n", "num_warps", "num_stages"])
+        space = {"block_m": BLOCKS, "block_n": BLOCKS, "num_warps": WARPS, "num_stages": STAGES}[what]
+        old = getattr(g, what)
+        new = _step(space, old, rng)
+        return g.with_(**{what: new}).to_dict(), f"{what} {old} -> {new}", level
+
+    def crossover(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        ga, gb = FlashGenome.from_dict(a), FlashGenome.from_dict(b)
+        picked = {f.name: getattr(ga if self.rng.random() < 0.5 else gb, f.name) for f in fields(FlashGenome)}
+        return FlashGenome(**picked).to_dict()
+
+    def propose(self, parents: list[Individual], history: list[Individual], n: int) -> list[Candidate]:
+        seen = {ind.candidate.hash for ind in history}
+        out: list[Candidate] = []
+        kernels = [p for p in parents if p.candidate.genome and p.candidate.genome.get("kind") == "triton_flash"]
+        pool = parents or history
+        if not pool:
+            return self.seed()[:n]
+        attempts = 0
+        while len(out) < n and attempts < 50 * n:
+            attempts += 1
+            if len(kernels) >= 2 and self.rng.random() < CROSSOVER_RATE:
+                a, b = self.rng.sample(kernels, 2)
+                genome = self.crossover(a.candidate.genome or {}, b.candidate.genome or {})
+                lineage = {"parents": [a.candidate.hash, b.candidate.hash], "mutation": "crossover",
+                           "level": "crossover"}
+            else:
+                parent = self.rng.choice(pool)
+                base = parent.candidate.genome or {"kind": "torch", "variant": "math_baseline"}
+                genome, description, level = self.mutate(base)
+                lineage = {"parents": [parent.candidate.hash], "mutation": description, "level": level}
+            if genome["kind"] == "triton_flash" and not self._fits(FlashGenome.from_dict(genome)):
+                continue
+            cand = self.build(genome, lineage)
+            if cand.hash in seen:
+                continue
+            seen.add(cand.hash)
+            out.append(cand)
+        return out

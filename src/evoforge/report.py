@@ -1,0 +1,216 @@
+"""Reports on a stored run: evidence JSON, PNG plots, a self-contained HTML page, and the best
+kernel exported as a standalone module."""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from evoforge import __version__
+from evoforge.candidate import Candidate
+from evoforge.evaluator.result import EvalResult
+from evoforge.store import RunStore, StoreError
+
+
+def _mode(result: EvalResult) -> str | None:
+    return result.fitness_mode or (next(iter(result.timing), None))
+
+
+def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
+    record = store.run(run_id)
+    results = {r.hash: (r, g) for r, g in store.evaluations(record.id)}
+    rows = []
+    for cand, gen in store.candidates(record.id):
+        result, _ = results.get(cand.hash, (None, gen))
+        rows.append({
+            "name": cand.name, "hash": cand.hash, "generation": gen, "language": cand.language,
+            "genome": cand.genome, "lineage": cand.lineage,
+            "status": result.status if result else "pending", "detail": result.detail if result else "",
+            "fitness": result.fitness if result else 0.0, "fitness_mode": result.fitness_mode if result else None,
+            "significant": result.significant if result else False,
+            "latency_us": {m: s.median_us for m, s in result.timing.items()} if result else {},
+            "iqr_us": {m: s.iqr_us for m, s in result.timing.items()} if result else {},
+            "max_abs_err": result.max_abs_err if result else None,
+            "best_baseline": result.best_baseline if result else None,
+        })
+    baselines: dict[str, dict[str, Any]] = {}
+    for result, gen in store.evaluations(record.id, role="baseline"):
+        baselines[result.name] = {"generation": gen, "status": result.status,
+                                  "latency_us": {m: s.median_us for m, s in result.timing.items()}}
+    generations: dict[int, dict[str, Any]] = {}
+    best_so_far = 0.0
+    for gen in sorted({row["generation"] for row in rows}):
+        in_gen = [row for row in rows if row["generation"] == gen and row["status"] != "pending"]
+        best_gen = max((row["fitness"] for row in in_gen), default=0.0)
+        best_so_far = max(best_so_far, best_gen)
+        generations[gen] = {"evaluated": len(in_gen), "valid": sum(row["status"] == "ok" for row in in_gen),
+                            "best_fitness": best_gen, "best_so_far": best_so_far}
+    validity: dict[str, dict[str, int]] = defaultdict(lambda: {"generated": 0, "valid": 0})
+    for row in rows:
+        if row["status"] == "pending":
+            continue
+        level = row["lineage"].get("level", "seed")
+        validity[level]["generated"] += 1
+        validity[level]["valid"] += row["status"] == "ok"
+    evaluated = [row for row in rows if row["status"] != "pending"]
+    best = max((row for row in evaluated if row["status"] == "ok"), key=lambda r: r["fitness"], default=None)
+    return {
+        "tool": "evoforge", "version": __version__, "kind": "run-report",
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "run": {"id": record.id, "created": record.created, "updated": record.updated, "status": record.status,
+                "stop_reason": record.note},
+        "task": record.task, "config": record.config, "device": record.env,
+        "baselines": baselines, "generations": generations, "validity_by_level": dict(validity),
+        "evaluated": len(evaluated), "valid": sum(r["status"] == "ok" for r in evaluated),
+        "best": best, "candidates": rows,
+        "events": store.events(record.id),
+    }
+
+
+def _plots(data: dict[str, Any], out: Path) -> list[Path]:
+    try:
+        import matplotlib
+    except ModuleNotFoundError:
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    gens = sorted(data["generations"], key=int)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot([int(g) for g in gens], [data["generations"][g]["best_so_far"] for g in gens], marker="o",
+            label="best so far")
+    xs = [r["generation"] for r in data["candidates"] if r["status"] == "ok"]
+    ax.scatter(xs, [r["fitness"] for r in data["candidates"] if r["status"] == "ok"], s=12, alpha=0.5,
+               label="valid candidates")
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="fastest PyTorch path")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness (speedup over the fastest baseline)")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "fitness.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    mode = next((r["fitness_mode"] for r in data["candidates"] if r["fitness_mode"]), "eager")
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ok = [r for r in data["candidates"] if mode in r["latency_us"]]
+    ax.scatter([r["generation"] for r in ok], [r["latency_us"][mode] for r in ok], s=14, label="candidates")
+    for name, base in data["baselines"].items():
+        if mode in base["latency_us"]:
+            ax.axhline(base["latency_us"][mode], linestyle=":", linewidth=1)
+            ax.annotate(name, (0, base["latency_us"][mode]), fontsize=7)
+    ax.set_yscale("log")
+    ax.set_xlabel("generation")
+    ax.set_ylabel(f"{mode} latency, µs (median)")
+    fig.tight_layout()
+    paths.append(out / "latency.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    levels = sorted(data["validity_by_level"])
+    generated = [data["validity_by_level"][k]["generated"] for k in levels]
+    valid = [data["validity_by_level"][k]["valid"] for k in levels]
+    ax.bar(levels, generated, color="#ccc", label="generated")
+    ax.bar(levels, valid, color="#4a4", label="valid")
+    ax.set_ylabel("candidates")
+    ax.legend()
+    fig.tight_layout()
+    paths.append(out / "validity.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def _html(data: dict[str, Any], plots: list[Path], best_source: str | None) -> str:
+    def esc(value: Any) -> str:
+        return html.escape(str(value))
+
+    images = "".join(
+        f'<img alt="{esc(p.stem)}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in plots)
+    ranked = sorted(data["candidates"], key=lambda r: -r["fitness"])
+    body = "".join(
+        f"<tr><td>{esc(r['name'])}</td><td>{r['generation']}</td><td>{esc(r['status'])}</td>"
+        f"<td>{r['fitness']:.3f}</td><td>{esc(', '.join(f'{m} {v:.1f}' for m, v in r['latency_us'].items()))}</td>"
+        f"<td>{esc(r['lineage'].get('mutation', ''))}</td><td>{esc(r['detail'][:120])}</td></tr>"
+        for r in ranked)
+    dev = data.get("device") or {}
+    best = data.get("best")
+    head = (f"best: {esc(best['name'])}, fitness {best['fitness']:.3f} ({esc(best['fitness_mode'])} mode)"
+            if best else "no valid candidate")
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>evoforge run {esc(data['run']['id'])}</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;
+font-size:13px}}img{{max-width:49%}}pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}</style></head>
+<body><h1>evoforge run {esc(data['run']['id'])}</h1>
+<p>task {esc(data['task'].get('name'))} on {esc(dev.get('device_name', '?'))}
+(torch {esc((dev.get('versions') or {}).get('torch'))}); {data['evaluated']} evaluated, {data['valid']} valid;
+stopped: {esc(data['run']['stop_reason'])}</p><p><b>{head}</b></p>{images}
+<h2>candidates</h2><table><tr><th>name</th><th>gen</th><th>status</th><th>fitness</th><th>latency µs</th>
+<th>mutation</th><th>detail</th></tr>{body}</table>
+<h2>best kernel</h2><pre>{esc(best_source or '')}</pre></body></html>"""
+
+
+def write_report(store: RunStore, run_id: str, out: Path) -> list[Path]:
+    data = evidence(store, run_id)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / "evidence.json"
+    json_path.write_text(json.dumps(data, indent=2, default=str))
+    plots = _plots(data, out)
+    best_source = None
+    if data["best"]:
+        best_source = next(c.source for c, _ in store.candidates(data["run"]["id"]) if c.hash == data["best"]["hash"])
+    page = out / "report.html"
+    page.write_text(_html(data, plots, best_source))
+    return [json_path, *plots, page]
+
+
+def best_candidate(store: RunStore, run_id: str) -> tuple[Candidate, dict[str, Any], dict[str, Any]]:
+    data = evidence(store, run_id)
+    if not data["best"]:
+        raise StoreError(f"run {data['run']['id']} has no valid candidate yet")
+    cand = next(c for c, _ in store.candidates(data["run"]["id"]) if c.hash == data["best"]["hash"])
+    return cand, data["best"], data
+
+
+def export_module(store: RunStore, run_id: str) -> str:
+    """The best kernel as a standalone module: its source, a plain function and an nn.Module with
+    the task's signature, and a header saying what it was measured on."""
+    cand, best, data = best_candidate(store, run_id)
+    dev = data.get("device") or {}
+    params = data["task"].get("params", {})
+    args = "q, k, v" if params.get("family") == "attention" else "*inputs"
+    latency = best["latency_us"].get(best["fitness_mode"] or "", None)
+    header = f'''"""Evolved by evoforge {__version__} (run {data['run']['id']}).
+
+Task: {data['task'].get('name')} ({data['task'].get('origin')})
+Device: {dev.get('device_name', '?')}, torch {(dev.get('versions') or {}).get('torch')}, \
+triton {(dev.get('versions') or {}).get('triton')}
+Speedup: {best['fitness']:.3f}x over {best['best_baseline']} ({best['fitness_mode']} mode, \
+{latency if latency is None else f'{latency:.2f} us'} median), measured {data['run']['updated']}
+Exported: {data['date']}
+
+Use: `from this_module import evolved` and call evolved({args}); or EvolvedModel()({args}).
+"""
+'''
+    footer = f'''
+
+# ---- evoforge export: the task's call signature ----------------------------------------
+EvolvedModel = ModelNew
+_evolved_model = None
+
+
+def evolved({args}):
+    """Compute the task's forward with the evolved kernel (the module is built once)."""
+    global _evolved_model
+    if _evolved_model is None:
+        _evolved_model = EvolvedModel()
+    return _evolved_model({args})
+'''
+    return header + cand.source.rstrip() + "\n" + footer

@@ -1,0 +1,198 @@
+"""The run store: one SQLite file (WAL mode) per project directory, ``.evoforge/runs.db`` by default.
+
+Contract: every write is committed before the call returns, so a crash or ``kill -9`` loses at most
+the evaluation in flight; readers never see half a record. Tables: ``runs`` (config, task, device,
+versions, RNG state, progress), ``candidates`` (source, hash, lineage, genome), ``evaluations``
+(the full EvalResult as JSON), ``events``. A database written by another schema version is refused
+with a clear message rather than read or migrated silently.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from evoforge.candidate import Candidate
+from evoforge.evaluator.result import EvalResult
+
+SCHEMA_VERSION = 1
+DEFAULT_PATH = Path(".evoforge/runs.db")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY, created TEXT NOT NULL, updated TEXT NOT NULL, status TEXT NOT NULL,
+    task_json TEXT NOT NULL, config_json TEXT NOT NULL, env_json TEXT, rng_json TEXT,
+    generation INTEGER NOT NULL DEFAULT 0, note TEXT
+);
+CREATE TABLE IF NOT EXISTS candidates (
+    run_id TEXT NOT NULL, hash TEXT NOT NULL, name TEXT NOT NULL, generation INTEGER NOT NULL,
+    role TEXT NOT NULL, language TEXT NOT NULL, source TEXT NOT NULL, genome_json TEXT,
+    lineage_json TEXT NOT NULL, created TEXT NOT NULL, PRIMARY KEY (run_id, hash, role)
+);
+CREATE TABLE IF NOT EXISTS evaluations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, hash TEXT NOT NULL,
+    generation INTEGER NOT NULL, role TEXT NOT NULL, status TEXT NOT NULL, fitness REAL NOT NULL,
+    result_json TEXT NOT NULL, created TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evaluations_run ON evaluations (run_id, role, hash);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, ts TEXT NOT NULL, kind TEXT NOT NULL,
+    data_json TEXT NOT NULL
+);
+"""
+
+
+class StoreError(Exception):
+    """The store can't be used (wrong schema, unknown run). One line."""
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class RunRecord:
+    id: str
+    created: str
+    updated: str
+    status: str
+    task: dict[str, Any]
+    config: dict[str, Any]
+    env: dict[str, Any] | None
+    rng: Any
+    generation: int
+    note: str | None
+
+
+class RunStore:
+    def __init__(self, path: str | Path = DEFAULT_PATH) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self._check_schema()
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable evoforge database ({exc})") from None
+
+    def _check_schema(self) -> None:
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if "meta" in tables:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            found = int(row[0]) if row else None
+            if found != SCHEMA_VERSION:
+                raise StoreError(
+                    f"{self.path}: written by evoforge schema version {found}, this evoforge reads version "
+                    f"{SCHEMA_VERSION}; use a matching evoforge or start a new store with --db"
+                )
+            return
+        if tables:
+            raise StoreError(f"{self.path}: a SQLite file that is not an evoforge run store")
+        with self.db:
+            self.db.executescript(_SCHEMA)
+            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        self.db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group writes so they land together or not at all."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # ---------------------------------------------------------------- runs
+    def create_run(self, task: dict[str, Any], config: dict[str, Any]) -> str:
+        run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+        now = _now()
+        self.db.execute(
+            "INSERT INTO runs (id, created, updated, status, task_json, config_json) VALUES (?,?,?,?,?,?)",
+            (run_id, now, now, "running", json.dumps(task), json.dumps(config)),
+        )
+        return run_id
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        columns = {"status": "status", "env": "env_json", "rng": "rng_json", "generation": "generation",
+                   "note": "note", "config": "config_json"}
+        sets, values = ["updated = ?"], [_now()]
+        for key, value in fields.items():
+            column = columns[key]
+            sets.append(f"{column} = ?")
+            values.append(json.dumps(value) if column.endswith("_json") else value)
+        self.db.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*values, run_id))
+
+    def run(self, run_id: str) -> RunRecord:
+        row = self.db.execute(
+            "SELECT id, created, updated, status, task_json, config_json, env_json, rng_json, generation, note "
+            "FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            matches = [r[0] for r in self.db.execute("SELECT id FROM runs WHERE id LIKE ?", (run_id + "%",))]
+            if len(matches) == 1:
+                return self.run(matches[0])
+            raise StoreError(f"no run {run_id!r} in {self.path} (see `evoforge runs`)")
+        return RunRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]),
+                         json.loads(row[6]) if row[6] else None, json.loads(row[7]) if row[7] else None,
+                         row[8], row[9])
+
+    def runs(self) -> list[RunRecord]:
+        ids = [r[0] for r in self.db.execute("SELECT id FROM runs ORDER BY created")]
+        return [self.run(i) for i in ids]
+
+    # ---------------------------------------------------------------- candidates and evaluations
+    def add_candidate(self, run_id: str, cand: Candidate, generation: int, role: str = "candidate") -> None:
+        self.db.execute(
+            "INSERT OR IGNORE INTO candidates VALUES (?,?,?,?,?,?,?,?,?,?)",
+            (run_id, cand.hash, cand.name, generation, role, cand.language, cand.source,
+             json.dumps(cand.genome) if cand.genome is not None else None, json.dumps(cand.lineage), _now()),
+        )
+
+    def add_evaluation(self, run_id: str, result: EvalResult, generation: int) -> None:
+        self.db.execute(
+            "INSERT INTO evaluations (run_id, hash, generation, role, status, fitness, result_json, created) "
+            "VALUES (?,?,?,?,?,?,?,?)",
+            (run_id, result.hash, generation, result.role, result.status, result.fitness,
+             json.dumps(result.to_dict()), _now()),
+        )
+
+    def candidates(self, run_id: str, role: str = "candidate") -> list[tuple[Candidate, int]]:
+        rows = self.db.execute(
+            "SELECT name, source, language, genome_json, lineage_json, generation FROM candidates "
+            "WHERE run_id = ? AND role = ? ORDER BY generation, created, rowid", (run_id, role))
+        return [(Candidate(name=r[0], source=r[1], language=r[2], genome=json.loads(r[3]) if r[3] else None,
+                           lineage=json.loads(r[4])), r[5]) for r in rows]
+
+    def evaluations(self, run_id: str, role: str | None = "candidate") -> list[tuple[EvalResult, int]]:
+        query = "SELECT result_json, generation FROM evaluations WHERE run_id = ?"
+        params: tuple[Any, ...] = (run_id,)
+        if role is not None:
+            query += " AND role = ?"
+            params += (role,)
+        rows = self.db.execute(query + " ORDER BY id", params)
+        return [(EvalResult.from_dict(json.loads(r[0])), r[1]) for r in rows]
+
+    # ---------------------------------------------------------------- events
+    def add_event(self, run_id: str, kind: str, **data: Any) -> None:
+        self.db.execute("INSERT INTO events (run_id, ts, kind, data_json) VALUES (?,?,?,?)",
+                        (run_id, _now(), kind, json.dumps(data, default=str)))
+
+    def events(self, run_id: str, kind: str | None = None) -> list[dict[str, Any]]:
+        query = "SELECT ts, kind, data_json FROM events WHERE run_id = ?"
+        params: tuple[Any, ...] = (run_id,)
+        if kind:
+            query += " AND kind = ?"
+            params += (kind,)
+        return [{"ts": r[0], "kind": r[1], **json.loads(r[2])} for r in self.db.execute(query + " ORDER BY id", params)]

@@ -1,0 +1,56 @@
+"""The template mutator: seeds, the three levels of operators, crossover, hardware filtering."""
+
+from __future__ import annotations
+
+import random
+
+from evoforge.candidate import Candidate
+from evoforge.evaluator.result import EvalResult
+from evoforge.kernels.flash_attention import FlashGenome, HardwareLimits, fits
+from evoforge.mutators import Individual, TemplateMutator
+from evoforge.tasks.attention import AttentionParams
+
+PARAMS = AttentionParams(causal=True, head_dim=128)
+LIMITS = HardwareLimits(shared_memory_bytes=100 * 1024)
+
+
+def ind(c: Candidate, fitness: float = 1.0) -> Individual:
+    return Individual(c, EvalResult(name=c.name, hash=c.hash, status="ok", fitness=fitness))
+
+
+def test_generation_zero_is_the_seeds_3kernel_and_the_default_kernel() -> None:
+    seeds = TemplateMutator(random.Random(0), PARAMS, LIMITS).seed()
+    assert [c.genome["kind"] for c in seeds] == ["torch", "triton_flash"]
+    assert seeds[0].genome["variant"] == "math_baseline" and seeds[1].language == "triton"
+
+
+def test_proposals_are_new_valid_and_carry_lineage() -> None:
+    m = TemplateMutator(random.Random(1), PARAMS, LIMITS)
+    history = [ind(c) for c in m.seed()]
+    out = m.propose(history, history, 12)  # about 20 genomes lie one step from the two seeds
+    assert len(out) == 12
+    hashes = {c.hash for c in out}
+    assert len(hashes) == 12 and not hashes & {i.candidate.hash for i in history}
+    levels = {c.lineage["level"] for c in out}
+    assert {"algorithmic", "implementation", "hardware"} <= levels
+    for c in out:
+        assert c.lineage["mutator"] == "template" and c.lineage["parents"]
+        if c.genome["kind"] == "triton_flash":
+            assert fits(FlashGenome.from_dict(c.genome), PARAMS.head_dim, 2, LIMITS) is None
+
+
+def test_crossover_mixes_two_kernels() -> None:
+    m = TemplateMutator(random.Random(2), PARAMS, LIMITS)
+    a = FlashGenome(block_m=32, block_n=32, num_warps=2, exp2=False).to_dict()
+    b = FlashGenome(block_m=64, block_n=64, num_warps=8, exp2=True).to_dict()
+    children = [FlashGenome.from_dict(m.crossover(a, b)) for _ in range(40)]
+    assert {c.block_m for c in children} == {32, 64} and {c.exp2 for c in children} == {False, True}
+
+
+def test_same_rng_same_proposals() -> None:
+    def run(seed: int) -> list[str]:
+        m = TemplateMutator(random.Random(seed), PARAMS, LIMITS)
+        history = [ind(c) for c in m.seed()]
+        return [c.hash for c in m.propose(history, history, 10)]
+
+    assert run(5) == run(5) != run(6)

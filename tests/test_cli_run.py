@@ -1,0 +1,146 @@
+"""End to end on the CPU: `evoforge run`, a kill -9 and `evoforge resume`, `report`, `best --export`."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from evoforge.task import load_task, make_inputs
+from evoforge.tasks import builtin_task
+
+FAST = ["--budget-ms", "5", "--device", "cpu", "--population", "3"]
+
+
+def evoforge(*args: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "evoforge.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    cwd = tmp_path_factory.mktemp("run")
+    proc = evoforge("run", "--generations", "2", "--json", *FAST, cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["generations"] == 2 and summary["evaluated"] >= 4
+    assert "CPU timings" in proc.stderr
+    return cwd, summary["run"]
+
+
+def test_run_stores_everything_in_the_project_store(finished_run: tuple[Path, str]) -> None:
+    cwd, run_id = finished_run
+    db = sqlite3.connect(cwd / ".evoforge" / "runs.db")
+    (status, config), = db.execute("SELECT status, config_json FROM runs WHERE id = ?", (run_id,))
+    assert status == "finished" and json.loads(config)["task"] == "attention-tiny"
+    n_cands = db.execute("SELECT COUNT(*) FROM candidates WHERE run_id=? AND role='candidate'", (run_id,)).fetchone()
+    n_evals = db.execute("SELECT COUNT(*) FROM evaluations WHERE run_id=? AND role='candidate'", (run_id,)).fetchone()
+    assert n_cands == n_evals and n_cands[0] >= 4
+    baselines = db.execute("SELECT COUNT(*) FROM evaluations WHERE run_id=? AND role='baseline'", (run_id,)).fetchone()
+    assert baselines[0] > 0
+
+
+def test_runs_lists_it(finished_run: tuple[Path, str]) -> None:
+    cwd, run_id = finished_run
+    proc = evoforge("runs", "--json", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = [r for r in json.loads(proc.stdout) if r["id"] == run_id]
+    assert row["status"] == "finished" and row["valid"] >= 1
+
+
+def test_report_writes_json_plots_and_html(finished_run: tuple[Path, str]) -> None:
+    cwd, run_id = finished_run
+    proc = evoforge("report", run_id, "--out", "rep", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    for name in ("evidence.json", "fitness.png", "latency.png", "validity.png", "report.html"):
+        assert (cwd / "rep" / name).stat().st_size > 0, name
+    data = json.loads((cwd / "rep" / "evidence.json").read_text())
+    assert data["run"]["id"] == run_id and data["best"]["status"] == "ok"
+    assert set(data["generations"]) == {"0", "1"}
+    assert "seed" in data["validity_by_level"]
+    html = (cwd / "rep" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "class ModelNew" in html
+
+
+def test_best_exports_an_importable_module(finished_run: tuple[Path, str]) -> None:
+    cwd, run_id = finished_run
+    proc = evoforge("best", run_id, "--export", "kernel.py", cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    text = (cwd / "kernel.py").read_text()
+    assert text.startswith('"""Evolved by evoforge') and "Speedup:" in text and "Device:" in text
+    spec = importlib.util.spec_from_file_location("exported_kernel", cwd / "kernel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    task = load_task(builtin_task("attention-tiny"))
+    q, k, v = make_inputs(task, 5)
+    expected = task.model_cls()(q.double(), k.double(), v.double())
+    torch.testing.assert_close(module.evolved(q, k, v).double(), expected, atol=2e-3, rtol=2e-3)
+    assert isinstance(module.EvolvedModel(), torch.nn.Module)
+
+
+def test_resume_after_kill_9_loses_nothing_and_evaluates_nothing_twice(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "evoforge.cli", "run", "--generations", "4", *FAST],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    db_path = tmp_path / ".evoforge" / "runs.db"
+    deadline = time.monotonic() + 300
+    evaluated_before: list[tuple[str, int]] = []
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if db_path.exists():
+            try:
+                evaluated_before = list(sqlite3.connect(db_path).execute(
+                    "SELECT hash, generation FROM evaluations WHERE role='candidate'"))
+            except sqlite3.OperationalError:
+                continue
+            if any(gen >= 1 for _, gen in evaluated_before):
+                break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert any(gen >= 1 for _, gen in evaluated_before), "the run never reached generation 1"
+    (run_id,) = next(iter(sqlite3.connect(db_path).execute("SELECT id FROM runs")))
+
+    resumed = evoforge("resume", run_id[:12], cwd=tmp_path)  # a unique prefix of the id is enough
+    assert resumed.returncode == 0, resumed.stderr
+    db = sqlite3.connect(db_path)
+    after = list(db.execute("SELECT hash, generation FROM evaluations WHERE role='candidate'"))
+    assert set(evaluated_before) <= set(after)  # nothing recorded was lost
+    hashes = [h for h, _ in after]
+    assert len(hashes) == len(set(hashes))  # no candidate evaluated twice
+    (status, generation), = db.execute("SELECT status, generation FROM runs")
+    assert status == "finished" and generation == 3
+
+
+def test_run_refuses_a_non_attention_task(tmp_path: Path) -> None:
+    task = Path(__file__).parent / "fixtures" / "tasks" / "tanh_matmul.py"
+    proc = evoforge("run", "--task", str(task), *FAST, cwd=tmp_path)
+    assert proc.returncode == 2 and "attention" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_old_schema_store_gets_a_clear_message(tmp_path: Path) -> None:
+    (tmp_path / ".evoforge").mkdir()
+    db = sqlite3.connect(tmp_path / ".evoforge" / "runs.db")
+    db.executescript("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT);"
+                     "INSERT INTO meta VALUES ('schema_version', '0');")
+    db.commit()
+    proc = evoforge("runs", cwd=tmp_path)
+    assert proc.returncode == 2 and "schema version 0" in proc.stderr
+
+
+def test_config_file_and_flags(tmp_path: Path) -> None:
+    (tmp_path / "evoforge.toml").write_text('[run]\ngenerations = 1\npopulation = 2\ncolour = "red"\n')
+    proc = evoforge("run", *FAST, cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown run setting(s): colour" in proc.stderr
+    (tmp_path / "evoforge.toml").write_text('[run]\ngenerations = 1\nbudget_ms = 5.0\n')
+    proc = evoforge("run", "--json", "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["generations"] == 1

@@ -1,0 +1,81 @@
+"""The SQLite run store: round trip, durability of committed writes, and schema checks."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from evoforge.candidate import Candidate
+from evoforge.evaluator.result import CaseCheck, EvalResult
+from evoforge.store import RunStore, StoreError
+from evoforge.timing import summarize
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    run_id = store.create_run({"name": "t"}, {"generations": 3})
+    cand = Candidate(name="c", source="X = 1\n", genome={"kind": "x"}, lineage={"parents": ["p"], "generation": 1})
+    store.add_candidate(run_id, cand, 1)
+    result = EvalResult(name="c", hash=cand.hash, status="ok", fitness=1.5, fitness_mode="graph",
+                        checks=[CaseCheck(case="random seed=1", ok=True, max_abs_err=1e-4)])
+    result.timing["graph"] = summarize([1.0, 2.0, 3.0], mode="graph", clock="cuda_event", device="cuda:0",
+                                       flush_bytes=8)
+    store.add_evaluation(run_id, result, 1)
+    store.add_event(run_id, "generation", generation=1)
+    store.update_run(run_id, generation=1, rng=[3, [1, 2], None], env={"device_name": "X"})
+    store.close()
+
+    again = RunStore(tmp_path / "runs.db")
+    record = again.run(run_id[:10])  # a unique prefix is enough
+    assert record.id == run_id and record.generation == 1 and record.rng == [3, [1, 2], None]
+    assert record.env == {"device_name": "X"} and record.config == {"generations": 3}
+    (loaded, gen), = again.candidates(run_id)
+    assert loaded == cand and gen == 1
+    (back, _), = again.evaluations(run_id)
+    assert back == result
+    assert again.events(run_id, "generation")[0]["generation"] == 1
+
+
+def test_wal_mode(tmp_path: Path) -> None:
+    RunStore(tmp_path / "runs.db")
+    mode = sqlite3.connect(tmp_path / "runs.db").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_committed_writes_are_visible_to_another_connection_at_once(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    run_id = store.create_run({"name": "t"}, {})
+    store.add_event(run_id, "x")
+    other = sqlite3.connect(tmp_path / "runs.db")
+    assert other.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 1
+
+
+def test_failed_transaction_writes_nothing(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    run_id = store.create_run({"name": "t"}, {})
+    with pytest.raises(RuntimeError), store.transaction():
+        store.add_event(run_id, "half")
+        raise RuntimeError("killed mid-way")
+    assert store.events(run_id) == []
+
+
+def test_other_schema_version_is_refused_clearly(tmp_path: Path) -> None:
+    RunStore(tmp_path / "runs.db").close()
+    db = sqlite3.connect(tmp_path / "runs.db")
+    db.execute("UPDATE meta SET value='0' WHERE key='schema_version'")
+    db.commit()
+    with pytest.raises(StoreError, match="schema version 0"):
+        RunStore(tmp_path / "runs.db")
+
+
+def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
+    sqlite3.connect(tmp_path / "other.db").execute("CREATE TABLE t (x)")
+    with pytest.raises(StoreError, match="not an evoforge run store"):
+        RunStore(tmp_path / "other.db")
+
+
+def test_unknown_run(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no run"):
+        RunStore(tmp_path / "runs.db").run("nope")
