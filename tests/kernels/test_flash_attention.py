@@ -15,6 +15,7 @@ from evoforge.kernels.flash_attention import (
     BLOCKS,
     K_LAYOUTS,
     LOOPS,
+    SPLITS,
     STAGES,
     WARPS,
     FlashGenome,
@@ -33,7 +34,8 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
     rng = random.Random(seed)
     return [FlashGenome(block_m=rng.choice(BLOCKS), block_n=rng.choice(BLOCKS), num_warps=rng.choice(WARPS),
                         num_stages=rng.choice(STAGES), exp2=rng.random() < 0.5, k_layout=rng.choice(K_LAYOUTS),
-                        loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5) for _ in range(n)]
+                        loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS))
+            for _ in range(n)]
 
 
 @pytest.mark.parametrize(("causal", "head_dim"), [(False, 64), (True, 128), (True, 48)])
@@ -63,6 +65,9 @@ GENOMES = [
     FlashGenome(block_m=16, block_n=16, num_stages=1),
     FlashGenome(block_m=32, block_n=16, exp2=False, k_layout="trans", loop="tl.range", causal_split=True),
     FlashGenome(block_m=16, block_n=32, causal_split=True),
+    FlashGenome(block_m=16, block_n=16, split_kv=2),
+    FlashGenome(block_m=32, block_n=16, split_kv=4, exp2=False, k_layout="trans"),
+    FlashGenome(block_m=16, block_n=32, split_kv=8),  # more splits than key blocks: empty partials
 ]
 SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32"]
 

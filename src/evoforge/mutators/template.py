@@ -4,8 +4,9 @@ Its space is the parameterised Triton flash-attention kernel (:mod:`evoforge.ker
 plus PyTorch's own attention paths as genomes of their own. Mutation operators follow the seed's three
 levels:
 
-- **algorithmic**: move between a PyTorch path and the fused online-softmax kernel; split the causal
-  loop into unmasked full blocks and masked diagonal blocks;
+- **algorithmic**: move between a PyTorch path and the fused online-softmax kernel; split the keys
+  across programs (split-KV, with a combining kernel) for short or few-head problems; split the
+  causal loop into unmasked full blocks and masked diagonal blocks;
 - **implementation**: exp2 with the scale folded in or exp; K loaded transposed through strides or
   loaded row-major and transposed in registers; a plain loop or ``tl.range`` software pipelining;
 - **hardware**: BLOCK_M, BLOCK_N, num_warps, num_stages, one step at a time;
@@ -25,6 +26,7 @@ from evoforge.kernels.flash_attention import (
     BLOCKS,
     K_LAYOUTS,
     LOOPS,
+    SPLITS,
     STAGES,
     WARPS,
     FlashGenome,
@@ -92,7 +94,12 @@ class TemplateMutator(Mutator):
         g = FlashGenome.from_dict(genome)
         level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
         if level == "algorithmic":
-            if self.params.causal and rng.random() < 0.7:
+            what = rng.choices(["split_kv", "causal_split", "torch"],
+                               weights=[0.5, 0.35 if self.params.causal else 0.0, 0.15])[0]
+            if what == "split_kv":
+                new = _step(SPLITS, g.split_kv, rng)
+                return g.with_(split_kv=new).to_dict(), f"split-KV {g.split_kv} -> {new}", level
+            if what == "causal_split":
                 return g.with_(causal_split=not g.causal_split).to_dict(), \
                     f"causal loop split {'off' if g.causal_split else 'on'}", level
             variant = rng.choice(sorted(self.torch_paths))
