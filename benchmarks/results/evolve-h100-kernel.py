@@ -1,9 +1,9 @@
-"""Evolved by evoforge 0.1.0 (run 20261124-211248-a44d).
+"""Evolved by evoforge 0.1.0 (run 20261124-212233-8999).
 
 Task: attention_b1_h8_s512_d64_fp16 (builtin:attention)
 Device: NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0
-Speedup: 1.432x over sdpa_default (graph mode, 7.17 us median), measured 2026-11-24T21:18:30+00:00
-Exported: 2026-11-24T21:18:35+00:00
+Speedup: 1.436x over sdpa_default (graph mode, 7.18 us median), measured 2026-11-24T21:28:26+00:00
+Exported: 2026-11-24T21:28:35+00:00
 
 Use: `from this_module import evolved` and call evolved(q, k, v); or EvolvedModel()(q, k, v).
 """
@@ -14,12 +14,12 @@ import torch.nn as nn
 import triton
 import triton.language as tl
 
-# Rendered by evoforge from genome {"block_m": 64, "block_n": 128, "causal_split": false, "exp2": true, "k_layout": "direct", "kind": "triton_flash", "loop": "range", "num_stages": 4, "num_warps": 4}
+# Rendered by evoforge from genome {"block_m": 64, "block_n": 128, "causal_split": false, "exp2": true, "k_layout": "trans", "kind": "triton_flash", "loop": "tl.range", "num_stages": 3, "num_warps": 4, "split_kv": 1}
 CAUSAL = False
 HEAD_DIM = 64
 SCALE = 1.0 / math.sqrt(HEAD_DIM)
 BLOCK_M, BLOCK_N, BLOCK_D = 64, 128, 64
-NUM_WARPS, NUM_STAGES = 4, 4
+NUM_WARPS, NUM_STAGES = 4, 3
 USE_EXP2 = True
 LOG2E = 1.4426950408889634
 
@@ -29,7 +29,7 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
                 lo, hi, n_k, causal_offset, qk_scale,
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr):
-    for start_n in range(lo, hi, BLOCK_N):
+    for start_n in tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES):
         cols = start_n + offs_n
         col_ok = cols < n_k
         if K_TRANS:
@@ -46,12 +46,15 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             keep = keep & ((offs_m[:, None] + causal_offset) >= cols[None, :])
         qk = tl.where(keep, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # A row with no visible key yet (a split-KV range past its diagonal) keeps m = -inf; exp
+        # against 0 instead of -inf keeps its p and alpha at 0 rather than NaN.
+        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         if EXP2:
-            p = tl.math.exp2(qk - m_new[:, None])
-            alpha = tl.math.exp2(m_i - m_new)
+            p = tl.math.exp2(qk - m_ref[:, None])
+            alpha = tl.math.exp2(m_i - m_ref)
         else:
-            p = tl.exp(qk - m_new[:, None])
-            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(qk - m_ref[:, None])
+            alpha = tl.exp(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd,
                     mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
@@ -110,18 +113,117 @@ def _attn_fwd(Q, K, V, O, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
              acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
+SPLIT_KV = 1
+
+
+@triton.jit
+def _attn_split(Q, K, V, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                n_heads, kv_group, n_q, n_k, chunk, qk_scale,
+                CAUSAL: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr):
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    split = tl.program_id(2)
+    b = bh // n_heads
+    h = bh % n_heads
+    kvh = h // kv_group
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < n_q
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
+                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    causal_offset = n_k - n_q
+    lo = split * chunk
+    hi = tl.minimum(lo + chunk, n_k)
+    if CAUSAL:
+        hi = tl.minimum(hi, (start_m + 1) * BLOCK_M + causal_offset)
+    acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, K + b * skb + kvh * skh, V + b * svb + kvh * svh, skn, skd,
+                                svn, svd, offs_m, offs_n, offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL,
+                                HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
+    base = (bh * SPLITS + split) * n_q + offs_m
+    tl.store(P_m + base, m_i, mask=row_ok)
+    tl.store(P_l + base, l_i, mask=row_ok)
+    tl.store(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], acc, mask=row_ok[:, None])
+
+
+@triton.jit
+def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, n_q,
+                  SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                  EXP2: tl.constexpr):
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // n_heads
+    h = bh % n_heads
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < n_q
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for s in tl.static_range(SPLITS):
+        m = tl.maximum(m, tl.load(P_m + (bh * SPLITS + s) * n_q + offs_m, mask=row_ok, other=float("-inf")))
+    l_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for s in tl.static_range(SPLITS):
+        base = (bh * SPLITS + s) * n_q + offs_m
+        m_s = tl.load(P_m + base, mask=row_ok, other=float("-inf"))
+        if EXP2:
+            w = tl.math.exp2(m_s - m)
+        else:
+            w = tl.exp(m_s - m)
+        w = tl.where(m_s == float("-inf"), 0.0, w)
+        l_sum += w * tl.load(P_l + base, mask=row_ok, other=0.0)
+        acc += w[:, None] * tl.load(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], mask=row_ok[:, None],
+                                    other=0.0)
+    acc = acc / l_sum[:, None]
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
+             acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
 class ModelNew(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self._scratch = {}  # split-KV partial results, per shape (scratch, never returned)
+
+    def _split_forward(self, q, k, v, out, qk_scale):
+        batch, heads, n_q, _ = q.shape
+        n_k = k.shape[2]
+        key = (batch * heads, n_q, q.device)
+        if key not in self._scratch:
+            rows = batch * heads * SPLIT_KV * n_q
+            self._scratch[key] = (torch.empty(rows, BLOCK_D, device=q.device, dtype=torch.float32),
+                                  torch.empty(rows, device=q.device, dtype=torch.float32),
+                                  torch.empty(rows, device=q.device, dtype=torch.float32))
+        p_acc, p_m, p_l = self._scratch[key]
+        chunk = triton.cdiv(triton.cdiv(n_k, SPLIT_KV), BLOCK_N) * BLOCK_N
+        _attn_split[(triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)](
+            q, k, v, p_acc, p_m, p_l, *q.stride(), *k.stride(), *v.stride(),
+            heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
+            CAUSAL=CAUSAL, SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
+            EXP2=USE_EXP2, K_TRANS=True, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
+        )
+        _attn_combine[(triton.cdiv(n_q, BLOCK_M), batch * heads)](
+            p_acc, p_m, p_l, out, *out.stride(), heads, n_q,
+            SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, num_warps=4,
+        )
+        return out
+
     def forward(self, q, k, v):
         batch, heads, n_q, _ = q.shape
         n_k = k.shape[2]
         out = torch.empty_like(q)
-        grid = (triton.cdiv(n_q, BLOCK_M), batch * heads)
         qk_scale = SCALE * LOG2E if USE_EXP2 else SCALE
+        if SPLIT_KV > 1:
+            return self._split_forward(q, k, v, out, qk_scale)
+        grid = (triton.cdiv(n_q, BLOCK_M), batch * heads)
         _attn_fwd[grid](
             q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
             heads, heads // k.shape[1], n_q, n_k, qk_scale,
             CAUSAL=CAUSAL, CAUSAL_SPLIT=False, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            BLOCK_D=BLOCK_D, EXP2=USE_EXP2, K_TRANS=False, NUM_STAGES=NUM_STAGES,
+            BLOCK_D=BLOCK_D, EXP2=USE_EXP2, K_TRANS=True, NUM_STAGES=NUM_STAGES,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         return out

@@ -72,6 +72,13 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
     }
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _plots(data: dict[str, Any], out: Path) -> list[Path]:
     try:
         import matplotlib
@@ -92,10 +99,7 @@ def _plots(data: dict[str, Any], out: Path) -> list[Path]:
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness (speedup over the fastest baseline)")
     ax.legend()
-    fig.tight_layout()
-    paths.append(out / "fitness.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "fitness.png"))
 
     mode = next((r["fitness_mode"] for r in data["candidates"] if r["fitness_mode"]), "eager")
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -108,10 +112,7 @@ def _plots(data: dict[str, Any], out: Path) -> list[Path]:
     ax.set_yscale("log")
     ax.set_xlabel("generation")
     ax.set_ylabel(f"{mode} latency, µs (median)")
-    fig.tight_layout()
-    paths.append(out / "latency.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "latency.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
     levels = sorted(data["validity_by_level"])
@@ -121,10 +122,7 @@ def _plots(data: dict[str, Any], out: Path) -> list[Path]:
     ax.bar(levels, valid, color="#4a4", label="valid")
     ax.set_ylabel("candidates")
     ax.legend()
-    fig.tight_layout()
-    paths.append(out / "validity.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(plt, fig, out / "validity.png"))
     return paths
 
 

@@ -163,26 +163,26 @@ def _as_list(value: Any, what: str, where: str) -> list[Any]:
     return list(value)
 
 
-def init_inputs(task: LoadedTask) -> list[Any]:
-    where = task.spec.origin
+def _call_list(task: LoadedTask, fn: Any, what: str, seed: int | None = None) -> list[Any]:
+    """Call one of the task's functions (seeded first if ``seed`` is given) and check it returns a list."""
+    if seed is not None:
+        torch.manual_seed(seed)
     try:
-        value = task.get_init_inputs()
+        value = fn()
     except Exception as exc:
-        raise TaskError(f"{where}: `get_init_inputs()` raised {_one_line(exc)}") from None
-    return _as_list(value, "get_init_inputs()", where)
+        raise TaskError(f"{task.spec.origin}: `{what}` raised {_one_line(exc)}") from None
+    return _as_list(value, what, task.spec.origin)
+
+
+def init_inputs(task: LoadedTask) -> list[Any]:
+    return _call_list(task, task.get_init_inputs, "get_init_inputs()")
 
 
 def make_inputs(task: LoadedTask, seed: int) -> list[Any]:
     """The task's inputs drawn with ``seed`` (on the CPU, as KernelBench tasks create them)."""
-    where = task.spec.origin
-    torch.manual_seed(seed)
-    try:
-        value = task.get_inputs()
-    except Exception as exc:
-        raise TaskError(f"{where}: `get_inputs()` raised {_one_line(exc)}") from None
-    inputs = _as_list(value, "get_inputs()", where)
+    inputs = _call_list(task, task.get_inputs, "get_inputs()", seed)
     if not any(isinstance(x, torch.Tensor) for x in inputs):
-        raise TaskError(f"{where}: `get_inputs()` must return at least one tensor")
+        raise TaskError(f"{task.spec.origin}: `get_inputs()` must return at least one tensor")
     return inputs
 
 
@@ -190,12 +190,7 @@ def edge_inputs(task: LoadedTask, seed: int) -> list[tuple[str, list[Any]]]:
     """Edge-case input sets: the task's own, else every floating input scaled to large magnitude."""
     where = task.spec.origin
     if task.get_edge_inputs is not None:
-        torch.manual_seed(seed)
-        try:
-            cases = task.get_edge_inputs()
-        except Exception as exc:
-            raise TaskError(f"{where}: `get_edge_inputs()` raised {_one_line(exc)}") from None
-        cases = _as_list(cases, "get_edge_inputs()", where)
+        cases = _call_list(task, task.get_edge_inputs, "get_edge_inputs()", seed)
         named = []
         for i, case in enumerate(cases):
             if isinstance(case, tuple) and len(case) == 2 and isinstance(case[0], str):
