@@ -79,3 +79,12 @@ def test_foreign_sqlite_file_is_refused(tmp_path: Path) -> None:
 def test_unknown_run(tmp_path: Path) -> None:
     with pytest.raises(StoreError, match="no run"):
         RunStore(tmp_path / "runs.db").run("nope")
+
+
+def test_latest_is_the_newest_run(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    with pytest.raises(StoreError, match="no runs"):
+        store.run("latest")
+    store.create_run({"name": "a"}, {})
+    newest = store.create_run({"name": "b"}, {})
+    assert store.run("latest").id == newest

@@ -299,13 +299,15 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
         final = evolve.search_for(store, run_id, prepared, config, on_progress).run()
     summary = {"run": run_id, "stop_reason": final.stop_reason, "generations": final.generation + 1,
                "evaluated": final.evaluated, "valid": final.valid, "best": final.best_name,
-               "best_fitness": final.best_fitness, "best_latency_us": final.best_latency_us}
+               "best_fitness": final.best_fitness, "best_baseline": final.best_baseline,
+               "best_latency_us": final.best_latency_us}
     if as_json:
         out.print_json(json.dumps(summary))
     else:
         out.print(f"stopped: {final.stop_reason}", highlight=False)
-        out.print(f"best: {final.best_name} at {final.best_fitness:.3f}× the fastest PyTorch path "
-                  f"({_fmt_us(final.best_latency_us)} µs); {final.valid}/{final.evaluated} valid", highlight=False)
+        out.print(f"best: {final.best_name} at {final.best_fitness:.3f}× over {final.best_baseline or '-'}, the "
+                  f"fastest other PyTorch path in its generation ({_fmt_us(final.best_latency_us)} µs); "
+                  f"{final.valid}/{final.evaluated} valid", highlight=False)
         out.print(f"next: evoforge report {run_id}   ·   evoforge best {run_id} --export kernel.py", highlight=False)
     return 0 if final.valid else 1
 

@@ -121,7 +121,9 @@ class Prepared:
 
 class GenerationEvaluator:
     """One worker per generation: the generation's candidates beside the baselines. Generation 0
-    times every baseline; later generations re-time only the fastest ``keep`` of them."""
+    times every baseline; later generations re-time the fastest ``keep`` of the last ranking, plus
+    any baseline that a candidate duplicates (so a PyTorch path proposed as a candidate meets its
+    twin), and re-rank."""
 
     def __init__(self, spec: TaskSpec, config: EvalConfig, baselines: list[Candidate], keep: int,
                  fastest: list[str] | None = None, progress: Callable[[str], None] | None = None,
@@ -133,16 +135,18 @@ class GenerationEvaluator:
         self.env: dict[str, Any] = {}
 
     def __call__(self, candidates: list[Candidate], generation: int) -> tuple[list[EvalResult], list[EvalResult]]:
-        base = self.baselines if self.fastest is None else [b for b in self.baselines if b.name in self.fastest]
+        twins = {c.hash for c in candidates}
+        base = [b for b in self.baselines if self.fastest is None or b.name in self.fastest or b.hash in twins]
         report = Evaluator(self.spec, self.config, progress=self.progress).evaluate(candidates, base)
         self.env = report.env
         results, bases = report.results[: len(candidates)], report.results[len(candidates):]
-        if self.fastest is None:
-            mode = "graph" if report.env.get("device_type") == "cuda" else "eager"
-            ranked = sorted((b for b in bases if b.ok), key=lambda b: b.latency(mode) or math.inf)
-            self.fastest = [b.name for b in ranked[: self.keep]] or [b.name for b in self.baselines[: self.keep]]
+        mode = "graph" if report.env.get("device_type") == "cuda" else "eager"
+        ranked = sorted((b for b in bases if b.ok), key=lambda b: b.latency(mode) or math.inf)
+        fastest = [b.name for b in ranked[: self.keep]] or [b.name for b in self.baselines[: self.keep]]
+        if fastest != self.fastest:
+            self.fastest = fastest
             if self.on_baselines:
-                self.on_baselines(self.fastest, report.env)
+                self.on_baselines(fastest, report.env)
         return results, bases
 
 

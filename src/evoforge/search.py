@@ -62,6 +62,7 @@ class Progress:
     best_fitness: float
     best_name: str | None
     best_latency_us: float | None
+    best_baseline: str | None
     evals_per_min: float
     eta_s: float | None
     stop_reason: str | None = None
@@ -218,5 +219,6 @@ class Search:
             generation=generation, evaluated=len(self.history),
             valid=sum(i.result.ok for i in self.history),
             best_fitness=best.fitness if best else 0.0, best_name=best.candidate.name if best else None,
-            best_latency_us=latency, evals_per_min=60.0 * evaluated_now / elapsed, eta_s=eta, stop_reason=reason,
+            best_latency_us=latency, best_baseline=best.result.best_baseline if best else None,
+            evals_per_min=60.0 * evaluated_now / elapsed, eta_s=eta, stop_reason=reason,
         )

@@ -136,6 +136,12 @@ class RunStore:
         self.db.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*values, run_id))
 
     def run(self, run_id: str) -> RunRecord:
+        """A run by id, unique id prefix, or ``latest``."""
+        if run_id == "latest":
+            newest = self.db.execute("SELECT id FROM runs ORDER BY created DESC, rowid DESC LIMIT 1").fetchone()
+            if newest is None:
+                raise StoreError(f"no runs in {self.path} yet (start one with `evoforge run`)")
+            run_id = newest[0]
         row = self.db.execute(
             "SELECT id, created, updated, status, task_json, config_json, env_json, rng_json, generation, note "
             "FROM runs WHERE id = ?", (run_id,)).fetchone()

@@ -54,3 +54,10 @@ def test_same_rng_same_proposals() -> None:
         return [c.hash for c in m.propose(history, history, 10)]
 
     assert run(5) == run(5) != run(6)
+
+
+def test_pytorch_paths_are_genomes_and_keep_their_labels() -> None:
+    m = TemplateMutator(random.Random(3), PARAMS, LIMITS)
+    bf16 = m.build({"kind": "torch", "variant": "flash_bf16"}, {"mutation": "test", "level": "algorithmic"})
+    assert bf16.labels == ["bf16 compute"] and bf16.name == "torch-flash_bf16"
+    assert set(m.torch_paths) >= {"sdpa_cudnn", "sdpa_flash", "flash_tf32", "math_baseline"}

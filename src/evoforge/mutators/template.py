@@ -55,7 +55,9 @@ class TemplateMutator(Mutator):
         self.params = params
         self.limits = limits
         self.elem_bytes = 4 if params.torch_dtype == "float32" else 2
-        self.torch_paths = {v.name: v for v in variants(params) if v.lineage.get("baseline")}
+        # Every sweep variant, the seed's semantic changes (bf16 compute, TF32) included: those are
+        # judged against the same high-precision reference and keep their labels.
+        self.torch_paths = {v.name: v for v in variants(params)}
 
     # ---------------------------------------------------------------- genomes -> candidates
     def default_genome(self) -> FlashGenome:
@@ -67,7 +69,7 @@ class TemplateMutator(Mutator):
         if genome["kind"] == "torch":
             base = self.torch_paths[genome["variant"]]
             return Candidate(name=f"torch-{genome['variant']}", source=base.source, language="torch",
-                             genome=genome, lineage={**lineage, "mutator": self.name})
+                             labels=list(base.labels), genome=genome, lineage={**lineage, "mutator": self.name})
         g = FlashGenome.from_dict(genome)
         source = render(g, causal=self.params.causal, head_dim=self.params.head_dim)
         return Candidate(name=f"flash-{g.key()[:6]}", source=source, language="triton",
