@@ -81,14 +81,11 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
         yield lambda message: status.update(message)
 
 
-def _eval_config(device: str, timeout: float, budget_ms: float, seed: int | None,
-                 memory_mb: int | None, repeats_rounds: int | None = None) -> Any:
+def _eval_config(device: str, timeout: float, budget_ms: float, seed: int | None, memory_mb: int | None) -> Any:
     from evoforge.evaluator import EvalConfig
     from evoforge.timing import TimingConfig
 
     timing = TimingConfig(budget_ms=budget_ms)
-    if repeats_rounds:
-        timing.rounds = repeats_rounds
     cfg = EvalConfig(device=device, timeout_s=timeout, timing=timing, seed=seed)
     if memory_mb:
         cfg.memory_limit_mb = memory_mb

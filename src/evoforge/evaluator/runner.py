@@ -64,6 +64,8 @@ class EvalConfig:
     seed: int | None = None
     side_stream_guard: bool = True
     keep_workdir: bool = False
+    log_limit_chars: int = 16_000  # kept per entry in its result's logs
+    file_log_limit_chars: int = 1_000_000  # passed through to the worker's stdout/stderr files
 
     def worker_view(self) -> dict[str, Any]:
         data = asdict(self)

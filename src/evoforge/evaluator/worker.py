@@ -80,8 +80,8 @@ class _Worker:
         self.cfg = self.job["config"]
         self.progress = open(self.dir / "progress", "a", buffering=1)  # noqa: SIM115
         self.results = open(self.dir / "results.jsonl", "a", buffering=1)  # noqa: SIM115
-        limit = int(self.cfg.get("log_limit_chars", 16_000))
-        file_limit = int(self.cfg.get("file_log_limit_chars", 1_000_000))
+        limit = int(self.cfg["log_limit_chars"])
+        file_limit = int(self.cfg["file_log_limit_chars"])
         self.out = _CappedStream(sys.__stdout__, limit, file_limit)
         self.err = _CappedStream(sys.__stderr__, limit, file_limit)
         sys.stdout, sys.stderr = self.out, self.err  # type: ignore[assignment]
