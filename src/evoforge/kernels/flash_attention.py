@@ -114,27 +114,42 @@ LOG2E = 1.4426950408889634
 def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n, offs_d,
                 lo, hi, n_k, causal_offset, qk_scale,
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr):
+                EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
+                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr):
+    # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
+    # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
     for start_n in {loop_expr}:
         cols = start_n + offs_n
         col_ok = cols < n_k
         if K_TRANS:
-            k = tl.load(k_base + cols[:, None] * skn + offs_d[None, :] * skd,
-                        mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            k_ptrs = k_base + cols[:, None] * skn + offs_d[None, :] * skd
+            if EVEN_N and EVEN_D:
+                k = tl.load(k_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
             qk = tl.dot(q, tl.trans(k))
         else:
-            k = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd,
-                        mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+            k_ptrs = k_base + cols[None, :] * skn + offs_d[:, None] * skd
+            if EVEN_N and EVEN_D:
+                k = tl.load(k_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
             qk = tl.dot(q, k)
         qk = qk * qk_scale
-        keep = col_ok[None, :]
         if MASK_CAUSAL:
-            keep = keep & ((offs_m[:, None] + causal_offset) >= cols[None, :])
-        qk = tl.where(keep, qk, float("-inf"))
+            keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
+            if not EVEN_N:
+                keep = keep & col_ok[None, :]
+            qk = tl.where(keep, qk, float("-inf"))
+        elif not EVEN_N:
+            qk = tl.where(col_ok[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        # A row with no visible key yet (a split-KV range past its diagonal) keeps m = -inf; exp
-        # against 0 instead of -inf keeps its p and alpha at 0 rather than NaN.
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        if EMPTY_ROWS:
+            # A row with no visible key yet keeps m = -inf; exp against 0 instead of -inf keeps its
+            # p and alpha at 0 rather than NaN.
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
         if EXP2:
             p = tl.math.exp2(qk - m_ref[:, None])
             alpha = tl.math.exp2(m_i - m_ref)
@@ -142,8 +157,11 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             p = tl.exp(qk - m_ref[:, None])
             alpha = tl.exp(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd,
-                    mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        v_ptrs = v_base + cols[:, None] * svn + offs_d[None, :] * svd
+        if EVEN_N and EVEN_D:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -155,7 +173,8 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
               sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-              EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr):
+              EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
+              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine.
@@ -169,8 +188,11 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < n_q
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
+    if EVEN_M and EVEN_D:
+        q = tl.load(q_ptrs)
+    else:
+        q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -188,14 +210,14 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1)
     if SPLITS == 1:
         acc = acc / l_i[:, None]
         tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
@@ -270,6 +292,7 @@ class ModelNew(nn.Module):
             heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
             CAUSAL=CAUSAL, CAUSAL_SPLIT={causal_split}, SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M,
             BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, K_TRANS={k_trans}, NUM_STAGES=NUM_STAGES,
+            EVEN_M=n_q % BLOCK_M == 0, EVEN_N=n_k % BLOCK_N == 0, EVEN_D=BLOCK_D == HEAD_DIM,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         if SPLIT_KV > 1:
