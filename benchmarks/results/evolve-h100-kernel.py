@@ -1,9 +1,9 @@
-"""Evolved by evoforge 0.1.0 (run 20261124-212233-8999).
+"""Evolved by evoforge 0.1.0 (run 20261124-214124-aeda).
 
 Task: attention_b1_h8_s512_d64_fp16 (builtin:attention)
 Device: NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0
-Speedup: 1.436x over sdpa_default (graph mode, 7.18 us median), measured 2026-11-24T21:28:26+00:00
-Exported: 2026-11-24T21:28:35+00:00
+Speedup: 1.505x over sdpa_default (graph mode, 6.89 us median), measured 2026-11-24T21:47:27+00:00
+Exported: 2026-11-24T21:47:37+00:00
 
 Use: `from this_module import evolved` and call evolved(q, k, v); or EvolvedModel()(q, k, v).
 """
@@ -14,13 +14,13 @@ import torch.nn as nn
 import triton
 import triton.language as tl
 
-# Rendered by evoforge from genome {"block_m": 64, "block_n": 128, "causal_split": false, "exp2": true, "k_layout": "trans", "kind": "triton_flash", "loop": "tl.range", "num_stages": 3, "num_warps": 4, "split_kv": 1}
+# Rendered by evoforge from genome {"block_m": 64, "block_n": 128, "causal_split": false, "exp2": false, "k_layout": "trans", "kind": "triton_flash", "loop": "tl.range", "num_stages": 3, "num_warps": 4, "split_kv": 1}
 CAUSAL = False
 HEAD_DIM = 64
 SCALE = 1.0 / math.sqrt(HEAD_DIM)
 BLOCK_M, BLOCK_N, BLOCK_D = 64, 128, 64
 NUM_WARPS, NUM_STAGES = 4, 3
-USE_EXP2 = True
+USE_EXP2 = False
 LOG2E = 1.4426950408889634
 
 
@@ -28,27 +28,42 @@ LOG2E = 1.4426950408889634
 def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n, offs_d,
                 lo, hi, n_k, causal_offset, qk_scale,
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-                EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr):
+                EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
+                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr):
+    # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
+    # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
     for start_n in tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES):
         cols = start_n + offs_n
         col_ok = cols < n_k
         if K_TRANS:
-            k = tl.load(k_base + cols[:, None] * skn + offs_d[None, :] * skd,
-                        mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            k_ptrs = k_base + cols[:, None] * skn + offs_d[None, :] * skd
+            if EVEN_N and EVEN_D:
+                k = tl.load(k_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
             qk = tl.dot(q, tl.trans(k))
         else:
-            k = tl.load(k_base + cols[None, :] * skn + offs_d[:, None] * skd,
-                        mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+            k_ptrs = k_base + cols[None, :] * skn + offs_d[:, None] * skd
+            if EVEN_N and EVEN_D:
+                k = tl.load(k_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
             qk = tl.dot(q, k)
         qk = qk * qk_scale
-        keep = col_ok[None, :]
         if MASK_CAUSAL:
-            keep = keep & ((offs_m[:, None] + causal_offset) >= cols[None, :])
-        qk = tl.where(keep, qk, float("-inf"))
+            keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
+            if not EVEN_N:
+                keep = keep & col_ok[None, :]
+            qk = tl.where(keep, qk, float("-inf"))
+        elif not EVEN_N:
+            qk = tl.where(col_ok[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
-        # A row with no visible key yet (a split-KV range past its diagonal) keeps m = -inf; exp
-        # against 0 instead of -inf keeps its p and alpha at 0 rather than NaN.
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        if EMPTY_ROWS:
+            # A row with no visible key yet keeps m = -inf; exp against 0 instead of -inf keeps its
+            # p and alpha at 0 rather than NaN.
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
         if EXP2:
             p = tl.math.exp2(qk - m_ref[:, None])
             alpha = tl.math.exp2(m_i - m_ref)
@@ -56,8 +71,11 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             p = tl.exp(qk - m_ref[:, None])
             alpha = tl.exp(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_base + cols[:, None] * svn + offs_d[None, :] * svd,
-                    mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        v_ptrs = v_base + cols[:, None] * svn + offs_d[None, :] * svd
+        if EVEN_N and EVEN_D:
+            v = tl.load(v_ptrs)
+        else:
+            v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -65,63 +83,15 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-              sob, soh, som, sod, n_heads, kv_group, n_q, n_k, qk_scale,
-              CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, HEAD_DIM: tl.constexpr,
+def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+              sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
+              CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-              EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr):
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // n_heads
-    h = bh % n_heads
-    kvh = h // kv_group
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < n_q
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    k_base = K + b * skb + kvh * skh
-    v_base = V + b * svb + kvh * svh
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    causal_offset = n_k - n_q
-    if CAUSAL:
-        # Block skipping: keys past the last row's diagonal are never loaded.
-        hi = tl.minimum(n_k, (start_m + 1) * BLOCK_M + causal_offset)
-        if CAUSAL_SPLIT:
-            # Full blocks (entirely below every row's diagonal) run without the mask.
-            full = tl.maximum(tl.minimum(start_m * BLOCK_M + causal_offset + 1, hi), 0)
-            full = (full // BLOCK_N) * BLOCK_N
-            acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                        offs_d, 0, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
-                                        BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
-            acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                        offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
-                                        BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
-        else:
-            acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                        offs_d, 0, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
-                                        BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
-    else:
-        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, 0, n_k, n_k, causal_offset, qk_scale, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
-    acc = acc / l_i[:, None]
-    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
-             acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
-
-
-SPLIT_KV = 1
-
-
-@triton.jit
-def _attn_split(Q, K, V, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-                n_heads, kv_group, n_q, n_k, chunk, qk_scale,
-                CAUSAL: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr):
+              EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
+              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
+    # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
+    # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
+    # _attn_combine.
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -132,8 +102,13 @@ def _attn_split(Q, K, V, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, skd
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < n_q
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd,
-                mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
+    if EVEN_M and EVEN_D:
+        q = tl.load(q_ptrs)
+    else:
+        q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    k_base = K + b * skb + kvh * skh
+    v_base = V + b * svb + kvh * svh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -141,14 +116,34 @@ def _attn_split(Q, K, V, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, skd
     lo = split * chunk
     hi = tl.minimum(lo + chunk, n_k)
     if CAUSAL:
+        # Block skipping: keys past the last row's diagonal are never loaded.
         hi = tl.minimum(hi, (start_m + 1) * BLOCK_M + causal_offset)
-    acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, K + b * skb + kvh * skh, V + b * svb + kvh * svh, skn, skd,
-                                svn, svd, offs_m, offs_n, offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL,
-                                HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES)
-    base = (bh * SPLITS + split) * n_q + offs_m
-    tl.store(P_m + base, m_i, mask=row_ok)
-    tl.store(P_l + base, l_i, mask=row_ok)
-    tl.store(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], acc, mask=row_ok[:, None])
+    if CAUSAL and CAUSAL_SPLIT:
+        # Full blocks (entirely below every row's diagonal) run without the mask.
+        full = tl.maximum(tl.minimum(start_m * BLOCK_M + causal_offset + 1, hi), lo)
+        full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
+        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
+                                    offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1)
+        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
+                                    offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1)
+    else:
+        acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
+                                    offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1)
+    if SPLITS == 1:
+        acc = acc / l_i[:, None]
+        tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
+                 acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    else:
+        base = (bh * SPLITS + split) * n_q + offs_m
+        tl.store(P_m + base, m_i, mask=row_ok)
+        tl.store(P_l + base, l_i, mask=row_ok)
+        tl.store(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], acc, mask=row_ok[:, None])
+
+
+SPLIT_KV = 1
 
 
 @triton.jit
@@ -188,44 +183,37 @@ class ModelNew(nn.Module):
         super().__init__()
         self._scratch = {}  # split-KV partial results, per shape (scratch, never returned)
 
-    def _split_forward(self, q, k, v, out, qk_scale):
-        batch, heads, n_q, _ = q.shape
-        n_k = k.shape[2]
-        key = (batch * heads, n_q, q.device)
+    def _partials(self, rows, device):
+        key = (rows, device)
         if key not in self._scratch:
-            rows = batch * heads * SPLIT_KV * n_q
-            self._scratch[key] = (torch.empty(rows, BLOCK_D, device=q.device, dtype=torch.float32),
-                                  torch.empty(rows, device=q.device, dtype=torch.float32),
-                                  torch.empty(rows, device=q.device, dtype=torch.float32))
-        p_acc, p_m, p_l = self._scratch[key]
-        chunk = triton.cdiv(triton.cdiv(n_k, SPLIT_KV), BLOCK_N) * BLOCK_N
-        _attn_split[(triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)](
-            q, k, v, p_acc, p_m, p_l, *q.stride(), *k.stride(), *v.stride(),
-            heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
-            CAUSAL=CAUSAL, SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D,
-            EXP2=USE_EXP2, K_TRANS=True, NUM_STAGES=NUM_STAGES, num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        )
-        _attn_combine[(triton.cdiv(n_q, BLOCK_M), batch * heads)](
-            p_acc, p_m, p_l, out, *out.stride(), heads, n_q,
-            SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, num_warps=4,
-        )
-        return out
+            self._scratch[key] = (torch.empty(rows, BLOCK_D, device=device, dtype=torch.float32),
+                                  torch.empty(rows, device=device, dtype=torch.float32),
+                                  torch.empty(rows, device=device, dtype=torch.float32))
+        return self._scratch[key]
 
     def forward(self, q, k, v):
         batch, heads, n_q, _ = q.shape
         n_k = k.shape[2]
         out = torch.empty_like(q)
         qk_scale = SCALE * LOG2E if USE_EXP2 else SCALE
-        if SPLIT_KV > 1:
-            return self._split_forward(q, k, v, out, qk_scale)
-        grid = (triton.cdiv(n_q, BLOCK_M), batch * heads)
-        _attn_fwd[grid](
-            q, k, v, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            heads, heads // k.shape[1], n_q, n_k, qk_scale,
-            CAUSAL=CAUSAL, CAUSAL_SPLIT=False, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-            BLOCK_D=BLOCK_D, EXP2=USE_EXP2, K_TRANS=True, NUM_STAGES=NUM_STAGES,
+        if SPLIT_KV == 1:
+            chunk, (p_acc, p_m, p_l) = n_k, (out, out, out)  # the partial buffers go unused
+        else:
+            chunk = triton.cdiv(triton.cdiv(n_k, SPLIT_KV), BLOCK_N) * BLOCK_N
+            p_acc, p_m, p_l = self._partials(batch * heads * SPLIT_KV * n_q, q.device)
+        _attn_fwd[(triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)](
+            q, k, v, out, p_acc, p_m, p_l, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+            heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
+            CAUSAL=CAUSAL, CAUSAL_SPLIT=False, SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M,
+            BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, K_TRANS=True, NUM_STAGES=NUM_STAGES,
+            EVEN_M=n_q % BLOCK_M == 0, EVEN_N=n_k % BLOCK_N == 0, EVEN_D=BLOCK_D == HEAD_DIM,
             num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
+        if SPLIT_KV > 1:
+            _attn_combine[(triton.cdiv(n_q, BLOCK_M), batch * heads)](
+                p_acc, p_m, p_l, out, *out.stride(), heads, n_q,
+                SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, num_warps=4,
+            )
         return out
 
 
