@@ -34,7 +34,8 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
     rng = random.Random(seed)
     return [FlashGenome(block_m=rng.choice(BLOCKS), block_n=rng.choice(BLOCKS), num_warps=rng.choice(WARPS),
                         num_stages=rng.choice(STAGES), exp2=rng.random() < 0.5, k_layout=rng.choice(K_LAYOUTS),
-                        loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS))
+                        loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS),
+                        prescale_q=rng.random() < 0.5)
             for _ in range(n)]
 
 
@@ -68,6 +69,7 @@ GENOMES = [
     FlashGenome(block_m=16, block_n=16, split_kv=2),
     FlashGenome(block_m=32, block_n=16, split_kv=4, exp2=False, k_layout="trans"),
     FlashGenome(block_m=16, block_n=32, split_kv=8),  # more splits than key blocks: empty partials
+    FlashGenome(block_m=32, block_n=32, prescale_q=True, exp2=True),
 ]
 SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32"]
 

@@ -61,3 +61,12 @@ def test_pytorch_paths_are_genomes_and_keep_their_labels() -> None:
     bf16 = m.build({"kind": "torch", "variant": "flash_bf16"}, {"mutation": "test", "level": "algorithmic"})
     assert bf16.labels == ["bf16 compute"] and bf16.name == "torch-flash_bf16"
     assert set(m.torch_paths) >= {"sdpa_cudnn", "sdpa_flash", "flash_tf32", "math_baseline"}
+
+
+def test_default_kernel_fits_the_gpu_it_is_proposed_for() -> None:
+    roomy = TemplateMutator(random.Random(0), PARAMS, HardwareLimits(shared_memory_bytes=227 * 1024))
+    tight = TemplateMutator(random.Random(0), PARAMS, HardwareLimits(shared_memory_bytes=48 * 1024))
+    for m in (roomy, tight):
+        g = m.default_genome()
+        assert fits(g, PARAMS.head_dim, 2, m.limits) is None
+    assert roomy.default_genome() != tight.default_genome()

@@ -37,6 +37,7 @@ class FlashGenome:
     loop: str = "range"
     causal_split: bool = False
     split_kv: int = 1
+    prescale_q: bool = False  # fold the softmax scale into Q once (rounded to Q's dtype) instead of per score
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "triton_flash", **asdict(self)}
@@ -115,7 +116,7 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
                 lo, hi, n_k, causal_offset, qk_scale,
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr):
+                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, PRESCALED: tl.constexpr):
     # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
     # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
     for start_n in {loop_expr}:
@@ -135,7 +136,8 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             else:
                 k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
             qk = tl.dot(q, k)
-        qk = qk * qk_scale
+        if not PRESCALED:
+            qk = qk * qk_scale
         if MASK_CAUSAL:
             keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
             if not EVEN_N:
@@ -174,7 +176,7 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr):
+              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRESCALE_Q: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine.
@@ -193,6 +195,8 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
         q = tl.load(q_ptrs)
     else:
         q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    if PRESCALE_Q:
+        q = (q * qk_scale).to(q.dtype)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -210,14 +214,14 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q)
     if SPLITS == 1:
         acc = acc / l_i[:, None]
         tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
@@ -292,7 +296,7 @@ class ModelNew(nn.Module):
             heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
             CAUSAL=CAUSAL, CAUSAL_SPLIT={causal_split}, SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M,
             BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, K_TRANS={k_trans}, NUM_STAGES=NUM_STAGES,
-            EVEN_M=n_q % BLOCK_M == 0, EVEN_N=n_k % BLOCK_N == 0, EVEN_D=BLOCK_D == HEAD_DIM,
+            EVEN_M=n_q % BLOCK_M == 0, EVEN_N=n_k % BLOCK_N == 0, EVEN_D=BLOCK_D == HEAD_DIM, PRESCALE_Q={prescale_q},
             num_warps=NUM_WARPS, num_stages=NUM_STAGES,
         )
         if SPLIT_KV > 1:
@@ -313,5 +317,5 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         causal=bool(causal), head_dim=head_dim, block_m=g.block_m, block_n=g.block_n,
         block_d=max(next_pow2(head_dim), 16), num_warps=g.num_warps, num_stages=g.num_stages,
         exp2=bool(g.exp2), loop_expr=loop_expr, causal_split=bool(g.causal_split and causal),
-        k_trans=g.k_layout == "trans", split_kv=g.split_kv,
+        k_trans=g.k_layout == "trans", split_kv=g.split_kv, prescale_q=bool(g.prescale_q),
     )
