@@ -144,3 +144,12 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
     proc = evoforge("run", "--json", "--device", "cpu", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["generations"] == 1
+
+
+def test_a_refused_run_leaves_no_run_record(tmp_path: Path) -> None:
+    task = Path(__file__).parent / "fixtures" / "tasks" / "tanh_matmul.py"
+    evoforge("run", "--task", str(task), *FAST, cwd=tmp_path)
+    proc = evoforge("run", "--mutator", "llm", *FAST, cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown mutator 'llm'" in proc.stderr
+    runs = evoforge("runs", "--json", cwd=tmp_path)
+    assert runs.returncode == 0 and json.loads(runs.stdout) == []

@@ -23,6 +23,7 @@ from evoforge.search import Progress, Search, SearchConfig, restore_rng
 from evoforge.store import RunStore
 from evoforge.task import TaskError, TaskSpec, load_task, resolve_task
 from evoforge.tasks import attention_params, baselines_for
+from evoforge.tasks.attention import AttentionParams
 from evoforge.timing import TimingConfig
 
 MUTATORS = ("template",)
@@ -150,18 +151,32 @@ class GenerationEvaluator:
         return results, bases
 
 
-def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
-            progress: Callable[[str], None] | None = None) -> Prepared:
-    if config.mutator not in MUTATORS:
-        raise TaskError(f"unknown mutator {config.mutator!r} (available: {', '.join(MUTATORS)}; "
-                        "the LLM mutator is not part of this release)")
-    device = resolve_device(config.device)
-    spec = resolve_task(config.task or ("attention" if device.startswith("cuda") else "attention-tiny"))
+def default_task(device: str) -> str:
+    return "attention" if device.startswith("cuda") else "attention-tiny"
+
+
+def _attention_task(task: str) -> tuple[TaskSpec, AttentionParams]:
+    """The task, loaded and checked, and its attention parameters (the template's search space)."""
+    spec = resolve_task(task)
     load_task(spec)
     params = attention_params(spec)
     if params is None:
         raise TaskError(f"{spec.origin}: the template mutator evolves attention kernels; give a built-in "
                         "attention task (see `evoforge tasks`)")
+    return spec, params
+
+
+def _check_mutator(name: str) -> None:
+    if name not in MUTATORS:
+        raise TaskError(f"unknown mutator {name!r} (available: {', '.join(MUTATORS)}; "
+                        "the LLM mutator is not part of this release)")
+
+
+def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
+            progress: Callable[[str], None] | None = None) -> Prepared:
+    _check_mutator(config.mutator)
+    device = resolve_device(config.device)
+    spec, params = _attention_task(config.task or default_task(device))
     if device == "cpu":
         # Triton kernels run on CPU tensors through the interpreter: slow, but the same code path.
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -186,15 +201,14 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
 
 
 def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | None = None) -> tuple[str, Prepared]:
-    """Create a run record and everything needed to search it."""
-    device = resolve_device(config.device)
-    task_name = config.task or ("attention" if device.startswith("cuda") else "attention-tiny")
-    resolved = RunConfig.from_dict({**config.to_dict(), "task": task_name})
-    spec = resolve_task(task_name)
-    run_id = store.create_run({"name": spec.name, "arg": task_name, "origin": spec.origin, "params": spec.params},
+    """Check the config and task first, then create the run record and everything to search it."""
+    _check_mutator(config.mutator)
+    task = config.task or default_task(resolve_device(config.device))
+    resolved = RunConfig.from_dict({**config.to_dict(), "task": task})
+    spec, _ = _attention_task(resolved.task)
+    run_id = store.create_run({"name": spec.name, "arg": resolved.task, "origin": spec.origin, "params": spec.params},
                               resolved.to_dict())
-    rng = random.Random(resolved.seed)
-    return run_id, prepare(resolved, store, run_id, rng, progress)
+    return run_id, prepare(resolved, store, run_id, random.Random(resolved.seed), progress)
 
 
 def search_for(store: RunStore, run_id: str, prepared: Prepared, config: RunConfig,
