@@ -63,6 +63,7 @@ class EvalConfig:
     file_size_limit_mb: int = 512
     seed: int | None = None
     side_stream_guard: bool = True
+    static_precheck: bool = True  # reject candidates whose source reaches for the harness (precheck.py)
     keep_workdir: bool = False
     log_limit_chars: int = 16_000  # kept per entry in its result's logs
     file_log_limit_chars: int = 1_000_000  # passed through to the worker's stdout/stderr files

@@ -223,6 +223,11 @@ class _Worker:
             return record, None
 
         name = entry["name"]
+        if entry["role"] == "candidate" and self.cfg.get("static_precheck", True):
+            from evoforge.evaluator.precheck import precheck
+
+            if reason := precheck(entry["source"]):
+                return done("rejected", reason)
         try:
             module = import_source(entry["source"], f"evoforge_candidate_{entry['hash']}", f"<{name}>", self.dir)
         except SyntaxError as exc:
