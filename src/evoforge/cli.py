@@ -81,12 +81,13 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
         yield lambda message: status.update(message)
 
 
-def _eval_config(device: str, timeout: float, budget_ms: float, seed: int | None, memory_mb: int | None) -> Any:
+def _eval_config(device: str, timeout: float, budget_ms: float, seed: int | None, memory_mb: int | None,
+                 sandbox: str) -> Any:
     from evoforge.evaluator import EvalConfig
     from evoforge.timing import TimingConfig
 
     timing = TimingConfig(budget_ms=budget_ms)
-    cfg = EvalConfig(device=device, timeout_s=timeout, timing=timing, seed=seed)
+    cfg = EvalConfig(device=device, timeout_s=timeout, timing=timing, seed=seed, sandbox=sandbox)
     if memory_mb:
         cfg.memory_limit_mb = memory_mb
     return cfg
@@ -115,6 +116,8 @@ BudgetOpt = typer.Option(100.0, "--budget-ms", help="Timing budget per entry and
 SeedOpt = typer.Option(None, "--seed", help="Input seed (default: a fresh random seed each run).")
 MemoryOpt = typer.Option(None, "--memory-mb", help="Worker memory cap, MiB (default: 75% of RAM, at most 32 GiB).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show tracebacks.")
+SandboxOpt = typer.Option("basic", "--sandbox", help="none | basic (scrubbed env, static pre-check, no network "
+                          "where the OS allows) | strict (basic, or refuse).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout instead of a table.")
 
 
@@ -125,7 +128,7 @@ def sweep(
     variants: str = typer.Option("", "--variants", help="Comma-separated subset of variants (default: all)."),
     output: Path = typer.Option(DEFAULT_SWEEP_OUT, "--out", "-o", help="Where to write the evidence JSON."),
     device: str = DeviceOpt, timeout: float = TimeoutOpt, budget_ms: float = BudgetOpt,
-    seed: int | None = SeedOpt, memory_mb: int | None = MemoryOpt,
+    seed: int | None = SeedOpt, memory_mb: int | None = MemoryOpt, sandbox: str = SandboxOpt,
     as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
     """The seed's attention sweep, done right: every variant checked and timed live against PyTorch."""
@@ -135,7 +138,7 @@ def sweep(
     def body() -> int:
         spec = resolve_task(task)
         chosen = select_variants(spec, [v.strip() for v in variants.split(",") if v.strip()] or None)
-        config = _eval_config(device, timeout, budget_ms, seed, memory_mb)
+        config = _eval_config(device, timeout, budget_ms, seed, memory_mb, sandbox)
         err.print(f"sweep: {spec.name}, {len(chosen)} variants, {repeats} repeat(s)", highlight=False)
         with _progress(True) as say:
             outcome = run_sweep(spec, chosen, repeats=repeats, config=config, progress=say)
@@ -209,7 +212,7 @@ def eval_cmd(
     task: str = typer.Option("attention", "--task", "-t", help="Built-in task name or a KernelBench-format file."),
     baselines: bool = typer.Option(True, "--baselines/--no-baselines", help="Time PyTorch's paths beside it."),
     device: str = DeviceOpt, timeout: float = TimeoutOpt, budget_ms: float = BudgetOpt,
-    seed: int | None = SeedOpt, memory_mb: int | None = MemoryOpt,
+    seed: int | None = SeedOpt, memory_mb: int | None = MemoryOpt, sandbox: str = SandboxOpt,
     as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
     """Evaluate one candidate file: correctness, guards, latency, speedup over every baseline."""
@@ -230,7 +233,7 @@ def eval_cmd(
         cand = Candidate(name=candidate.stem, source=source)
         base = baselines_for(spec) if baselines else []
         base = [b for b in base if b.name != cand.name]
-        config = _eval_config(device, timeout, budget_ms, seed, memory_mb)
+        config = _eval_config(device, timeout, budget_ms, seed, memory_mb, sandbox)
         with _progress(True) as say:
             report = Evaluator(spec, config, progress=say).evaluate([cand], base)
         result = report.results[0]
@@ -325,6 +328,7 @@ def run(
     device: str | None = typer.Option(None, "--device", help="auto, cuda, cuda:N or cpu."),
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds one stage of one candidate may take."),
     budget_ms: float | None = typer.Option(None, "--budget-ms", help="Timing budget per entry and mode, ms."),
+    sandbox: str | None = typer.Option(None, "--sandbox", help="none | basic (default) | strict."),
     config_file: Path | None = typer.Option(None, "--config", help="TOML config (default: ./evoforge.toml)."),
     db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
@@ -333,7 +337,8 @@ def run(
 
     flags = {"task": task, "generations": generations, "population": population, "elites": elites,
              "budget": budget, "max_evals": max_evals, "target_fitness": target, "plateau": plateau,
-             "mutator": mutator, "seed": seed, "device": device, "timeout_s": timeout, "budget_ms": budget_ms}
+             "mutator": mutator, "seed": seed, "device": device, "timeout_s": timeout, "budget_ms": budget_ms,
+             "sandbox": sandbox}
 
     def body() -> int:
         settings = evolve.load_config_file(config_file)
@@ -469,6 +474,9 @@ def doctor(as_json: bool = JsonOpt, device: str = DeviceOpt) -> None:
     for name, state in report["backends"].items():
         mark = "[green]runs[/green]" if state == "runs" else f"[yellow]{state}[/yellow]"
         out.print(f"  {name}: {mark}")
+    sandbox = report["sandbox"]
+    out.print("sandbox: " + ("workers get their own network namespace (no network)" if sandbox["network_isolated"]
+              else f"workers are NOT network-isolated: {sandbox['reason']}"), highlight=False)
     for note in report["notes"]:
         out.print(f"note: {note}", highlight=False)
 

@@ -66,4 +66,8 @@ def diagnose(device_name: str = "auto") -> dict[str, Any]:
     if device.type != "cuda":
         notes.append("no CUDA device: timings are CPU timings (perf_counter_ns), graph mode is unavailable, "
                      "and Triton kernels only run under TRITON_INTERPRET=1")
-    return {"env": envinfo.collect(device), "backends": attention_backends(device), "notes": notes}
+    from evoforge.evaluator.sandbox import network_isolation_unavailable
+
+    reason = network_isolation_unavailable()
+    return {"env": envinfo.collect(device), "backends": attention_backends(device), "notes": notes,
+            "sandbox": {"network_isolated": reason is None, "reason": reason}}

@@ -45,6 +45,7 @@ class RunConfig:
     timeout_s: float = 300.0
     budget_ms: float = 100.0
     keep_baselines: int = 3  # after generation 0, re-time only the fastest baselines each generation
+    sandbox: str = "basic"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,7 +186,8 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
         import torch
 
         limits = HardwareLimits.for_device(torch.cuda.get_device_properties(torch.device(device)))
-    eval_config = EvalConfig(device=device, timeout_s=config.timeout_s, timing=TimingConfig(budget_ms=config.budget_ms))
+    eval_config = EvalConfig(device=device, timeout_s=config.timeout_s, sandbox=config.sandbox,
+                             timing=TimingConfig(budget_ms=config.budget_ms))
     fastest = None
     for event in store.events(run_id, "baselines"):
         fastest = event["names"]

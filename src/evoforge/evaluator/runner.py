@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from evoforge.candidate import Candidate
+from evoforge.evaluator import sandbox
 from evoforge.evaluator.result import CaseCheck, EvalResult
 from evoforge.task import TaskError, TaskSpec
 from evoforge.timing import MODES, TimingConfig, TimingStats
@@ -63,7 +64,7 @@ class EvalConfig:
     file_size_limit_mb: int = 512
     seed: int | None = None
     side_stream_guard: bool = True
-    static_precheck: bool = True  # reject candidates whose source reaches for the harness (precheck.py)
+    sandbox: str = "basic"  # none | basic | strict (see evaluator/sandbox.py)
     keep_workdir: bool = False
     log_limit_chars: int = 16_000  # kept per entry in its result's logs
     file_log_limit_chars: int = 1_000_000  # passed through to the worker's stdout/stderr files
@@ -177,6 +178,7 @@ class Evaluator:
                           "restarting the worker for the rest")
             pending.remove(idx)
         results = [final[i] for i in range(len(entries))]
+        env["sandbox"] = {"mode": self.config.sandbox, "network_isolated": self.isolated_network()}
         _score(results, self._fitness_mode(env))
         return EvalReport(results=results, env=env, seeds=seeds, workers=workers)
 
@@ -232,7 +234,8 @@ class Evaluator:
             self.progress(f"timing {entries[int(parts[1])].candidate.name} ({parts[2]})")
 
     def _env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not _SECRET.search(k)}
+        env = dict(os.environ) if self.config.sandbox == "none" else \
+            {k: v for k, v in os.environ.items() if not _SECRET.search(k)}
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
@@ -249,14 +252,31 @@ class Evaluator:
         # huge virtual ranges, even with --device cpu): only a CPU build gets it; everything else
         # relies on the resident-memory watchdog.
         address_space = self.config.memory_limit_mb * 2**20 if _cpu_build_of_torch() else None
+        unshare = sandbox.netns_entry() if self.isolated_network() else None
 
         def apply() -> None:
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+            soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
             if address_space is not None:
                 resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+            if unshare is not None and unshare(sandbox.CLONE_NEWNET) != 0:
+                os._exit(97)  # the probe said it works; refuse to run unisolated if it now doesn't
 
         return apply
+
+    def isolated_network(self) -> bool:
+        """Whether workers get a network namespace of their own; raises for strict without one."""
+        if self.config.sandbox not in sandbox.SANDBOXES:
+            choices = ", ".join(sandbox.SANDBOXES)
+            raise EvaluatorError(f"unknown sandbox {self.config.sandbox!r} (choose from {choices})")
+        if self.config.sandbox == "none":
+            return False
+        reason = sandbox.network_isolation_unavailable()
+        if reason and self.config.sandbox == "strict":
+            raise EvaluatorError(f"--sandbox strict: no network isolation here: {reason}")
+        return reason is None
 
     # ---------------------------------------------------------------- results
     def _result(self, entry: _Entry, check: dict[str, Any] | None, timed: dict[str, Any] | None) -> EvalResult:
@@ -415,6 +435,8 @@ def _describe_exit(code: int | None, stage: str, log: str) -> str:
 
 
 def _startup_failure(outcome: _WorkerOutcome) -> str:
+    if outcome.returncode == 97:
+        return "the worker could not enter its own network namespace; use --sandbox none to run without one"
     last = outcome.log_tail.strip().splitlines()[-1] if outcome.log_tail.strip() else "no output"
     what = "timed out" if outcome.killed == "timeout" else f"exited with code {outcome.returncode}"
     return f"evaluation worker {what} during {outcome.stage or 'startup'}: {last[:300]}"

@@ -223,7 +223,7 @@ class _Worker:
             return record, None
 
         name = entry["name"]
-        if entry["role"] == "candidate" and self.cfg.get("static_precheck", True):
+        if entry["role"] == "candidate" and self.cfg["sandbox"] != "none":
             from evoforge.evaluator.precheck import precheck
 
             if reason := precheck(entry["source"]):
