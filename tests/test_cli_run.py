@@ -153,3 +153,26 @@ def test_a_refused_run_leaves_no_run_record(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "unknown mutator 'llm'" in proc.stderr
     runs = evoforge("runs", "--json", cwd=tmp_path)
     assert runs.returncode == 0 and json.loads(runs.stdout) == []
+
+
+def test_workers_die_with_a_killed_driver(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "evoforge.cli", "run", "--generations", "3", *FAST],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    worker = None
+    deadline = time.monotonic() + 120
+    while worker is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        worker = int(children[0]) if children else None
+    assert worker is not None, "no worker started"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver's group; the worker has a session of its own
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and Path(f"/proc/{worker}").exists():
+        status = Path(f"/proc/{worker}/status").read_text() if Path(f"/proc/{worker}/status").exists() else ""
+        if "State:\tZ" in status:
+            break
+        time.sleep(0.1)
+    status = Path(f"/proc/{worker}/status").read_text() if Path(f"/proc/{worker}/status").exists() else ""
+    assert not status or "State:\tZ" in status, "the worker outlived its driver"

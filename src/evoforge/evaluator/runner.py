@@ -12,6 +12,7 @@ so their ratio is measured under the same conditions.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import re
@@ -185,7 +186,17 @@ class Evaluator:
     # ---------------------------------------------------------------- one worker
     def _run_worker(self, entries: list[_Entry]) -> _WorkerOutcome:
         cfg = self.config
+        limits, env = self._limits(), self._env()  # may refuse (strict sandbox) before anything exists
         workdir = Path(tempfile.mkdtemp(prefix="evoforge-worker-"))
+        try:
+            return self._supervise(entries, workdir, limits, env)
+        finally:  # also on Ctrl-C: the scratch directory never outlives its worker
+            if not cfg.keep_workdir:
+                shutil.rmtree(workdir, ignore_errors=True)
+
+    def _supervise(self, entries: list[_Entry], workdir: Path, limits: Callable[[], None],
+                   env: dict[str, str]) -> _WorkerOutcome:
+        cfg = self.config
         job = {"task": self.task.to_dict(), "entries": [e.job() for e in entries], "config": cfg.worker_view()}
         (workdir / "job.json").write_text(json.dumps(job))
         out_path, err_path = workdir / "stdout.log", workdir / "stderr.log"
@@ -193,8 +204,8 @@ class Evaluator:
         with open(out_path, "wb") as out, open(err_path, "wb") as err:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "evoforge.evaluator.worker", str(workdir / "job.json")],
-                cwd=workdir, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=self._env(),
-                start_new_session=True, preexec_fn=self._limits(),
+                cwd=workdir, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True, preexec_fn=limits,
             )
             stage, stage_since = "", time.monotonic()
             try:
@@ -217,12 +228,8 @@ class Evaluator:
                 if proc.poll() is None:
                     _kill_group(proc)
                 proc.wait()
-        stage = _last_line(workdir / "progress")
-        records = _read_records(workdir / "results.jsonl")
-        tail = _log_tail(err_path) or _log_tail(out_path)
-        if not cfg.keep_workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-        return _WorkerOutcome(records, proc.returncode, stage, killed, tail)
+        return _WorkerOutcome(_read_records(workdir / "results.jsonl"), proc.returncode,
+                              _last_line(workdir / "progress"), killed, _log_tail(err_path) or _log_tail(out_path))
 
     def _report_stage(self, stage: str, entries: list[_Entry]) -> None:
         parts = stage.split(" ")
@@ -253,8 +260,11 @@ class Evaluator:
         # relies on the resident-memory watchdog.
         address_space = self.config.memory_limit_mb * 2**20 if _cpu_build_of_torch() else None
         unshare = sandbox.netns_entry() if self.isolated_network() else None
+        prctl = _prctl()
 
         def apply() -> None:
+            if prctl is not None:
+                prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # an orphaned worker dies with its driver
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -440,6 +450,19 @@ def _startup_failure(outcome: _WorkerOutcome) -> str:
     last = outcome.log_tail.strip().splitlines()[-1] if outcome.log_tail.strip() else "no output"
     what = "timed out" if outcome.killed == "timeout" else f"exited with code {outcome.returncode}"
     return f"evaluation worker {what} during {outcome.stage or 'startup'}: {last[:300]}"
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _prctl() -> Callable[..., int] | None:
+    """libc's prctl on Linux (looked up in the parent; the child only calls it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
 
 
 def _cpu_build_of_torch() -> bool:
