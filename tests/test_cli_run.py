@@ -155,6 +155,19 @@ def test_a_refused_run_leaves_no_run_record(tmp_path: Path) -> None:
     assert runs.returncode == 0 and json.loads(runs.stdout) == []
 
 
+def _children(parent: int) -> list[int]:
+    """Processes whose parent is ``parent`` (from /proc, no pgrep needed)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            found.append(int(stat.parent.name))
+    return found
+
+
 def test_workers_die_with_a_killed_driver(tmp_path: Path) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "evoforge.cli", "run", "--generations", "3", *FAST],
                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -163,8 +176,8 @@ def test_workers_die_with_a_killed_driver(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     while worker is None and time.monotonic() < deadline:
         time.sleep(0.2)
-        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        worker = int(children[0]) if children else None
+        children = _children(proc.pid)
+        worker = children[0] if children else None
     assert worker is not None, "no worker started"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver's group; the worker has a session of its own
     proc.wait()
