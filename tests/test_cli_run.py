@@ -189,3 +189,12 @@ def test_workers_die_with_a_killed_driver(tmp_path: Path) -> None:
         time.sleep(0.1)
     status = Path(f"/proc/{worker}/status").read_text() if Path(f"/proc/{worker}/status").exists() else ""
     assert not status or "State:\tZ" in status, "the worker outlived its driver"
+
+
+def test_each_generation_records_where_its_time_went(finished_run: tuple[Path, str]) -> None:
+    cwd, run_id = finished_run
+    db = sqlite3.connect(cwd / ".evoforge" / "runs.db")
+    rows = [json.loads(r[0]) for r in db.execute(
+        "SELECT data_json FROM events WHERE run_id = ? AND kind = 'profile'", (run_id,))]
+    assert [r["generation"] for r in rows] == [0, 1]
+    assert all(r["seconds"]["wall"] > 0 and "check" in r["seconds"] for r in rows)

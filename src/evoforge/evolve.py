@@ -129,8 +129,10 @@ class GenerationEvaluator:
 
     def __init__(self, spec: TaskSpec, config: EvalConfig, baselines: list[Candidate], keep: int,
                  fastest: list[str] | None = None, progress: Callable[[str], None] | None = None,
-                 on_baselines: Callable[[list[str], dict[str, Any]], None] | None = None) -> None:
+                 on_baselines: Callable[[list[str], dict[str, Any]], None] | None = None,
+                 on_profile: Callable[[int, dict[str, float]], None] | None = None) -> None:
         self.spec, self.config, self.baselines, self.keep = spec, config, baselines, keep
+        self.on_profile = on_profile
         self.fastest = fastest
         self.progress = progress
         self.on_baselines = on_baselines
@@ -141,6 +143,8 @@ class GenerationEvaluator:
         base = [b for b in self.baselines if self.fastest is None or b.name in self.fastest or b.hash in twins]
         report = Evaluator(self.spec, self.config, progress=self.progress).evaluate(candidates, base)
         self.env = report.env
+        if self.on_profile:
+            self.on_profile(generation, report.profile)
         results, bases = report.results[: len(candidates)], report.results[len(candidates):]
         mode = "graph" if report.env.get("device_type") == "cuda" else "eager"
         ranked = sorted((b for b in bases if b.ok), key=lambda b: b.latency(mode) or math.inf)
@@ -196,8 +200,11 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
         store.add_event(run_id, "baselines", names=names)
         store.update_run(run_id, env=env)
 
+    def profile(generation: int, seconds: dict[str, float]) -> None:
+        store.add_event(run_id, "profile", generation=generation, seconds=seconds)
+
     evaluate = GenerationEvaluator(spec, eval_config, baselines_for(spec), config.keep_baselines, fastest,
-                                   progress, remember)
+                                   progress, remember, profile)
     mutator = TemplateMutator(rng, params, limits)
     return Prepared(spec, mutator, evaluate, rng, device)
 

@@ -69,3 +69,10 @@ def test_the_evaluator_rejects_them_before_they_run_and_goes_on(report: EvalRepo
         assert result.status == "rejected" and result.detail.startswith("static pre-check"), result.name
     assert report.results[-1].status == "ok"
     assert report.workers == 1
+
+
+def test_the_report_says_where_the_workers_time_went(report: EvalReport) -> None:
+    profile = report.profile
+    assert {"startup", "load", "check", "time", "recheck", "wall"} <= set(profile)
+    assert all(seconds >= 0 for seconds in profile.values())
+    assert profile["wall"] >= profile["load"] + profile["check"] + profile["time"]

@@ -102,12 +102,15 @@ class EvalReport:
     env: dict[str, Any]
     seeds: list[int]
     workers: int
+    # Seconds per stage kind summed over this evaluation's workers (startup, load, check, time,
+    # recheck), plus "wall": the driver's clock around all of them.
+    profile: dict[str, float] = field(default_factory=dict)
 
     def by_name(self) -> dict[str, EvalResult]:
         return {r.name: r for r in self.results}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"env": self.env, "seeds": self.seeds, "workers": self.workers,
+        return {"env": self.env, "seeds": self.seeds, "workers": self.workers, "profile": self.profile,
                 "results": [r.to_dict() for r in self.results]}
 
 
@@ -149,6 +152,8 @@ class Evaluator:
             raise ValueError(f"entry names must be unique: {names}")
         final: dict[int, EvalResult] = {}
         pending = list(range(len(entries)))
+        started = time.monotonic()
+        profile: dict[str, float] = {}
         env: dict[str, Any] = {}
         seeds: list[int] = []
         workers = 0
@@ -163,6 +168,9 @@ class Evaluator:
                     env = rec["env"]
                 if rec["kind"] == "seed":
                     seeds.append(rec["seed"])
+                if rec["kind"] == "profile":
+                    for kind, seconds in rec["seconds"].items():
+                        profile[kind] = profile.get(kind, 0.0) + seconds
             checks = {rec["index"]: rec for rec in records if rec["kind"] == "check"}
             timings = {rec["index"]: rec for rec in records if rec["kind"] == "timing"}
             clean = outcome.returncode == 0 and outcome.stage == "done"
@@ -181,7 +189,8 @@ class Evaluator:
         results = [final[i] for i in range(len(entries))]
         env["sandbox"] = {"mode": self.config.sandbox, "network_isolated": self.isolated_network()}
         _score(results, self._fitness_mode(env))
-        return EvalReport(results=results, env=env, seeds=seeds, workers=workers)
+        profile["wall"] = time.monotonic() - started
+        return EvalReport(results=results, env=env, seeds=seeds, workers=workers, profile=profile)
 
     # ---------------------------------------------------------------- one worker
     def _run_worker(self, entries: list[_Entry]) -> _WorkerOutcome:

@@ -79,6 +79,9 @@ class _Worker:
         self.job = json.loads(job_path.read_text())
         self.cfg = self.job["config"]
         self.progress = open(self.dir / "progress", "a", buffering=1)  # noqa: SIM115
+        # Seconds spent per kind of stage (startup, load, check, time, recheck): where a worker's time goes.
+        self.stage_seconds: dict[str, float] = {}
+        self._stage_kind, self._stage_started = "startup", time.perf_counter()
         self.results = open(self.dir / "results.jsonl", "a", buffering=1)  # noqa: SIM115
         limit = int(self.cfg["log_limit_chars"])
         file_limit = int(self.cfg["file_log_limit_chars"])
@@ -87,6 +90,10 @@ class _Worker:
         sys.stdout, sys.stderr = self.out, self.err  # type: ignore[assignment]
 
     def stage(self, text: str) -> None:
+        now = time.perf_counter()
+        kind = self._stage_kind
+        self.stage_seconds[kind] = self.stage_seconds.get(kind, 0.0) + now - self._stage_started
+        self._stage_kind, self._stage_started = text.split(" ", 1)[0], now
         self.progress.write(text + "\n")
         self.progress.flush()
 
@@ -148,6 +155,7 @@ class _Worker:
 
         self._time(models)
         self.stage("done")
+        self.emit({"kind": "profile", "seconds": self.stage_seconds})
         return 0
 
     # ---------------------------------------------------------------- inputs and references
