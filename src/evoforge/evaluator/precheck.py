@@ -11,7 +11,8 @@ style, only on those reaches.
 from __future__ import annotations
 
 import ast
-import re
+
+from evoforge.evaluator.sandbox import SECRET_NAME
 
 _FORBIDDEN_MODULES = {
     "evoforge": "imports evoforge's own modules (the harness)",
@@ -33,7 +34,6 @@ _PROCESS_CALLS = {"system", "popen", "fork", "forkpty", "execv", "execve", "exec
 # Roots whose *functions* must not be replaced. torch.backends.* flags are configuration, caught at
 # run time when left changed, so they are not flagged here.
 _PATCH_ROOTS = {"torch", "time", "F", "nn", "math", "numpy", "np"}
-_SECRET = re.compile(r"(API_KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|_KEY$|^AWS_|^GH_)", re.IGNORECASE)
 
 
 def _dotted(node: ast.AST) -> str | None:
@@ -118,7 +118,7 @@ class _Finder(ast.NodeVisitor):
             key = node.args[0] if node.args else None
             if not isinstance(key, ast.Constant) or not isinstance(key.value, str):
                 self.flag(node, "reads an environment variable chosen at run time")
-            elif _SECRET.search(key.value):
+            elif SECRET_NAME.search(key.value):
                 self.flag(node, f"reads the secret {key.value!r} from the environment")
         if isinstance(node.func, ast.Attribute) and node.func.attr in ("items", "keys", "values", "copy") \
                 and _is_environ(node.func.value):
@@ -132,7 +132,7 @@ class _Finder(ast.NodeVisitor):
             key = node.slice
             if not isinstance(key, ast.Constant) or not isinstance(key.value, str):
                 self.flag(node, "reads an environment variable chosen at run time")
-            elif _SECRET.search(key.value):
+            elif SECRET_NAME.search(key.value):
                 self.flag(node, f"reads the secret {key.value!r} from the environment")
         self.generic_visit(node)
 

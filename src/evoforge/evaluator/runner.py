@@ -12,10 +12,8 @@ so their ratio is measured under the same conditions.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import re
 import resource
 import shutil
 import signal
@@ -33,8 +31,6 @@ from evoforge.evaluator import sandbox
 from evoforge.evaluator.result import CaseCheck, EvalResult
 from evoforge.task import TaskError, TaskSpec
 from evoforge.timing import MODES, TimingConfig, TimingStats
-
-_SECRET = re.compile(r"(_API_KEY|_TOKEN|SECRET|PASSWORD|PASSWD|_KEY)$|^AWS_|^GH_|^GITHUB_TOKEN", re.IGNORECASE)
 
 
 class EvaluatorError(Exception):
@@ -251,7 +247,7 @@ class Evaluator:
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ) if self.config.sandbox == "none" else \
-            {k: v for k, v in os.environ.items() if not _SECRET.search(k)}
+            {k: v for k, v in os.environ.items() if not sandbox.SECRET_NAME.search(k)}
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
@@ -269,11 +265,11 @@ class Evaluator:
         # relies on the resident-memory watchdog.
         address_space = self.config.memory_limit_mb * 2**20 if _cpu_build_of_torch() else None
         unshare = sandbox.netns_entry() if self.isolated_network() else None
-        prctl = _prctl()
+        prctl = sandbox.prctl_entry()
 
         def apply() -> None:
             if prctl is not None:
-                prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)  # an orphaned worker dies with its driver
+                prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL)  # an orphaned worker dies with its driver
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -459,19 +455,6 @@ def _startup_failure(outcome: _WorkerOutcome) -> str:
     last = outcome.log_tail.strip().splitlines()[-1] if outcome.log_tail.strip() else "no output"
     what = "timed out" if outcome.killed == "timeout" else f"exited with code {outcome.returncode}"
     return f"evaluation worker {what} during {outcome.stage or 'startup'}: {last[:300]}"
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _prctl() -> Callable[..., int] | None:
-    """libc's prctl on Linux (looked up in the parent; the child only calls it)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
 
 
 def _cpu_build_of_torch() -> bool:

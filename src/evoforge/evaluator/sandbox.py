@@ -12,11 +12,19 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import re
 import subprocess
 import sys
+from collections.abc import Callable
 
 SANDBOXES = ("none", "basic", "strict")
 CLONE_NEWNET = 0x40000000
+PR_SET_PDEATHSIG = 1
+
+# What counts as a secret, by environment variable name: kept out of workers' environments, and
+# reading one is what the static pre-check rejects.
+SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|_KEY$|^AWS_|^GH_|^GITHUB_TOKEN",
+                         re.IGNORECASE)
 
 _PROBE = (
     "import ctypes, sys\n"
@@ -39,6 +47,19 @@ def network_isolation_unavailable() -> str | None:
     return f"unshare(CLONE_NEWNET) failed (errno {probe.returncode}); run as root or with CAP_SYS_ADMIN"
 
 
-def netns_entry() -> object:
-    """libc's unshare, looked up in the parent so the child only makes the call."""
-    return ctypes.CDLL(None, use_errno=True).unshare
+def _libc_function(name: str) -> Callable[..., int] | None:
+    """A libc function, looked up in the parent so a child between fork and exec only calls it."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return getattr(ctypes.CDLL(None, use_errno=True), name)
+    except (OSError, AttributeError):
+        return None
+
+
+def netns_entry() -> Callable[..., int] | None:
+    return _libc_function("unshare")
+
+
+def prctl_entry() -> Callable[..., int] | None:
+    return _libc_function("prctl")
