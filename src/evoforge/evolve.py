@@ -18,7 +18,7 @@ from typing import Any
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, EvalResult, Evaluator
 from evoforge.kernels.flash_attention import HardwareLimits
-from evoforge.mutators import Mutator, TemplateMutator
+from evoforge.mutators import GenericMutator, Mutator, TemplateMutator
 from evoforge.search import Progress, Search, SearchConfig, restore_rng
 from evoforge.store import RunStore
 from evoforge.task import TaskError, TaskSpec, load_task, resolve_task
@@ -26,7 +26,7 @@ from evoforge.tasks import attention_params, baselines_for
 from evoforge.tasks.attention import AttentionParams
 from evoforge.timing import TimingConfig
 
-MUTATORS = ("template",)
+MUTATORS = ("template", "generic")  # template: the attention template for attention tasks, generic otherwise
 
 
 @dataclass
@@ -160,15 +160,20 @@ def default_task(device: str) -> str:
     return "attention" if device.startswith("cuda") else "attention-tiny"
 
 
-def _attention_task(task: str) -> tuple[TaskSpec, AttentionParams]:
-    """The task, loaded and checked, and its attention parameters (the template's search space)."""
+def _load(task: str) -> tuple[TaskSpec, AttentionParams | None]:
+    """The task, loaded and checked, and its attention parameters (None for any other task)."""
     spec = resolve_task(task)
     load_task(spec)
-    params = attention_params(spec)
-    if params is None:
-        raise TaskError(f"{spec.origin}: the template mutator evolves attention kernels; give a built-in "
-                        "attention task (see `evoforge tasks`)")
-    return spec, params
+    return spec, attention_params(spec)
+
+
+# --- built-in mutator choice (issue 6): the attention template for attention tasks, generic otherwise ---
+def builtin_mutator(name: str, spec: TaskSpec, params: AttentionParams | None, rng: random.Random,
+                    device: str, limits: HardwareLimits | None) -> Mutator:
+    if name == "template" and params is not None and limits is not None:
+        return TemplateMutator(rng, params, limits)
+    return GenericMutator.for_task(rng, spec, device)
+# --- end built-in mutator choice ---
 
 
 def _check_mutator(name: str) -> None:
@@ -181,7 +186,7 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
             progress: Callable[[str], None] | None = None) -> Prepared:
     _check_mutator(config.mutator)
     device = resolve_device(config.device)
-    spec, params = _attention_task(config.task or default_task(device))
+    spec, params = _load(config.task or default_task(device))
     if device == "cpu":
         # Triton kernels run on CPU tensors through the interpreter: slow, but the same code path.
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -205,7 +210,7 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
 
     evaluate = GenerationEvaluator(spec, eval_config, baselines_for(spec), config.keep_baselines, fastest,
                                    progress, remember, profile)
-    mutator = TemplateMutator(rng, params, limits)
+    mutator = builtin_mutator(config.mutator, spec, params, rng, device, limits)
     return Prepared(spec, mutator, evaluate, rng, device)
 
 
@@ -214,7 +219,7 @@ def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | 
     _check_mutator(config.mutator)
     task = config.task or default_task(resolve_device(config.device))
     resolved = RunConfig.from_dict({**config.to_dict(), "task": task})
-    spec, _ = _attention_task(resolved.task)
+    spec, _ = _load(resolved.task)
     run_id = store.create_run({"name": spec.name, "arg": resolved.task, "origin": spec.origin, "params": spec.params},
                               resolved.to_dict())
     return run_id, prepare(resolved, store, run_id, random.Random(resolved.seed), progress)

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import random
+import re
 import sys
 import time
 import traceback
@@ -145,8 +146,9 @@ class _Worker:
         models: dict[int, Any] = {}
         for index, entry in enumerate(self.job["entries"]):
             self.stage(f"check {index}")
-            record, model = self._check(entry)
-            record["logs"] = self.logs()
+            record, model = self._check(entry, index)
+            # A C++/CUDA build's compiler output goes first: it is what a repair prompt needs.
+            record["logs"] = "\n".join(x for x in (record.pop("build_log", ""), self.logs()) if x)
             self.emit({"kind": "check", "index": index, **record})
             if record.get("fatal"):
                 return FATAL_EXIT
@@ -216,7 +218,7 @@ class _Worker:
                 "expect": [(tuple(t.shape), t.dtype) for t in like]}
 
     # ---------------------------------------------------------------- checking
-    def _check(self, entry: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    def _check(self, entry: dict[str, Any], index: int = 0) -> tuple[dict[str, Any], Any]:
         from evoforge.task import import_source
 
         torch, guards = self.torch, self.guards
@@ -236,12 +238,21 @@ class _Worker:
 
             if reason := precheck(entry["source"]):
                 return done("rejected", reason)
+        native = entry.get("language") == "cuda"
+        if native:
+            # C++/CUDA sources are built while the module is imported: a stage with its own time limit.
+            self.stage(f"compile {index}")
+            self._prepare_extension_build(entry["hash"])
         try:
             module = import_source(entry["source"], f"evoforge_candidate_{entry['hash']}", f"<{name}>", self.dir)
         except SyntaxError as exc:
             return done("compile_error", f"syntax error at line {exc.lineno}: {exc.msg}")
         except BaseException as exc:
+            if native:
+                record["build_log"] = compiler_log(str(exc))
             return self._failure(done, exc, "compile_error", "importing the candidate raised")
+        if native:
+            self.stage(f"check {index}")
         cls = getattr(module, "ModelNew", None)
         if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
             return done("compile_error", "the source defines no `class ModelNew(nn.Module)`")
@@ -306,7 +317,10 @@ class _Worker:
         lowered = text.lower()
         if isinstance(exc, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered:
             return "crashed", f"out of memory: {text}"
-        if "compilationerror" in kind.lower() or "ptxas" in lowered:
+        if "error building extension" in lowered and self._cuda_compile_only and "cannot find -l" in str(exc):
+            return "runtime_error", ("the CUDA sources compiled, but this CPU-only build of torch cannot link or run "
+                                     f"them; evaluate on a GPU ({text})")
+        if "compilationerror" in kind.lower() or "ptxas" in lowered or "error building extension" in lowered:
             return "compile_error", text
         if self.device.type == "cuda" and (_cuda_broken(self.torch, self.device) or "cuda error" in lowered):
             return "crashed", f"CUDA error: {text}"
@@ -314,8 +328,29 @@ class _Worker:
             return "crashed", f"called exit ({exc.code})"
         return default, text
 
+    _cuda_compile_only = False
+
+    def _prepare_extension_build(self, content_hash: str) -> None:
+        """Point torch's extension builder at this candidate's own build directory (keyed by its content
+        hash, under evoforge's cache: a later worker evaluating the same source reuses the objects). On a
+        CPU-only build of torch with a CUDA toolkit installed, CUDA sources are still compiled, so their
+        compile errors are real ones; such a build can't link or run them."""
+        from evoforge.cache import clear_stale_locks, extension_build_dir
+
+        build = extension_build_dir(content_hash)
+        clear_stale_locks(build, float(self.cfg.get("compile_timeout_s", 600.0)))
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(build)
+        from torch.utils import cpp_extension
+
+        if getattr(cpp_extension, "CUDA_HOME", None) is None and (home := _cuda_toolkit()):
+            cpp_extension.CUDA_HOME = home
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+            self._cuda_compile_only = True
+
     def _failure(self, done: Any, exc: BaseException, default: str, what: str) -> tuple[dict[str, Any], Any]:
         status, detail = self._classify(exc, default)
+        if "error building extension" in detail.lower() and (errors := compiler_errors(str(exc), 1)):
+            detail = f"building the C++/CUDA extension failed: {errors[0]}"
         return done(status, f"{what}: {detail}", traceback=_tail(traceback.format_exc()))
 
     # ---------------------------------------------------------------- timing
@@ -460,6 +495,46 @@ def _worst(checks: list[dict[str, Any]]) -> dict[str, float | None]:
         values = [c[key] for c in checks if c.get(key) is not None and c[key] == c[key]]
         out[key] = max(values) if values else None
     return out
+
+
+def _cuda_toolkit() -> str | None:
+    """A CUDA toolkit's root (the directory with bin/nvcc), or None."""
+    import shutil
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parents[1]))
+    for root in candidates:
+        if root and (Path(root) / "bin" / "nvcc").is_file():
+            return root
+    return None
+
+
+_ERROR_LINE = re.compile(r"\berror\b|undefined reference|cannot find -l", re.IGNORECASE)
+
+
+def compiler_errors(text: str, limit: int = 30) -> list[str]:
+    """The compiler's error lines (ninja's and torch's own wrappers left out), in order."""
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if _ERROR_LINE.search(line) and not line.startswith(("Error building extension", "FAILED:", "ninja:")) \
+                and " -c " not in line:
+            found.append(line[:300])
+    return found[:limit]
+
+
+def compiler_log(text: str, limit: int = 12_000) -> str:
+    """A compiler's output for the result's logs: its error lines first (what a repair needs), then the
+    whole output when short, else its head and tail, with how much was cut in between."""
+    text = text.strip()
+    errors = compiler_errors(text)
+    summary = ("compiler errors:\n" + "\n".join(errors) + "\n\n") if errors else ""
+    if len(text) > limit:
+        head, tail = text[: limit * 2 // 3], text[-(limit // 3):]
+        text = f"{head}\n[... {len(text) - len(head) - len(tail)} characters cut ...]\n{tail}"
+    return summary + "compiler output:\n" + text
 
 
 def _one_line(exc: BaseException) -> str:
