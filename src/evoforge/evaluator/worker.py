@@ -162,7 +162,7 @@ class _Worker:
 
     # ---------------------------------------------------------------- inputs and references
     def _cases(self) -> list[dict[str, Any]]:
-        from evoforge.task import TaskError, edge_inputs, make_inputs
+        from evoforge.task import TaskError, edge_inputs, make_inputs, needs_cuda
 
         torch = self.torch
         n_random = int(self.cfg.get("n_random", 3))
@@ -171,13 +171,19 @@ class _Worker:
             draws += edge_inputs(self.task, self.seed + n_random)
         ref_dtype = torch.float64 if self.device.type == "cpu" else torch.float32
         torch.manual_seed(self.seed)
+        where = self.task.spec.origin
         try:
             base = self.task.model_cls(*self.init_inputs)
         except Exception as exc:
-            raise TaskError(f"{self.task.spec.origin}: constructing Model raised {_one_line(exc)}") from None
+            if message := needs_cuda(where, "constructing Model", exc, self.device.type):
+                raise TaskError(message) from None
+            raise TaskError(f"{where}: constructing Model raised {_one_line(exc)}") from None
+        if self.device.type == "cuda":
+            self._check_memory(draws, base, ref_dtype)
         reference = copy.deepcopy(base).to(device=self.device, dtype=ref_dtype).eval()
         native = base.to(self.device).eval()
-        cases = [c for name, inputs in draws if (c := self._case(name, inputs, reference, native, ref_dtype))]
+        cases = [c for i, (name, inputs) in enumerate(draws)
+                 if (c := self._case(name, inputs, reference, native, ref_dtype, repeat=i == 0))]
         self.timing_inputs = [_to(x, self.device) for x in make_inputs(self.task, self.seed + 1000)]
         final = self._case("after timing", make_inputs(self.task, self.seed + 2000), reference, native, ref_dtype)
         if final is None:
@@ -185,21 +191,50 @@ class _Worker:
         self.final_case = final
         return cases
 
-    def _case(self, name: str, inputs: list[Any], reference: Any, native: Any, ref_dtype: Any) -> dict | None:
-        """One input set with its high-precision reference output and the native output dtypes."""
-        from evoforge.task import TaskError
+    def _check_memory(self, draws: list[tuple[str, list[Any]]], model: Any, ref_dtype: Any) -> None:
+        """Refuse, with the amount needed, a task whose input sets and weights can't fit on the GPU."""
+        from evoforge.task import check_fits, reference_bytes, tensor_bytes
 
         torch = self.torch
-        dev_inputs = [_to(x, self.device) for x in inputs]
-        hi_inputs = [_to(x, self.device, ref_dtype) for x in inputs]
+        ref_size = torch.empty((), dtype=ref_dtype).element_size()
+        sets = [inputs for _, inputs in draws]
+        n_sets = len(sets) + 2  # plus the timing set and the after-timing set
+        per_set = max(tensor_bytes(s) + reference_bytes(s, ref_size) for s in sets)
+        weights = sum(p.numel() * (p.element_size() + ref_size) for p in model.parameters())
+        free, _ = torch.cuda.mem_get_info(self.device)
+        check_fits(self.task.spec.origin, n_sets * per_set + weights, free, torch.cuda.get_device_name(self.device),
+                   f"{n_sets} input sets of {per_set / 2**30:.2f} GiB (with their {ref_dtype} reference copies) "
+                   f"and the Model's weights in both precisions ({weights / 2**30:.2f} GiB)")
+        self.memory_plan = n_sets * per_set + weights
+
+    def _case(self, name: str, inputs: list[Any], reference: Any, native: Any, ref_dtype: Any,
+              repeat: bool = False) -> dict | None:
+        """One input set with its high-precision reference output and the native output dtypes. With
+        ``repeat`` the reference runs twice on the same inputs: a Model that is itself nondeterministic
+        (random ops in its forward) can't be a reference, and is refused."""
+        from evoforge.task import TaskError, needs_cuda
+
+        torch = self.torch
+        where = self.task.spec.origin
         try:
+            dev_inputs = [_to(x, self.device) for x in inputs]
+            hi_inputs = [_to(x, self.device, ref_dtype) for x in inputs]
             with torch.no_grad():
                 ref = self.guards.tensors_in(reference(*hi_inputs))
+                again = self.guards.tensors_in(reference(*hi_inputs)) if repeat else None
                 like = self.guards.tensors_in(native(*dev_inputs))
         except Exception as exc:
-            raise TaskError(
-                f"{self.task.spec.origin}: Model raised on its own inputs ({name}): {_one_line(exc)}"
-            ) from None
+            if message := needs_cuda(where, "Model", exc, self.device.type):
+                raise TaskError(message) from None
+            if "out of memory" in str(exc).lower() and self.device.type == "cuda":
+                planned = getattr(self, "memory_plan", 0)
+                raise TaskError(f"{where}: the task does not fit in GPU memory: its Model ran out of memory on "
+                                f"{name} ({_one_line(exc)}); inputs and weights alone need {planned / 2**30:.2f} "
+                                "GiB; make get_inputs() smaller") from None
+            raise TaskError(f"{where}: Model raised on its own inputs ({name}): {_one_line(exc)}") from None
+        if again is not None and (diff := _nondeterminism(torch, ref, again, like, self.task.tolerance)):
+            raise TaskError(f"{where}: Model is nondeterministic: two calls on the same inputs differ ({diff}); "
+                            "a reference must give the same output for the same inputs (no random ops in forward)")
         if not ref:
             raise TaskError(f"{self.task.spec.origin}: Model's forward returned no tensor")
         if not all(bool(torch.isfinite(r).all()) for r in ref if r.is_floating_point()):
@@ -486,6 +521,28 @@ def _compare(torch: Any, outs: list[Any], case: dict[str, Any], tolerance: Any) 
             return result(False, f"output {i}: {n_bad}/{diff.numel()} values off, max abs error {worst_abs:.3g} "
                                  f"(atol {atol:g}, rtol {rtol:g})", worst_abs, worst_rel)
     return result(True, "", worst_abs, worst_rel)
+
+
+def _nondeterminism(torch: Any, first: list[Any], second: list[Any], like: list[Any], tolerance: Any) -> str | None:
+    """How two reference runs on the same inputs differ beyond the task's tolerance (exactly for non-float
+    outputs), or None when they agree."""
+    if len(first) != len(second):
+        return f"{len(first)} vs {len(second)} output tensors"
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        if a.shape != b.shape:
+            return f"output {i} has shape {tuple(a.shape)} then {tuple(b.shape)}"
+        if not a.is_floating_point():
+            if not bool(torch.equal(a, b)):
+                return f"output {i}: {int((a != b).sum())}/{a.numel()} values differ"
+            continue
+        atol, rtol = tolerance(like[i].dtype if i < len(like) else a.dtype)
+        diff = (a - b).abs()
+        # equal infinities and NaN in both runs agree; NaN in one run only is a difference
+        bad = ~((diff <= atol + rtol * b.abs()) | (a == b) | (a.isnan() & b.isnan()))
+        if bool(bad.any()):
+            worst = float(diff[bad].nan_to_num(float("inf")).max())
+            return f"output {i}: {int(bad.sum())}/{a.numel()} values, max difference {worst:.3g}"
+    return None
 
 
 def _worst(checks: list[dict[str, Any]]) -> dict[str, float | None]:
