@@ -11,14 +11,14 @@ import torch
 from evoforge.evaluator import EvalConfig, Evaluator
 from evoforge.evaluator.guards import flags_changed, flags_snapshot
 from evoforge.mutators.base import Individual
-from evoforge.mutators.generic import GenericMutator, analyse
+from evoforge.mutators.generic import GenericMutator, TaskTraits, analyse
 from evoforge.task import import_source, load_task, make_inputs, task_from_file
 from evoforge.timing import TimingConfig
 
 PROBLEMS = Path(__file__).parents[2] / "examples" / "problems"
 
 
-def _traits(rel: str):  # noqa: ANN202
+def _traits(rel: str) -> TaskTraits:
     return analyse(load_task(task_from_file(PROBLEMS / rel)))
 
 
@@ -93,7 +93,7 @@ def test_generic_candidates_pass_the_evaluator_on_cpu() -> None:
     """Eager, compiled and contiguous wrappers and the Triton row-softmax template (in Triton's interpreter)
     are all correct against the float64 reference."""
     m = _mutator("level1/softmax.py", "cpu", triton_on_cpu=True)
-    cands = m.seed() + [m.build(m.genome(layout="contiguous"), {})]
+    cands = [*m.seed(), m.build(m.genome(layout="contiguous"), {})]
     assert any(c.genome["triton"] == "row_softmax" for c in cands)
     config = EvalConfig(device="cpu", timeout_s=300, timing=TimingConfig(budget_ms=5, rounds=2, min_reps=3))
     report = Evaluator(task_from_file(PROBLEMS / "level1/softmax.py"), config).evaluate(cands)
