@@ -398,6 +398,8 @@ def _batch(store: Any, config: Any, folder: Path, level: int | None, as_json: bo
             if verbose:
                 traceback.print_exc()
             row.detail = str(exc)
+            if row.run:  # the run record says why it ended, as a finished run's does
+                store.update_run(row.run, status="failed", note=str(exc)[:500])
             err.print(f"[red]{path}:[/red] {escape(str(exc))}", highlight=False)
         summary.problems.append(row)
     data = summary.to_dict()
