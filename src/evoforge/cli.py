@@ -291,6 +291,7 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
     state = {"line": "starting"}
     with _progress(True) as say:
         prepared.evaluate.progress = lambda m: say(f"{state['line']} · {m}")
+        prepared.mutator.set_progress(lambda m: say(f"{state['line']} · {m}"))
 
         def on_progress(p: Any) -> None:
             state["line"] = _progress_line(p, config.generations)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from evoforge.candidate import Candidate
@@ -43,6 +44,11 @@ class Mutator(ABC):
         self.rng = rng
         self.stop_reason: str | None = None
         self.note: str | None = None  # why the last proposal came up short, for the stop message
+        self.progress: Callable[[str], None] = lambda message: None
+
+    def set_progress(self, progress: Callable[[str], None]) -> None:
+        """Where to say what a slow proposal is doing (the live view)."""
+        self.progress = progress
 
     def begin_generation(self, generation: int) -> None:  # noqa: B027 (optional hook)
         """Called before the proposals of ``generation`` are asked for."""

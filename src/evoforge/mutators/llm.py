@@ -113,6 +113,8 @@ class LLMMutator(Mutator):
         messages = [self._messages(op, picked, values) for op, picked in plan]
         self.last_prompts = messages
         requests = [(m, self.client.pick_model(self.rng)) for m in messages]
+        ops = ", ".join(sorted({op for op, _ in plan}))
+        self.progress(f"asking the LLM for {len(requests)} candidate(s) ({ops})")
         completions = self.client.complete_many(requests)
         out: list[Candidate] = []
         for (op, picked), prompt, done in zip(plan, messages, completions, strict=True):

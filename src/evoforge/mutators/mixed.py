@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from evoforge.candidate import Candidate
 from evoforge.mutators.base import Individual, Mutator
@@ -21,6 +22,11 @@ class MixedMutator(Mutator):
         if not self.parts:
             raise ValueError("a mixed mutator needs at least one part with a positive share")
         self.propose_calls = min(m.propose_calls for m, _ in self.parts)
+
+    def set_progress(self, progress: Callable[[str], None]) -> None:
+        super().set_progress(progress)
+        for part, _ in self.parts:
+            part.set_progress(progress)
 
     def begin_generation(self, generation: int) -> None:
         for part, _ in self.parts:
