@@ -58,7 +58,8 @@ def test_compiler_log_puts_errors_first_and_truncates_the_middle() -> None:
     noise = "\n".join(f"[{i}/9] c++ -c file{i}.cpp -o file{i}.o" for i in range(2000))
     text = "Error building extension 'x': " + noise[:500] + "\nk.cu(8): error: expected a \";\"\n" + noise
     log = compiler_log(text, limit=4000)
-    assert log.startswith("compiler errors:\nk.cu(8): error: expected a \";\"")
+    assert log.startswith("compiler output:\nError building extension")
+    assert log.endswith("compiler errors:\nk.cu(8): error: expected a \";\"")  # last: a repair prompt reads the tail
     assert "characters cut" in log and len(log) < 5000
     assert compiler_errors("ninja: build stopped: subcommand failed.\nFAILED: a.o") == []
 
@@ -72,8 +73,9 @@ def test_a_cuda_kernel_that_does_not_compile_is_a_compile_error_with_nvccs_messa
     cand, result = _evaluate("cuda_compile_error.py")
     assert result.status == "compile_error"
     assert "building the C++/CUDA extension failed" in result.detail and 'error: expected a ";"' in result.detail
-    assert result.logs.startswith("compiler errors:") and "cuda.cu(" in result.logs
     assert "compiler output:" in result.logs
+    tail = result.logs[-2000:]  # what the LLM's repair prompt is shown
+    assert "compiler errors:" in tail and 'error: expected a ";"' in tail and "cuda.cu(" in tail
     assert (tmp_path / "torch_extensions" / cand.hash).is_dir()  # built where the cache says
 
 

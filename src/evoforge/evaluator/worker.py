@@ -147,8 +147,9 @@ class _Worker:
         for index, entry in enumerate(self.job["entries"]):
             self.stage(f"check {index}")
             record, model = self._check(entry, index)
-            # A C++/CUDA build's compiler output goes first: it is what a repair prompt needs.
-            record["logs"] = "\n".join(x for x in (record.pop("build_log", ""), self.logs()) if x)
+            # A C++/CUDA build's compiler output goes last, its error lines at the very end: a repair prompt
+            # reads the tail of the logs.
+            record["logs"] = "\n".join(x for x in (self.logs(), record.pop("build_log", "")) if x)
             self.emit({"kind": "check", "index": index, **record})
             if record.get("fatal"):
                 return FATAL_EXIT
@@ -586,15 +587,15 @@ def compiler_errors(text: str, limit: int = 30) -> list[str]:
 
 
 def compiler_log(text: str, limit: int = 12_000) -> str:
-    """A compiler's output for the result's logs: its error lines first (what a repair needs), then the
-    whole output when short, else its head and tail, with how much was cut in between."""
+    """A compiler's output for the result's logs: the whole output when short, else its head and tail with
+    how much was cut in between; then its error lines again, last, where a reader of the tail finds them."""
     text = text.strip()
     errors = compiler_errors(text)
-    summary = ("compiler errors:\n" + "\n".join(errors) + "\n\n") if errors else ""
     if len(text) > limit:
         head, tail = text[: limit * 2 // 3], text[-(limit // 3):]
         text = f"{head}\n[... {len(text) - len(head) - len(tail)} characters cut ...]\n{tail}"
-    return summary + "compiler output:\n" + text
+    summary = ("\n\ncompiler errors:\n" + "\n".join(errors)) if errors else ""
+    return "compiler output:\n" + text + summary
 
 
 def _one_line(exc: BaseException) -> str:
