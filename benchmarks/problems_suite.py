@@ -3,6 +3,7 @@ the best candidate's speedup over the task's Model in eager mode and under torch
 summary (fast_1, fast_1.5, geometric mean).
 
 Usage: python benchmarks/problems_suite.py --level 1 [--budget 90s] [--population 6] [--problems DIR]
+                                          [--only softmax,matmul]
 Each call runs `evoforge run --task-dir DIR --level N --json` (one run per problem, each with its own
 wall-clock budget) and merges that level into benchmarks/results/problems-<device>.json and
 problems-<device>.md, so levels can be run in separate calls.
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,13 +60,25 @@ def main() -> int:
     parser.add_argument("--generations", type=int, default=50)
     parser.add_argument("--problems", type=Path, default=ROOT / "examples" / "problems")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--only", default="", help="comma-separated problem names (file stems) of the level")
     args = parser.parse_args()
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
     env = envinfo.collect(device)
     slug = envinfo.device_slug(env.get("device_name") or "cpu")
     with tempfile.TemporaryDirectory(prefix="evoforge-suite-") as tmp:
-        cmd = [sys.executable, "-m", "evoforge.cli", "run", "--task-dir", str(args.problems), "--level",
+        problems = args.problems
+        if args.only:  # a subset of the level: copied into a folder of its own, results merged below
+            problems = Path(tmp) / "problems" / f"level{args.level}"
+            problems.mkdir(parents=True)
+            for name in args.only.split(","):
+                matches = sorted(args.problems.rglob(f"{name.strip()}.py"))
+                if not matches:
+                    print(f"no problem {name!r} under {args.problems}", file=sys.stderr)
+                    return 2
+                shutil.copy(matches[0], problems / matches[0].name)
+            problems = problems.parent
+        cmd = [sys.executable, "-m", "evoforge.cli", "run", "--task-dir", str(problems), "--level",
                str(args.level), "--budget", args.budget, "--generations", str(args.generations), "--population",
                str(args.population), "--db", str(Path(tmp) / "runs.db"), "--json"]
         print(" ".join(cmd), file=sys.stderr)
@@ -77,7 +91,16 @@ def main() -> int:
     path = args.out / f"problems-{slug}.json"
     data = json.loads(path.read_text()) if path.exists() else {"tool": "evoforge", "kind": "problems-suite"}
     data["device"] = env
-    data.setdefault("levels", {})[str(args.level)] = {
+    levels = data.setdefault("levels", {})
+    previous = levels.get(str(args.level), {}).get("batch", {}).get("problems", []) if args.only else []
+    ran = {p["problem"] for p in batch["problems"]} | {Path(p["path"]).stem for p in batch["problems"]}
+    kept = [p for p in previous if p["problem"] not in ran and Path(p["path"]).stem not in ran]
+    if kept:  # problems of this level recorded by an earlier --only call stay, and the summary covers all
+        from evoforge.batch import BatchSummary, ProblemOutcome
+
+        merged = BatchSummary([ProblemOutcome(**p) for p in kept + batch["problems"]])
+        batch = merged.to_dict()
+    levels[str(args.level)] = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "budget": args.budget,
         "population": args.population, "fitness_mode": "graph" if device.type == "cuda" else "eager",
         "command": " ".join(cmd[1:]), "batch": batch,
