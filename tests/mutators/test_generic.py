@@ -108,3 +108,26 @@ def test_triton_matmul_epilogue_template_is_correct_on_cpu() -> None:
                         timing=TimingConfig(budget_ms=1, rounds=1, min_reps=1))
     result = Evaluator(task_from_file(PROBLEMS / "level2/matmul_bias_gelu.py"), config).evaluate([cand]).results[0]
     assert result.status == "ok", (result.detail, result.logs[-2000:])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rel", ["level1/softmax.py", "level1/conv2d.py", "level2/matmul_bias_gelu.py"])
+def test_every_gpu_gene_is_correct_and_timed_in_graph_mode(rel: str) -> None:
+    m = _mutator(rel, "cuda")
+    genomes = [m.genome(cuda_graph=True), m.genome(compile="reduce-overhead"),
+               m.genome(compile="max-autotune-no-cudagraphs", cuda_graph=True), m.genome(layout="contiguous")]
+    if m.traits.four_d:
+        genomes.append(m.genome(layout="channels_last", compile="default"))
+    if m.traits.pattern:
+        genomes += [m.genome(triton=m.traits.pattern), m.genome(triton=m.traits.pattern, cuda_graph=True)]
+    cands = [m.build(g, {}) for g in genomes]
+    flags = [m.build(m.genome(precision="high"), {}), m.build(m.genome(precision="medium", cuda_graph=True), {})]
+    config = EvalConfig(device="cuda", timeout_s=600, timing=TimingConfig(budget_ms=20))
+    report = Evaluator(task_from_file(PROBLEMS / rel), config).evaluate(cands + flags)
+    for cand, result in zip(cands, report.results, strict=False):
+        assert result.status == "ok", (cand.name, result.detail, result.logs[-1500:])
+        assert "graph" in result.timing, (cand.name, result.timing_errors)
+    for cand, result in zip(flags, report.results[len(cands):], strict=True):
+        # TF32/bf16 may miss a float32 tolerance (then: incorrect), but never leaves a flag changed
+        assert result.status in ("ok", "incorrect"), (cand.name, result.detail)
+        assert cand.labels

@@ -156,6 +156,8 @@ class _Graphed:
         self.graphs = {}
 
     def __call__(self, *args):
+        if torch.cuda.is_current_stream_capturing():
+            return self.fn(*args)  # inside a graph being captured already: its work goes into that graph
         key = tuple((tuple(a.shape), a.dtype, a.device, a.stride()) if isinstance(a, torch.Tensor) else repr(a)
                     for a in args)
         if key not in self.graphs:
