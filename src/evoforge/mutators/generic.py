@@ -539,4 +539,5 @@ class GenericMutator(Mutator):
                 continue
             seen.add(cand.hash)
             out.append(cand)
+        self.note = None if len(out) == n else f"only {len(out)} new genome(s) near these parents"
         return out
