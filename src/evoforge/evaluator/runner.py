@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -134,10 +135,11 @@ class Evaluator:
     """Evaluate candidates against a task, beside the task's baselines, in worker processes."""
 
     def __init__(self, task: TaskSpec, config: EvalConfig | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> None:
         self.task = task
         self.config = config or EvalConfig()
         self.progress = progress or (lambda message: None)
+        self.cancel = cancel  # set from another thread: the running worker is killed, EvaluatorError raised
 
     def evaluate(self, candidates: list[Candidate], baselines: list[Candidate] = ()) -> EvalReport:  # type: ignore[assignment]
         entries = [_Entry(c, "candidate") for c in candidates] + [_Entry(b, "baseline") for b in baselines]
@@ -188,21 +190,41 @@ class Evaluator:
         profile["wall"] = time.monotonic() - started
         return EvalReport(results=results, env=env, seeds=seeds, workers=workers, profile=profile)
 
+    def precompile(self, candidates: list[Candidate]) -> dict[str, Any]:
+        """Compile the Triton kernels of ``candidates`` without running them, in a worker of its own
+        (same sandbox and limits): inputs stay on the CPU and every Triton launch becomes a warm-up
+        (compile only), so nothing runs on the GPU and a timing worker on it is undisturbed. The compiled
+        kernels land in Triton's on-disk cache, where the worker that checks and times these candidates
+        finds them. Best effort: whatever fails here is compiled (and judged) by that worker.
+        Returns counts: kernels compiled, entries compiled/failed/skipped, and the worker's seconds."""
+        triton = [c for c in candidates if c.language == "triton"]
+        if not triton:
+            return {"kernels": 0, "compiled": 0, "failed": 0, "skipped": len(candidates)}
+        outcome = self._run_worker([_Entry(c, "candidate") for c in triton], {"precompile": True})
+        records = [r for r in outcome.records if r.get("kind") == "precompiled"]
+        profile = next((r["seconds"] for r in outcome.records if r.get("kind") == "profile"), {})
+        return {"kernels": sum(r.get("kernels", 0) for r in records),
+                "compiled": sum(r.get("status") == "compiled" for r in records),
+                "failed": len(triton) - sum(r.get("status") == "compiled" for r in records),
+                "skipped": len(candidates) - len(triton), "worker_seconds": profile,
+                "clean": outcome.returncode == 0 and outcome.stage == "done"}
+
     # ---------------------------------------------------------------- one worker
-    def _run_worker(self, entries: list[_Entry]) -> _WorkerOutcome:
+    def _run_worker(self, entries: list[_Entry], extra: dict[str, Any] | None = None) -> _WorkerOutcome:
         cfg = self.config
         limits, env = self._limits(), self._env()  # may refuse (strict sandbox) before anything exists
         workdir = Path(tempfile.mkdtemp(prefix="evoforge-worker-"))
         try:
-            return self._supervise(entries, workdir, limits, env)
+            return self._supervise(entries, workdir, limits, env, extra or {})
         finally:  # also on Ctrl-C: the scratch directory never outlives its worker
             if not cfg.keep_workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
 
     def _supervise(self, entries: list[_Entry], workdir: Path, limits: Callable[[], None],
-                   env: dict[str, str]) -> _WorkerOutcome:
+                   env: dict[str, str], extra: dict[str, Any]) -> _WorkerOutcome:
         cfg = self.config
-        job = {"task": self.task.to_dict(), "entries": [e.job() for e in entries], "config": cfg.worker_view()}
+        job = {"task": self.task.to_dict(), "entries": [e.job() for e in entries], "config": cfg.worker_view(),
+               **extra}
         (workdir / "job.json").write_text(json.dumps(job))
         out_path, err_path = workdir / "stdout.log", workdir / "stderr.log"
         killed: str | None = None
@@ -222,7 +244,9 @@ class Evaluator:
                         self._report_stage(stage, entries)
                     limit = cfg.timeout_s if stage.split(" ")[0] in ("check", "time", "recheck") \
                         else cfg.startup_timeout_s
-                    if time.monotonic() - stage_since > limit:
+                    if self.cancel is not None and self.cancel.is_set():
+                        killed = "cancelled"
+                    elif time.monotonic() - stage_since > limit:
                         killed = "timeout"
                     elif _rss_mb(proc.pid) > cfg.memory_limit_mb:
                         killed = "memory"
@@ -233,6 +257,8 @@ class Evaluator:
                 if proc.poll() is None:
                     _kill_group(proc)
                 proc.wait()
+        if killed == "cancelled":
+            raise EvaluatorError("evaluation cancelled")
         return _WorkerOutcome(_read_records(workdir / "results.jsonl"), proc.returncode,
                               _last_line(workdir / "progress"), killed, _log_tail(err_path) or _log_tail(out_path))
 

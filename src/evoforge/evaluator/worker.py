@@ -120,6 +120,8 @@ class _Worker:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
+        if self.job.get("precompile"):
+            return self._precompile()
         self.emit({"kind": "env", "env": envinfo.collect(self.device)})
 
         self.stage("load")
@@ -154,6 +156,47 @@ class _Worker:
                 models[index] = model
 
         self._time(models)
+        self.stage("done")
+        self.emit({"kind": "profile", "seconds": self.stage_seconds})
+        return 0
+
+    # ---------------------------------------------------------------- precompile (no GPU work)
+    def _precompile(self) -> int:
+        """Compile each entry's Triton kernels without launching them: inputs on the CPU, every Triton
+        launch turned into a warm-up (compile for this GPU, don't run). The kernels land in Triton's
+        on-disk cache for the worker that will check and time these entries."""
+        from evoforge.task import TaskError, TaskSpec, import_source, init_inputs, load_task, make_inputs
+
+        torch = self.torch
+        self.stage("load")
+        try:
+            task = load_task(TaskSpec.from_dict(self.job["task"]), module_name="evoforge_task", directory=self.dir)
+            init, inputs = init_inputs(task), make_inputs(task, 0)
+        except TaskError as exc:
+            self.emit({"kind": "job_error", "message": str(exc)})
+            return 0
+        launches = _launches_compile_only()
+        for index, entry in enumerate(self.job["entries"]):
+            self.stage(f"check {index}")
+            started, before = time.perf_counter(), launches["n"]
+            status = "compiled"
+            try:
+                if entry["role"] == "candidate" and self.cfg["sandbox"] != "none":
+                    from evoforge.evaluator.precheck import precheck
+
+                    if precheck(entry["source"]):
+                        status = "rejected"
+                if status == "compiled":
+                    module = import_source(entry["source"], f"evoforge_candidate_{entry['hash']}",
+                                           f"<{entry['name']}>", self.dir)
+                    model = module.ModelNew(*init).eval()
+                    with torch.no_grad():
+                        model(*[x.clone() if isinstance(x, torch.Tensor) else x for x in inputs])
+            except BaseException as exc:  # the timing worker will judge it; here it only did not compile
+                status = f"failed: {_one_line(exc)}"
+            self.logs()
+            self.emit({"kind": "precompiled", "index": index, "status": status,
+                       "kernels": launches["n"] - before, "seconds": time.perf_counter() - started})
         self.stage("done")
         self.emit({"kind": "profile", "seconds": self.stage_seconds})
         return 0
@@ -379,6 +422,35 @@ class _Worker:
 
 
 # -------------------------------------------------------------------- helpers
+def _launches_compile_only() -> dict[str, int]:
+    """Make every Triton launch in this process a warm-up: compile (into the on-disk cache), never run.
+    Counts the launches it turned into compiles. Under TRITON_INTERPRET nothing compiles; launches are
+    skipped all the same."""
+    counter = {"n": 0}
+    try:
+        from triton.runtime import autotuner, jit
+    except Exception:
+        return counter
+    original = jit.JITFunction.run
+
+    def compile_only(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
+        counter["n"] += 1
+        return original(self, *args, grid=grid, warmup=True, **kwargs)
+
+    jit.JITFunction.run = compile_only  # type: ignore[method-assign]
+    autotuner.Autotuner.run = lambda self, *args, **kwargs: self.warmup(*args, **kwargs)  # type: ignore[method-assign]
+    try:
+        from triton.runtime import interpreter
+
+        def skip(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> None:
+            counter["n"] += 1
+
+        interpreter.InterpretedFunction.run = skip  # type: ignore[method-assign]
+    except Exception:
+        pass
+    return counter
+
+
 def _pick_device(name: str) -> Any:
     import torch
 
