@@ -162,3 +162,16 @@ def test_precompile_of_the_next_batch_overlaps_the_current_timing() -> None:
     # batch 1 was being compiled while batch 0 was being checked and timed on the slot
     assert compiled[1]["start"] < timed[0]["end"] and timed[0]["start"] < compiled[1]["end"]
     assert {kind for kind, _ in executor.events} == {"precompile"}
+
+
+def test_a_broken_task_ends_the_run_as_it_does_serially() -> None:
+    spec = task_from_file(TASKS / "model_raises.py")
+    config = EvalConfig(device="cpu", timeout_s=30, timing=FAST)
+    executor = LocalExecutor(GenerationEvaluator(spec, config, [], keep=1), ["cpu", "cpu"])
+    try:
+        executor.submit(0, [cand("good")])
+        with pytest.raises(TaskError, match="Model raised"):
+            collect(executor, 1)
+        assert executor.in_flight() == 0
+    finally:
+        executor.close()

@@ -236,6 +236,7 @@ class LocalExecutor(Executor):
         self._done: queue.Queue[tuple[_Batch, str, float, EvalReport | None, BaseException | None]] = queue.Queue()
         self._compile_todo: queue.Queue[_Batch | None] = queue.Queue()
         self._cancel = threading.Event()
+        self._failure: BaseException | None = None
         self.compile_log: list[dict[str, Any]] = []  # one record per precompiled batch (start, end, seconds)
         self.timing_log: list[dict[str, Any]] = []  # one record per batch a slot ran (start, end)
         self._threads = [threading.Thread(target=self._slot, args=(name, device), daemon=True,
@@ -255,9 +256,8 @@ class LocalExecutor(Executor):
             self._compile_todo.put(batch)
         self._todo.put(batch)
 
-    def _running(self) -> int:
-        return min(self._in_flight, len(self.slot_names)) if self._todo.qsize() == 0 else \
-            max(self._in_flight - self._todo.qsize(), 0)
+    def queued(self) -> int:
+        return self._todo.qsize()
 
     def _say(self, slot: str) -> Callable[[str], None]:
         progress = self.planner.progress
@@ -302,6 +302,9 @@ class LocalExecutor(Executor):
             self.events.append(("precompile", {k: v for k, v in record.items() if k not in ("start", "end")}))
 
     def wait(self, timeout: float | None = None) -> list[Done]:
+        if self._failure is not None:
+            failure, self._failure = self._failure, None
+            raise failure
         if not self._in_flight:
             return []
         try:
@@ -314,17 +317,22 @@ class LocalExecutor(Executor):
             except queue.Empty:
                 break
         out = []
+        failure: BaseException | None = None
         for batch, slot, t0, report, error in items:
             self._in_flight -= 1
-            if error is not None:
-                raise error
-            assert report is not None
+            if error is not None or report is None:
+                failure = failure or error
+                continue
             where = where_from(report.env, slot)
             results, bases = self.planner.absorb(batch.generation, report, where)
             done = Done(batch.generation, batch.candidates, results, bases, slot,
                         report.profile.get("wall", time.monotonic() - t0), t0 - batch.submitted, where)
             self._account(done)
             out.append(done)
+        if failure is not None:  # the evaluator itself failed (as it would serially): the run ends,
+            if not out:          # once the batches that did complete are handed over to be stored
+                raise failure
+            self._failure = failure
         return out
 
     def close(self) -> None:
