@@ -90,7 +90,10 @@ class Search:
         self.history: list[Individual] = []
         self.best_by_generation: dict[int, float] = {}
         self.best_trace: list[float] = []  # best fitness so far after each completed batch (plateau)
-        self.in_flight: dict[int, list[Candidate]] = {}
+        self.in_flight: dict[int, list[Candidate]] = {}  # submitted batches by generation
+        self.resubmit: list[tuple[int, list[Candidate]]] = []  # persisted, unevaluated, not yet re-submitted
+        self.next_generation = 0
+        self.completed = -1  # the highest generation whose batch has come back
 
     # ---------------------------------------------------------------- state
     def _load(self) -> tuple[int, dict[int, list[Candidate]]]:
@@ -144,7 +147,7 @@ class Search:
         if not self.history and not pending:
             pending = {0: self._persist_proposals(self.mutator.seed(), 0)}
             last = 0
-        resubmit = sorted(pending.items())
+        self.resubmit = resubmit = sorted(pending.items())
         self.next_generation = last + 1
         self.completed = max((i.candidate.lineage.get("generation", 0) for i in self.history), default=-1)
         batch_seconds: list[float] = []
@@ -224,6 +227,7 @@ class Search:
         """Ask the mutator until it gives ``n`` candidates never evaluated before (or ``tries`` run out):
         a repeat's stored result is reused, never re-measured."""
         known = {i.candidate.hash for i in self.history} | {c.hash for b in self.in_flight.values() for c in b}
+        known |= {c.hash for _, batch in self.resubmit for c in batch}
         fresh: list[Candidate] = []
         skipped = 0
         for _ in range(tries):
