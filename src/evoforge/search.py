@@ -172,10 +172,16 @@ class Search:
                             if n <= 0:
                                 break
                         generation = self.next_generation
+                        self.mutator.begin_generation(generation)
                         fresh = self._fresh_proposals(n, generation)
                         if not fresh:
-                            if not self.in_flight:
-                                reason = "the mutator has nothing new to propose"
+                            if self.mutator.stop_reason:
+                                reason = self.mutator.stop_reason
+                            elif not self.in_flight:  # else: new results may give it something new
+                                note = f" ({self.mutator.note})" if self.mutator.note else ""
+                                reason = f"the mutator has nothing new to propose{note}"
+                            if reason:  # as in the generational loop, the generation it stopped in counts
+                                self.completed = max(self.completed, generation)
                             break
                         batch = self._persist_proposals(fresh, generation)
                     self.next_generation = max(self.next_generation, generation + 1)
@@ -223,14 +229,17 @@ class Search:
             kind, data = self.executor.events.pop(0)
             self.store.add_event(self.run_id, kind, **data)
 
-    def _fresh_proposals(self, n: int, generation: int, tries: int = 20) -> list[Candidate]:
-        """Ask the mutator until it gives ``n`` candidates never evaluated before (or ``tries`` run out):
-        a repeat's stored result is reused, never re-measured."""
+    def _fresh_proposals(self, n: int, generation: int) -> list[Candidate]:
+        """Ask the mutator until it gives ``n`` candidates never evaluated before, nor in flight (or its
+        ``propose_calls`` run out, or it sets a stop reason): a repeat's stored result is reused,
+        never re-measured."""
         known = {i.candidate.hash for i in self.history} | {c.hash for b in self.in_flight.values() for c in b}
         known |= {c.hash for _, batch in self.resubmit for c in batch}
         fresh: list[Candidate] = []
         skipped = 0
-        for _ in range(tries):
+        for _ in range(max(self.mutator.propose_calls, 1)):
+            if self.mutator.stop_reason:
+                break
             for cand in self.mutator.propose(self.select_parents(n), self.history, n - len(fresh)):
                 if cand.hash in known:
                     skipped += 1
