@@ -51,17 +51,17 @@ def _guarded(fn: Callable[[], T], verbose: bool) -> T:
     try:
         return fn()
     except _Fail as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.code) from None
     except (TaskError, StoreError) as exc:
         if verbose:
             traceback.print_exc()
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     except EvaluatorError as exc:
         if verbose:
             traceback.print_exc()
-        err.print(f"[red]evaluator error:[/red] {exc}", highlight=False)
+        err.print(f"[red]evaluator error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(3) from None
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -319,7 +319,7 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
     if as_json:
         out.print_json(json.dumps(summary))
     else:
-        out.print(f"stopped: {final.stop_reason}", highlight=False)
+        out.print(f"stopped: {escape(str(final.stop_reason))}", highlight=False)
         out.print(f"best: {final.best_name} at {final.best_fitness:.3f}× over {final.best_baseline or '-'}, the "
                   f"fastest other PyTorch path in its generation ({_fmt_us(final.best_latency_us)} µs); "
                   f"{final.valid}/{final.evaluated} valid", highlight=False)
