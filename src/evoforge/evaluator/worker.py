@@ -176,6 +176,15 @@ class _Worker:
             self.emit({"kind": "job_error", "message": str(exc)})
             return 0
         launches = _launches_compile_only()
+        if self.device.type == "cuda":
+            # Triton needs this GPU's context to know its target, but nothing here may run on the GPU
+            # (a timing worker may be using it): with no GPU memory to allocate, a candidate that puts
+            # its own tensors on the GPU fails here (and is judged by its timing worker) instead.
+            try:
+                torch.cuda.set_per_process_memory_fraction(0.0, self.device)
+            except Exception as exc:
+                self.emit({"kind": "job_error", "message": f"cannot fence the GPU off: {_one_line(exc)}"})
+                return 0
         for index, entry in enumerate(self.job["entries"]):
             self.stage(f"check {index}")
             started, before = time.perf_counter(), launches["n"]
