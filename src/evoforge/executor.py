@@ -95,6 +95,7 @@ class _Batch:
     baselines: list[Candidate]
     submitted: float
     attempts: int = 0
+    finished: bool = False  # a slot is done with it (its precompile, if still to come, is pointless)
 
 
 class Executor(ABC):
@@ -281,6 +282,7 @@ class LocalExecutor(Executor):
                                         self._cancel)
             except BaseException as exc:  # the slot survives; the driver decides what the failure means
                 error = exc
+            batch.finished = True
             self.timing_log.append({"slot": name, "generation": batch.generation, "start": t0,
                                     "end": time.monotonic()})
             self._done.put((batch, name, t0, report, error))
@@ -291,6 +293,8 @@ class LocalExecutor(Executor):
             batch = self._compile_todo.get()
             if batch is None:
                 return
+            if batch.finished:
+                continue
             t0 = time.monotonic()
             try:
                 compiled = Evaluator(self.planner.spec, config, cancel=self._cancel).precompile(batch.candidates)

@@ -189,7 +189,11 @@ class Search:
                     self.executor.submit(generation, batch)
                 if not self.in_flight:
                     break
-                for done in self.executor.wait():
+                finished = self.executor.wait()
+                if not finished and not self.executor.in_flight():
+                    raise RuntimeError(f"the {self.executor.name} executor holds none of the batches in flight "
+                                       f"(generations {sorted(self.in_flight)})")
+                for done in finished:
                     self._store(done)
                     evaluated_now += len(done.results)
                     batch_seconds.append(done.seconds)
