@@ -218,6 +218,7 @@ def test_two_cpu_workers_run_batches_side_by_side_and_report_throughput(tmp_path
     assert all(r["evaluations"] > 0 and r["device_name"].startswith("CPU")
                for r in data["throughput"]["per_slot"].values())
     assert "<h2>throughput</h2>" in (tmp_path / "rep" / "report.html").read_text()
+    assert all(r["where"]["slot"] in ("cpu#0", "cpu#1") for r in data["candidates"])
     hashes = [r["hash"] for r in data["candidates"]]
     assert len(hashes) == len(set(hashes)) and all(r["status"] != "pending" for r in data["candidates"])
 

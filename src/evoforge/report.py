@@ -77,11 +77,13 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
             "iqr_us": {m: s.iqr_us for m, s in result.timing.items()} if result else {},
             "max_abs_err": result.max_abs_err if result else None,
             "best_baseline": result.best_baseline if result else None,
+            "where": result.where if result else {},  # slot, host, device that timed it (executors)
         })
     baselines: dict[str, dict[str, Any]] = {}
     for result, gen in store.evaluations(record.id, role="baseline"):
         baselines[result.name] = {"generation": gen, "status": result.status,
-                                  "latency_us": {m: s.median_us for m, s in result.timing.items()}}
+                                  "latency_us": {m: s.median_us for m, s in result.timing.items()},
+                                  "where": result.where}
     generations: dict[int, dict[str, Any]] = {}
     best_so_far = 0.0
     for gen in sorted({row["generation"] for row in rows}):
