@@ -474,9 +474,9 @@ def doctor(as_json: bool = JsonOpt, device: str = DeviceOpt) -> None:
     for name, state in report["backends"].items():
         mark = "[green]runs[/green]" if state == "runs" else f"[yellow]{state}[/yellow]"
         out.print(f"  {name}: {mark}")
-    sandbox = report["sandbox"]
-    out.print("sandbox: " + ("workers get their own network namespace (no network)" if sandbox["network_isolated"]
-              else f"workers are NOT network-isolated: {sandbox['reason']}"), highlight=False)
+    out.print("sandbox (basic):")
+    for line in report["sandbox"]["lines"]:
+        out.print(f"  {line}", highlight=False)
     for note in report["notes"]:
         out.print(f"note: {note}", highlight=False)
 
