@@ -206,37 +206,48 @@ _FRAME_HELPERS = {("inspect", "currentframe"), ("inspect", "stack"), ("inspect",
                   ("traceback", "walk_tb"), ("logging", "<lambda>")}
 _audit_state = threading.local()
 _violations: list[tuple[str, str]] = []  # (file of the code responsible, reason)
-_trusted_dirs: tuple[str, ...] = ()
+_trusted_dirs: tuple[str, ...] = ()  # the standard library and installed packages
 _stdlib_dirs: tuple[str, ...] = ()
+_site_dirs: tuple[str, ...] = ()  # may lie inside the standard library's directory (no venv)
 _helper_files: dict[str, str] = {}
 
 
-def _library_dirs() -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _library_dirs() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     paths = sysconfig.get_paths()
     stdlib = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if paths.get(k)}
-    trusted = set(stdlib)
+    site_dirs = {os.path.realpath(paths[k]) for k in ("purelib", "platlib") if paths.get(k)}
     with contextlib.suppress(AttributeError):
-        trusted.update(os.path.realpath(p) for p in site.getsitepackages())
+        site_dirs.update(os.path.realpath(p) for p in site.getsitepackages())
     with contextlib.suppress(AttributeError):
-        trusted.add(os.path.realpath(site.getusersitepackages()))
-    trusted.update(os.path.realpath(paths[k]) for k in ("purelib", "platlib") if paths.get(k))
+        site_dirs.add(os.path.realpath(site.getusersitepackages()))
+    site_dirs.update(os.path.realpath(p) for p in sys.path if p.endswith(("site-packages", "dist-packages")))
     for name in ("torch", "triton", "numpy", "evoforge"):
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
-            trusted.update(os.path.realpath(p) for p in spec.submodule_search_locations)
-    return tuple(d.rstrip(os.sep) + os.sep for d in trusted), tuple(d.rstrip(os.sep) + os.sep for d in stdlib)
+            site_dirs.update(os.path.realpath(p) for p in spec.submodule_search_locations)
+
+    def norm(dirs: set[str]) -> tuple[str, ...]:
+        return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
+
+    return norm(stdlib | site_dirs), norm(stdlib), norm(site_dirs)
 
 
 def _in(filename: str, dirs: tuple[str, ...]) -> bool:
-    return filename.startswith("<frozen ") or os.path.realpath(filename).startswith(dirs)
+    if filename.startswith("<"):  # <frozen importlib...> is the standard library; <string> is anyone's
+        return filename.startswith("<frozen ")
+    return os.path.realpath(filename).startswith(dirs)
+
+
+def _in_stdlib(filename: str) -> bool:
+    return _in(filename, _stdlib_dirs) and (filename.startswith("<") or not _in(filename, _site_dirs))
 
 
 def install_audit_guard() -> None:
     """Install the hook (once per process)."""
-    global _trusted_dirs, _stdlib_dirs
+    global _trusted_dirs, _stdlib_dirs, _site_dirs
     if _trusted_dirs:
         return
-    _trusted_dirs, _stdlib_dirs = _library_dirs()
+    _trusted_dirs, _stdlib_dirs, _site_dirs = _library_dirs()
     import inspect
     import logging
     import traceback
@@ -252,7 +263,7 @@ def _responsible(frame: Any, past_stdlib: bool) -> Any:
     while frame is not None:
         code = frame.f_code
         helper = (_helper_files.get(code.co_filename), code.co_name) in _FRAME_HELPERS
-        if not helper and not (past_stdlib and _in(code.co_filename, _stdlib_dirs)):
+        if not helper and not (past_stdlib and _in_stdlib(code.co_filename)):
             return frame
         frame = frame.f_back
     return None

@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -279,7 +280,7 @@ class Evaluator:
                 if cap is not None:
                     cap.kill_all()
                 else:
-                    _kill_escaped(seen - {proc.pid})
+                    _kill_escaped(seen - {proc.pid}, env.get(sandbox.WORKER_TOKEN, ""))
         return _WorkerOutcome(_read_records(workdir / "results.jsonl"), proc.returncode,
                               _last_line(workdir / "progress"), killed, _log_tail(err_path) or _log_tail(out_path))
 
@@ -298,6 +299,7 @@ class Evaluator:
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
+        env[sandbox.WORKER_TOKEN] = uuid.uuid4().hex
         env.setdefault("PYTHONFAULTHANDLER", "1")
         gpu = self.config.visible_gpu()
         if gpu is not None:
@@ -510,10 +512,12 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
-def _kill_escaped(pids: set[int]) -> None:
-    """Kill what is left of a worker's descendants that no cgroup holds (this process is their
-    subreaper, so they are ours now), and reap those that became our children."""
+def _kill_escaped(pids: set[int], token: str) -> None:
+    """Kill what is left of a worker's descendants that no cgroup holds: those seen while it ran
+    and those carrying its token (this process is their subreaper, so they are ours now), and reap
+    those that became our children."""
     for _ in range(20):
+        pids |= sandbox.carrying(token) if token else set()
         alive = set(sandbox.descendants(*pids)) if pids else set()
         if not alive:
             return

@@ -369,6 +369,29 @@ def descendants(*roots: int) -> dict[int, int]:
     return found
 
 
+WORKER_TOKEN = "EVOFORGE_WORKER_TOKEN"  # in each worker's environment, unique to it
+
+
+def carrying(token: str) -> set[int]:
+    """Processes whose environment holds ``WORKER_TOKEN=token``: a worker's descendants that have
+    not exec'd with a new environment, wherever they were re-parented."""
+    needle = f"{WORKER_TOKEN}={token}".encode()
+    found = set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as f:
+                    if needle in f.read():
+                        found.add(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def become_subreaper() -> None:
     """Orphans of a worker's descendants are re-parented to this process instead of init, so
     :func:`descendants` still finds a process that escaped with setsid and a double fork."""
