@@ -231,6 +231,43 @@ def test_without_a_pids_cgroup_the_watchdog_bounds_a_fork_bomb(monkeypatch: pyte
     assert processes_carrying(marker) == []
 
 
+def test_a_key_read_from_the_drivers_proc_environ_is_redacted_from_results() -> None:
+    """The scrubbed environment is no wall against /proc/<driver>/environ (same user): the driver
+    blanks its secrets out of what results carry off the machine. Run in a child, whose
+    environment at exec holds the key (a monkeypatched variable never reaches /proc)."""
+    key = "sk-proc-environ-" + uuid.uuid4().hex
+    script = textwrap.dedent(f"""
+        import json
+        from pathlib import Path
+        from evoforge.candidate import Candidate
+        from evoforge.evaluator import EvalConfig, Evaluator
+        from evoforge.task import task_from_file
+        from evoforge.timing import TimingConfig
+        source = Path({str(REACHING / "reads_parent_env.py")!r}).read_text()
+        config = EvalConfig(device="cpu", timeout_s=30, timing=TimingConfig(budget_ms=5, rounds=2, min_reps=3))
+        report = Evaluator(task_from_file(Path({str(TASKS / "tanh_matmul.py")!r})), config).evaluate(
+            [Candidate(name="reads_parent_env", source=source)])
+        print(json.dumps(report.results[0].to_dict()))
+        """)
+    env = {**os.environ, "EVOFORGE_TEST_API_KEY": key, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = proc.stdout.strip().splitlines()[-1]
+    assert json.loads(result)["status"] == "runtime_error"
+    assert "exfiltrated ['EVOFORGE_TEST_API_KEY=[redacted]']" in result  # it did find the key...
+    assert key not in result and key[::-1] not in result  # ...and it left in no form we know
+
+
+def test_the_redactor_blanks_the_forms_it_knows_and_nothing_else() -> None:
+    import base64
+
+    key = "sk-abcdef0123456789"
+    redact = sandbox.redactor({"OPENAI_API_KEY": key, "PATH": "/usr/bin:/bin", "SHORT_TOKEN": "abc"})
+    for form in (key, key[::-1], key.encode().hex(), base64.b64encode(key.encode()).decode().rstrip("=")):
+        assert redact(f"before {form} after") == "before [redacted] after"
+    assert redact("/usr/bin:/bin abc") == "/usr/bin:/bin abc"  # not a secret; too short to be one
+
+
 # ---------------------------------------------------------------- limits and refusals
 def test_workers_get_cpu_file_and_open_file_limits() -> None:
     evaluator = Evaluator(task_from_file(TASKS / "tanh_matmul.py"), EvalConfig(device="cpu", timeout_s=10,

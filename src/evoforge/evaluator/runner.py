@@ -193,6 +193,7 @@ class Evaluator:
                           "restarting the worker for the rest")
             pending.remove(idx)
         results = [final[i] for i in range(len(entries))]
+        _redact(results, sandbox.redactor(os.environ))
         env["sandbox"] = {"mode": self.config.sandbox, "network_isolated": self.isolated_network(),
                           "writes_restricted": self.restricted_writes(),
                           "process_cap": "watchdog" if sandbox.process_cap_unavailable() else "cgroup"}
@@ -388,6 +389,7 @@ class Evaluator:
         if timed is not None:
             result.timing = {m: TimingStats.from_dict(s) for m, s in timed["timing"].items()}
             result.timing_errors = dict(timed.get("timing_errors", {}))
+            result.kernels = list(timed.get("kernels", []))
             result.checks += [CaseCheck(**x) for x in timed.get("checks", [])]
             if timed.get("logs"):
                 result.logs = (result.logs + "\n" + timed["logs"]).strip()
@@ -459,6 +461,18 @@ def _score(results: list[EvalResult], preferred_mode: str) -> None:
 
 
 # -------------------------------------------------------------------- helpers
+def _redact(results: list[EvalResult], redact: Callable[[str], str]) -> None:
+    """Blank the driver's secrets out of everything a worker wrote into results (see sandbox.redactor)."""
+    for r in results:
+        r.detail, r.logs = redact(r.detail), redact(r.logs)
+        r.timing_errors = {mode: redact(text) for mode, text in r.timing_errors.items()}
+        for check in r.checks:
+            check.detail = redact(check.detail)
+        for kernel in r.kernels:  # kernel names are the candidate's to choose
+            if isinstance(kernel.get("name"), str):
+                kernel["name"] = redact(kernel["name"])
+
+
 def _culprit(stage: str, checks: dict[int, dict[str, Any]]) -> int | None:
     parts = stage.split(" ")
     if parts[0] in ("check", "time", "recheck") and len(parts) > 1:

@@ -17,6 +17,7 @@ worker's descendants) applies in every mode.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import ctypes
 import functools
@@ -29,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 SANDBOXES = ("none", "basic", "strict")
@@ -40,6 +41,26 @@ PR_SET_PDEATHSIG = 1
 # reading one is what the static pre-check rejects.
 SECRET_NAME = re.compile(r"API_KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|_KEY$|^AWS_|^GH_|^GITHUB_TOKEN",
                          re.IGNORECASE)
+
+def redactor(environ: Mapping[str, str]) -> Callable[[str], str]:
+    """A function that blanks the values of the secrets in ``environ`` (as :data:`SECRET_NAME`
+    defines them), plain, reversed, hex or base64, out of a text. Results' logs and details go to
+    the store and, through the LLM mutator, to a model provider: a worker that found a key anyway
+    (``/proc/<pid>/environ`` of a process of the same user) must not get it out that way. A speed
+    bump, not a wall: any other encoding passes."""
+    forms: set[str] = set()
+    for name, value in environ.items():
+        if SECRET_NAME.search(name) and len(value) >= 8:
+            raw = value.encode()
+            forms.update({value, value[::-1], raw.hex(), base64.b64encode(raw).decode().rstrip("="),
+                          base64.urlsafe_b64encode(raw).decode().rstrip("=")})
+    pattern = re.compile("|".join(re.escape(f) for f in sorted(forms, key=len, reverse=True))) if forms else None
+
+    def redact(text: str) -> str:
+        return pattern.sub("[redacted]", text) if pattern is not None and text else text
+
+    return redact
+
 
 _PROBE = (
     "import ctypes, sys\n"
