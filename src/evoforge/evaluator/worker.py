@@ -362,10 +362,10 @@ class _Worker:
             entry = self.job["entries"][index]
             self._recheck_file = str(self.dir / f"evoforge_candidate_{entry['hash']}.py")  # sandbox
             verdict = self._call_and_compare(model, self.final_case, [], record)
-            if refused := self.guards.audit_violation(self._files()):  # sandbox: also what it did while timed
-                verdict = ("rejected", refused)
             if verdict is not None and verdict[0] in ("incorrect", "rejected"):
                 verdict = ("rejected", f"wrong after being timed ({verdict[1]})")
+            if refused := self.guards.audit_violation(self._files()):  # sandbox: also what it did while timed
+                verdict = ("rejected", refused)
             if verdict is None and self.job["entries"][index]["role"] != "baseline":
                 # Baselines are PyTorch's own paths: trusted, and the profiler is not cheap.
                 verdict = self._side_stream_verdict(model, record)
