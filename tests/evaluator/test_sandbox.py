@@ -395,6 +395,17 @@ def test_strict_refuses_without_each_layer(layer: str, probe: str, monkeypatch: 
             [Candidate(name="good", source=(CANDIDATES / "good.py").read_text())])
 
 
+def test_doctor_reports_every_layer() -> None:
+    from evoforge.doctor import sandbox_report
+
+    report = sandbox_report()
+    assert [line.split(":")[0] for line in report["lines"]] == ["network", "writes", "processes"]
+    assert report["writes_restricted"] == (sandbox.write_restriction_unavailable() is None)
+    assert report["process_cap"] in ("cgroup", "watchdog")
+    if not report["writes_restricted"]:
+        assert "NOT confined" in report["lines"][1] and "strict refuses" in report["lines"][1]
+
+
 def test_unknown_sandbox_mode_is_an_error() -> None:
     config = EvalConfig(device="cpu", sandbox="paranoid")
     with pytest.raises(EvaluatorError, match="unknown sandbox"):

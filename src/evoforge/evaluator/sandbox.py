@@ -220,8 +220,11 @@ def worker_writable(workdir: Path, env: dict[str, str]) -> list[Path]:
     /dev/shm, /dev/null) and the compiler caches that must outlive it (Triton, TorchInductor, torch
     extensions, the CUDA JIT cache), created here if missing; plus whatever EVOFORGE_SANDBOX_WRITABLE
     lists. ``env`` is the worker's environment: cache locations are read from it and pinned in it."""
-    home = Path(env.get("HOME") or Path.home())
-    user = re.sub(r"[\\/:*?\"<>|]", "_", getpass.getuser())
+    home = Path(env.get("HOME") or os.path.expanduser("~"))
+    try:
+        user = re.sub(r"[\\/:*?\"<>|]", "_", getpass.getuser())  # as torch names its default
+    except (KeyError, OSError):  # a uid with no passwd entry (some containers)
+        user = str(os.getuid())
     caches = {
         "TRITON_CACHE_DIR": Path(env.get("TRITON_HOME") or home) / ".triton",
         # Inductor's default is under the temp dir, which for a worker is its scratch: pin the driver's.
