@@ -116,8 +116,9 @@ BudgetOpt = typer.Option(100.0, "--budget-ms", help="Timing budget per entry and
 SeedOpt = typer.Option(None, "--seed", help="Input seed (default: a fresh random seed each run).")
 MemoryOpt = typer.Option(None, "--memory-mb", help="Worker memory cap, MiB (default: 75% of RAM, at most 32 GiB).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show tracebacks.")
-SandboxOpt = typer.Option("basic", "--sandbox", help="none | basic (scrubbed env, static pre-check, no network "
-                          "where the OS allows) | strict (basic, or refuse).")
+SandboxOpt = typer.Option("basic", "--sandbox", help="none | basic (scrubbed env, static pre-check, audit hook; "
+                          "no network and writes only to scratch/caches where the OS allows) | strict "
+                          "(basic, or refuse).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout instead of a table.")
 
 
@@ -520,9 +521,9 @@ def doctor(as_json: bool = JsonOpt, device: str = DeviceOpt) -> None:
     for name, state in report["backends"].items():
         mark = "[green]runs[/green]" if state == "runs" else f"[yellow]{state}[/yellow]"
         out.print(f"  {name}: {mark}")
-    sandbox = report["sandbox"]
-    out.print("sandbox: " + ("workers get their own network namespace (no network)" if sandbox["network_isolated"]
-              else f"workers are NOT network-isolated: {sandbox['reason']}"), highlight=False)
+    out.print("sandbox (basic):")
+    for line in report["sandbox"]["lines"]:
+        out.print(f"  {line}", highlight=False)
     for note in report["notes"]:
         out.print(f"note: {note}", highlight=False)
 

@@ -144,6 +144,8 @@ class _Worker:
 
         self.patch_state = guards.patch_snapshot()
         self.flag_state = guards.flags_snapshot()
+        if self.cfg["sandbox"] != "none":
+            guards.install_audit_guard()  # sandbox: frames, gc, ctypes refused to candidate code from here on
         models: dict[int, Any] = {}
         for index, entry in enumerate(self.job["entries"]):
             self.stage(f"check {index}")
@@ -276,6 +278,8 @@ class _Worker:
         record: dict[str, Any] = {"checks": []}
 
         def done(status: str, detail: str, **extra: Any) -> tuple[dict[str, Any], Any]:
+            if status != "crashed" and (refused := guards.audit_violation()):  # sandbox: whatever it caused
+                status, detail = "rejected", refused
             record.update(status=status, detail=detail, seconds=time.perf_counter() - started, **extra)
             # After a crash (out of memory, CUDA error, exit) this process is suspect: the parent
             # starts a fresh worker for the entries that remain.
@@ -302,7 +306,7 @@ class _Worker:
             model = cls(*self.init_inputs).to(self.device).eval()
         except BaseException as exc:
             return self._failure(done, exc, "compile_error", "constructing ModelNew raised")
-        if reason := guards.patched(self.patch_state):
+        if reason := guards.patched(self.patch_state) or guards.audit_violation():
             return done("rejected", reason)
 
         history: list[tuple[list[Any], list[Any]]] = []
@@ -330,7 +334,7 @@ class _Worker:
         except BaseException as exc:
             failure = self._classify(exc, "runtime_error")
             return failure[0], f"{case['name']}: {failure[1]}"
-        if reason := guards.flags_changed(self.flag_state):
+        if reason := guards.flags_changed(self.flag_state) or guards.audit_violation(self._files()):
             return "rejected", reason
         if reason := guards.patched(self.patch_state):
             return "rejected", reason
@@ -350,6 +354,12 @@ class _Worker:
                 return "rejected", "a later call overwrote the output returned by an earlier call"
         history.append((outs, [t.clone() for t in outs]))
         return None
+
+    def _files(self) -> set[str] | None:
+        """sandbox: during a check, every refused reach is the entry's; at recheck, only its file's."""
+        if getattr(self, "_recheck_file", None) is None:
+            return None
+        return {self._recheck_file}
 
     def _classify(self, exc: BaseException, default: str) -> tuple[str, str]:
         """Status and one-line detail for an exception raised by candidate code."""
@@ -401,9 +411,13 @@ class _Worker:
         for index, model in models.items():
             self.stage(f"recheck {index}")
             record = {"checks": []}
+            entry = self.job["entries"][index]
+            self._recheck_file = str(self.dir / f"evoforge_candidate_{entry['hash']}.py")  # sandbox
             verdict = self._call_and_compare(model, self.final_case, [], record)
             if verdict is not None and verdict[0] in ("incorrect", "rejected"):
                 verdict = ("rejected", f"wrong after being timed ({verdict[1]})")
+            if refused := self.guards.audit_violation(self._files()):  # sandbox: also what it did while timed
+                verdict = ("rejected", refused)
             if verdict is None and self.job["entries"][index]["role"] != "baseline":
                 # Baselines are PyTorch's own paths: trusted, and the profiler is not cheap.
                 verdict = self._side_stream_verdict(model, record)
