@@ -13,24 +13,28 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 CACHE_ENV = "EVOFORGE_CACHE_DIR"
 EXTENSIONS_SUBDIR = "torch_extensions"
 
 
-def cache_root() -> Path:
-    explicit = os.environ.get(CACHE_ENV)
+def cache_root(env: Mapping[str, str] | None = None) -> Path:
+    """evoforge's cache directory as seen with environment ``env`` (default: this process's)."""
+    env = os.environ if env is None else env
+    explicit = env.get(CACHE_ENV)
     if explicit:
         return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    xdg = env.get("XDG_CACHE_HOME")
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    base = Path(xdg).expanduser() if xdg else home / ".cache"
     return base / "evoforge"
 
 
-def extensions_root() -> Path:
-    """The parent of every candidate's extension build directory."""
-    return cache_root() / EXTENSIONS_SUBDIR
+def extensions_root(env: Mapping[str, str] | None = None) -> Path:
+    """The parent of every candidate's extension build directory (what a sandbox lets workers write)."""
+    return cache_root(env) / EXTENSIONS_SUBDIR
 
 
 def extension_build_dir(content_hash: str, create: bool = True) -> Path:

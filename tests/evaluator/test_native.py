@@ -103,3 +103,12 @@ def test_a_compile_past_its_time_limit_is_a_timeout(tmp_path: Path, monkeypatch:
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     _, result = _evaluate("cpp_tanh_matmul.py", _config(compile_timeout_s=1.0))
     assert result.status == "timeout" and "compile stage ran past its 1 s limit" in result.detail
+
+
+def test_the_sandbox_lets_workers_write_the_extension_cache(tmp_path: Path) -> None:
+    from evoforge.evaluator import sandbox
+
+    env = {"HOME": str(tmp_path / "home"), CACHE_ENV: str(tmp_path / "cache")}
+    writable = sandbox.worker_writable(tmp_path / "work", env)
+    assert tmp_path / "cache" / "torch_extensions" in writable  # the Landlock domain includes the build root
+    assert extensions_root(env) == tmp_path / "cache" / "torch_extensions"
