@@ -124,6 +124,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", default="attention")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--sandbox", default="basic", help="the workers' sandbox: none, basic or strict")
     args = parser.parse_args()
     slug = envinfo.device_slug(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
     work = Path("/tmp/evoforge-llm-replay")
@@ -133,7 +134,7 @@ def main() -> int:
     with ScriptedServer(script(64, causal=False), default={"content": "no more"}) as server:
         (work / "evoforge.toml").write_text(
             f'[run]\ntask = "{args.task}"\nmutator = "llm"\nllm_model = "replay@1/2"\nllm_base_url = "{server.url}"\n'
-            "llm_concurrency = 1\nllm_seed_candidates = 4\ngenerations = 2\npopulation = 2\n")
+            f'llm_concurrency = 1\nllm_seed_candidates = 4\ngenerations = 2\npopulation = 2\nsandbox = "{args.sandbox}"\n')
         run = subprocess.run([sys.executable, "-m", "evoforge.cli", "run", "--json"], cwd=work, capture_output=True,
                              text=True, check=False)
     print(run.stderr[-4000:], file=sys.stderr)

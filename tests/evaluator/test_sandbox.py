@@ -302,7 +302,7 @@ def test_the_write_restriction_leaves_the_scratch_dir_devices_and_caches_writabl
     probe = textwrap.dedent(f"""
         import os
         for path in [{str(scratch / "a")!r}, {str(elsewhere / "b")!r}, "/dev/null", {env["TORCHINDUCTOR_CACHE_DIR"]!r}
-                     + "/evoforge-probe"]:
+                     + "/evoforge-probe", "/proc/self/comm"]:
             try:
                 with open(path, "w") as f:
                     f.write("x")
@@ -317,6 +317,7 @@ def test_the_write_restriction_leaves_the_scratch_dir_devices_and_caches_writabl
         os.close(ruleset)
         Path(env["TORCHINDUCTOR_CACHE_DIR"], "evoforge-probe").unlink(missing_ok=True)
     assert f"wrote {scratch / 'a'}" in out and "wrote /dev/null" in out
+    assert "wrote /proc/self/comm" in out  # the CUDA driver names its threads there
     assert f"wrote {env['TORCHINDUCTOR_CACHE_DIR']}/evoforge-probe" in out
     assert f"refused {elsewhere / 'b'}" in out and not (elsewhere / "b").exists()
 

@@ -219,9 +219,10 @@ def landlock_extras() -> list[str]:
 
 def worker_writable(workdir: Path, env: dict[str, str]) -> list[Path]:
     """Where a worker may write: its scratch directory (also its TMPDIR), /dev (GPU device files,
-    /dev/shm, /dev/null) and the compiler caches that must outlive it (Triton, TorchInductor, torch
-    extensions, the CUDA JIT cache), created here if missing; plus whatever EVOFORGE_SANDBOX_WRITABLE
-    lists. ``env`` is the worker's environment: cache locations are read from it and pinned in it."""
+    /dev/shm, /dev/null), /proc (the CUDA driver needs it) and the compiler caches that must outlive
+    it (Triton, TorchInductor, torch extensions, the CUDA JIT cache), created here if missing; plus
+    whatever EVOFORGE_SANDBOX_WRITABLE lists. ``env`` is the worker's environment: cache locations
+    are read from it and pinned in it."""
     home = Path(env.get("HOME") or os.path.expanduser("~"))
     try:
         user = re.sub(r"[\\/:*?\"<>|]", "_", getpass.getuser())  # as torch names its default
@@ -234,7 +235,10 @@ def worker_writable(workdir: Path, env: dict[str, str]) -> list[Path]:
         "TORCH_EXTENSIONS_DIR": Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "torch_extensions",
         "CUDA_CACHE_PATH": home / ".nv" / "ComputeCache",
     }
-    paths = [workdir, Path("/dev"), Path("/dev/shm")]
+    # /proc too: the CUDA driver writes there while it initialises (naming its threads through
+    # /proc/self/task/<tid>/comm, it seems); without it cudaGetDeviceCount fails with error 304
+    # ("OS call failed") - measured on the H100 machine, where every narrower allow-list failed.
+    paths = [workdir, Path("/dev"), Path("/dev/shm"), Path("/proc")]
     for name, default in caches.items():
         path = Path(env[name]) if env.get(name) else default
         if name == "TORCHINDUCTOR_CACHE_DIR":
