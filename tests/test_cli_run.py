@@ -219,8 +219,13 @@ def test_workers_die_with_a_killed_driver(tmp_path: Path) -> None:
     deadline = time.monotonic() + 120
     while worker is None and time.monotonic() < deadline:
         time.sleep(0.2)
-        children = _children(proc.pid)
-        worker = children[0] if children else None
+        # The driver's first child may be a short-lived sandbox probe: find the worker by its scratch cwd.
+        for pid in _children(proc.pid):
+            try:
+                if Path(os.readlink(f"/proc/{pid}/cwd")).name.startswith("evoforge-worker-"):
+                    worker = pid
+            except OSError:
+                continue
     assert worker is not None, "no worker started"
     os.killpg(proc.pid, signal.SIGKILL)  # the driver's group; the worker has a session of its own
     proc.wait()

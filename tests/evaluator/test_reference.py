@@ -24,7 +24,7 @@ class ModelNew(nn.Module):
         return x.argmax(dim=-1), x > 0
 """
 INT_OFF_BY_ONE = INT_GOOD.replace("x.argmax(dim=-1)", "x.argmax(dim=-1) + (x[:, 0] > 1).long()")
-BOOL_WRONG = INT_GOOD.replace("x > 0", "x >= 1e-3")
+BOOL_WRONG = INT_GOOD.replace("x > 0", "x > 0.25")  # wrong on ~10% of elements, every draw
 
 
 def test_integer_and_boolean_outputs_are_compared_exactly() -> None:

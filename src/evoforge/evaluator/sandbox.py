@@ -77,7 +77,9 @@ def network_isolation_unavailable() -> str | None:
     if not sys.platform.startswith("linux"):
         return "network namespaces need Linux"
     try:
-        probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=30, check=False)
+        prctl = prctl_entry()
+        probe = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, timeout=30, check=False,
+                               preexec_fn=(lambda: prctl(PR_SET_PDEATHSIG, 9)) if prctl else None)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"could not probe unshare(CLONE_NEWNET): {exc}"
     if probe.returncode == 0:
