@@ -149,8 +149,11 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
 def test_a_refused_run_leaves_no_run_record(tmp_path: Path) -> None:
     task = Path(__file__).parent / "fixtures" / "tasks" / "tanh_matmul.py"
     evoforge("run", "--task", str(task), *FAST, cwd=tmp_path)
+    proc = evoforge("run", "--mutator", "bogus", *FAST, cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown mutator 'bogus'" in proc.stderr
     proc = evoforge("run", "--mutator", "llm", *FAST, cwd=tmp_path)
-    assert proc.returncode == 2 and "unknown mutator 'llm'" in proc.stderr
+    assert proc.returncode == 2 and "needs --model NAME" in proc.stderr
+    assert "name[:weight][@price_in/price_out]" in proc.stderr  # printed as is, not eaten as markup
     runs = evoforge("runs", "--json", cwd=tmp_path)
     assert runs.returncode == 0 and json.loads(runs.stdout) == []
 

@@ -88,3 +88,40 @@ def test_latest_is_the_newest_run(tmp_path: Path) -> None:
     store.create_run({"name": "a"}, {})
     newest = store.create_run({"name": "b"}, {})
     assert store.run("latest").id == newest
+
+
+def test_a_newer_schema_is_refused(tmp_path: Path) -> None:
+    RunStore(tmp_path / "runs.db").close()
+    db = sqlite3.connect(tmp_path / "runs.db")
+    db.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
+    db.commit()
+    with pytest.raises(StoreError, match="schema version 99, this evoforge reads versions 1 to"):
+        RunStore(tmp_path / "runs.db")
+
+
+def test_a_version_1_store_is_upgraded_by_adding_tables_only(tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    run_id = store.create_run({"name": "t"}, {"generations": 2})
+    store.close()
+    db = sqlite3.connect(tmp_path / "runs.db")  # what a version-1 evoforge wrote: no llm_calls table
+    db.execute("DROP TABLE llm_calls")
+    db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    db.commit()
+    db.close()
+    store = RunStore(tmp_path / "runs.db")
+    assert "upgraded" in capsys.readouterr().err
+    assert store.run(run_id).config == {"generations": 2}
+    assert store.llm_calls(run_id) == []
+
+
+def test_llm_calls_round_trip(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    run_id = store.create_run({"name": "t"}, {})
+    call = {"generation": 1, "model": "m", "guide": "full", "operation": "repair", "status": "ok",
+            "prompt": [{"role": "user", "content": "fix it"}], "reply": "```python\n```", "tokens_in": 10,
+            "tokens_out": 3, "cost": 0.5, "latency_s": 1.25, "attempts": 2, "error": None,
+            "retried": ["HTTP 429"], "candidate_hash": "abc", "thought": "a colon"}
+    store.add_llm_call(run_id, call)
+    (back,) = RunStore(tmp_path / "runs.db").llm_calls(run_id)
+    assert {k: back[k] for k in call} == call

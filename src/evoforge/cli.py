@@ -51,17 +51,17 @@ def _guarded(fn: Callable[[], T], verbose: bool) -> T:
     try:
         return fn()
     except _Fail as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.code) from None
     except (TaskError, StoreError) as exc:
         if verbose:
             traceback.print_exc()
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(2) from None
     except EvaluatorError as exc:
         if verbose:
             traceback.print_exc()
-        err.print(f"[red]evaluator error:[/red] {exc}", highlight=False)
+        err.print(f"[red]evaluator error:[/red] {escape(str(exc))}", highlight=False)
         raise typer.Exit(3) from None
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -291,6 +291,7 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
     state = {"line": "starting"}
     with _progress(True) as say:
         prepared.evaluate.progress = lambda m: say(f"{state['line']} · {m}")
+        prepared.mutator.set_progress(lambda m: say(f"{state['line']} · {m}"))
 
         def on_progress(p: Any) -> None:
             state["line"] = _progress_line(p, config.generations)
@@ -301,13 +302,24 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
                "evaluated": final.evaluated, "valid": final.valid, "best": final.best_name,
                "best_fitness": final.best_fitness, "best_baseline": final.best_baseline,
                "best_latency_us": final.best_latency_us}
+    calls = store.llm_calls(run_id)
+    if calls:
+        summary["llm"] = {"calls": len(calls), "with_code": sum(c["status"] == "ok" for c in calls),
+                          "tokens_in": sum(c["tokens_in"] for c in calls),
+                          "tokens_out": sum(c["tokens_out"] for c in calls),
+                          "cost": round(sum(c["cost"] for c in calls), 6),
+                          "retries": sum(len(c["retried"]) for c in calls)}
     if as_json:
         out.print_json(json.dumps(summary))
     else:
-        out.print(f"stopped: {final.stop_reason}", highlight=False)
+        out.print(f"stopped: {escape(str(final.stop_reason))}", highlight=False)
         out.print(f"best: {final.best_name} at {final.best_fitness:.3f}× over {final.best_baseline or '-'}, the "
                   f"fastest other PyTorch path in its generation ({_fmt_us(final.best_latency_us)} µs); "
                   f"{final.valid}/{final.evaluated} valid", highlight=False)
+        if calls:
+            llm = summary["llm"]
+            out.print(f"llm: {llm['calls']} requests, {llm['with_code']} with code, {llm['tokens_in']} tokens in, "
+                      f"{llm['tokens_out']} out, cost {llm['cost']:g}, {llm['retries']} retries", highlight=False)
         out.print(f"next: evoforge report {run_id}   ·   evoforge best {run_id} --export kernel.py", highlight=False)
     return 0 if final.valid else 1
 
@@ -323,7 +335,15 @@ def run(
     max_evals: int | None = typer.Option(None, "--max-evals", min=1, help="Stop after this many evaluations."),
     target: float | None = typer.Option(None, "--target", help="Stop once the best fitness reaches this."),
     plateau: int | None = typer.Option(None, "--plateau", min=1, help="Stop after N generations without 1% gain."),
-    mutator: str | None = typer.Option(None, "--mutator", help="template (built in, no network)."),
+    mutator: str | None = typer.Option(None, "--mutator", help="template (built in, no network), llm, or mixed."),
+    model: str | None = typer.Option(None, "--model", help="LLM model(s): name[:weight][@in/out price], a,b."),
+    base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (vLLM, a gateway)."),
+    guide: str | None = typer.Option(None, "--guide", help="LLM guidance: free | insight | full (default)."),
+    language: str | None = typer.Option(None, "--language", help="What the LLM writes: triton, cuda, torch, any."),
+    llm_share: float | None = typer.Option(None, "--llm-share", help="With --mutator mixed: the LLM's share."),
+    llm_max_tokens: int | None = typer.Option(None, "--llm-max-tokens", min=1, help="LLM token budget."),
+    llm_max_cost: float | None = typer.Option(None, "--llm-max-cost", help="LLM money budget (by model prices)."),
+    prompts: str | None = typer.Option(None, "--prompts", help="Directory of prompt templates overriding ours."),
     seed: int | None = typer.Option(None, "--seed", help="Search RNG seed (default 0)."),
     device: str | None = typer.Option(None, "--device", help="auto, cuda, cuda:N or cpu."),
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds one stage of one candidate may take."),
@@ -338,7 +358,9 @@ def run(
     flags = {"task": task, "generations": generations, "population": population, "elites": elites,
              "budget": budget, "max_evals": max_evals, "target_fitness": target, "plateau": plateau,
              "mutator": mutator, "seed": seed, "device": device, "timeout_s": timeout, "budget_ms": budget_ms,
-             "sandbox": sandbox}
+             "sandbox": sandbox, "llm_model": model, "llm_base_url": base_url, "llm_guide": guide,
+             "llm_language": language, "llm_share": llm_share, "llm_max_tokens": llm_max_tokens,
+             "llm_max_cost": llm_max_cost, "llm_prompts": prompts}
 
     def body() -> int:
         settings = evolve.load_config_file(config_file)

@@ -18,7 +18,7 @@ from typing import Any
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, EvalResult, Evaluator
 from evoforge.kernels.flash_attention import HardwareLimits
-from evoforge.mutators import Mutator, TemplateMutator
+from evoforge.mutators import MixedMutator, Mutator, TemplateMutator
 from evoforge.search import Progress, Search, SearchConfig, restore_rng
 from evoforge.store import RunStore
 from evoforge.task import TaskError, TaskSpec, load_task, resolve_task
@@ -26,7 +26,7 @@ from evoforge.tasks import attention_params, baselines_for
 from evoforge.tasks.attention import AttentionParams
 from evoforge.timing import TimingConfig
 
-MUTATORS = ("template",)
+MUTATORS = ("template", "llm", "mixed")
 
 
 @dataclass
@@ -46,6 +46,22 @@ class RunConfig:
     budget_ms: float = 100.0
     keep_baselines: int = 3  # after generation 0, re-time only the fastest baselines each generation
     sandbox: str = "basic"
+    # The LLM mutator (``mutator = "llm"`` or ``"mixed"``); the key is read from the environment only.
+    llm_model: str | None = None  # name[:weight][@price_in/price_out], comma-separated for an ensemble
+    llm_base_url: str | None = None  # any OpenAI-compatible endpoint; default $OPENAI_BASE_URL or OpenAI's
+    llm_api_key_env: str = "OPENAI_API_KEY"
+    llm_guide: str = "full"  # free | insight | full (EvoEngineer's solution-guiding configurations)
+    llm_language: str = "triton"  # triton | cuda | torch | any
+    llm_share: float = 0.5  # with mutator = "mixed": the share of proposals asked of the LLM
+    llm_seed_candidates: int = 4  # from-scratch candidates asked for in generation 0
+    llm_concurrency: int = 4
+    llm_timeout_s: float = 120.0
+    llm_retries: int = 4
+    llm_temperature: float = 0.7
+    llm_reply_tokens: int = 8192
+    llm_max_tokens: int | None = None  # budget over the run (input + output tokens)
+    llm_max_cost: float | None = None  # budget over the run, by the models' prices
+    llm_prompts: str | None = None  # a directory of templates overriding the built-in ones
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -171,17 +187,63 @@ def _attention_task(task: str) -> tuple[TaskSpec, AttentionParams]:
     return spec, params
 
 
-def _check_mutator(name: str) -> None:
-    if name not in MUTATORS:
-        raise TaskError(f"unknown mutator {name!r} (available: {', '.join(MUTATORS)}; "
-                        "the LLM mutator is not part of this release)")
+def _check_mutator(config: RunConfig) -> None:
+    if config.mutator not in MUTATORS:
+        raise TaskError(f"unknown mutator {config.mutator!r} (available: {', '.join(MUTATORS)})")
+    if config.mutator in ("llm", "mixed"):
+        from evoforge.llm.guide import GUIDES, LANGUAGE_NAMES
+
+        if not config.llm_model:
+            raise TaskError(f"--mutator {config.mutator} needs --model NAME (any model the endpoint serves; "
+                            "name[:weight][@price_in/price_out], comma-separated for an ensemble)")
+        if config.llm_guide not in GUIDES:
+            raise TaskError(f"unknown LLM guide {config.llm_guide!r} (available: {', '.join(GUIDES)})")
+        if config.llm_language not in LANGUAGE_NAMES:
+            raise TaskError(f"unknown LLM language {config.llm_language!r} (available: {', '.join(LANGUAGE_NAMES)})")
+        if not 0 < config.llm_share <= 1:
+            raise TaskError(f"llm_share must be in (0, 1], got {config.llm_share}")
+
+
+def _task_for(config: RunConfig, task: str) -> tuple[TaskSpec, AttentionParams | None]:
+    """The task, loaded and checked; the template mutator needs an attention task, the LLM any."""
+    if config.mutator == "llm":
+        spec = resolve_task(task)
+        load_task(spec)
+        return spec, attention_params(spec)
+    return _attention_task(task)
+
+
+def _llm_mutator(config: RunConfig, spec: TaskSpec, device: str, store: RunStore, run_id: str,
+                 rng: random.Random) -> Mutator:
+    """The LLM mutator, its budget carried over from the calls this run already made."""
+    from evoforge.llm.client import Budget, LLMClient, LLMConfig, parse_models
+    from evoforge.llm.guide import context_for
+    from evoforge.llm.prompts import Prompts
+    from evoforge.mutators.llm import LLMMutator
+
+    llm = LLMConfig(models=parse_models(config.llm_model or ""), base_url=config.llm_base_url,
+                    api_key_env=config.llm_api_key_env, concurrency=config.llm_concurrency,
+                    timeout_s=config.llm_timeout_s, retries=config.llm_retries, temperature=config.llm_temperature,
+                    max_reply_tokens=config.llm_reply_tokens, max_tokens=config.llm_max_tokens,
+                    max_cost=config.llm_max_cost)
+    calls = store.llm_calls(run_id)
+    budget = Budget(llm.max_tokens, llm.max_cost, tokens=sum(c["tokens_in"] + c["tokens_out"] for c in calls),
+                    cost=sum(c["cost"] for c in calls))
+    # The reference itself as generation 0's torch candidate: something valid to mutate from.
+    reference = Candidate(name="reference-model", language="torch",
+                          source=spec.source.rstrip() + "\n\n\nclass ModelNew(Model):\n    pass\n",
+                          lineage={"mutation": "seed", "level": "seed", "mutator": "llm"})
+    return LLMMutator(rng, LLMClient(llm, budget), Prompts(config.llm_prompts),
+                      context_for(spec, device, config.llm_language), config.llm_guide,
+                      record=lambda call: store.add_llm_call(run_id, call), seeds=[reference],
+                      seed_generations=config.llm_seed_candidates)
 
 
 def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
             progress: Callable[[str], None] | None = None) -> Prepared:
-    _check_mutator(config.mutator)
+    _check_mutator(config)
     device = resolve_device(config.device)
-    spec, params = _attention_task(config.task or default_task(device))
+    spec, params = _task_for(config, config.task or default_task(device))
     if device == "cpu":
         # Triton kernels run on CPU tensors through the interpreter: slow, but the same code path.
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -205,16 +267,25 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
 
     evaluate = GenerationEvaluator(spec, eval_config, baselines_for(spec), config.keep_baselines, fastest,
                                    progress, remember, profile)
-    mutator = TemplateMutator(rng, params, limits)
+    mutator: Mutator
+    if config.mutator == "llm":
+        mutator = _llm_mutator(config, spec, device, store, run_id, rng)
+    elif config.mutator == "mixed":
+        assert params is not None  # _task_for: only an attention task gets here
+        mutator = MixedMutator(rng, [(TemplateMutator(rng, params, limits), 1.0 - config.llm_share),
+                                     (_llm_mutator(config, spec, device, store, run_id, rng), config.llm_share)])
+    else:
+        assert params is not None
+        mutator = TemplateMutator(rng, params, limits)
     return Prepared(spec, mutator, evaluate, rng, device)
 
 
 def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | None = None) -> tuple[str, Prepared]:
     """Check the config and task first, then create the run record and everything to search it."""
-    _check_mutator(config.mutator)
+    _check_mutator(config)
     task = config.task or default_task(resolve_device(config.device))
     resolved = RunConfig.from_dict({**config.to_dict(), "task": task})
-    spec, _ = _attention_task(resolved.task)
+    spec, _ = _task_for(resolved, resolved.task)
     run_id = store.create_run({"name": spec.name, "arg": resolved.task, "origin": spec.origin, "params": spec.params},
                               resolved.to_dict())
     return run_id, prepare(resolved, store, run_id, random.Random(resolved.seed), progress)

@@ -21,6 +21,46 @@ def _mode(result: EvalResult) -> str | None:
     return result.fitness_mode or (next(iter(result.timing), None))
 
 
+def _llm_bucket(calls: list[dict[str, Any]], by_hash: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    replies = [c for c in calls if c["status"] in ("ok", "no_code")]
+    with_code = [c for c in calls if c["status"] == "ok"]
+    evaluated = [by_hash[c["candidate_hash"]] for c in with_code if c["candidate_hash"] in by_hash]
+    valid = [row for row in evaluated if row["status"] == "ok"]
+    useful = [row for row in valid if row["fitness"] >= 1.0]
+    tokens = sum(c["tokens_in"] + c["tokens_out"] for c in calls)
+    cost = sum(c["cost"] for c in calls)
+    return {
+        "calls": len(calls), "replies": len(replies), "with_code": len(with_code), "valid": len(valid),
+        "useful": len(useful), "validity": len(valid) / len(replies) if replies else 0.0,
+        "tokens_in": sum(c["tokens_in"] for c in calls), "tokens_out": sum(c["tokens_out"] for c in calls),
+        "cost": cost, "tokens_per_valid": tokens / len(valid) if valid else None,
+        "cost_per_valid": cost / len(valid) if valid else None,
+        "tokens_per_useful": tokens / len(useful) if useful else None,
+        "cost_per_useful": cost / len(useful) if useful else None,
+        "retries": sum(len(c["retried"]) for c in calls),
+        "mean_latency_s": sum(c["latency_s"] for c in calls) / len(calls) if calls else 0.0,
+        "statuses": {st: sum(c["status"] == st for c in calls) for st in sorted({c["status"] for c in calls})},
+    }
+
+
+def llm_summary(calls: list[dict[str, Any]], rows: list[dict[str, Any]], task: str) -> dict[str, Any] | None:
+    """What the LLM mutator's requests bought: validity (valid candidates / replies, EvoEngineer's
+    figure), tokens and cost per valid and per useful (fitness >= 1) candidate, the speedups of its
+    valid candidates, broken down by guide (configuration), operation, model and task."""
+    if not calls:
+        return None
+    by_hash = {row["hash"]: row for row in rows if row["status"] != "pending"}
+    out = _llm_bucket(calls, by_hash)
+    for key, field in (("by_guide", "guide"), ("by_operation", "operation"), ("by_model", "model")):
+        out[key] = {value: _llm_bucket([c for c in calls if c[field] == value], by_hash)
+                    for value in sorted({c[field] for c in calls})}
+    out["by_task"] = {task: _llm_bucket(calls, by_hash)}
+    made = {c["candidate_hash"] for c in calls if c["status"] == "ok"}
+    out["speedups"] = sorted((by_hash[h]["fitness"] for h in made if h in by_hash and by_hash[h]["status"] == "ok"),
+                             reverse=True)
+    return out
+
+
 def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
     record = store.run(run_id)
     results = {r.hash: (r, g) for r, g in store.evaluations(record.id)}
@@ -68,6 +108,7 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
         "baselines": baselines, "generations": generations, "validity_by_level": dict(validity),
         "evaluated": len(evaluated), "valid": sum(r["status"] == "ok" for r in evaluated),
         "best": best, "candidates": rows,
+        "llm": llm_summary(store.llm_calls(record.id), rows, str(record.task.get("name"))),
         "events": store.events(record.id),
     }
 
@@ -123,6 +164,15 @@ def _plots(data: dict[str, Any], out: Path) -> list[Path]:
     ax.set_ylabel("candidates")
     ax.legend()
     paths.append(_save(plt, fig, out / "validity.png"))
+
+    if data.get("llm") and data["llm"]["speedups"]:
+        fig, ax = plt.subplots(figsize=(7, 3.5))
+        ax.hist(data["llm"]["speedups"], bins=min(20, max(5, len(data["llm"]["speedups"]))), color="#47a")
+        ax.axvline(1.0, color="gray", linestyle="--", linewidth=1, label="fastest PyTorch path")
+        ax.set_xlabel("speedup of the LLM's valid candidates")
+        ax.set_ylabel("candidates")
+        ax.legend()
+        paths.append(_save(plt, fig, out / "llm_speedups.png"))
     return paths
 
 
@@ -152,7 +202,26 @@ font-size:13px}}img{{max-width:49%}}pre{{background:#f6f6f6;padding:1em;overflow
 stopped: {esc(data['run']['stop_reason'])}</p><p><b>{head}</b></p>{images}
 <h2>candidates</h2><table><tr><th>name</th><th>gen</th><th>status</th><th>fitness</th><th>latency µs</th>
 <th>mutation</th><th>detail</th></tr>{body}</table>
+{_llm_html(data.get("llm"), esc)}
 <h2>best kernel</h2><pre>{esc(best_source or '')}</pre></body></html>"""
+
+
+def _llm_html(llm: dict[str, Any] | None, esc: Any) -> str:
+    if not llm:
+        return ""
+
+    def fmt(value: Any) -> str:
+        return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    cols = ["calls", "replies", "with_code", "valid", "useful", "validity", "tokens_in", "tokens_out", "cost",
+            "tokens_per_useful", "cost_per_useful", "retries"]
+    rows = [("all", llm)] + [(f"{key.removeprefix('by_')}: {name}", b) for key in ("by_guide", "by_operation",
+                                                                                   "by_model")
+                             for name, b in llm[key].items()]
+    body = "".join("<tr><td>" + esc(label) + "</td>" + "".join(f"<td>{esc(fmt(b[c]))}</td>" for c in cols)
+                   + "</tr>" for label, b in rows)
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    return f"<h2>LLM mutator</h2><table><tr><th></th>{head}</tr>{body}</table>"
 
 
 def write_report(store: RunStore, run_id: str, out: Path) -> list[Path]:

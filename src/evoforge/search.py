@@ -149,22 +149,27 @@ class Search:
             n = self.config.population
             if self.config.max_evals is not None:
                 n = min(n, self.config.max_evals - len(self.history))
+            self.mutator.begin_generation(generation)
             fresh = self._fresh_proposals(n, generation)
             if not fresh:
-                reason = "the mutator has nothing new to propose"
+                note = f" ({self.mutator.note})" if self.mutator.note else ""
+                reason = self.mutator.stop_reason or f"the mutator has nothing new to propose{note}"
                 break
             pending = self._persist_proposals(fresh, generation)
         self.store.update_run(self.run_id, status="finished", note=reason)
         self.store.add_event(self.run_id, "stop", reason=reason)
         return self._progress(generation, started, evaluated_now, gen_seconds, reason)
 
-    def _fresh_proposals(self, n: int, generation: int, tries: int = 20) -> list[Candidate]:
-        """Ask the mutator until it gives ``n`` candidates never evaluated before (or ``tries`` run out):
-        a repeat's stored result is reused, never re-measured."""
+    def _fresh_proposals(self, n: int, generation: int) -> list[Candidate]:
+        """Ask the mutator until it gives ``n`` candidates never evaluated before (or its
+        ``propose_calls`` run out, or it sets a stop reason): a repeat's stored result is reused,
+        never re-measured."""
         known = {i.candidate.hash for i in self.history}
         fresh: list[Candidate] = []
         skipped = 0
-        for _ in range(tries):
+        for _ in range(max(self.mutator.propose_calls, 1)):
+            if self.mutator.stop_reason:
+                break
             for cand in self.mutator.propose(self.select_parents(n), self.history, n - len(fresh)):
                 if cand.hash in known:
                     skipped += 1

@@ -3,8 +3,10 @@
 Contract: every write is committed before the call returns, so a crash or ``kill -9`` loses at most
 the evaluation in flight; readers never see half a record. Tables: ``runs`` (config, task, device,
 versions, RNG state, progress), ``candidates`` (source, hash, lineage, genome), ``evaluations``
-(the full EvalResult as JSON), ``events``. A database written by another schema version is refused
-with a clear message rather than read or migrated silently.
+(the full EvalResult as JSON), ``events``, ``llm_calls`` (every prompt and reply of the LLM mutator,
+with tokens, latency, cost and the candidate it produced). A database written by a newer schema
+version is refused with a clear message; an older one is upgraded in place only by additive steps
+(new tables), and says so.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 from evoforge.candidate import Candidate
 from evoforge.evaluator.result import EvalResult
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DEFAULT_PATH = Path(".evoforge/runs.db")
 
 _SCHEMA = """
@@ -48,6 +50,21 @@ CREATE TABLE IF NOT EXISTS events (
     data_json TEXT NOT NULL
 );
 """
+
+# Additive upgrades: the statements that take a store from version N-1 to N.
+_UPGRADES: dict[int, str] = {
+    2: """
+CREATE TABLE IF NOT EXISTS llm_calls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, ts TEXT NOT NULL, generation INTEGER,
+    model TEXT NOT NULL, guide TEXT NOT NULL, operation TEXT NOT NULL, status TEXT NOT NULL,
+    prompt_json TEXT NOT NULL, reply TEXT, tokens_in INTEGER NOT NULL, tokens_out INTEGER NOT NULL,
+    cost REAL NOT NULL, latency_s REAL NOT NULL, attempts INTEGER NOT NULL, error TEXT,
+    candidate_hash TEXT, thought TEXT, retried_json TEXT NOT NULL DEFAULT '[]'
+);
+CREATE INDEX IF NOT EXISTS llm_calls_run ON llm_calls (run_id);
+""",
+}
+_SCHEMA += "".join(_UPGRADES[v] for v in sorted(_UPGRADES))
 
 
 class StoreError(Exception):
@@ -89,17 +106,30 @@ class RunStore:
         if "meta" in tables:
             row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             found = int(row[0]) if row else None
-            if found != SCHEMA_VERSION:
+            if found is None or found > SCHEMA_VERSION or found < 1:
                 raise StoreError(
-                    f"{self.path}: written by evoforge schema version {found}, this evoforge reads version "
-                    f"{SCHEMA_VERSION}; use a matching evoforge or start a new store with --db"
+                    f"{self.path}: written by evoforge schema version {found}, this evoforge reads versions "
+                    f"1 to {SCHEMA_VERSION}; use a matching evoforge or start a new store with --db"
                 )
+            if found < SCHEMA_VERSION:
+                self._upgrade(found)
             return
         if tables:
             raise StoreError(f"{self.path}: a SQLite file that is not an evoforge run store")
         with self.db:
             self.db.executescript(_SCHEMA)
             self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+
+    def _upgrade(self, found: int) -> None:
+        """Additive steps only (new tables and indexes): nothing recorded is rewritten."""
+        import sys
+
+        with self.db:
+            for version in range(found + 1, SCHEMA_VERSION + 1):
+                self.db.executescript(_UPGRADES[version])
+            self.db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        print(f"evoforge: upgraded {self.path} from schema version {found} to {SCHEMA_VERSION} (new tables only)",
+              file=sys.stderr)
 
     def close(self) -> None:
         self.db.close()
@@ -202,3 +232,29 @@ class RunStore:
             query += " AND kind = ?"
             params += (kind,)
         return [{"ts": r[0], "kind": r[1], **json.loads(r[2])} for r in self.db.execute(query + " ORDER BY id", params)]
+
+    # ---------------------------------------------------------------- LLM calls
+    def add_llm_call(self, run_id: str, call: dict[str, Any]) -> None:
+        """One prompt and its reply (see :class:`evoforge.llm.client.Completion` and the LLM mutator)."""
+        self.db.execute(
+            "INSERT INTO llm_calls (run_id, ts, generation, model, guide, operation, status, prompt_json, reply, "
+            "tokens_in, tokens_out, cost, latency_s, attempts, error, candidate_hash, thought, retried_json) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (run_id, _now(), call.get("generation"), call["model"], call["guide"], call["operation"], call["status"],
+             json.dumps(call["prompt"]), call.get("reply"), int(call.get("tokens_in", 0)),
+             int(call.get("tokens_out", 0)), float(call.get("cost", 0.0)), float(call.get("latency_s", 0.0)),
+             int(call.get("attempts", 1)), call.get("error"), call.get("candidate_hash"), call.get("thought"),
+             json.dumps(call.get("retried", []))),
+        )
+
+    def llm_calls(self, run_id: str) -> list[dict[str, Any]]:
+        columns = ["ts", "generation", "model", "guide", "operation", "status", "prompt_json", "reply", "tokens_in",
+                   "tokens_out", "cost", "latency_s", "attempts", "error", "candidate_hash", "thought", "retried_json"]
+        rows = self.db.execute(f"SELECT {', '.join(columns)} FROM llm_calls WHERE run_id = ? ORDER BY id", (run_id,))
+        out = []
+        for row in rows:
+            call = dict(zip(columns, row, strict=True))
+            call["prompt"] = json.loads(call.pop("prompt_json"))
+            call["retried"] = json.loads(call.pop("retried_json"))
+            out.append(call)
+        return out

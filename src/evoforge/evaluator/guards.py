@@ -131,12 +131,15 @@ def poison_allocator(nbytes: Iterable[int], device: torch.device) -> None:
     del blocks
 
 
-def side_stream_work(model: Any, inputs: list[Any], device: torch.device) -> str | None:
+def side_stream_work(model: Any, inputs: list[Any], device: torch.device,
+                     profile_out: list[dict[str, Any]] | None = None) -> str | None:
     """Profile one call; fire if a kernel on another stream is still running after the call
     returned (work left on a side stream escapes CUDA-event timing on the current stream).
 
     Kernels on side streams that the candidate joins back before returning are fine: the marker
-    kernel enqueued on the current stream after the call then starts after they end.
+    kernel enqueued on the current stream after the call then starts after they end. With
+    ``profile_out``, the call's kernels by device time (the two markers excluded) are appended to it:
+    the performance profile that the LLM mutator feeds back.
     """
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
@@ -160,6 +163,9 @@ def side_stream_work(model: Any, inputs: list[Any], device: torch.device) -> str
     # stream is the closing marker, enqueued right after the call returned.
     ours = kernels[0].device_resource_id()
     closing = [e for e in kernels if e.device_resource_id() == ours][-1]
+    if profile_out is not None:
+        inner = [e for e in kernels if e is not kernels[0] and e is not closing]
+        profile_out.extend(top_kernels([(e.name(), e.duration_ns()) for e in inner]))
     late = [
         e.name() for e in kernels
         if e.device_resource_id() != ours and e.start_ns() + e.duration_ns() > closing.start_ns()
@@ -167,3 +173,14 @@ def side_stream_work(model: Any, inputs: list[Any], device: torch.device) -> str
     if late:
         return f"left GPU work running on a side stream after returning ({late[0][:60]})"
     return None
+
+
+def top_kernels(events: list[tuple[str, int]], limit: int = 5) -> list[dict[str, Any]]:
+    """(kernel name, device ns) events grouped by name, the ``limit`` largest by total device time."""
+    total: dict[str, list[int]] = {}
+    for name, ns in events:
+        entry = total.setdefault(name, [0, 0])
+        entry[0] += ns
+        entry[1] += 1
+    ranked = sorted(total.items(), key=lambda kv: -kv[1][0])[:limit]
+    return [{"name": name[:120], "device_us": ns / 1e3, "calls": calls} for name, (ns, calls) in ranked]

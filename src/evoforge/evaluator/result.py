@@ -52,6 +52,8 @@ class EvalResult:
     significant: bool = False
     logs: str = ""
     seconds: float = 0.0
+    # The candidate's kernels by device time in one profiled call (GPU only): name, device_us, calls.
+    kernels: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

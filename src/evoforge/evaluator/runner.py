@@ -308,6 +308,7 @@ class Evaluator:
         if timed is not None:
             result.timing = {m: TimingStats.from_dict(s) for m, s in timed["timing"].items()}
             result.timing_errors = dict(timed.get("timing_errors", {}))
+            result.kernels = list(timed.get("kernels", []))
             result.checks += [CaseCheck(**x) for x in timed.get("checks", [])]
             if timed.get("logs"):
                 result.logs = (result.logs + "\n" + timed["logs"]).strip()

@@ -363,6 +363,7 @@ class _Worker:
                 "timing_errors": {m: s for m, s in timed.items() if isinstance(s, str)},
                 "final": {"status": verdict[0], "detail": verdict[1]} if verdict else None,
                 "checks": record["checks"], "logs": self.logs(), "guard_note": record["guard_note"],
+                "kernels": record.get("kernels", []),
             })
 
     def _side_stream_verdict(self, model: Any, record: dict[str, Any]) -> tuple[str, str] | None:
@@ -371,7 +372,9 @@ class _Worker:
         if self.device.type != "cuda" or not self.cfg.get("side_stream_guard", True):
             return None
         try:
-            reason = self.guards.side_stream_work(model, self.final_case["inputs"], self.device)
+            kernels: list[dict[str, Any]] = []
+            reason = self.guards.side_stream_work(model, self.final_case["inputs"], self.device, kernels)
+            record["kernels"] = kernels
         except Exception as exc:  # the profiler is a helper, not the judge: note it and go on
             record["guard_note"] = f"side-stream guard unavailable: {_one_line(exc)}"
             return None

@@ -1,6 +1,8 @@
-"""Mutators: where new candidates come from. Each is one class behind :class:`Mutator`."""
+"""Mutators: where new candidates come from. Each is one class behind :class:`Mutator`.
+(The LLM mutator, :mod:`evoforge.mutators.llm`, is imported on demand: it needs the ``llm`` extra.)"""
 
 from evoforge.mutators.base import Individual, Mutator
+from evoforge.mutators.mixed import MixedMutator
 from evoforge.mutators.template import TemplateMutator
 
-__all__ = ["Individual", "Mutator", "TemplateMutator"]
+__all__ = ["Individual", "MixedMutator", "Mutator", "TemplateMutator"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from evoforge.candidate import Candidate
@@ -30,13 +31,27 @@ class Mutator(ABC):
       (``parents`` as hashes, ``mutation``, ``level``, ``mutator``; the loop adds ``generation``);
     - randomness comes only from the ``rng`` the loop hands over, so a run replays exactly and
       resumes from its saved RNG state;
-    - a mutator may return fewer than ``n`` (its space is exhausted); it never raises for that.
+    - a mutator may return fewer than ``n`` (its space is exhausted); it never raises for that;
+    - a mutator that must stop the run (a spent budget) returns nothing and sets ``stop_reason``;
+    - ``propose_calls`` bounds how often the loop asks again to fill a generation with new candidates
+      (low where each call costs money).
     """
 
     name: str = "base"
+    propose_calls: int = 20
 
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
+        self.stop_reason: str | None = None
+        self.note: str | None = None  # why the last proposal came up short, for the stop message
+        self.progress: Callable[[str], None] = lambda message: None
+
+    def set_progress(self, progress: Callable[[str], None]) -> None:
+        """Where to say what a slow proposal is doing (the live view)."""
+        self.progress = progress
+
+    def begin_generation(self, generation: int) -> None:  # noqa: B027 (optional hook)
+        """Called before the proposals of ``generation`` are asked for."""
 
     @abstractmethod
     def seed(self) -> list[Candidate]: ...
