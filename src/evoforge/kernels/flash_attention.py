@@ -5,8 +5,13 @@ candidate (``class ModelNew``) with: online softmax, fp32 accumulation, optional
 folded in, GQA (each program reads its K/V head), causal masking with block skipping and, optionally,
 the causal loop split into unmasked full blocks and masked diagonal blocks. With ``split_kv`` > 1 the keys are
 split across that many programs per (row block, head), for short or few-head problems that would
-leave most of the GPU idle, and a second kernel combines their partial results. The launcher is
-fixed at render time: no autotuning and no re-specialisation on the hot path.
+leave most of the GPU idle, and a second kernel combines their partial results. On Hopper, K and V
+may be read through device-side TMA tensor descriptors (``tma``); warp specialisation of the key loop
+(``warp_spec``) renders too but is offered only where it compiles (``HardwareLimits``).
+
+The call path is fixed at render time: no autotuning. After the first call for an input layout,
+``ModelNew`` calls the compiled kernel's launcher directly with prepared arguments, so a call costs
+an output allocation and one launch (see ``ModelNew``'s docstring).
 """
 
 from __future__ import annotations
