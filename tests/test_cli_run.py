@@ -201,3 +201,32 @@ def test_each_generation_records_where_its_time_went(finished_run: tuple[Path, s
         "SELECT data_json FROM events WHERE run_id = ? AND kind = 'profile'", (run_id,))]
     assert [r["generation"] for r in rows] == [0, 1]
     assert all(r["seconds"]["wall"] > 0 and "check" in r["seconds"] for r in rows)
+
+
+def test_two_cpu_workers_run_batches_side_by_side_and_report_throughput(tmp_path: Path) -> None:
+    proc = evoforge("run", "--generations", "3", "--workers", "2", "--json", *FAST, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "executor local: 2 slot(s)" in proc.stderr and "per slot × 2" in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["generations"] == 3
+    report = evoforge("report", summary["run"], "--out", "rep", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    data = json.loads((tmp_path / "rep" / "evidence.json").read_text())
+    (session,) = data["throughput"]["sessions"]
+    assert session["slots"] == 2 and session["evaluations"] == summary["evaluated"]
+    assert set(data["throughput"]["per_slot"]) == {"cpu#0", "cpu#1"}
+    assert all(r["evaluations"] > 0 and r["device_name"].startswith("CPU")
+               for r in data["throughput"]["per_slot"].values())
+    assert "<h2>throughput</h2>" in (tmp_path / "rep" / "report.html").read_text()
+    assert all(r["where"]["slot"] in ("cpu#0", "cpu#1") for r in data["candidates"])
+    hashes = [r["hash"] for r in data["candidates"]]
+    assert len(hashes) == len(set(hashes)) and all(r["status"] != "pending" for r in data["candidates"])
+
+
+def test_bad_executor_settings_are_refused_before_a_run_exists(tmp_path: Path) -> None:
+    proc = evoforge("run", "--executor", "slurm", *FAST, cwd=tmp_path)
+    assert proc.returncode == 2 and "unknown executor 'slurm'" in proc.stderr
+    proc = evoforge("run", "--address", "auto", *FAST, cwd=tmp_path)
+    assert proc.returncode == 2 and "--address is for --executor ray" in proc.stderr
+    runs = evoforge("runs", "--json", cwd=tmp_path)
+    assert runs.returncode == 0 and json.loads(runs.stdout) == []

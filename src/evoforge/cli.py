@@ -116,8 +116,9 @@ BudgetOpt = typer.Option(100.0, "--budget-ms", help="Timing budget per entry and
 SeedOpt = typer.Option(None, "--seed", help="Input seed (default: a fresh random seed each run).")
 MemoryOpt = typer.Option(None, "--memory-mb", help="Worker memory cap, MiB (default: 75% of RAM, at most 32 GiB).")
 VerboseOpt = typer.Option(False, "--verbose", "-v", help="Show tracebacks.")
-SandboxOpt = typer.Option("basic", "--sandbox", help="none | basic (scrubbed env, static pre-check, no network "
-                          "where the OS allows) | strict (basic, or refuse).")
+SandboxOpt = typer.Option("basic", "--sandbox", help="none | basic (scrubbed env, static pre-check, audit hook; "
+                          "no network and writes only to scratch/caches where the OS allows) | strict "
+                          "(basic, or refuse).")
 JsonOpt = typer.Option(False, "--json", help="Print JSON on stdout instead of a table.")
 
 
@@ -276,8 +277,11 @@ def _progress_line(p: Any, total: int) -> str:
     best = f"{p.best_fitness:.2f}×" if p.best_fitness else "-"
     lat = f" ({_fmt_us(p.best_latency_us)} µs)" if p.best_latency_us else ""
     eta = f", ETA {p.eta_s / 60:.1f} min" if p.eta_s else ""
+    # executor throughput: per slot (GPU or CPU worker), batches waiting for a slot, share of slot time idle
+    slots = (f" ({p.evals_per_min_per_slot:.1f}/min per slot × {p.slots}, queue {p.queue}, idle {p.idle_frac:.0%})"
+             if getattr(p, "slots", 1) > 1 else f" (queue {p.queue}, idle {p.idle_frac:.0%})")
     return (f"gen {p.generation + 1}/{total}: best {best}{lat} {p.best_name or ''}, valid {p.valid}/{p.evaluated}, "
-            f"{p.evals_per_min:.1f} evals/min{eta}")
+            f"{p.evals_per_min:.1f} evals/min{slots}{eta}")
 
 
 def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) -> int:
@@ -297,7 +301,11 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
             state["line"] = _progress_line(p, config.generations)
             err.print(state["line"], highlight=False)
 
-        final = evolve.search_for(store, run_id, prepared, config, on_progress).run()
+        # ---- executor (issue 7): where batches run
+        executor = evolve.make_executor(config, prepared)
+        err.print(f"executor {executor.name}: {len(executor.slot_names)} slot(s) "
+                  f"({', '.join(executor.slot_names)})", highlight=False)
+        final = evolve.search_for(store, run_id, prepared, config, on_progress, executor).run()
     summary = {"run": run_id, "stop_reason": final.stop_reason, "generations": final.generation + 1,
                "evaluated": final.evaluated, "valid": final.valid, "best": final.best_name,
                "best_fitness": final.best_fitness, "best_baseline": final.best_baseline,
@@ -322,6 +330,17 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
                       f"{llm['tokens_out']} out, cost {llm['cost']:g}, {llm['retries']} retries", highlight=False)
         out.print(f"next: evoforge report {run_id}   ·   evoforge best {run_id} --export kernel.py", highlight=False)
     return 0 if final.valid else 1
+
+
+# ---- executor options (issue 7)
+ExecutorOpt = typer.Option(None, "--executor", help="local (default: this machine's GPUs, or CPU workers) | ray.")
+AddressOpt = typer.Option(None, "--address", help="Ray cluster: auto (default) or HOST:PORT.")
+WorkersOpt = typer.Option(None, "--workers", min=1, help="Slots: CPU workers without a GPU (default 1); at most "
+                          "this many GPUs or Ray tasks.")
+PrefetchOpt = typer.Option(None, "--prefetch", min=0, help="Batches proposed ahead of a free slot, so their "
+                           "compile overlaps the current timing (default 0).")
+PrecompileOpt = typer.Option(None, "--precompile/--no-precompile", help="Compile Triton kernels in a separate "
+                             "process before timing (default: on with CUDA).")
 
 
 @app.command()
@@ -350,6 +369,8 @@ def run(
     budget_ms: float | None = typer.Option(None, "--budget-ms", help="Timing budget per entry and mode, ms."),
     sandbox: str | None = typer.Option(None, "--sandbox", help="none | basic (default) | strict."),
     config_file: Path | None = typer.Option(None, "--config", help="TOML config (default: ./evoforge.toml)."),
+    executor: str | None = ExecutorOpt, address: str | None = AddressOpt, workers: int | None = WorkersOpt,
+    prefetch: int | None = PrefetchOpt, precompile: bool | None = PrecompileOpt,
     db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
     """Evolve a kernel for a task: generate -> measure -> select -> mutate, stored as it goes."""
@@ -361,6 +382,8 @@ def run(
              "sandbox": sandbox, "llm_model": model, "llm_base_url": base_url, "llm_guide": guide,
              "llm_language": language, "llm_share": llm_share, "llm_max_tokens": llm_max_tokens,
              "llm_max_cost": llm_max_cost, "llm_prompts": prompts}
+    flags.update({"executor": executor, "address": address, "workers": workers, "prefetch": prefetch,
+                  "precompile": precompile})  # executor flags (issue 7)
 
     def body() -> int:
         settings = evolve.load_config_file(config_file)
@@ -382,6 +405,7 @@ def resume(
     generations: int | None = typer.Option(None, "--generations", "-g", min=1, help="Raise the generation limit."),
     budget: str | None = typer.Option(None, "--budget", help="Wall-clock budget for this session."),
     max_evals: int | None = typer.Option(None, "--max-evals", min=1, help="Raise the evaluation limit."),
+    executor: str | None = ExecutorOpt, address: str | None = AddressOpt, workers: int | None = WorkersOpt,
     db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
     """Continue a stopped run with its population and RNG state."""
@@ -390,7 +414,8 @@ def resume(
     def body() -> int:
         store = _open_store(db)
         config, prepared, full_id = evolve.resume(
-            store, run_id, {"generations": generations, "budget": budget, "max_evals": max_evals})
+            store, run_id, {"generations": generations, "budget": budget, "max_evals": max_evals,
+                            "executor": executor, "address": address, "workers": workers})
         return _search(store, full_id, prepared, config, as_json)
 
     raise typer.Exit(_guarded(body, verbose))
@@ -496,9 +521,9 @@ def doctor(as_json: bool = JsonOpt, device: str = DeviceOpt) -> None:
     for name, state in report["backends"].items():
         mark = "[green]runs[/green]" if state == "runs" else f"[yellow]{state}[/yellow]"
         out.print(f"  {name}: {mark}")
-    sandbox = report["sandbox"]
-    out.print("sandbox: " + ("workers get their own network namespace (no network)" if sandbox["network_isolated"]
-              else f"workers are NOT network-isolated: {sandbox['reason']}"), highlight=False)
+    out.print("sandbox (basic):")
+    for line in report["sandbox"]["lines"]:
+        out.print(f"  {line}", highlight=False)
     for note in report["notes"]:
         out.print(f"note: {note}", highlight=False)
 

@@ -66,8 +66,28 @@ def diagnose(device_name: str = "auto") -> dict[str, Any]:
     if device.type != "cuda":
         notes.append("no CUDA device: timings are CPU timings (perf_counter_ns), graph mode is unavailable, "
                      "and Triton kernels only run under TRITON_INTERPRET=1")
-    from evoforge.evaluator.sandbox import network_isolation_unavailable
-
-    reason = network_isolation_unavailable()
     return {"env": envinfo.collect(device), "backends": attention_backends(device), "notes": notes,
-            "sandbox": {"network_isolated": reason is None, "reason": reason}}
+            "sandbox": sandbox_report()}
+
+
+def sandbox_report() -> dict[str, Any]:
+    """What --sandbox basic gets on this machine, layer by layer, with one line each for people."""
+    from evoforge.evaluator import sandbox
+
+    network = sandbox.network_isolation_unavailable()
+    writes = sandbox.write_restriction_unavailable()
+    processes = sandbox.process_cap_unavailable()
+    extras = sandbox.landlock_extras() if writes is None else []
+    lines = [
+        "network: " + ("own network namespace (no network, not even loopback)" if network is None
+                       else f"NOT isolated ({network}); --sandbox strict refuses to run"),
+        "writes: " + (f"confined by Landlock ABI {sandbox.landlock_abi()} to the scratch directory, /dev and the "
+                      "compiler caches" + (f"; also blocked: {', '.join(extras)}" if extras else "")
+                      if writes is None else f"NOT confined ({writes}); --sandbox strict refuses to run"),
+        "processes: " + ("capped by a pids cgroup" if processes is None
+                         else f"capped by a watchdog counting descendants ({processes})"),
+    ]
+    return {"network_isolated": network is None, "reason": network,
+            "writes_restricted": writes is None, "writes_reason": writes,
+            "process_cap": "cgroup" if processes is None else "watchdog", "process_cap_reason": processes,
+            "landlock_abi": sandbox.landlock_abi(), "lines": lines}

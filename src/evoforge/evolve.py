@@ -6,6 +6,7 @@ full resolved config is stored with the run, so ``resume`` continues exactly wha
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import random
@@ -16,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from evoforge.candidate import Candidate
-from evoforge.evaluator import EvalConfig, EvalResult, Evaluator
+from evoforge.evaluator import EvalConfig, EvalReport, EvalResult, Evaluator
+from evoforge.executor import EXECUTORS, Executor, LocalExecutor, RayExecutor, local_slots
 from evoforge.kernels.flash_attention import HardwareLimits
 from evoforge.mutators import MixedMutator, Mutator, TemplateMutator
 from evoforge.search import Progress, Search, SearchConfig, restore_rng
@@ -46,6 +48,12 @@ class RunConfig:
     budget_ms: float = 100.0
     keep_baselines: int = 3  # after generation 0, re-time only the fastest baselines each generation
     sandbox: str = "basic"
+    # ---- executor (where batches run; see executor.py)
+    executor: str = "local"  # local | ray
+    address: str | None = None  # ray: "auto" (default) or HOST:PORT of a running cluster
+    workers: int | None = None  # slots: CPU workers without a GPU (default 1); at most this many GPUs/Ray tasks
+    prefetch: int = 0  # batches proposed ahead of a free slot (their compile overlaps the current timing)
+    precompile: bool | None = None  # compile Triton kernels in a separate process first (default: on with CUDA)
     # The LLM mutator (``mutator = "llm"`` or ``"mixed"``); the key is read from the environment only.
     llm_model: str | None = None  # name[:weight][@price_in/price_out], comma-separated for an ensemble
     llm_base_url: str | None = None  # any OpenAI-compatible endpoint; default $OPENAI_BASE_URL or OpenAI's
@@ -138,10 +146,14 @@ class Prepared:
 
 
 class GenerationEvaluator:
-    """One worker per generation: the generation's candidates beside the baselines. Generation 0
+    """One worker per generation (a batch): the generation's candidates beside the baselines. Generation 0
     times every baseline; later generations re-time the fastest ``keep`` of the last ranking, plus
     any baseline that a candidate duplicates (so a PyTorch path proposed as a candidate meets its
-    twin), and re-rank."""
+    twin), and re-rank. With several device models (a mixed cluster) the ranking is kept per model and a
+    batch takes the union of every model's fastest, so each model times the baselines it ranks best.
+
+    It is the executors' planner: ``plan`` picks a batch's baselines and ``absorb`` takes its report, both
+    in the driver; calling it evaluates one batch here and now (the serial path)."""
 
     def __init__(self, spec: TaskSpec, config: EvalConfig, baselines: list[Candidate], keep: int,
                  fastest: list[str] | None = None, progress: Callable[[str], None] | None = None,
@@ -150,26 +162,49 @@ class GenerationEvaluator:
         self.spec, self.config, self.baselines, self.keep = spec, config, baselines, keep
         self.on_profile = on_profile
         self.fastest = fastest
+        self.fastest_by_model: dict[str, list[str]] = {}
         self.progress = progress
         self.on_baselines = on_baselines
         self.env: dict[str, Any] = {}
 
-    def __call__(self, candidates: list[Candidate], generation: int) -> tuple[list[EvalResult], list[EvalResult]]:
+    def plan(self, candidates: list[Candidate]) -> list[Candidate]:
+        """The baselines a batch of these candidates is timed beside."""
         twins = {c.hash for c in candidates}
-        base = [b for b in self.baselines if self.fastest is None or b.name in self.fastest or b.hash in twins]
-        report = Evaluator(self.spec, self.config, progress=self.progress).evaluate(candidates, base)
+        keep = None if self.fastest is None else set(self.fastest)
+        for names in self.fastest_by_model.values():
+            keep = (keep or set()) | set(names)
+        return [b for b in self.baselines if keep is None or b.name in keep or b.hash in twins]
+
+    def absorb(self, generation: int, report: EvalReport, where: dict[str, Any] | None = None
+               ) -> tuple[list[EvalResult], list[EvalResult]]:
+        """Split a batch's report into candidates' and baselines' results, tag each with the node and
+        device that measured it, record the profile, and re-rank the baselines."""
+        n = sum(r.role == "candidate" for r in report.results)
+        where = where or {}
+        for result in report.results:
+            result.where = {k: v for k, v in where.items() if k in ("slot", "host", "device_name") and v}
         self.env = report.env
         if self.on_profile:
-            self.on_profile(generation, report.profile)
-        results, bases = report.results[: len(candidates)], report.results[len(candidates):]
+            self.on_profile(generation, {**report.profile, **({"slot": where["slot"]} if "slot" in where else {})})
+        results, bases = report.results[:n], report.results[n:]
         mode = "graph" if report.env.get("device_type") == "cuda" else "eager"
         ranked = sorted((b for b in bases if b.ok), key=lambda b: b.latency(mode) or math.inf)
         fastest = [b.name for b in ranked[: self.keep]] or [b.name for b in self.baselines[: self.keep]]
+        model = str(report.env.get("device_name") or report.env.get("device_type") or "?")
+        self.fastest_by_model[model] = fastest
         if fastest != self.fastest:
             self.fastest = fastest
             if self.on_baselines:
                 self.on_baselines(fastest, report.env)
         return results, bases
+
+    def __call__(self, candidates: list[Candidate], generation: int) -> tuple[list[EvalResult], list[EvalResult]]:
+        report = Evaluator(self.spec, self.config, progress=self.progress).evaluate(candidates, self.plan(candidates))
+        return self.absorb(generation, report, {"slot": self.config.device, **_where(report.env)})
+
+
+def _where(env: dict[str, Any]) -> dict[str, Any]:
+    return {"host": env.get("host"), "device_name": env.get("device_name")}
 
 
 def default_task(device: str) -> str:
@@ -283,6 +318,7 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
 def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | None = None) -> tuple[str, Prepared]:
     """Check the config and task first, then create the run record and everything to search it."""
     _check_mutator(config)
+    check_executor(config)
     task = config.task or default_task(resolve_device(config.device))
     resolved = RunConfig.from_dict({**config.to_dict(), "task": task})
     spec, _ = _task_for(resolved, resolved.task)
@@ -291,16 +327,45 @@ def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | 
     return run_id, prepare(resolved, store, run_id, random.Random(resolved.seed), progress)
 
 
+def check_executor(config: RunConfig) -> None:
+    if config.executor not in EXECUTORS:
+        raise TaskError(f"unknown executor {config.executor!r} (choose from {', '.join(EXECUTORS)})")
+    if config.workers is not None and config.workers < 1:
+        raise TaskError(f"workers = {config.workers}: need at least one")
+    if config.prefetch < 0:
+        raise TaskError(f"prefetch = {config.prefetch}: must be 0 or more")
+    if config.address and config.executor != "ray":
+        raise TaskError("--address is for --executor ray")
+    if config.executor == "ray" and importlib.util.find_spec("ray") is None:
+        raise TaskError("--executor ray needs Ray: pip install 'evoforge[ray]'")
+
+
+def make_executor(config: RunConfig, prepared: Prepared) -> Executor:
+    """The executor the config asks for: local slots (GPUs or CPU workers) or a Ray cluster."""
+    check_executor(config)
+    if config.executor == "ray":
+        return RayExecutor(prepared.evaluate, config.address or "auto", config.workers, config.prefetch,
+                           prepared.device)
+    devices = local_slots(prepared.device, config.workers)
+    on_gpu = devices[0].startswith("cuda")
+    precompile = on_gpu if config.precompile is None else config.precompile
+    return LocalExecutor(prepared.evaluate, devices, prefetch=config.prefetch, precompile=precompile)
+
+
 def search_for(store: RunStore, run_id: str, prepared: Prepared, config: RunConfig,
-               on_progress: Callable[[Progress], None] | None = None) -> Search:
+               on_progress: Callable[[Progress], None] | None = None, executor: Executor | None = None) -> Search:
     return Search(store, run_id, prepared.mutator, prepared.evaluate, config.search_config(), prepared.rng,
-                  on_progress)
+                  on_progress, executor or make_executor(config, prepared))
 
 
 def resume(store: RunStore, run_id: str, overrides: dict[str, Any],
            progress: Callable[[str], None] | None = None) -> tuple[RunConfig, Prepared, str]:
     record = store.run(run_id)
-    config = RunConfig.from_dict({**record.config, **{k: v for k, v in overrides.items() if v is not None}})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if given.get("executor") == "local":
+        given.setdefault("address", None)  # a run moved off its Ray cluster
+    config = RunConfig.from_dict({**record.config, **given})
+    check_executor(config)
     store.update_run(record.id, config=config.to_dict())
     rng = restore_rng(record.rng) if record.rng else random.Random(config.seed)
     return config, prepare(config, store, record.id, rng, progress), record.id

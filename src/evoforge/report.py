@@ -77,11 +77,13 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
             "iqr_us": {m: s.iqr_us for m, s in result.timing.items()} if result else {},
             "max_abs_err": result.max_abs_err if result else None,
             "best_baseline": result.best_baseline if result else None,
+            "where": result.where if result else {},  # slot, host, device that timed it (executors)
         })
     baselines: dict[str, dict[str, Any]] = {}
     for result, gen in store.evaluations(record.id, role="baseline"):
         baselines[result.name] = {"generation": gen, "status": result.status,
-                                  "latency_us": {m: s.median_us for m, s in result.timing.items()}}
+                                  "latency_us": {m: s.median_us for m, s in result.timing.items()},
+                                  "where": result.where}
     generations: dict[int, dict[str, Any]] = {}
     best_so_far = 0.0
     for gen in sorted({row["generation"] for row in rows}):
@@ -108,9 +110,45 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
         "baselines": baselines, "generations": generations, "validity_by_level": dict(validity),
         "evaluated": len(evaluated), "valid": sum(r["status"] == "ok" for r in evaluated),
         "best": best, "candidates": rows,
+        "throughput": throughput(store, record.id),
         "llm": llm_summary(store.llm_calls(record.id), rows, str(record.task.get("name"))),
         "events": store.events(record.id),
     }
+
+
+# ---- executor throughput (issue 7) ------------------------------------------------------------------
+def throughput(store: RunStore, run_id: str) -> dict[str, Any]:
+    """Evaluations per minute per slot (GPU or CPU worker), idle share per slot and batches re-queued,
+    from the run's events: each session's executor summary plus every batch's slot and busy time."""
+    sessions = [{k: v for k, v in e.items() if k not in ("kind",)} for e in store.events(run_id, "throughput")]
+    per_slot: dict[str, dict[str, Any]] = {}
+    for event in store.events(run_id, "generation"):
+        slot = event.get("slot")
+        if slot is None:
+            continue
+        row = per_slot.setdefault(slot, {"batches": 0, "evaluations": 0, "busy_s": 0.0, "host": event.get("host"),
+                                         "device_name": event.get("device_name")})
+        row["batches"] += 1
+        row["evaluations"] += event.get("evaluated", 0)
+        row["busy_s"] += event.get("seconds") or 0.0
+    for row in per_slot.values():
+        row["busy_s"] = round(row["busy_s"], 3)
+        row["evals_per_busy_min"] = round(60.0 * row["evaluations"] / row["busy_s"], 3) if row["busy_s"] else None
+    return {"sessions": sessions, "per_slot": per_slot, "requeued": len(store.events(run_id, "requeue")),
+            "precompiled": [{k: v for k, v in e.items() if k != "kind"} for e in store.events(run_id, "precompile")]}
+
+
+def _throughput_html(data: dict[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{html.escape(str(name))}</td><td>{html.escape(str(s.get('device_name') or '?'))}</td>"
+        f"<td>{html.escape(str(s.get('host') or '?'))}</td><td>{s.get('evaluations', 0)}</td>"
+        f"<td>{s.get('evals_per_min', 0):.2f}</td><td>{100 * s.get('idle_frac', 0):.0f}%</td></tr>"
+        for session in data.get("throughput", {}).get("sessions", [])
+        for name, s in (session.get("per_slot") or {}).items())
+    if not rows:
+        return ""
+    return ("<h2>throughput</h2><table><tr><th>slot</th><th>device</th><th>host</th><th>evaluations</th>"
+            f"<th>evals/min</th><th>idle</th></tr>{rows}</table>")
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
@@ -202,6 +240,7 @@ font-size:13px}}img{{max-width:49%}}pre{{background:#f6f6f6;padding:1em;overflow
 stopped: {esc(data['run']['stop_reason'])}</p><p><b>{head}</b></p>{images}
 <h2>candidates</h2><table><tr><th>name</th><th>gen</th><th>status</th><th>fitness</th><th>latency µs</th>
 <th>mutation</th><th>detail</th></tr>{body}</table>
+{_throughput_html(data)}
 {_llm_html(data.get("llm"), esc)}
 <h2>best kernel</h2><pre>{esc(best_source or '')}</pre></body></html>"""
 

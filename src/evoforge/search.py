@@ -17,11 +17,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from evoforge.candidate import Candidate
-from evoforge.evaluator.result import EvalResult
+from evoforge.executor import Done, EvaluateFn, Executor, SerialExecutor
 from evoforge.mutators.base import Individual, Mutator
 from evoforge.store import RunStore
 
-EvaluateFn = Callable[[list[Candidate], int], tuple[list[EvalResult], list[EvalResult]]]
 PLATEAU_GAIN = 0.01
 
 
@@ -66,36 +65,56 @@ class Progress:
     evals_per_min: float
     eta_s: float | None
     stop_reason: str | None = None
+    slots: int = 1  # executor slots (GPUs, or CPU workers)
+    queue: int = 0  # batches submitted that no slot has started
+    in_flight: int = 0
+    evals_per_min_per_slot: float = 0.0
+    idle_frac: float = 0.0  # mean over slots of the share of time a slot had nothing to do
 
 
 class Search:
-    def __init__(self, store: RunStore, run_id: str, mutator: Mutator, evaluate: EvaluateFn,
+    """The loop. ``evaluate`` is a plain function (one batch at a time, in this thread) or, with
+    ``executor``, batches run wherever the executor runs them and come back as they complete."""
+
+    def __init__(self, store: RunStore, run_id: str, mutator: Mutator, evaluate: EvaluateFn | None,
                  config: SearchConfig, rng: random.Random,
-                 on_progress: Callable[[Progress], None] | None = None) -> None:
+                 on_progress: Callable[[Progress], None] | None = None, executor: Executor | None = None) -> None:
+        if executor is None:
+            if evaluate is None:
+                raise ValueError("Search needs an evaluate function or an executor")
+            executor = SerialExecutor(evaluate)
         self.store, self.run_id, self.mutator, self.evaluate = store, run_id, mutator, evaluate
+        self.executor = executor
         self.config, self.rng = config, rng
         self.on_progress = on_progress or (lambda p: None)
         self.history: list[Individual] = []
         self.best_by_generation: dict[int, float] = {}
+        self.best_trace: list[float] = []  # best fitness so far after each completed batch (plateau)
+        self.in_flight: dict[int, list[Candidate]] = {}  # submitted batches by generation
+        self.resubmit: list[tuple[int, list[Candidate]]] = []  # persisted, unevaluated, not yet re-submitted
+        self.next_generation = 0
+        self.completed = -1  # the highest generation whose batch has come back
 
     # ---------------------------------------------------------------- state
-    def _load(self) -> tuple[int, list[Candidate]]:
-        """Population and pending proposals from the store (empty for a new run)."""
+    def _load(self) -> tuple[int, dict[int, list[Candidate]]]:
+        """Population and pending proposals (persisted, never evaluated: by generation) from the store."""
         record = self.store.run(self.run_id)
         results = {r.hash: r for r, _ in self.store.evaluations(self.run_id)}
-        pending = []
+        pending: dict[int, list[Candidate]] = {}
         for cand, gen in self.store.candidates(self.run_id):
             if cand.hash in results:
                 self.history.append(Individual(cand, results[cand.hash]))
-            elif gen == record.generation:
-                pending.append(cand)
+            else:
+                pending.setdefault(gen, []).append(cand)
         for gen in sorted({i.candidate.lineage.get("generation", 0) for i in self.history}):
             self._record_best(gen)
         return record.generation, pending
 
     def _record_best(self, generation: int) -> None:
-        self.best_by_generation[generation] = max(
-            (i.fitness for i in self.history if i.candidate.lineage.get("generation", 0) <= generation), default=0.0)
+        best = max((i.fitness for i in self.history if i.candidate.lineage.get("generation", 0) <= generation),
+                   default=0.0)
+        self.best_by_generation[generation] = best
+        self.best_trace.append(max(best, self.best_trace[-1] if self.best_trace else 0.0))
 
     def elites(self) -> list[Individual]:
         ranked = sorted((i for i in self.history if i.result.ok), key=lambda i: -i.fitness)
@@ -119,52 +138,107 @@ class Search:
 
     # ---------------------------------------------------------------- the loop
     def run(self) -> Progress:
+        """Steady state: keep ``executor.capacity`` batches in flight, a new one proposed from the
+        population as it stands whenever one completes. Each batch's proposals and the RNG state are
+        persisted before it is submitted; each result is stored as it arrives; with one slot this is
+        the generational loop (propose, evaluate, select) exactly."""
         started = time.monotonic()
-        generation, pending = self._load()
+        last, pending = self._load()
         if not self.history and not pending:
-            pending = self._persist_proposals(self.mutator.seed(), 0)
-        gen_seconds: list[float] = []
+            pending = {0: self._persist_proposals(self.mutator.seed(), 0)}
+            last = 0
+        self.resubmit = resubmit = sorted(pending.items())
+        self.next_generation = last + 1
+        self.completed = max((i.candidate.lineage.get("generation", 0) for i in self.history), default=-1)
+        batch_seconds: list[float] = []
         evaluated_now = 0
         reason: str | None = None
-        while True:
-            if pending:
-                t0 = time.monotonic()
-                results, baselines = self.evaluate(pending, generation)
-                with self.store.transaction():
-                    for base in baselines:
-                        self.store.add_evaluation(self.run_id, base, generation)
-                    for cand, result in zip(pending, results, strict=True):
-                        self.store.add_evaluation(self.run_id, result, generation)
-                        self.history.append(Individual(cand, result))
-                    self.store.add_event(self.run_id, "generation", generation=generation,
-                                         evaluated=len(results), valid=sum(r.ok for r in results))
-                evaluated_now += len(results)
-                gen_seconds.append(time.monotonic() - t0)
-            self._record_best(generation)
-            reason = self._stop_reason(generation, started, gen_seconds)
-            self.on_progress(self._progress(generation, started, evaluated_now, gen_seconds, reason))
-            if reason:
-                break
-            generation += 1
-            n = self.config.population
-            if self.config.max_evals is not None:
-                n = min(n, self.config.max_evals - len(self.history))
-            self.mutator.begin_generation(generation)
-            fresh = self._fresh_proposals(n, generation)
-            if not fresh:
-                note = f" ({self.mutator.note})" if self.mutator.note else ""
-                reason = self.mutator.stop_reason or f"the mutator has nothing new to propose{note}"
-                break
-            pending = self._persist_proposals(fresh, generation)
+        try:
+            while True:
+                while reason is None and len(self.in_flight) < self.executor.capacity:
+                    if resubmit:
+                        generation, batch = resubmit.pop(0)
+                    else:
+                        if not self.history:
+                            break  # no parents until a batch has come back
+                        reason = self._stop_reason(started, batch_seconds)
+                        if reason:
+                            if not self.in_flight and not batch_seconds:  # a resumed run that has nothing to do
+                                self.on_progress(self._progress(started, evaluated_now, batch_seconds, reason))
+                            break
+                        n = self.config.population
+                        if self.config.max_evals is not None:
+                            n = min(n, self.config.max_evals - len(self.history) - self._in_flight_count())
+                            if n <= 0:
+                                break
+                        generation = self.next_generation
+                        self.mutator.begin_generation(generation)
+                        fresh = self._fresh_proposals(n, generation)
+                        if not fresh:
+                            if self.mutator.stop_reason:
+                                reason = self.mutator.stop_reason
+                            elif not self.in_flight:  # else: new results may give it something new
+                                note = f" ({self.mutator.note})" if self.mutator.note else ""
+                                reason = f"the mutator has nothing new to propose{note}"
+                            if reason:  # as in the generational loop, the generation it stopped in counts
+                                self.completed = max(self.completed, generation)
+                            break
+                        batch = self._persist_proposals(fresh, generation)
+                    self.next_generation = max(self.next_generation, generation + 1)
+                    self.in_flight[generation] = batch
+                    self.executor.submit(generation, batch)
+                if not self.in_flight:
+                    break
+                finished = self.executor.wait()
+                if not finished and not self.executor.in_flight():
+                    raise RuntimeError(f"the {self.executor.name} executor holds none of the batches in flight "
+                                       f"(generations {sorted(self.in_flight)})")
+                for done in finished:
+                    self._store(done)
+                    evaluated_now += len(done.results)
+                    batch_seconds.append(done.seconds)
+                    self.completed = max(self.completed, done.generation)
+                    self._record_best(self.completed)
+                    if reason is None:
+                        reason = self._stop_reason(started, batch_seconds)
+                    self.on_progress(self._progress(started, evaluated_now, batch_seconds, reason))
+                self._flush_events()
+        finally:
+            self._flush_events()
+            self.executor.close()
+        self.store.add_event(self.run_id, "throughput", **self.executor.throughput())
         self.store.update_run(self.run_id, status="finished", note=reason)
         self.store.add_event(self.run_id, "stop", reason=reason)
-        return self._progress(generation, started, evaluated_now, gen_seconds, reason)
+        return self._progress(started, evaluated_now, batch_seconds, reason)
+
+    def _in_flight_count(self) -> int:
+        return sum(len(b) for b in self.in_flight.values())
+
+    def _store(self, done: Done) -> None:
+        """One completed batch, in one transaction: its baselines, its results, its event."""
+        self.in_flight.pop(done.generation, None)
+        with self.store.transaction():
+            for base in done.baselines:
+                self.store.add_evaluation(self.run_id, base, done.generation)
+            for cand, result in zip(done.candidates, done.results, strict=True):
+                self.store.add_evaluation(self.run_id, result, done.generation)
+                self.history.append(Individual(cand, result))
+            self.store.add_event(self.run_id, "generation", generation=done.generation,
+                                 evaluated=len(done.results), valid=sum(r.ok for r in done.results),
+                                 slot=done.slot, seconds=round(done.seconds, 3), waited=round(done.waited, 3),
+                                 attempts=done.attempts, **{k: v for k, v in done.where.items() if k != "slot"})
+
+    def _flush_events(self) -> None:
+        while self.executor.events:
+            kind, data = self.executor.events.pop(0)
+            self.store.add_event(self.run_id, kind, **data)
 
     def _fresh_proposals(self, n: int, generation: int) -> list[Candidate]:
-        """Ask the mutator until it gives ``n`` candidates never evaluated before (or its
+        """Ask the mutator until it gives ``n`` candidates never evaluated before, nor in flight (or its
         ``propose_calls`` run out, or it sets a stop reason): a repeat's stored result is reused,
         never re-measured."""
-        known = {i.candidate.hash for i in self.history}
+        known = {i.candidate.hash for i in self.history} | {c.hash for b in self.in_flight.values() for c in b}
+        known |= {c.hash for _, batch in self.resubmit for c in batch}
         fresh: list[Candidate] = []
         skipped = 0
         for _ in range(max(self.mutator.propose_calls, 1)):
@@ -190,11 +264,11 @@ class Search:
             self.store.update_run(self.run_id, generation=generation, rng=rng_state(self.rng), status="running")
         return proposals
 
-    def _stop_reason(self, generation: int, started: float, gen_seconds: list[float]) -> str | None:
+    def _stop_reason(self, started: float, batch_seconds: list[float]) -> str | None:
         cfg = self.config
-        bests = [self.best_by_generation[g] for g in sorted(self.best_by_generation)]
+        bests = self.best_trace
         best = bests[-1] if bests else 0.0
-        if generation + 1 >= cfg.generations:
+        if self.next_generation >= cfg.generations:
             return f"reached {cfg.generations} generations"
         if cfg.max_evals is not None and len(self.history) >= cfg.max_evals:
             return f"reached {cfg.max_evals} evaluations"
@@ -202,8 +276,8 @@ class Search:
             return f"reached the target fitness {cfg.target_fitness:g}"
         if cfg.budget_s is not None:
             elapsed = time.monotonic() - started
-            next_gen = gen_seconds[-1] if gen_seconds else 0.0
-            if elapsed + next_gen > cfg.budget_s:
+            next_batch = batch_seconds[-1] if batch_seconds else 0.0
+            if elapsed + next_batch > cfg.budget_s:
                 return f"time budget of {cfg.budget_s:g} s would be exceeded by another generation"
         if cfg.plateau and len(bests) > cfg.plateau:
             before = bests[-cfg.plateau - 1]
@@ -211,19 +285,25 @@ class Search:
                 return f"no gain over 1% in {cfg.plateau} generations"
         return None
 
-    def _progress(self, generation: int, started: float, evaluated_now: int, gen_seconds: list[float],
+    def _progress(self, started: float, evaluated_now: int, batch_seconds: list[float],
                   reason: str | None) -> Progress:
         elapsed = max(time.monotonic() - started, 1e-9)
         best = self.best()
         latency = None
         if best is not None and best.result.fitness_mode:
             latency = best.result.latency(best.result.fitness_mode)
-        remaining = max(self.config.generations - generation - 1, 0)
-        eta = remaining * (sum(gen_seconds) / len(gen_seconds)) if gen_seconds and not reason else None
+        slots = max(len(self.executor.slot_names), 1)
+        remaining = max(self.config.generations - self.completed - 1, 0)
+        eta = remaining * (sum(batch_seconds) / len(batch_seconds)) / min(slots, max(remaining, 1)) \
+            if batch_seconds and not reason else None
+        throughput = self.executor.throughput()
         return Progress(
-            generation=generation, evaluated=len(self.history),
+            generation=self.completed, evaluated=len(self.history),
             valid=sum(i.result.ok for i in self.history),
             best_fitness=best.fitness if best else 0.0, best_name=best.candidate.name if best else None,
             best_latency_us=latency, best_baseline=best.result.best_baseline if best else None,
             evals_per_min=60.0 * evaluated_now / elapsed, eta_s=eta, stop_reason=reason,
+            slots=slots, queue=self.executor.queued(), in_flight=self.executor.in_flight(),
+            evals_per_min_per_slot=60.0 * evaluated_now / elapsed / slots,
+            idle_frac=throughput["idle_frac"],
         )

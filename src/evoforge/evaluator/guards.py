@@ -6,6 +6,13 @@ catch what a candidate *does*, whatever its source looks like.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
+import site
+import sys
+import sysconfig
+import threading
 import time
 import warnings
 from collections.abc import Iterable
@@ -184,3 +191,135 @@ def top_kernels(events: list[tuple[str, int]], limit: int = 5) -> list[dict[str,
         entry[1] += 1
     ranked = sorted(total.items(), key=lambda kv: -kv[1][0])[:limit]
     return [{"name": name[:120], "device_us": ns / 1e3, "calls": calls} for name, (ns, calls) in ranked]
+
+
+# -------------------------------------------------------------------- audit hook
+# A runtime layer behind the static pre-check: once installed (after the references are computed,
+# before any candidate is imported) it refuses, to code that is neither the standard library nor an
+# installed package (candidate modules live in the scratch directory), the ways Python hands out
+# frames or arbitrary objects: frame walking, tracers, gc scans, raw memory through ctypes, and code
+# objects forged to look like a library's. The refused call raises, and the refusal is recorded, so a
+# candidate that catches the exception is still rejected. An audit hook cannot be removed.
+_AUDIT_DIRECT = {
+    "sys._getframe": "walks the call stack (sys._getframe)",
+    "sys._current_frames": "reads the frames of every thread (sys._current_frames)",
+    "sys._current_exceptions": "reads the exceptions of every thread (sys._current_exceptions)",
+    "sys.settrace": "installs a tracer, which sees every frame (sys.settrace)",
+    "sys.setprofile": "installs a profiler, which sees every frame (sys.setprofile)",
+    "sys.monitoring.register_callback": "registers a sys.monitoring callback",
+    "gc.get_objects": "scans live objects for the harness's data (gc.get_objects)",
+    "gc.get_referrers": "scans live objects for the harness's data (gc.get_referrers)",
+    "gc.get_referents": "scans live objects for the harness's data (gc.get_referents)",
+    "code.__new__": "builds code objects by hand",
+}
+_AUDIT_FRAME_ATTRS = {"tb_frame", "gi_frame", "cr_frame", "ag_frame"}
+# ctypes goes through ctypes' own (standard library) wrappers: the first frame outside the standard
+# library is the one responsible.
+_AUDIT_CTYPES = {"ctypes.dlopen", "ctypes.dlsym", "ctypes.dlsym/handle", "ctypes.cdata", "ctypes.cdata/buffer",
+                 "ctypes.string_at", "ctypes.wstring_at", "ctypes.call_function"}
+# Standard-library functions that hand a frame to their caller: their caller is the one responsible.
+_FRAME_HELPERS = {("inspect", "currentframe"), ("inspect", "stack"), ("inspect", "trace"),
+                  ("inspect", "getouterframes"), ("inspect", "getinnerframes"), ("traceback", "walk_stack"),
+                  ("traceback", "walk_tb"), ("logging", "<lambda>")}
+_audit_state = threading.local()
+_violations: list[tuple[str, str]] = []  # (file of the code responsible, reason)
+_trusted_dirs: tuple[str, ...] = ()  # the standard library and installed packages
+_stdlib_dirs: tuple[str, ...] = ()
+_site_dirs: tuple[str, ...] = ()  # may lie inside the standard library's directory (no venv)
+_helper_files: dict[str, str] = {}
+
+
+def _library_dirs() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    paths = sysconfig.get_paths()
+    stdlib = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if paths.get(k)}
+    site_dirs = {os.path.realpath(paths[k]) for k in ("purelib", "platlib") if paths.get(k)}
+    with contextlib.suppress(AttributeError):
+        site_dirs.update(os.path.realpath(p) for p in site.getsitepackages())
+    with contextlib.suppress(AttributeError):
+        site_dirs.add(os.path.realpath(site.getusersitepackages()))
+    site_dirs.update(os.path.realpath(p) for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    for name in ("torch", "triton", "numpy", "evoforge"):
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations:
+            site_dirs.update(os.path.realpath(p) for p in spec.submodule_search_locations)
+
+    def norm(dirs: set[str]) -> tuple[str, ...]:
+        return tuple(d.rstrip(os.sep) + os.sep for d in dirs)
+
+    return norm(stdlib | site_dirs), norm(stdlib), norm(site_dirs)
+
+
+def _in(filename: str, dirs: tuple[str, ...]) -> bool:
+    if filename.startswith("<"):  # <frozen importlib...> is the standard library; <string> is anyone's
+        return filename.startswith("<frozen ")
+    return os.path.realpath(filename).startswith(dirs)
+
+
+def _in_stdlib(filename: str) -> bool:
+    return _in(filename, _stdlib_dirs) and (filename.startswith("<") or not _in(filename, _site_dirs))
+
+
+def install_audit_guard() -> None:
+    """Install the hook (once per process)."""
+    global _trusted_dirs, _stdlib_dirs, _site_dirs
+    if _trusted_dirs:
+        return
+    _trusted_dirs, _stdlib_dirs, _site_dirs = _library_dirs()
+    import inspect
+    import logging
+    import traceback
+
+    _helper_files.update({inspect.__file__: "inspect", traceback.__file__: "traceback",
+                          logging.__file__: "logging"})
+    sys.addaudithook(_audit)
+
+
+def _responsible(frame: Any, past_stdlib: bool) -> Any:
+    """The frame answerable for an audited call made by ``frame``: itself, or the caller of a
+    frame-returning helper, or (``past_stdlib``) the first frame outside the standard library."""
+    while frame is not None:
+        code = frame.f_code
+        helper = (_helper_files.get(code.co_filename), code.co_name) in _FRAME_HELPERS
+        if not helper and not (past_stdlib and _in_stdlib(code.co_filename)):
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if event in _AUDIT_DIRECT:
+        reason, past_stdlib = _AUDIT_DIRECT[event], False
+    elif event == "object.__getattr__" and len(args) > 1 and args[1] in _AUDIT_FRAME_ATTRS:
+        reason, past_stdlib = f"reaches for frames through .{args[1]}", False
+    elif event == "object.__setattr__" and len(args) > 1 and args[1] == "__code__":
+        reason, past_stdlib = "replaces a function's code", False
+    elif event in _AUDIT_CTYPES:
+        reason, past_stdlib = f"reaches raw memory or C symbols through ctypes ({event})", True
+    elif event == "compile" and len(args) > 1 and isinstance(args[1], str) and args[1] \
+            and not args[1].startswith("<") and _in(args[1], _trusted_dirs):
+        reason, past_stdlib = f"compiles code under a library's file name ({args[1]})", False
+    else:
+        return
+    if getattr(_audit_state, "busy", False):
+        return  # our own sys._getframe below
+    _audit_state.busy = True
+    try:
+        frame = _responsible(sys._getframe(1), past_stdlib)
+        filename = frame.f_code.co_filename if frame is not None else "<unknown>"
+        if frame is None or _in(filename, _trusted_dirs):
+            return
+    finally:
+        _audit_state.busy = False
+    _violations.append((filename, reason))
+    raise RuntimeError(f"sandbox: refused at run time: candidate code {reason}")
+
+
+def audit_violation(files: set[str] | None = None) -> str | None:
+    """The first refused reach by code from ``files`` (any code when None) since the last call,
+    as a rejection reason; those violations are consumed."""
+    mine = [v for v in _violations if files is None or v[0] in files]
+    if not mine:
+        return None
+    for v in mine:
+        _violations.remove(v)
+    return f"runtime guard: {mine[0][1]} (refused by the sandbox's audit hook)"

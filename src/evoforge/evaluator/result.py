@@ -52,6 +52,9 @@ class EvalResult:
     significant: bool = False
     logs: str = ""
     seconds: float = 0.0
+    # Where it was measured: slot, host and device name (set by the executor's driver). A fitness is a
+    # ratio within one batch, so it only ever compares timings from the same device.
+    where: dict[str, str] = field(default_factory=dict)
     # The candidate's kernels by device time in one profiled call (GPU only): name, device_us, calls.
     kernels: list[dict[str, Any]] = field(default_factory=list)
 

@@ -2,8 +2,10 @@
 
 Every evaluation runs in a fresh worker process (``python -m evoforge.evaluator.worker``) started in
 its own session and scratch directory, with a scrubbed environment (no API keys or tokens), resource
-limits (no core files, a file-size cap; an address-space cap with a CPU build of torch, where it cannot break
-CUDA) and a watchdog that polls the worker's resident memory. The worker writes one progress line per
+limits (no core files, a file-size cap, a CPU-time cap; an address-space cap with a CPU build of torch, where
+it cannot break CUDA), a cap on processes and threads (a pids cgroup, or a count of its descendants) and a
+watchdog that polls the worker's resident memory; writes confined by Landlock where the sandbox asks
+for it (see sandbox.py). The worker writes one progress line per
 stage, so when it dies (segfault, ``os._exit``, CUDA error, out of memory) or outlives a stage's time
 limit, the entry it was working on gets ``crashed`` or ``timeout`` and a fresh worker takes the
 entries that remain. Baselines and candidates are checked and timed by the same worker, interleaved,
@@ -12,6 +14,7 @@ so their ratio is measured under the same conditions.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -20,7 +23,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +64,12 @@ class EvalConfig:
     startup_timeout_s: float = 600.0  # worker start, task load, reference outputs
     memory_limit_mb: int = field(default_factory=_default_memory_limit_mb)
     file_size_limit_mb: int = 512
+    # Processes + threads of one worker and all its descendants (a fork bomb stops here). torch,
+    # Triton and Inductor's compile workers use a few hundred at most.
+    max_tasks: int = 1024
+    # RLIMIT_CPU of a worker (and of each process it starts); None: every stage's wall limit times
+    # the number of cores, so legitimate work never meets it.
+    cpu_time_limit_s: float | None = None
     seed: int | None = None
     side_stream_guard: bool = True
     sandbox: str = "basic"  # none | basic | strict (see evaluator/sandbox.py)
@@ -134,10 +145,11 @@ class Evaluator:
     """Evaluate candidates against a task, beside the task's baselines, in worker processes."""
 
     def __init__(self, task: TaskSpec, config: EvalConfig | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> None:
         self.task = task
         self.config = config or EvalConfig()
         self.progress = progress or (lambda message: None)
+        self.cancel = cancel  # set from another thread: the running worker is killed, EvaluatorError raised
 
     def evaluate(self, candidates: list[Candidate], baselines: list[Candidate] = ()) -> EvalReport:  # type: ignore[assignment]
         entries = [_Entry(c, "candidate") for c in candidates] + [_Entry(b, "baseline") for b in baselines]
@@ -183,26 +195,68 @@ class Evaluator:
                           "restarting the worker for the rest")
             pending.remove(idx)
         results = [final[i] for i in range(len(entries))]
-        env["sandbox"] = {"mode": self.config.sandbox, "network_isolated": self.isolated_network()}
+        _redact(results, sandbox.redactor(os.environ))
+        env["sandbox"] = {"mode": self.config.sandbox, "network_isolated": self.isolated_network(),
+                          "writes_restricted": self.restricted_writes(),
+                          "process_cap": "watchdog" if sandbox.process_cap_unavailable() else "cgroup"}
         _score(results, self._fitness_mode(env))
         profile["wall"] = time.monotonic() - started
         return EvalReport(results=results, env=env, seeds=seeds, workers=workers, profile=profile)
 
+    def precompile(self, candidates: list[Candidate]) -> dict[str, Any]:
+        """Compile the Triton kernels of ``candidates`` without running them, in a worker of its own
+        (same sandbox and limits): inputs stay on the CPU and every Triton launch becomes a warm-up
+        (compile only), so nothing runs on the GPU and a timing worker on it is undisturbed. The compiled
+        kernels land in Triton's on-disk cache, where the worker that checks and times these candidates
+        finds them. Best effort: whatever fails here is compiled (and judged) by that worker.
+        Returns counts: kernels compiled, entries compiled/failed/skipped, and the worker's seconds."""
+        triton = [c for c in candidates if c.language == "triton"]
+        if not triton:
+            return {"kernels": 0, "compiled": 0, "failed": 0, "skipped": len(candidates)}
+        outcome = self._run_worker([_Entry(c, "candidate") for c in triton], {"precompile": True})
+        records = [r for r in outcome.records if r.get("kind") == "precompiled"]
+        profile = next((r["seconds"] for r in outcome.records if r.get("kind") == "profile"), {})
+        return {"kernels": sum(r.get("kernels", 0) for r in records),
+                "compiled": sum(r.get("status") == "compiled" for r in records),
+                "failed": len(triton) - sum(r.get("status") == "compiled" for r in records),
+                "skipped": len(candidates) - len(triton), "worker_seconds": profile,
+                "clean": outcome.returncode == 0 and outcome.stage == "done"}
+
     # ---------------------------------------------------------------- one worker
-    def _run_worker(self, entries: list[_Entry]) -> _WorkerOutcome:
+    def _run_worker(self, entries: list[_Entry], extra: dict[str, Any] | None = None) -> _WorkerOutcome:
         cfg = self.config
-        limits, env = self._limits(), self._env()  # may refuse (strict sandbox) before anything exists
+        # Both may refuse (strict sandbox) before anything exists.
+        network, writes, env = self.isolated_network(), self.restricted_writes(), self._env()
         workdir = Path(tempfile.mkdtemp(prefix="evoforge-worker-"))
+        ruleset: int | None = None
+        cap: sandbox.ProcessCap | None = None
         try:
-            return self._supervise(entries, workdir, limits, env)
+            if writes:
+                (workdir / "tmp").mkdir()
+                env["TMPDIR"] = str(workdir / "tmp")  # nvcc, gcc, Triton's launcher builds write here
+                try:
+                    ruleset = sandbox.landlock_ruleset(sandbox.worker_writable(workdir, env))
+                except OSError as exc:
+                    raise EvaluatorError(f"could not confine the worker's writes (Landlock): {exc}; "
+                                         "use --sandbox none to run without") from None
+            cap = sandbox.ProcessCap.create(cfg.max_tasks)
+            if cap is None:
+                sandbox.become_subreaper()  # escaped descendants stay ours to count and kill
+            limits = self._limits(len(entries), network, ruleset, cap)
+            return self._supervise(entries, workdir, limits, env, cap, extra or {})
         finally:  # also on Ctrl-C: the scratch directory never outlives its worker
+            if cap is not None:
+                cap.close()
+            if ruleset is not None:
+                os.close(ruleset)
             if not cfg.keep_workdir:
                 shutil.rmtree(workdir, ignore_errors=True)
 
     def _supervise(self, entries: list[_Entry], workdir: Path, limits: Callable[[], None],
-                   env: dict[str, str]) -> _WorkerOutcome:
+                   env: dict[str, str], cap: sandbox.ProcessCap | None, extra: dict[str, Any]) -> _WorkerOutcome:
         cfg = self.config
-        job = {"task": self.task.to_dict(), "entries": [e.job() for e in entries], "config": cfg.worker_view()}
+        job = {"task": self.task.to_dict(), "entries": [e.job() for e in entries], "config": cfg.worker_view(),
+               **extra}
         (workdir / "job.json").write_text(json.dumps(job))
         out_path, err_path = workdir / "stdout.log", workdir / "stderr.log"
         killed: str | None = None
@@ -213,6 +267,8 @@ class Evaluator:
                 start_new_session=True, preexec_fn=limits,
             )
             stage, stage_since = "", time.monotonic()
+            seen: set[int] = set()  # the worker's descendants, where no cgroup holds them
+            next_count = 0.0
             try:
                 while proc.poll() is None:
                     time.sleep(0.05)
@@ -222,10 +278,21 @@ class Evaluator:
                         self._report_stage(stage, entries)
                     limit = cfg.timeout_s if stage.split(" ")[0] in ("check", "time", "recheck") \
                         else cfg.startup_timeout_s
-                    if time.monotonic() - stage_since > limit:
+                    if self.cancel is not None and self.cancel.is_set():
+                        killed = "cancelled"
+                    elif time.monotonic() - stage_since > limit:
                         killed = "timeout"
                     elif _rss_mb(proc.pid) > cfg.memory_limit_mb:
                         killed = "memory"
+                    elif cap is not None and cap.hit_limit():
+                        killed = "processes"
+                    elif cap is None and time.monotonic() >= next_count:
+                        # /proc is scanned less often than the cgroup is read: it costs more.
+                        tree = sandbox.descendants(proc.pid)
+                        seen.update(tree)
+                        next_count = time.monotonic() + 0.25
+                        if sum(tree.values()) > cfg.max_tasks:
+                            killed = "processes"
                     if killed:
                         _kill_group(proc)
                         break
@@ -233,6 +300,14 @@ class Evaluator:
                 if proc.poll() is None:
                     _kill_group(proc)
                 proc.wait()
+                # Whatever the worker started dies with it, including what left its process group.
+                _kill_group(proc)
+                if cap is not None:
+                    cap.kill_all()
+                else:
+                    _kill_escaped(seen - {proc.pid}, env.get(sandbox.WORKER_TOKEN, ""))
+        if killed == "cancelled":
+            raise EvaluatorError("evaluation cancelled")
         return _WorkerOutcome(_read_records(workdir / "results.jsonl"), proc.returncode,
                               _last_line(workdir / "progress"), killed, _log_tail(err_path) or _log_tail(out_path))
 
@@ -251,41 +326,73 @@ class Evaluator:
         src = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env["PYTHONUNBUFFERED"] = "1"
+        env[sandbox.WORKER_TOKEN] = uuid.uuid4().hex
         env.setdefault("PYTHONFAULTHANDLER", "1")
         gpu = self.config.visible_gpu()
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
         return env
 
-    def _limits(self) -> Callable[[], None]:
-        """The child's resource limits, decided here and applied between fork and exec."""
+    def cpu_time_limit_s(self, n_entries: int) -> int:
+        """RLIMIT_CPU for a worker given n entries: generous, a backstop behind the wall-clock limits."""
+        cfg = self.config
+        if cfg.cpu_time_limit_s is not None:
+            return max(int(cfg.cpu_time_limit_s), 1)
+        stages = n_entries * (2 + len(cfg.modes))  # check, one block per timing mode, recheck
+        return int((cfg.startup_timeout_s + cfg.timeout_s * stages) * (os.cpu_count() or 1))
+
+    def _limits(self, n_entries: int = 1, network: bool = False, ruleset: int | None = None,
+                cap: sandbox.ProcessCap | None = None) -> Callable[[], None]:
+        """The child's resource limits and confinement, decided here and applied between fork and exec."""
         fsize = self.config.file_size_limit_mb * 2**20
+        cpu = self.cpu_time_limit_s(n_entries)
+        cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
+        cpu_limits = (cpu, cpu + 30) if cpu_hard == resource.RLIM_INFINITY else (min(cpu, cpu_hard), cpu_hard)
         # An address-space cap breaks a CUDA build of torch (its libraries and the driver reserve
         # huge virtual ranges, even with --device cpu): only a CPU build gets it; everything else
         # relies on the resident-memory watchdog.
         address_space = self.config.memory_limit_mb * 2**20 if _cpu_build_of_torch() else None
-        unshare = sandbox.netns_entry() if self.isolated_network() else None
+        unshare = sandbox.netns_entry() if network else None
         prctl = sandbox.prctl_entry()
+        restrict = sandbox.landlock_restrict() if ruleset is not None else None
 
         def apply() -> None:
+            if cap is not None:
+                cap.join()  # first: every process the worker starts is born inside the cap
             if prctl is not None:
                 prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL)  # an orphaned worker dies with its driver
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+            resource.setrlimit(resource.RLIMIT_CPU, cpu_limits)
             soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
             resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
             if address_space is not None:
                 resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
             if unshare is not None and unshare(sandbox.CLONE_NEWNET) != 0:
                 os._exit(97)  # the probe said it works; refuse to run unisolated if it now doesn't
+            if restrict is not None and ruleset is not None and not restrict(ruleset):
+                os._exit(96)  # the same for the write restriction
 
         return apply
 
-    def isolated_network(self) -> bool:
-        """Whether workers get a network namespace of their own; raises for strict without one."""
+    def restricted_writes(self) -> bool:
+        """Whether workers' writes are confined (Landlock); raises for strict without it."""
+        self._check_mode()
+        if self.config.sandbox == "none":
+            return False
+        reason = sandbox.write_restriction_unavailable()
+        if reason and self.config.sandbox == "strict":
+            raise EvaluatorError(f"--sandbox strict: cannot confine workers' writes here: {reason}")
+        return reason is None
+
+    def _check_mode(self) -> None:
         if self.config.sandbox not in sandbox.SANDBOXES:
             choices = ", ".join(sandbox.SANDBOXES)
             raise EvaluatorError(f"unknown sandbox {self.config.sandbox!r} (choose from {choices})")
+
+    def isolated_network(self) -> bool:
+        """Whether workers get a network namespace of their own; raises for strict without one."""
+        self._check_mode()
         if self.config.sandbox == "none":
             return False
         reason = sandbox.network_isolation_unavailable()
@@ -333,6 +440,9 @@ class Evaluator:
             status, detail = "timeout", f"{stage} stage ran past its {limit:g} s limit"
         elif outcome.killed == "memory":
             status, detail = "crashed", f"out of memory: worker passed the {self.config.memory_limit_mb} MiB limit"
+        elif outcome.killed == "processes":
+            status, detail = "crashed", (f"process limit: the worker and its children passed {self.config.max_tasks} "
+                                         f"processes + threads during {stage} (a fork bomb?); all killed")
         else:
             status, detail = "crashed", _describe_exit(outcome.returncode, stage, outcome.log_tail)
         return EvalResult(name=c.name, hash=c.hash, status=status, detail=detail, role=entry.role,
@@ -377,6 +487,18 @@ def _score(results: list[EvalResult], preferred_mode: str) -> None:
 
 
 # -------------------------------------------------------------------- helpers
+def _redact(results: list[EvalResult], redact: Callable[[str], str]) -> None:
+    """Blank the driver's secrets out of everything a worker wrote into results (see sandbox.redactor)."""
+    for r in results:
+        r.detail, r.logs = redact(r.detail), redact(r.logs)
+        r.timing_errors = {mode: redact(text) for mode, text in r.timing_errors.items()}
+        for check in r.checks:
+            check.detail = redact(check.detail)
+        for kernel in r.kernels:  # kernel names are the candidate's to choose
+            if isinstance(kernel.get("name"), str):
+                kernel["name"] = redact(kernel["name"])
+
+
 def _culprit(stage: str, checks: dict[int, dict[str, Any]]) -> int | None:
     parts = stage.split(" ")
     if parts[0] in ("check", "time", "recheck") and len(parts) > 1:
@@ -430,6 +552,25 @@ def _rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _kill_escaped(pids: set[int], token: str) -> None:
+    """Kill what is left of a worker's descendants that no cgroup holds: those seen while it ran
+    and those carrying its token (this process is their subreaper, so they are ours now), and reap
+    those that became our children."""
+    for _ in range(20):
+        pids |= sandbox.carrying(token) if token else set()
+        alive = set(sandbox.descendants(*pids)) if pids else set()
+        if not alive:
+            return
+        for pid in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+        for pid in alive:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+        pids = alive
+
+
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     try:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -445,6 +586,8 @@ def _describe_exit(code: int | None, stage: str, log: str) -> str:
             name = f"signal {-code}"
         if name == "SIGXFSZ":
             return f"worker killed by {name} during {stage}: output file size limit exceeded"
+        if name == "SIGXCPU":
+            return f"worker killed by {name} during {stage}: CPU time limit exceeded"
         return f"worker killed by {name} during {stage}"
     last = log.strip().splitlines()[-1] if log.strip() else ""
     return f"worker exited with code {code} during {stage}" + (f": {last[:200]}" if last else "")
@@ -453,6 +596,8 @@ def _describe_exit(code: int | None, stage: str, log: str) -> str:
 def _startup_failure(outcome: _WorkerOutcome) -> str:
     if outcome.returncode == 97:
         return "the worker could not enter its own network namespace; use --sandbox none to run without one"
+    if outcome.returncode == 96:
+        return "the worker could not confine its writes (Landlock); use --sandbox none to run without"
     last = outcome.log_tail.strip().splitlines()[-1] if outcome.log_tail.strip() else "no output"
     what = "timed out" if outcome.killed == "timeout" else f"exited with code {outcome.returncode}"
     return f"evaluation worker {what} during {outcome.stage or 'startup'}: {last[:300]}"

@@ -120,6 +120,8 @@ class _Worker:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
         torch.set_float32_matmul_precision("highest")
+        if self.job.get("precompile"):
+            return self._precompile()
         self.emit({"kind": "env", "env": envinfo.collect(self.device)})
 
         self.stage("load")
@@ -142,6 +144,8 @@ class _Worker:
 
         self.patch_state = guards.patch_snapshot()
         self.flag_state = guards.flags_snapshot()
+        if self.cfg["sandbox"] != "none":
+            guards.install_audit_guard()  # sandbox: frames, gc, ctypes refused to candidate code from here on
         models: dict[int, Any] = {}
         for index, entry in enumerate(self.job["entries"]):
             self.stage(f"check {index}")
@@ -154,6 +158,56 @@ class _Worker:
                 models[index] = model
 
         self._time(models)
+        self.stage("done")
+        self.emit({"kind": "profile", "seconds": self.stage_seconds})
+        return 0
+
+    # ---------------------------------------------------------------- precompile (no GPU work)
+    def _precompile(self) -> int:
+        """Compile each entry's Triton kernels without launching them: inputs on the CPU, every Triton
+        launch turned into a warm-up (compile for this GPU, don't run). The kernels land in Triton's
+        on-disk cache for the worker that will check and time these entries."""
+        from evoforge.task import TaskError, TaskSpec, import_source, init_inputs, load_task, make_inputs
+
+        torch = self.torch
+        self.stage("load")
+        try:
+            task = load_task(TaskSpec.from_dict(self.job["task"]), module_name="evoforge_task", directory=self.dir)
+            init, inputs = init_inputs(task), make_inputs(task, 0)
+        except TaskError as exc:
+            self.emit({"kind": "job_error", "message": str(exc)})
+            return 0
+        launches = _launches_compile_only()
+        if self.device.type == "cuda":
+            # Triton needs this GPU's context to know its target, but nothing here may run on the GPU
+            # (a timing worker may be using it): with no GPU memory to allocate, a candidate that puts
+            # its own tensors on the GPU fails here (and is judged by its timing worker) instead.
+            try:
+                torch.cuda.set_per_process_memory_fraction(0.0, self.device)
+            except Exception as exc:
+                self.emit({"kind": "job_error", "message": f"cannot fence the GPU off: {_one_line(exc)}"})
+                return 0
+        for index, entry in enumerate(self.job["entries"]):
+            self.stage(f"check {index}")
+            started, before = time.perf_counter(), launches["n"]
+            status = "compiled"
+            try:
+                if entry["role"] == "candidate" and self.cfg["sandbox"] != "none":
+                    from evoforge.evaluator.precheck import precheck
+
+                    if precheck(entry["source"]):
+                        status = "rejected"
+                if status == "compiled":
+                    module = import_source(entry["source"], f"evoforge_candidate_{entry['hash']}",
+                                           f"<{entry['name']}>", self.dir)
+                    model = module.ModelNew(*init).eval()
+                    with torch.no_grad():
+                        model(*[x.clone() if isinstance(x, torch.Tensor) else x for x in inputs])
+            except BaseException as exc:  # the timing worker will judge it; here it only did not compile
+                status = f"failed: {_one_line(exc)}"
+            self.logs()
+            self.emit({"kind": "precompiled", "index": index, "status": status,
+                       "kernels": launches["n"] - before, "seconds": time.perf_counter() - started})
         self.stage("done")
         self.emit({"kind": "profile", "seconds": self.stage_seconds})
         return 0
@@ -224,6 +278,8 @@ class _Worker:
         record: dict[str, Any] = {"checks": []}
 
         def done(status: str, detail: str, **extra: Any) -> tuple[dict[str, Any], Any]:
+            if status != "crashed" and (refused := guards.audit_violation()):  # sandbox: whatever it caused
+                status, detail = "rejected", refused
             record.update(status=status, detail=detail, seconds=time.perf_counter() - started, **extra)
             # After a crash (out of memory, CUDA error, exit) this process is suspect: the parent
             # starts a fresh worker for the entries that remain.
@@ -250,7 +306,7 @@ class _Worker:
             model = cls(*self.init_inputs).to(self.device).eval()
         except BaseException as exc:
             return self._failure(done, exc, "compile_error", "constructing ModelNew raised")
-        if reason := guards.patched(self.patch_state):
+        if reason := guards.patched(self.patch_state) or guards.audit_violation():
             return done("rejected", reason)
 
         history: list[tuple[list[Any], list[Any]]] = []
@@ -278,7 +334,7 @@ class _Worker:
         except BaseException as exc:
             failure = self._classify(exc, "runtime_error")
             return failure[0], f"{case['name']}: {failure[1]}"
-        if reason := guards.flags_changed(self.flag_state):
+        if reason := guards.flags_changed(self.flag_state) or guards.audit_violation(self._files()):
             return "rejected", reason
         if reason := guards.patched(self.patch_state):
             return "rejected", reason
@@ -298,6 +354,12 @@ class _Worker:
                 return "rejected", "a later call overwrote the output returned by an earlier call"
         history.append((outs, [t.clone() for t in outs]))
         return None
+
+    def _files(self) -> set[str] | None:
+        """sandbox: during a check, every refused reach is the entry's; at recheck, only its file's."""
+        if getattr(self, "_recheck_file", None) is None:
+            return None
+        return {self._recheck_file}
 
     def _classify(self, exc: BaseException, default: str) -> tuple[str, str]:
         """Status and one-line detail for an exception raised by candidate code."""
@@ -349,9 +411,13 @@ class _Worker:
         for index, model in models.items():
             self.stage(f"recheck {index}")
             record = {"checks": []}
+            entry = self.job["entries"][index]
+            self._recheck_file = str(self.dir / f"evoforge_candidate_{entry['hash']}.py")  # sandbox
             verdict = self._call_and_compare(model, self.final_case, [], record)
             if verdict is not None and verdict[0] in ("incorrect", "rejected"):
                 verdict = ("rejected", f"wrong after being timed ({verdict[1]})")
+            if refused := self.guards.audit_violation(self._files()):  # sandbox: also what it did while timed
+                verdict = ("rejected", refused)
             if verdict is None and self.job["entries"][index]["role"] != "baseline":
                 # Baselines are PyTorch's own paths: trusted, and the profiler is not cheap.
                 verdict = self._side_stream_verdict(model, record)
@@ -382,6 +448,35 @@ class _Worker:
 
 
 # -------------------------------------------------------------------- helpers
+def _launches_compile_only() -> dict[str, int]:
+    """Make every Triton launch in this process a warm-up: compile (into the on-disk cache), never run.
+    Counts the launches it turned into compiles. Under TRITON_INTERPRET nothing compiles; launches are
+    skipped all the same."""
+    counter = {"n": 0}
+    try:
+        from triton.runtime import autotuner, jit
+    except Exception:
+        return counter
+    original = jit.JITFunction.run
+
+    def compile_only(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> Any:
+        counter["n"] += 1
+        return original(self, *args, grid=grid, warmup=True, **kwargs)
+
+    jit.JITFunction.run = compile_only  # type: ignore[method-assign]
+    autotuner.Autotuner.run = lambda self, *args, **kwargs: self.warmup(*args, **kwargs)  # type: ignore[method-assign]
+    try:
+        from triton.runtime import interpreter
+
+        def skip(self: Any, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> None:
+            counter["n"] += 1
+
+        interpreter.InterpretedFunction.run = skip  # type: ignore[method-assign]
+    except Exception:
+        pass
+    return counter
+
+
 def _pick_device(name: str) -> Any:
     import torch
 
