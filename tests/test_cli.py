@@ -90,7 +90,7 @@ def test_eval_prints_json_for_a_correct_candidate() -> None:
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     names = [r["name"] for r in data["results"]]
-    assert names == ["good", "task_model"]
+    assert names == ["good", "task_model", "task_model_compiled"]  # a generic task: its Model, eager and compiled
     good = data["results"][0]
     assert good["status"] == "ok" and good["fitness"] > 0 and good["best_baseline"] == "task_model"
 
@@ -120,6 +120,11 @@ def test_eval_when_the_tasks_model_fails_on_its_inputs() -> None:
     proc = evoforge("eval", str(CANDIDATES / "good.py"), "--task", str(TASKS / "model_raises.py"), *FAST)
     assert proc.returncode == 2
     assert "Model raised on its own inputs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_eval_refuses_a_nondeterministic_model_with_exit_2() -> None:
+    proc = evoforge("eval", str(CANDIDATES / "good.py"), "--task", str(TASKS / "nondeterministic.py"), *FAST)
+    assert proc.returncode == 2 and "Model is nondeterministic" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_eval_missing_candidate_file() -> None:

@@ -120,10 +120,49 @@ def test_resume_after_kill_9_loses_nothing_and_evaluates_nothing_twice(tmp_path:
     assert status == "finished" and generation == 3
 
 
-def test_run_refuses_a_non_attention_task(tmp_path: Path) -> None:
-    task = Path(__file__).parent / "fixtures" / "tasks" / "tanh_matmul.py"
-    proc = evoforge("run", "--task", str(task), *FAST, cwd=tmp_path)
-    assert proc.returncode == 2 and "attention" in proc.stderr and "Traceback" not in proc.stderr
+EXAMPLES = Path(__file__).parents[1] / "examples" / "problems"
+TASKS = Path(__file__).parent / "fixtures" / "tasks"
+
+
+def test_run_evolves_a_kernelbench_problem_with_the_generic_mutator(tmp_path: Path) -> None:
+    proc = evoforge("run", "--task", str(EXAMPLES / "level1" / "softmax.py"), "--generations", "2", "--json",
+                    "--budget-ms", "5", "--device", "cpu", "--population", "2", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["generations"] == 2 and summary["valid"] >= 3 and summary["best_fitness"] > 0
+    assert "mutator generic" in proc.stderr
+    db = sqlite3.connect(tmp_path / ".evoforge" / "runs.db")
+    rows = [(json.loads(g), json.loads(lin)) for g, lin in
+            db.execute("SELECT genome_json, lineage_json FROM candidates WHERE role='candidate'")]
+    assert rows and all(g["kind"] == "generic" and lin["mutator"] == "generic" for g, lin in rows)
+    baselines = {json.loads(r[0])["name"]
+                 for r in db.execute("SELECT result_json FROM evaluations WHERE role='baseline'")}
+    assert baselines == {"task_model", "task_model_compiled"}  # eager and torch.compile, timed live
+    export = evoforge("best", summary["run"], "--export", "kernel.py", cwd=tmp_path)
+    assert export.returncode == 0, export.stderr
+    assert "class ModelNew" in (tmp_path / "kernel.py").read_text()
+
+
+def test_batch_runs_every_problem_of_a_level_and_summarises(tmp_path: Path) -> None:
+    for level, name in ((1, "tanh_matmul.py"), (1, "no_model.py"), (2, "model_raises.py")):
+        folder = tmp_path / "problems" / f"level{level}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text((TASKS / name).read_text())
+    proc = evoforge("run", "--task-dir", "problems", "--level", "1", "--generations", "1", "--population", "1",
+                    "--json", "--budget-ms", "5", "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    rows = {p["path"].rsplit("/", 1)[-1]: p for p in data["problems"]}
+    assert set(rows) == {"tanh_matmul.py", "no_model.py"}  # level 2 left out
+    assert rows["no_model.py"]["status"] == "error" and "no `Model` class" in rows["no_model.py"]["detail"]
+    ok = rows["tanh_matmul.py"]
+    assert ok["status"] == "ok" and ok["level"] == 1 and ok["vs_eager"] > 0 and ok["fitness"] > 0
+    m = data["summary"]
+    assert m["problems"] == 2 and m["correct"] == 1
+    assert m["fast_1_vs_eager"] == (0.5 if ok["vs_eager"] > 1.0 else 0.0)
+    assert m["geomean_vs_eager"] == pytest.approx(ok["vs_eager"])
+    table = evoforge("run", "--task-dir", "problems", "--level", "9", cwd=tmp_path)
+    assert table.returncode == 2 and "no problem files (*.py) at level 9" in table.stderr
 
 
 def test_old_schema_store_gets_a_clear_message(tmp_path: Path) -> None:
@@ -147,8 +186,9 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
 
 
 def test_a_refused_run_leaves_no_run_record(tmp_path: Path) -> None:
-    task = Path(__file__).parent / "fixtures" / "tasks" / "tanh_matmul.py"
-    evoforge("run", "--task", str(task), *FAST, cwd=tmp_path)
+    task = Path(__file__).parent / "fixtures" / "tasks" / "no_model.py"
+    refused = evoforge("run", "--task", str(task), *FAST, cwd=tmp_path)
+    assert refused.returncode == 2 and "no `Model` class" in refused.stderr
     proc = evoforge("run", "--mutator", "bogus", *FAST, cwd=tmp_path)
     assert proc.returncode == 2 and "unknown mutator 'bogus'" in proc.stderr
     proc = evoforge("run", "--mutator", "llm", *FAST, cwd=tmp_path)

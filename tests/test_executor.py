@@ -107,12 +107,18 @@ def test_close_cancels_a_running_batch() -> None:
     executor.submit(0, [cand("hangs")])
     deadline = time.monotonic() + 60
     workers: list[int] = []
+    scratch = Path()
     while not workers and time.monotonic() < deadline:
         time.sleep(0.2)
-        workers = _children(os.getpid())
+        # Other short-lived children (the sandbox's probes) may come and go: find the worker by its cwd.
+        for pid in _children(os.getpid()):
+            try:
+                cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+            except OSError:
+                continue
+            if cwd.name.startswith("evoforge-worker-"):
+                workers, scratch = [pid], cwd
     assert workers, "no worker started"
-    scratch = Path(os.readlink(f"/proc/{workers[0]}/cwd"))
-    assert scratch.name.startswith("evoforge-worker-")
     t0 = time.monotonic()
     executor.close()
     assert time.monotonic() - t0 < 20

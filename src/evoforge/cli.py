@@ -8,6 +8,7 @@ evaluator itself failed. Errors are one line; ``--verbose`` adds the traceback.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 import traceback
@@ -290,7 +291,7 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
     if prepared.device == "cpu":
         err.print("no CUDA device: timings are CPU timings, Triton kernels run in Triton's interpreter",
                   highlight=False)
-    err.print(f"run {run_id}: {prepared.spec.name}, mutator {config.mutator}, up to {config.generations} "
+    err.print(f"run {run_id}: {prepared.spec.name}, mutator {prepared.mutator.name}, up to {config.generations} "
               f"generations of {config.population}; store {store.path}", highlight=False)
     state = {"line": "starting"}
     with _progress(True) as say:
@@ -345,8 +346,11 @@ PrecompileOpt = typer.Option(None, "--precompile/--no-precompile", help="Compile
 
 @app.command()
 def run(
-    task: str | None = typer.Option(None, "--task", "-t", help="Built-in attention task (default: attention "
-                                    "with a GPU, attention-tiny without)."),
+    task: str | None = typer.Option(None, "--task", "-t", help="Built-in task or a KernelBench-format file "
+                                    "(default: attention with a GPU, attention-tiny without)."),
+    task_dir: Path | None = typer.Option(None, "--task-dir", help="Batch: one run per problem file in this folder."),
+    level: int | None = typer.Option(None, "--level", help="Batch: only problems of this level (LEVEL = N in the "
+                                     "file, else its levelN/ folder)."),
     generations: int | None = typer.Option(None, "--generations", "-g", min=1, help="Generations, counting 0."),
     population: int | None = typer.Option(None, "--population", "-p", min=1, help="New candidates per generation."),
     elites: int | None = typer.Option(None, "--elites", min=1, help="Elites kept (top-K)."),
@@ -354,7 +358,8 @@ def run(
     max_evals: int | None = typer.Option(None, "--max-evals", min=1, help="Stop after this many evaluations."),
     target: float | None = typer.Option(None, "--target", help="Stop once the best fitness reaches this."),
     plateau: int | None = typer.Option(None, "--plateau", min=1, help="Stop after N generations without 1% gain."),
-    mutator: str | None = typer.Option(None, "--mutator", help="template (built in, no network), llm, or mixed."),
+    mutator: str | None = typer.Option(None, "--mutator", help="template (built in, no network: the attention "
+                                       "template for attention tasks, generic otherwise), generic, llm, or mixed."),
     model: str | None = typer.Option(None, "--model", help="LLM model(s): name[:weight][@in/out price], a,b."),
     base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint (vLLM, a gateway)."),
     guide: str | None = typer.Option(None, "--guide", help="LLM guidance: free | insight | full (default)."),
@@ -392,11 +397,95 @@ def run(
         if config.budget:
             evolve.parse_duration(config.budget)
         store = _open_store(db)
+        if task_dir is not None or level is not None:  # batch mode (issue 6)
+            if task_dir is None or task is not None:
+                raise _Fail("--level goes with --task-dir, and --task-dir replaces --task", 2)
+            return _batch(store, config, task_dir, level, as_json, verbose)
         run_id, prepared = evolve.start(config, store)
         config = evolve.RunConfig.from_dict(store.run(run_id).config)
         return _search(store, run_id, prepared, config, as_json)
 
     raise typer.Exit(_guarded(body, verbose))
+
+
+def _batch(store: Any, config: Any, folder: Path, level: int | None, as_json: bool, verbose: bool) -> int:
+    """One run per problem, then the summary: per problem the best candidate's speedups, and fast_p and the
+    geometric mean over all. A problem that can't be used is a line in the table, not the end of the batch."""
+    from evoforge import evolve
+    from evoforge.batch import BatchSummary, ProblemOutcome, discover, outcome_from_result
+    from evoforge.evaluator import EvaluatorError
+    from evoforge.store import StoreError
+    from evoforge.task import TaskError
+
+    problems = discover(folder, level)
+    err.print(f"batch: {len(problems)} problem(s) from {folder}" + (f" at level {level}" if level is not None else ""),
+              highlight=False)
+    summary = BatchSummary()
+    for path, lvl in problems:
+        row = ProblemOutcome(problem=path.stem, path=str(path), level=lvl, status="error")
+        try:
+            run_config = evolve.RunConfig.from_dict({**config.to_dict(), "task": str(path)})
+            run_id, prepared = evolve.start(run_config, store)
+            row.run, row.problem = run_id, prepared.spec.name
+            with _quiet_stdout():
+                _search(store, run_id, prepared, evolve.RunConfig.from_dict(store.run(run_id).config), True)
+            evaluated = store.evaluations(run_id)
+            row.evaluated = len(evaluated)
+            valid = [r for r, _ in evaluated if r.ok]
+            row.valid = len(valid)
+            if valid:
+                row.status = "ok"
+                for key, value in outcome_from_result(max(valid, key=lambda r: r.fitness)).items():
+                    setattr(row, key, value)
+            else:
+                row.status = "no valid candidate"
+        except (TaskError, EvaluatorError, StoreError) as exc:
+            if verbose:
+                traceback.print_exc()
+            row.detail = str(exc)
+            if row.run:  # the run record says why it ended, as a finished run's does
+                store.update_run(row.run, status="failed", note=str(exc)[:500])
+            err.print(f"[red]{path}:[/red] {escape(str(exc))}", highlight=False)
+        summary.problems.append(row)
+    data = summary.to_dict()
+    if as_json:
+        out.print_json(json.dumps(data))
+    else:
+        _print_batch(data, folder)
+    return 0 if any(p.status == "ok" for p in summary.problems) else 1
+
+
+@contextmanager
+def _quiet_stdout() -> Iterator[None]:
+    """Each problem's own summary stays off stdout: the batch prints one table (or one JSON) at the end."""
+    global out
+    saved, out = out, Console(file=open(os.devnull, "w"))  # noqa: SIM115
+    try:
+        yield
+    finally:
+        out.file.close()
+        out = saved
+
+
+def _print_batch(data: dict[str, Any], folder: Path) -> None:
+    def x(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}×"
+
+    table = Table(title=f"batch over {folder}")
+    for col in ("problem", "level", "status", "best", "vs eager", "vs compile", "fitness", "valid", "run"):
+        table.add_column(col)
+    for p in data["problems"]:
+        status = p["status"] if p["status"] != "error" else f"error: {p['detail'][:60]}"
+        table.add_row(p["problem"], str(p["level"] if p["level"] is not None else "-"), escape(status),
+                      p["best"] or "-", x(p["vs_eager"]), x(p["vs_compile"]), x(p["fitness"]),
+                      f"{p['valid']}/{p['evaluated']}", (p["run"] or "-")[:12])
+    out.print(table)
+    m = data["summary"]
+    out.print(f"{m['correct']}/{m['problems']} problems with a correct candidate; "
+              f"fast_1 {m['fast_1_vs_eager']:.2f} / fast_1.5 {m['fast_1.5_vs_eager']:.2f} vs eager, "
+              f"{m['fast_1_vs_best']:.2f} / {m['fast_1.5_vs_best']:.2f} vs the faster of eager and compile; "
+              f"geomean {x(m['geomean_vs_eager'])} vs eager, {x(m['geomean_vs_best'])} vs the faster",
+              highlight=False)
 
 
 @app.command()

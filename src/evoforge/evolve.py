@@ -20,7 +20,7 @@ from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, EvalReport, EvalResult, Evaluator
 from evoforge.executor import EXECUTORS, Executor, LocalExecutor, RayExecutor, local_slots
 from evoforge.kernels.flash_attention import HardwareLimits
-from evoforge.mutators import MixedMutator, Mutator, TemplateMutator
+from evoforge.mutators import GenericMutator, MixedMutator, Mutator, TemplateMutator
 from evoforge.search import Progress, Search, SearchConfig, restore_rng
 from evoforge.store import RunStore
 from evoforge.task import TaskError, TaskSpec, load_task, resolve_task
@@ -28,7 +28,8 @@ from evoforge.tasks import attention_params, baselines_for
 from evoforge.tasks.attention import AttentionParams
 from evoforge.timing import TimingConfig
 
-MUTATORS = ("template", "llm", "mixed")
+# template: the built-in mutator (the attention template for attention tasks, generic for any other)
+MUTATORS = ("template", "generic", "llm", "mixed")
 
 
 @dataclass
@@ -211,15 +212,20 @@ def default_task(device: str) -> str:
     return "attention" if device.startswith("cuda") else "attention-tiny"
 
 
-def _attention_task(task: str) -> tuple[TaskSpec, AttentionParams]:
-    """The task, loaded and checked, and its attention parameters (the template's search space)."""
+def _load(task: str) -> tuple[TaskSpec, AttentionParams | None]:
+    """The task, loaded and checked, and its attention parameters (None for any other task)."""
     spec = resolve_task(task)
     load_task(spec)
-    params = attention_params(spec)
-    if params is None:
-        raise TaskError(f"{spec.origin}: the template mutator evolves attention kernels; give a built-in "
-                        "attention task (see `evoforge tasks`)")
-    return spec, params
+    return spec, attention_params(spec)
+
+
+# --- built-in mutator choice (issue 6): the attention template for attention tasks, generic otherwise ---
+def builtin_mutator(name: str, spec: TaskSpec, params: AttentionParams | None, rng: random.Random,
+                    device: str, limits: HardwareLimits | None) -> Mutator:
+    if name == "template" and params is not None and limits is not None:
+        return TemplateMutator(rng, params, limits)
+    return GenericMutator.for_task(rng, spec, device)
+# --- end built-in mutator choice ---
 
 
 def _check_mutator(config: RunConfig) -> None:
@@ -240,12 +246,9 @@ def _check_mutator(config: RunConfig) -> None:
 
 
 def _task_for(config: RunConfig, task: str) -> tuple[TaskSpec, AttentionParams | None]:
-    """The task, loaded and checked; the template mutator needs an attention task, the LLM any."""
-    if config.mutator == "llm":
-        spec = resolve_task(task)
-        load_task(spec)
-        return spec, attention_params(spec)
-    return _attention_task(task)
+    """The task, loaded and checked: every mutator takes any task (the built-in one is the attention
+    template for attention tasks and the generic mutator for the others)."""
+    return _load(task)
 
 
 def _llm_mutator(config: RunConfig, spec: TaskSpec, device: str, store: RunStore, run_id: str,
@@ -306,12 +309,11 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
     if config.mutator == "llm":
         mutator = _llm_mutator(config, spec, device, store, run_id, rng)
     elif config.mutator == "mixed":
-        assert params is not None  # _task_for: only an attention task gets here
-        mutator = MixedMutator(rng, [(TemplateMutator(rng, params, limits), 1.0 - config.llm_share),
+        builtin = builtin_mutator("template", spec, params, rng, device, limits)
+        mutator = MixedMutator(rng, [(builtin, 1.0 - config.llm_share),
                                      (_llm_mutator(config, spec, device, store, run_id, rng), config.llm_share)])
     else:
-        assert params is not None
-        mutator = TemplateMutator(rng, params, limits)
+        mutator = builtin_mutator(config.mutator, spec, params, rng, device, limits)
     return Prepared(spec, mutator, evaluate, rng, device)
 
 

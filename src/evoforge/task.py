@@ -11,6 +11,7 @@ evaluates exactly what the driver validated. Optional module-level metadata a ta
 
 from __future__ import annotations
 
+import re
 import sys
 import types
 from dataclasses import asdict, dataclass, field
@@ -113,6 +114,8 @@ def load_task(spec: TaskSpec, *, check_inputs: bool = True, module_name: str = "
     except SyntaxError as exc:
         raise TaskError(f"{where}: syntax error at line {exc.lineno}: {exc.msg}") from None
     except Exception as exc:
+        if message := needs_cuda(where, "importing it", exc):
+            raise TaskError(message) from None
         raise TaskError(f"{where}: importing the task raised {_one_line(exc)}") from None
 
     model_cls = getattr(module, "Model", None)
@@ -163,6 +166,20 @@ def _as_list(value: Any, what: str, where: str) -> list[Any]:
     return list(value)
 
 
+_CUDA_WORDS = re.compile(r"cuda|nvidia driver|nvcc", re.IGNORECASE)
+
+
+def needs_cuda(where: str, what: str, exc: BaseException, device_type: str | None = None) -> str | None:
+    """A clear message when ``exc`` says the task needs CUDA and the evaluation has none (a CPU-only
+    machine, or ``--device cpu``), else None."""
+    if not _CUDA_WORDS.search(str(exc)):
+        return None
+    if device_type == "cuda" or (device_type is None and torch.cuda.is_available()):
+        return None
+    here = "there is no CUDA device here" if not torch.cuda.is_available() else "this evaluation runs on the CPU"
+    return f"{where}: this task needs CUDA ({what} raised {_one_line(exc)}), and {here}; run it on a GPU machine"
+
+
 def _call_list(task: LoadedTask, fn: Any, what: str, seed: int | None = None) -> list[Any]:
     """Call one of the task's functions (seeded first if ``seed`` is given) and check it returns a list."""
     if seed is not None:
@@ -170,6 +187,8 @@ def _call_list(task: LoadedTask, fn: Any, what: str, seed: int | None = None) ->
     try:
         value = fn()
     except Exception as exc:
+        if message := needs_cuda(task.spec.origin, f"`{what}`", exc):
+            raise TaskError(message) from None
         raise TaskError(f"{task.spec.origin}: `{what}` raised {_one_line(exc)}") from None
     return _as_list(value, what, task.spec.origin)
 
@@ -233,3 +252,25 @@ def resolve_task(arg: str) -> TaskSpec:
 def task_display_name(task: LoadedTask) -> str:
     name = getattr(task.module, "NAME", None)
     return str(name) if name else task.spec.name
+
+
+def tensor_bytes(values: Any) -> int:
+    """Bytes held by the tensors in a list (or nested lists/tuples) of values."""
+    if isinstance(values, torch.Tensor):
+        return values.numel() * values.element_size()
+    if isinstance(values, (list, tuple)):
+        return sum(tensor_bytes(v) for v in values)
+    return 0
+
+
+def reference_bytes(inputs: list[Any], ref_elem_size: int) -> int:
+    """Bytes of the high-precision copies of an input set's floating tensors (the reference's inputs)."""
+    return sum(x.numel() * ref_elem_size for x in inputs if isinstance(x, torch.Tensor) and x.is_floating_point())
+
+
+def check_fits(where: str, needed: int, free: int, device_name: str, what: str) -> None:
+    """Raise a TaskError saying how much was needed when ``needed`` bytes don't fit in ``free``."""
+    if needed > free:
+        gib = 2**30
+        raise TaskError(f"{where}: the task does not fit in GPU memory: {what} need {needed / gib:.2f} GiB, "
+                        f"{free / gib:.2f} GiB free on {device_name}; make get_inputs() smaller")

@@ -61,6 +61,7 @@ class EvalConfig:
     timing: TimingConfig = field(default_factory=TimingConfig)
     fitness_mode: str | None = None  # None: graph on CUDA, eager on a CPU
     timeout_s: float = 300.0  # per stage of one entry (import+checks, or one block of timing reps)
+    compile_timeout_s: float = 600.0  # building one C++/CUDA candidate's extension (load_inline)
     startup_timeout_s: float = 600.0  # worker start, task load, reference outputs
     memory_limit_mb: int = field(default_factory=_default_memory_limit_mb)
     file_size_limit_mb: int = 512
@@ -276,8 +277,7 @@ class Evaluator:
                     if now_stage != stage:
                         stage, stage_since = now_stage, time.monotonic()
                         self._report_stage(stage, entries)
-                    limit = cfg.timeout_s if stage.split(" ")[0] in ("check", "time", "recheck") \
-                        else cfg.startup_timeout_s
+                    limit = _stage_limit(cfg, stage.split(" ")[0])
                     if self.cancel is not None and self.cancel.is_set():
                         killed = "cancelled"
                     elif time.monotonic() - stage_since > limit:
@@ -315,6 +315,8 @@ class Evaluator:
         parts = stage.split(" ")
         if parts[0] in ("check", "recheck") and len(parts) > 1:
             self.progress(f"{parts[0]}ing {entries[int(parts[1])].candidate.name}")
+        elif parts[0] == "compile" and len(parts) > 1:
+            self.progress(f"compiling {entries[int(parts[1])].candidate.name} (C++/CUDA)")
         elif parts[0] in ("startup", "load"):
             self.progress({"startup": "starting a worker", "load": "computing reference outputs"}[parts[0]])
         elif parts[0] == "time" and len(parts) > 2:
@@ -436,7 +438,7 @@ class Evaluator:
         if check is not None and check.get("fatal"):
             status, detail = check["status"], check["detail"]
         elif outcome.killed == "timeout":
-            limit = self.config.timeout_s
+            limit = _stage_limit(self.config, stage)
             status, detail = "timeout", f"{stage} stage ran past its {limit:g} s limit"
         elif outcome.killed == "memory":
             status, detail = "crashed", f"out of memory: worker passed the {self.config.memory_limit_mb} MiB limit"
@@ -487,6 +489,16 @@ def _score(results: list[EvalResult], preferred_mode: str) -> None:
 
 
 # -------------------------------------------------------------------- helpers
+ENTRY_STAGES = ("compile", "check", "time", "recheck")  # stages that work on one entry (and can blame it)
+
+
+def _stage_limit(cfg: EvalConfig, kind: str) -> float:
+    """Seconds a worker may spend in one stage of this kind before it is killed."""
+    if kind == "compile":
+        return cfg.compile_timeout_s
+    return cfg.timeout_s if kind in ENTRY_STAGES else cfg.startup_timeout_s
+
+
 def _redact(results: list[EvalResult], redact: Callable[[str], str]) -> None:
     """Blank the driver's secrets out of everything a worker wrote into results (see sandbox.redactor)."""
     for r in results:
@@ -501,7 +513,7 @@ def _redact(results: list[EvalResult], redact: Callable[[str], str]) -> None:
 
 def _culprit(stage: str, checks: dict[int, dict[str, Any]]) -> int | None:
     parts = stage.split(" ")
-    if parts[0] in ("check", "time", "recheck") and len(parts) > 1:
+    if parts[0] in ENTRY_STAGES and len(parts) > 1:
         return int(parts[1])
     fatal = [i for i, rec in checks.items() if rec.get("fatal")]
     return fatal[0] if fatal else None

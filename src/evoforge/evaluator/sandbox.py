@@ -33,6 +33,8 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from evoforge.cache import extensions_root
+
 SANDBOXES = ("none", "basic", "strict")
 CLONE_NEWNET = 0x40000000
 PR_SET_PDEATHSIG = 1
@@ -241,6 +243,11 @@ def worker_writable(workdir: Path, env: dict[str, str]) -> list[Path]:
             path.mkdir(parents=True, exist_ok=True)
         paths.append(path)
     paths.append(Path(env.get("TORCH_HOME") or Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "torch"))
+    # C++/CUDA candidates build in evoforge's own cache, one directory per content hash (evoforge.cache)
+    build_root = extensions_root(env)
+    with contextlib.suppress(OSError):
+        build_root.mkdir(parents=True, exist_ok=True)
+    paths.append(build_root)
     paths += [Path(p) for p in os.environ.get(WRITABLE_ENV, "").split(os.pathsep) if p.strip()]
     return paths
 

@@ -23,6 +23,7 @@ import io
 import json
 import os
 import random
+import re
 import sys
 import time
 import traceback
@@ -149,8 +150,10 @@ class _Worker:
         models: dict[int, Any] = {}
         for index, entry in enumerate(self.job["entries"]):
             self.stage(f"check {index}")
-            record, model = self._check(entry)
-            record["logs"] = self.logs()
+            record, model = self._check(entry, index)
+            # A C++/CUDA build's compiler output goes last, its error lines at the very end: a repair prompt
+            # reads the tail of the logs.
+            record["logs"] = "\n".join(x for x in (self.logs(), record.pop("build_log", "")) if x)
             self.emit({"kind": "check", "index": index, **record})
             if record.get("fatal"):
                 return FATAL_EXIT
@@ -198,6 +201,8 @@ class _Worker:
                     if precheck(entry["source"]):
                         status = "rejected"
                 if status == "compiled":
+                    if entry.get("language") == "cuda":  # build where the timing worker will look for it
+                        self._prepare_extension_build(entry["hash"])
                     module = import_source(entry["source"], f"evoforge_candidate_{entry['hash']}",
                                            f"<{entry['name']}>", self.dir)
                     model = module.ModelNew(*init).eval()
@@ -214,7 +219,7 @@ class _Worker:
 
     # ---------------------------------------------------------------- inputs and references
     def _cases(self) -> list[dict[str, Any]]:
-        from evoforge.task import TaskError, edge_inputs, make_inputs
+        from evoforge.task import TaskError, edge_inputs, make_inputs, needs_cuda
 
         torch = self.torch
         n_random = int(self.cfg.get("n_random", 3))
@@ -223,13 +228,19 @@ class _Worker:
             draws += edge_inputs(self.task, self.seed + n_random)
         ref_dtype = torch.float64 if self.device.type == "cpu" else torch.float32
         torch.manual_seed(self.seed)
+        where = self.task.spec.origin
         try:
             base = self.task.model_cls(*self.init_inputs)
         except Exception as exc:
-            raise TaskError(f"{self.task.spec.origin}: constructing Model raised {_one_line(exc)}") from None
+            if message := needs_cuda(where, "constructing Model", exc, self.device.type):
+                raise TaskError(message) from None
+            raise TaskError(f"{where}: constructing Model raised {_one_line(exc)}") from None
+        if self.device.type == "cuda":
+            self._check_memory(draws, base, ref_dtype)
         reference = copy.deepcopy(base).to(device=self.device, dtype=ref_dtype).eval()
         native = base.to(self.device).eval()
-        cases = [c for name, inputs in draws if (c := self._case(name, inputs, reference, native, ref_dtype))]
+        cases = [c for i, (name, inputs) in enumerate(draws)
+                 if (c := self._case(name, inputs, reference, native, ref_dtype, repeat=i == 0))]
         self.timing_inputs = [_to(x, self.device) for x in make_inputs(self.task, self.seed + 1000)]
         final = self._case("after timing", make_inputs(self.task, self.seed + 2000), reference, native, ref_dtype)
         if final is None:
@@ -237,21 +248,50 @@ class _Worker:
         self.final_case = final
         return cases
 
-    def _case(self, name: str, inputs: list[Any], reference: Any, native: Any, ref_dtype: Any) -> dict | None:
-        """One input set with its high-precision reference output and the native output dtypes."""
-        from evoforge.task import TaskError
+    def _check_memory(self, draws: list[tuple[str, list[Any]]], model: Any, ref_dtype: Any) -> None:
+        """Refuse, with the amount needed, a task whose input sets and weights can't fit on the GPU."""
+        from evoforge.task import check_fits, reference_bytes, tensor_bytes
 
         torch = self.torch
-        dev_inputs = [_to(x, self.device) for x in inputs]
-        hi_inputs = [_to(x, self.device, ref_dtype) for x in inputs]
+        ref_size = torch.empty((), dtype=ref_dtype).element_size()
+        sets = [inputs for _, inputs in draws]
+        n_sets = len(sets) + 2  # plus the timing set and the after-timing set
+        per_set = max(tensor_bytes(s) + reference_bytes(s, ref_size) for s in sets)
+        weights = sum(p.numel() * (p.element_size() + ref_size) for p in model.parameters())
+        free, _ = torch.cuda.mem_get_info(self.device)
+        check_fits(self.task.spec.origin, n_sets * per_set + weights, free, torch.cuda.get_device_name(self.device),
+                   f"{n_sets} input sets of {per_set / 2**30:.2f} GiB (with their {ref_dtype} reference copies) "
+                   f"and the Model's weights in both precisions ({weights / 2**30:.2f} GiB)")
+        self.memory_plan = n_sets * per_set + weights
+
+    def _case(self, name: str, inputs: list[Any], reference: Any, native: Any, ref_dtype: Any,
+              repeat: bool = False) -> dict | None:
+        """One input set with its high-precision reference output and the native output dtypes. With
+        ``repeat`` the reference runs twice on the same inputs: a Model that is itself nondeterministic
+        (random ops in its forward) can't be a reference, and is refused."""
+        from evoforge.task import TaskError, needs_cuda
+
+        torch = self.torch
+        where = self.task.spec.origin
         try:
+            dev_inputs = [_to(x, self.device) for x in inputs]
+            hi_inputs = [_to(x, self.device, ref_dtype) for x in inputs]
             with torch.no_grad():
                 ref = self.guards.tensors_in(reference(*hi_inputs))
+                again = self.guards.tensors_in(reference(*hi_inputs)) if repeat else None
                 like = self.guards.tensors_in(native(*dev_inputs))
         except Exception as exc:
-            raise TaskError(
-                f"{self.task.spec.origin}: Model raised on its own inputs ({name}): {_one_line(exc)}"
-            ) from None
+            if message := needs_cuda(where, "Model", exc, self.device.type):
+                raise TaskError(message) from None
+            if "out of memory" in str(exc).lower() and self.device.type == "cuda":
+                planned = getattr(self, "memory_plan", 0)
+                raise TaskError(f"{where}: the task does not fit in GPU memory: its Model ran out of memory on "
+                                f"{name} ({_one_line(exc)}); inputs and weights alone need {planned / 2**30:.2f} "
+                                "GiB; make get_inputs() smaller") from None
+            raise TaskError(f"{where}: Model raised on its own inputs ({name}): {_one_line(exc)}") from None
+        if again is not None and (diff := _nondeterminism(torch, ref, again, like, self.task.tolerance)):
+            raise TaskError(f"{where}: Model is nondeterministic: two calls on the same inputs differ ({diff}); "
+                            "a reference must give the same output for the same inputs (no random ops in forward)")
         if not ref:
             raise TaskError(f"{self.task.spec.origin}: Model's forward returned no tensor")
         if not all(bool(torch.isfinite(r).all()) for r in ref if r.is_floating_point()):
@@ -270,7 +310,7 @@ class _Worker:
                 "expect": [(tuple(t.shape), t.dtype) for t in like]}
 
     # ---------------------------------------------------------------- checking
-    def _check(self, entry: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    def _check(self, entry: dict[str, Any], index: int = 0) -> tuple[dict[str, Any], Any]:
         from evoforge.task import import_source
 
         torch, guards = self.torch, self.guards
@@ -292,12 +332,21 @@ class _Worker:
 
             if reason := precheck(entry["source"]):
                 return done("rejected", reason)
+        native = entry.get("language") == "cuda"
+        if native:
+            # C++/CUDA sources are built while the module is imported: a stage with its own time limit.
+            self.stage(f"compile {index}")
+            self._prepare_extension_build(entry["hash"])
         try:
             module = import_source(entry["source"], f"evoforge_candidate_{entry['hash']}", f"<{name}>", self.dir)
         except SyntaxError as exc:
             return done("compile_error", f"syntax error at line {exc.lineno}: {exc.msg}")
         except BaseException as exc:
+            if native:
+                record["build_log"] = compiler_log(str(exc))
             return self._failure(done, exc, "compile_error", "importing the candidate raised")
+        if native:
+            self.stage(f"check {index}")
         cls = getattr(module, "ModelNew", None)
         if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
             return done("compile_error", "the source defines no `class ModelNew(nn.Module)`")
@@ -368,7 +417,10 @@ class _Worker:
         lowered = text.lower()
         if isinstance(exc, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered:
             return "crashed", f"out of memory: {text}"
-        if "compilationerror" in kind.lower() or "ptxas" in lowered:
+        if "error building extension" in lowered and self._cuda_compile_only and "cannot find -l" in str(exc):
+            return "runtime_error", ("the CUDA sources compiled, but this CPU-only build of torch cannot link or run "
+                                     f"them; evaluate on a GPU ({text})")
+        if "compilationerror" in kind.lower() or "ptxas" in lowered or "error building extension" in lowered:
             return "compile_error", text
         if self.device.type == "cuda" and (_cuda_broken(self.torch, self.device) or "cuda error" in lowered):
             return "crashed", f"CUDA error: {text}"
@@ -376,8 +428,29 @@ class _Worker:
             return "crashed", f"called exit ({exc.code})"
         return default, text
 
+    _cuda_compile_only = False
+
+    def _prepare_extension_build(self, content_hash: str) -> None:
+        """Point torch's extension builder at this candidate's own build directory (keyed by its content
+        hash, under evoforge's cache: a later worker evaluating the same source reuses the objects). On a
+        CPU-only build of torch with a CUDA toolkit installed, CUDA sources are still compiled, so their
+        compile errors are real ones; such a build can't link or run them."""
+        from evoforge.cache import clear_stale_locks, extension_build_dir
+
+        build = extension_build_dir(content_hash)
+        clear_stale_locks(build, float(self.cfg.get("compile_timeout_s", 600.0)))
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(build)
+        from torch.utils import cpp_extension
+
+        if getattr(cpp_extension, "CUDA_HOME", None) is None and (home := _cuda_toolkit()):
+            cpp_extension.CUDA_HOME = home
+            os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
+            self._cuda_compile_only = True
+
     def _failure(self, done: Any, exc: BaseException, default: str, what: str) -> tuple[dict[str, Any], Any]:
         status, detail = self._classify(exc, default)
+        if "error building extension" in detail.lower() and (errors := compiler_errors(str(exc), 1)):
+            detail = f"building the C++/CUDA extension failed: {errors[0]}"
         return done(status, f"{what}: {detail}", traceback=_tail(traceback.format_exc()))
 
     # ---------------------------------------------------------------- timing
@@ -551,6 +624,28 @@ def _compare(torch: Any, outs: list[Any], case: dict[str, Any], tolerance: Any) 
     return result(True, "", worst_abs, worst_rel)
 
 
+def _nondeterminism(torch: Any, first: list[Any], second: list[Any], like: list[Any], tolerance: Any) -> str | None:
+    """How two reference runs on the same inputs differ beyond the task's tolerance (exactly for non-float
+    outputs), or None when they agree."""
+    if len(first) != len(second):
+        return f"{len(first)} vs {len(second)} output tensors"
+    for i, (a, b) in enumerate(zip(first, second, strict=True)):
+        if a.shape != b.shape:
+            return f"output {i} has shape {tuple(a.shape)} then {tuple(b.shape)}"
+        if not a.is_floating_point():
+            if not bool(torch.equal(a, b)):
+                return f"output {i}: {int((a != b).sum())}/{a.numel()} values differ"
+            continue
+        atol, rtol = tolerance(like[i].dtype if i < len(like) else a.dtype)
+        diff = (a - b).abs()
+        # equal infinities and NaN in both runs agree; NaN in one run only is a difference
+        bad = ~((diff <= atol + rtol * b.abs()) | (a == b) | (a.isnan() & b.isnan()))
+        if bool(bad.any()):
+            worst = float(diff[bad].nan_to_num(float("inf")).max())
+            return f"output {i}: {int(bad.sum())}/{a.numel()} values, max difference {worst:.3g}"
+    return None
+
+
 def _worst(checks: list[dict[str, Any]]) -> dict[str, float | None]:
     """Largest errors over the cases compared so far (None where no case got that far)."""
     out: dict[str, float | None] = {}
@@ -558,6 +653,46 @@ def _worst(checks: list[dict[str, Any]]) -> dict[str, float | None]:
         values = [c[key] for c in checks if c.get(key) is not None and c[key] == c[key]]
         out[key] = max(values) if values else None
     return out
+
+
+def _cuda_toolkit() -> str | None:
+    """A CUDA toolkit's root (the directory with bin/nvcc), or None."""
+    import shutil
+
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"]
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        candidates.append(str(Path(nvcc).resolve().parents[1]))
+    for root in candidates:
+        if root and (Path(root) / "bin" / "nvcc").is_file():
+            return root
+    return None
+
+
+_ERROR_LINE = re.compile(r"\berror\b|undefined reference|cannot find -l", re.IGNORECASE)
+
+
+def compiler_errors(text: str, limit: int = 30) -> list[str]:
+    """The compiler's error lines (ninja's and torch's own wrappers left out), in order."""
+    found = []
+    for line in text.splitlines():
+        line = line.strip()
+        if _ERROR_LINE.search(line) and not line.startswith(("Error building extension", "FAILED:", "ninja:")) \
+                and " -c " not in line:
+            found.append(line[:300])
+    return found[:limit]
+
+
+def compiler_log(text: str, limit: int = 12_000) -> str:
+    """A compiler's output for the result's logs: the whole output when short, else its head and tail with
+    how much was cut in between; then its error lines again, last, where a reader of the tail finds them."""
+    text = text.strip()
+    errors = compiler_errors(text)
+    if len(text) > limit:
+        head, tail = text[: limit * 2 // 3], text[-(limit // 3):]
+        text = f"{head}\n[... {len(text) - len(head) - len(tail)} characters cut ...]\n{tail}"
+    summary = ("\n\ncompiler errors:\n" + "\n".join(errors)) if errors else ""
+    return "compiler output:\n" + text + summary
 
 
 def _one_line(exc: BaseException) -> str:

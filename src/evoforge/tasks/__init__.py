@@ -81,13 +81,39 @@ class ModelNew(Model):
 '''
 
 
+TASK_MODEL_COMPILED_SOURCE = '''import sys
+
+import torch
+import torch.nn as nn
+
+# The task's own Model under torch.compile (default mode), as a user would write it.
+Model = sys.modules["evoforge_task"].Model
+
+
+class ModelNew(nn.Module):
+    def __init__(self, *args):
+        super().__init__()
+        self.model = Model(*args)
+        self.compiled = torch.compile(self.model, dynamic=False)
+
+    def forward(self, *args):
+        return self.compiled(*args)
+'''
+
+EAGER_BASELINE = "task_model"
+COMPILED_BASELINE = "task_model_compiled"
+
+
 def baselines_for(spec: TaskSpec) -> list[Candidate]:
     """PyTorch's own ways to compute the task, timed live beside every candidate: for attention,
     every SDPA backend, FlexAttention, the seed's 3-kernel path and its compiled form; for any
-    task, its own Model."""
-    out = [Candidate(name="task_model", source=TASK_MODEL_SOURCE, language="torch",
+    other task, its own Model in eager mode and under torch.compile."""
+    out = [Candidate(name=EAGER_BASELINE, source=TASK_MODEL_SOURCE, language="torch",
                      lineage={"baseline": True, "description": "the task's own Model"})]
     params = attention_params(spec)
     if params is not None:
         out += [v for v in variants(params) if v.lineage.get("baseline")]
+    else:
+        out.append(Candidate(name=COMPILED_BASELINE, source=TASK_MODEL_COMPILED_SOURCE, language="torch",
+                             lineage={"baseline": True, "description": "the task's own Model under torch.compile"}))
     return out

@@ -1,0 +1,123 @@
+"""Batch runs: one evolution run per KernelBench-format problem in a folder, and their summary.
+
+A problem's level is its ``LEVEL = N`` attribute where the file sets one (read without importing the
+file), else the ``level<N>`` folder it sits in (KernelBench's layout, as in ``examples/problems/``),
+else none (it is then only picked when no ``--level`` is asked for).
+
+The summary uses the field's measures (KernelBench): ``fast_p`` is the fraction of *all* problems whose
+best candidate is correct and more than ``p`` times faster than the reference; the geometric-mean
+speedup is over the problems that have a correct candidate. Each is given against the task's Model in
+eager mode (KernelBench's reference) and against the faster of eager and torch.compile (the fitness).
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evoforge.task import TaskError
+from evoforge.tasks import COMPILED_BASELINE, EAGER_BASELINE
+
+FAST_P = (1.0, 1.5)
+_LEVEL_DIR = re.compile(r"level[_-]?(\d+)$", re.IGNORECASE)
+
+
+def problem_level(path: Path) -> int | None:
+    """``LEVEL = N`` in the file, else the nearest ``level<N>`` folder above it, else None."""
+    try:
+        tree = ast.parse(path.read_text())
+    except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+        tree = None
+    for node in tree.body if tree else []:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "LEVEL" for t in node.targets):
+            value = node.value
+            if isinstance(value, ast.Constant) and isinstance(value.value, int) and not isinstance(value.value, bool):
+                return value.value
+    for parent in path.parents:
+        if match := _LEVEL_DIR.fullmatch(parent.name):
+            return int(match.group(1))
+    return None
+
+
+def discover(folder: Path, level: int | None = None) -> list[tuple[Path, int | None]]:
+    """Problem files under ``folder`` (recursively, sorted), with their levels; only ``level`` if given."""
+    if not folder.is_dir():
+        raise TaskError(f"{folder}: no such folder of problems")
+    found = []
+    for path in sorted(folder.rglob("*.py")):
+        if path.name.startswith("_") or any(part.startswith(".") for part in path.relative_to(folder).parts):
+            continue
+        lvl = problem_level(path)
+        if level is None or lvl == level:
+            found.append((path, lvl))
+    if not found:
+        where = f" at level {level}" if level is not None else ""
+        raise TaskError(f"{folder}: no problem files (*.py){where}")
+    return found
+
+
+def fast_p(speedups: list[float | None], p: float) -> float:
+    """The fraction of problems whose best candidate is correct (a speedup, not None) and faster than the
+    reference by more than ``p``. Problems without a correct candidate count in the denominator."""
+    if not speedups:
+        return 0.0
+    return sum(1 for s in speedups if s is not None and s > p) / len(speedups)
+
+
+def geomean(speedups: list[float | None]) -> float | None:
+    """Geometric mean over the problems with a correct candidate (None when there is none)."""
+    xs = [s for s in speedups if s is not None and s > 0]
+    if not xs:
+        return None
+    return math.exp(sum(math.log(s) for s in xs) / len(xs))
+
+
+@dataclass
+class ProblemOutcome:
+    """One problem's line in the summary."""
+
+    problem: str
+    path: str
+    level: int | None
+    status: str  # ok | no valid candidate | error
+    run: str | None = None
+    best: str | None = None
+    vs_eager: float | None = None  # the best candidate's speedup over the task's Model, eager
+    vs_compile: float | None = None  # ... over the Model under torch.compile
+    fitness: float | None = None  # ... over the faster of the two (what the search maximised)
+    fitness_mode: str | None = None
+    evaluated: int = 0
+    valid: int = 0
+    detail: str = ""
+
+
+def outcome_from_result(result: Any) -> dict[str, Any]:
+    """The speedups of a run's best candidate (an EvalResult) against the eager and compiled baselines."""
+    mode = result.fitness_mode
+    ratios = result.speedup.get(mode, {}) if mode else {}
+    return {"best": result.name, "vs_eager": ratios.get(EAGER_BASELINE), "vs_compile": ratios.get(COMPILED_BASELINE),
+            "fitness": result.fitness, "fitness_mode": mode}
+
+
+@dataclass
+class BatchSummary:
+    problems: list[ProblemOutcome] = field(default_factory=list)
+
+    def measures(self) -> dict[str, Any]:
+        eager = [p.vs_eager if p.status == "ok" else None for p in self.problems]
+        best = [p.fitness if p.status == "ok" else None for p in self.problems]
+        out: dict[str, Any] = {"problems": len(self.problems),
+                               "correct": sum(p.status == "ok" for p in self.problems)}
+        for p in FAST_P:
+            out[f"fast_{p:g}_vs_eager"] = fast_p(eager, p)
+            out[f"fast_{p:g}_vs_best"] = fast_p(best, p)
+        out["geomean_vs_eager"] = geomean(eager)
+        out["geomean_vs_best"] = geomean(best)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.measures(), "problems": [asdict(p) for p in self.problems]}

@@ -1,0 +1,543 @@
+"""The built-in mutator for any KernelBench-format task: no network, no key, no knowledge of the operator
+beyond what a trace of its ``Model`` shows.
+
+A candidate is the task's own source followed by a ``ModelNew`` that wraps ``Model`` (constructed first,
+so its weights are the reference's) and changes *how* it runs, by a genome:
+
+- ``compile``: eager, or ``torch.compile`` in mode default, ``reduce-overhead`` (CUDA graphs inside) or
+  ``max-autotune-no-cudagraphs`` — on a CPU only eager and default (cheap);
+- ``layout``: inputs as given, made contiguous, or channels-last (only where an input is 4-D; the
+  weights follow);
+- ``precision``: the task's own, or TF32 (``high``) or bf16 (``medium``) float32 matmuls and convolutions
+  — set inside the call and restored before it returns (a flag left changed is rejected by the
+  evaluator) and labelled on the candidate, since they change the task's numerics (GPU only);
+- ``cuda_graph``: capture the forward in a CUDA graph once per input signature and replay it, inputs
+  copied into the captured buffers and outputs cloned (GPU only);
+- ``triton``: where the trace matches a pattern, a Triton template replaces the forward: a row softmax,
+  a row layer norm, or a matmul/linear with an elementwise epilogue (bias, GELU, ReLU, tanh, sigmoid)
+  fused, with its tile as a gene. On a CPU these are only proposed with ``triton_on_cpu`` (Triton's
+  interpreter is slow).
+
+Mutation changes one gene (its level: ``algorithmic`` for the Triton template, ``implementation`` for
+layout and graphs, ``hardware`` for compile modes, precision and tiles); crossover mixes two genomes.
+"""
+
+from __future__ import annotations
+
+import operator
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from evoforge.candidate import Candidate
+from evoforge.mutators.base import Individual, Mutator
+from evoforge.task import LoadedTask, TaskSpec, init_inputs, load_task, make_inputs
+
+COMPILE_MODES_GPU = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
+COMPILE_MODES_CPU = ("none", "default")
+LAYOUTS = ("as_is", "contiguous", "channels_last")
+PRECISIONS = ("highest", "high", "medium")
+PRECISION_LABELS = {"high": "tf32", "medium": "bf16 matmul"}
+TILES = ((32, 32, 32, 4), (64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8))
+ROW_WARPS = (1, 2, 4, 8)
+MAX_ROW = 16384  # the row templates hold one row in registers
+CROSSOVER_RATE = 0.2
+EPILOGUES = ("gelu", "gelu_tanh", "relu", "tanh", "sigmoid")
+
+
+@dataclass
+class TaskTraits:
+    """What the mutator knows about a task: its inputs' ranks and the Triton pattern its Model matches."""
+
+    input_ranks: list[int] = field(default_factory=list)
+    pattern: str | None = None  # row_softmax | layernorm | linear_epilogue | matmul_epilogue
+    module: str | None = None  # the submodule holding the weights (layernorm, linear)
+    epilogue: list[str] = field(default_factory=list)
+    n_cols: int | None = None
+
+    @property
+    def four_d(self) -> bool:
+        return 4 in self.input_ranks
+
+
+# ---------------------------------------------------------------------------------------------- analysis
+def _act_of(node: Any, modules: dict[str, Any]) -> str | None:
+    """The epilogue name of an fx node that applies one elementwise activation to one input, else None."""
+    import torch.nn.functional as F
+
+    if node.op == "call_module":
+        mod = modules.get(node.target)
+        if isinstance(mod, torch.nn.GELU):
+            return "gelu_tanh" if mod.approximate == "tanh" else "gelu"
+        for cls, name in ((torch.nn.ReLU, "relu"), (torch.nn.Tanh, "tanh"), (torch.nn.Sigmoid, "sigmoid")):
+            if isinstance(mod, cls):
+                return name
+        return None
+    if node.op == "call_function":
+        if node.target is F.gelu:
+            return "gelu_tanh" if node.kwargs.get("approximate", "none") == "tanh" else "gelu"
+        table = {torch.relu: "relu", F.relu: "relu", torch.tanh: "tanh", torch.sigmoid: "sigmoid",
+                 F.sigmoid: "sigmoid", F.tanh: "tanh"}
+        return table.get(node.target)
+    if node.op == "call_method" and node.target in ("relu", "tanh", "sigmoid") and len(node.args) == 1:
+        return str(node.target)
+    return None
+
+
+def analyse(task: LoadedTask) -> TaskTraits:
+    """Input ranks, and which Triton template (if any) computes the task's Model exactly."""
+    inputs = make_inputs(task, seed=0)
+    traits = TaskTraits(input_ranks=[x.dim() for x in inputs if isinstance(x, torch.Tensor)])
+    try:
+        from torch import fx
+
+        with torch.device("meta"):
+            model = task.model_cls(*init_inputs(task))
+        graph = fx.symbolic_trace(model).graph
+    except Exception:
+        return traits  # not traceable: compile, layout, flags and graphs still apply
+    modules = dict(model.named_modules())
+    nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
+    places = [n for n in graph.nodes if n.op == "placeholder"]
+    out = next(n for n in graph.nodes if n.op == "output")
+    if not nodes or not places or any(x.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+                                      for x in inputs if isinstance(x, torch.Tensor)):
+        return traits
+    first, rest = nodes[0], nodes[1:]
+    # every node after the first is one activation of the previous node, and the last is returned
+    chain_ok = all(n.args and n.args[0] is prev and _act_of(n, modules) for prev, n in zip(nodes, rest, strict=False))
+    if out.args[0] is not nodes[-1] or not chain_ok:
+        return traits
+    epilogue = [str(_act_of(n, modules)) for n in rest]
+    x0 = inputs[0]
+    import torch.nn.functional as F
+
+    if len(places) == 1 and not epilogue and first.args and first.args[0] is places[0]:
+        cols = x0.shape[-1] if x0.dim() else 0
+        is_softmax = (first.op == "call_function" and first.target in (torch.softmax, F.softmax)) or \
+            (first.op == "call_method" and first.target == "softmax")
+        if is_softmax and 0 < cols <= MAX_ROW:
+            dim = first.kwargs.get("dim", first.args[1] if len(first.args) > 1 else None)
+            if dim in (-1, x0.dim() - 1) and first.kwargs.get("dtype") is None:
+                return TaskTraits(traits.input_ranks, "row_softmax", n_cols=int(cols))
+        mod = modules.get(first.target) if first.op == "call_module" else None
+        if isinstance(mod, torch.nn.LayerNorm) and len(mod.normalized_shape) == 1 and 0 < cols <= MAX_ROW:
+            return TaskTraits(traits.input_ranks, "layernorm", module=str(first.target), n_cols=int(cols))
+    if first.op == "call_module" and len(places) == 1 and first.args and first.args[0] is places[0]:
+        mod = modules.get(first.target)
+        if isinstance(mod, torch.nn.Linear) and x0.dim() >= 2:
+            return TaskTraits(traits.input_ranks, "linear_epilogue", module=str(first.target), epilogue=epilogue)
+    is_matmul = first.op == "call_function" and first.target in (operator.matmul, torch.matmul, torch.mm)
+    if is_matmul and len(places) == 2 and tuple(first.args) == tuple(places) and traits.input_ranks == [2, 2]:
+        return TaskTraits(traits.input_ranks, "matmul_epilogue", epilogue=epilogue)
+    return traits
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+_HEADER = """
+
+# ---------------------------------------------------------------------------------------------------
+# evoforge generic mutator: ModelNew runs the task's Model above ({what}).
+import torch
+import torch.nn as nn
+"""
+
+_GRAPHED = '''
+
+class _Graphed:
+    """Capture fn in a CUDA graph once per input signature; replay it with the inputs copied into the
+    captured buffers, and return clones of the outputs (the graph's own buffers are rewritten by the
+    next replay)."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.graphs = {}
+
+    def __call__(self, *args):
+        if torch.cuda.is_current_stream_capturing():
+            return self.fn(*args)  # inside a graph being captured already: its work goes into that graph
+        key = tuple((tuple(a.shape), a.dtype, a.device, a.stride()) if isinstance(a, torch.Tensor) else repr(a)
+                    for a in args)
+        if key not in self.graphs:
+            static = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self.fn(*static)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = self.fn(*static)
+            self.graphs[key] = (graph, static, out)
+        graph, static, out = self.graphs[key]
+        for buffer, a in zip(static, args):
+            if isinstance(a, torch.Tensor):
+                buffer.copy_(a)
+        graph.replay()
+        return _clone(out)
+'''
+
+_CLONE = '''
+
+def _clone(out):
+    if isinstance(out, torch.Tensor):
+        return out.clone()
+    if isinstance(out, (tuple, list)):
+        return type(out)(_clone(o) for o in out)
+    return out
+'''
+
+_ACT_CODE = {
+    "gelu": "acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))",
+    "gelu_tanh": "acc = 0.5 * acc * (2.0 * tl.sigmoid(1.5957691216057308 * (acc + 0.044715 * acc * acc * acc)))",
+    "relu": "acc = tl.maximum(acc, 0.0)",
+    "tanh": "acc = 2.0 * tl.sigmoid(2.0 * acc) - 1.0",
+    "sigmoid": "acc = tl.sigmoid(acc)",
+}
+
+_SOFTMAX_KERNEL = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _softmax_rows(x_ptr, y_ptr, n_cols, stride_x, stride_y, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n_cols
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=-float("inf")).to(tl.float32)
+    x = x - tl.max(x, axis=0)
+    e = tl.exp(x)
+    y = e / tl.sum(e, axis=0)
+    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _run(model, x):
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty_like(rows)
+    _softmax_rows[(rows.shape[0],)](rows, out, rows.shape[1], rows.stride(0), out.stride(0),
+                                    BLOCK={block}, num_warps={warps})
+    return out.view(x.shape)
+'''
+
+_LAYERNORM_KERNEL = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _layernorm_rows(x_ptr, w_ptr, b_ptr, y_ptr, n_cols, stride_x, stride_y, eps,
+                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    mask = offs < n_cols
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+    mean = tl.sum(x, axis=0) / n_cols
+    d = tl.where(mask, x - mean, 0.0)
+    var = tl.sum(d * d, axis=0) / n_cols
+    y = d / tl.sqrt(var + eps)
+    if HAS_W:
+        y = y * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_B:
+        y = y + tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _run(model, x):
+    norm = model.get_submodule({module!r})
+    rows = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty_like(rows)
+    w, b = norm.weight, norm.bias
+    _layernorm_rows[(rows.shape[0],)](rows, w if w is not None else rows, b if b is not None else rows, out,
+                                      rows.shape[1], rows.stride(0), out.stride(0), norm.eps,
+                                      HAS_W=w is not None, HAS_B=b is not None, BLOCK={block}, num_warps={warps})
+    return out.view(x.shape)
+'''
+
+_MATMUL_KERNEL = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _matmul_epilogue(a_ptr, b_ptr, bias_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
+                     HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        a = tl.load(a_ptr + rm[:, None] * s_am + kk[None, :] * s_ak, mask=(rm[:, None] < M) & (kk[None, :] < K),
+                    other=0.0)
+        b = tl.load(b_ptr + kk[:, None] * s_bk + rn[None, :] * s_bn, mask=(kk[:, None] < K) & (rn[None, :] < N),
+                    other=0.0)
+        acc = tl.dot(a, b, acc, input_precision={dot_precision!r})
+    if HAS_BIAS:
+        acc = acc + tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+{epilogue}
+    tl.store(c_ptr + rm[:, None] * s_cm + rn[None, :] * s_cn, acc.to(c_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def _matmul(a, b, bias):
+    m, k = a.shape
+    n = b.shape[1]
+    c = torch.empty((m, n), device=a.device, dtype=a.dtype)
+    grid = (triton.cdiv(m, {bm}), triton.cdiv(n, {bn}))
+    _matmul_epilogue[grid](a, b, bias if bias is not None else c, c, m, n, k, a.stride(0), a.stride(1),
+                           b.stride(0), b.stride(1), c.stride(0), c.stride(1), HAS_BIAS=bias is not None,
+                           BM={bm}, BN={bn}, BK={bk}, num_warps={warps}, num_stages={stages})
+    return c
+'''
+
+_LINEAR_RUN = '''
+
+def _run(model, x):
+    linear = model.get_submodule({module!r})
+    rows = x.reshape(-1, x.shape[-1])
+    out = _matmul(rows, linear.weight.t(), linear.bias)
+    return out.view(*x.shape[:-1], out.shape[-1])
+'''
+
+_MATMUL_RUN = '''
+
+def _run(model, a, b):
+    return _matmul(a, b, None)
+'''
+
+
+def _precision_lines(precision: str, indent: str) -> tuple[list[str], list[str]]:
+    """Lines that set float32 matmul/conv precision inside the call, and the lines that restore it."""
+    if precision == "highest":
+        return [], []
+    enter = [
+        "saved = (torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32, "
+        "torch.backends.cudnn.allow_tf32)",
+        f"torch.set_float32_matmul_precision({precision!r})",
+        "torch.backends.cudnn.allow_tf32 = True",
+    ]
+    leave = [
+        "torch.set_float32_matmul_precision(saved[0])",
+        "torch.backends.cuda.matmul.allow_tf32 = saved[1]",
+        "torch.backends.cudnn.allow_tf32 = saved[2]",
+    ]
+    return [indent + x for x in enter], [indent + x for x in leave]
+
+
+def render(genome: dict[str, Any], traits: TaskTraits, task_source: str) -> str:
+    """The candidate's source for ``genome``: the task's source, then a ModelNew that runs its Model."""
+    g = genome
+    what = describe(g)
+    parts = [task_source.rstrip() + "\n", _HEADER.format(what=what)]
+    if g["cuda_graph"] or g["compile"] == "reduce-overhead":
+        parts.append(_CLONE)
+    if g["cuda_graph"]:
+        parts.append(_GRAPHED)
+    template = g.get("triton")
+    if template:
+        block = 1 << max(int(traits.n_cols or 1) - 1, 0).bit_length()
+        if template == "row_softmax":
+            parts.append(_SOFTMAX_KERNEL.format(block=block, warps=g["warps"]))
+        elif template == "layernorm":
+            parts.append(_LAYERNORM_KERNEL.format(block=block, warps=g["warps"], module=traits.module))
+        else:
+            bm, bn, bk, warps = g["tile"][:4]
+            epilogue = "\n".join("    " + _ACT_CODE[a] for a in traits.epilogue) or "    pass"
+            dot_precision = "tf32" if g["precision"] != "highest" else "ieee"
+            parts.append(_MATMUL_KERNEL.format(bm=bm, bn=bn, bk=bk, warps=warps, stages=g["stages"],
+                                               epilogue=epilogue, dot_precision=dot_precision))
+            parts.append(_LINEAR_RUN.format(module=traits.module) if template == "linear_epilogue" else _MATMUL_RUN)
+    init = ["        self.model = Model(*args)  # first: the reference's weights, from the same seed"]
+    if template:
+        init.append("        self.run = lambda *xs: _run(self.model, *xs)")
+    elif g["compile"] == "none":
+        init.append("        self.run = self.model")
+    else:
+        mode = "" if g["compile"] == "default" else f", mode={g['compile']!r}"
+        init.append(f"        self.run = torch.compile(self.model{mode}, dynamic=False)")
+    if g["cuda_graph"]:
+        init.append("        self.graphed = _Graphed(self.run)")
+    if g["layout"] == "channels_last":
+        init.append("        self.converted = False")
+    body: list[str] = []
+    if g["layout"] == "contiguous":
+        body.append("args = [a.contiguous() if isinstance(a, torch.Tensor) else a for a in args]")
+    elif g["layout"] == "channels_last":
+        body += ["if not self.converted:",
+                 "    self.model.to(memory_format=torch.channels_last)",
+                 "    self.converted = True",
+                 "args = [a.contiguous(memory_format=torch.channels_last) if isinstance(a, torch.Tensor) "
+                 "and a.dim() == 4 else a for a in args]"]
+    call = "self.graphed(*args)" if g["cuda_graph"] else "self.run(*args)"
+    if g["compile"] == "reduce-overhead" and not g["cuda_graph"]:
+        call = f"_clone({call})"  # compiled CUDA graphs reuse their output buffers
+    body.append(f"return {call}")
+    enter, leave = _precision_lines(g["precision"] if not template else "highest", "        ")
+    forward = ["    def forward(self, *args):"]
+    if enter:
+        forward += enter + ["        try:"] + ["            " + b for b in body] + ["        finally:"] + \
+            ["    " + x for x in leave]
+    else:
+        forward += ["        " + b for b in body]
+    cls = ["", "", "class ModelNew(nn.Module):", "    def __init__(self, *args):", "        super().__init__()",
+           *init, "", *forward, ""]
+    parts.append("\n".join(cls))
+    return "".join(parts)
+
+
+def describe(g: dict[str, Any]) -> str:
+    if g.get("triton"):
+        bits = [f"Triton {g['triton']}"]
+        bits.append(f"tile {tuple(g['tile'])} stages {g['stages']}" if g["triton"].endswith("epilogue")
+                    else f"{g['warps']} warps")
+        if g["triton"].endswith("epilogue") and g["precision"] != "highest":
+            bits.append("tf32 dot")
+    else:
+        bits = ["eager" if g["compile"] == "none" else f"torch.compile {g['compile']}"]
+        if g["layout"] != "as_is":
+            bits.append(g["layout"])
+        if g["precision"] != "highest":
+            bits.append(f"float32 matmul precision {g['precision']}")
+    if g["cuda_graph"]:
+        bits.append("CUDA graph")
+    return ", ".join(bits)
+
+
+def labels_of(g: dict[str, Any]) -> list[str]:
+    if g["precision"] == "highest":
+        return []
+    if g.get("triton"):
+        return ["tf32"] if g["triton"].endswith("epilogue") else []
+    return [PRECISION_LABELS[g["precision"]]]
+
+
+# ---------------------------------------------------------------------------------------------- mutator
+class GenericMutator(Mutator):
+    name = "generic"
+
+    def __init__(self, rng: random.Random, traits: TaskTraits, task_source: str, device: str,
+                 triton_on_cpu: bool = False) -> None:
+        super().__init__(rng)
+        self.traits, self.task_source = traits, task_source
+        self.gpu = device.startswith("cuda")
+        self.compile_modes = COMPILE_MODES_GPU if self.gpu else COMPILE_MODES_CPU
+        self.layouts = LAYOUTS if traits.four_d else LAYOUTS[:2]
+        self.precisions = PRECISIONS if self.gpu else PRECISIONS[:1]
+        self.templates = [None] + ([traits.pattern] if traits.pattern and (self.gpu or triton_on_cpu) else [])
+        self.tiles = TILES if self.gpu else TILES[:1]
+
+    @classmethod
+    def for_task(cls, rng: random.Random, spec: TaskSpec, device: str, triton_on_cpu: bool = False) -> GenericMutator:
+        return cls(rng, analyse(load_task(spec, module_name="evoforge_generic_probe")), spec.source, device,
+                   triton_on_cpu)
+
+    def genome(self, **changes: Any) -> dict[str, Any]:
+        g = {"kind": "generic", "compile": "none", "layout": "as_is", "precision": "highest",
+             "cuda_graph": False, "triton": None, "tile": list(self.tiles[0]), "stages": 2, "warps": 4}
+        g.update(changes)
+        return self._normalise(g)
+
+    def _normalise(self, g: dict[str, Any]) -> dict[str, Any]:
+        """Drop genes that don't apply, so equal programs have equal genomes (and equal hashes)."""
+        g = dict(g)
+        if g.get("triton"):
+            g["compile"], g["layout"] = "none", "as_is"
+            if not g["triton"].endswith("epilogue"):
+                g["precision"] = "highest"
+                g["tile"], g["stages"] = list(self.tiles[0]), 2
+            else:
+                g["warps"] = 4
+        else:
+            g["tile"], g["stages"], g["warps"] = list(self.tiles[0]), 2, 4
+        if g["compile"] == "reduce-overhead":
+            g["cuda_graph"] = False  # it captures its own graphs
+        return g
+
+    def build(self, genome: dict[str, Any], lineage: dict[str, Any]) -> Candidate:
+        g = self._normalise(genome)
+        source = render(g, self.traits, self.task_source)
+        slug = describe(g).lower().replace("torch.compile ", "compile-").replace(", ", "+").replace(" ", "-")
+        slug = "".join(ch for ch in slug if ch.isalnum() or ch in "+-_")
+        return Candidate(name=f"generic-{slug}"[:60], source=source, language="triton" if g["triton"] else "torch",
+                         labels=labels_of(g), genome=g, lineage={**lineage, "mutator": self.name})
+
+    def seed(self) -> list[Candidate]:
+        lineage = {"mutation": "seed", "level": "seed"}
+        seeds = [self.genome(), self.genome(compile="default")]
+        if self.gpu:
+            seeds.append(self.genome(cuda_graph=True))
+        if len(self.templates) > 1:
+            seeds.append(self.genome(triton=self.templates[1]))
+        return [self.build(g, lineage) for g in seeds]
+
+    def _options(self, g: dict[str, Any]) -> dict[str, tuple[list[Any], str]]:
+        """Gene -> (values it may move to, level), for the genes that apply to ``g``."""
+        opts: dict[str, tuple[list[Any], str]] = {}
+        if len(self.templates) > 1:
+            opts["triton"] = (list(self.templates), "algorithmic")
+        if self.gpu:
+            opts["cuda_graph"] = ([False, True], "implementation")
+        if g.get("triton"):
+            if g["triton"].endswith("epilogue"):
+                opts["tile"] = ([list(t) for t in self.tiles], "hardware")
+                if self.gpu:
+                    opts["stages"] = ([2, 3, 4], "hardware")
+                    opts["precision"] = (["highest", "high"], "hardware")
+            else:
+                opts["warps"] = (list(ROW_WARPS), "hardware")
+        else:
+            opts["compile"] = (list(self.compile_modes), "hardware")
+            opts["layout"] = (list(self.layouts), "implementation")
+            if len(self.precisions) > 1:
+                opts["precision"] = (list(self.precisions), "hardware")
+        return {k: ([v for v in values if v != g.get(k)], level) for k, (values, level) in opts.items()
+                if any(v != g.get(k) for v in values)}
+
+    def mutate(self, genome: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+        g = self._normalise({**self.genome(), **genome})
+        options = self._options(g)
+        if not options:
+            return g, "no change", "implementation"
+        gene = self.rng.choice(sorted(options))
+        values, level = options[gene]
+        new = self.rng.choice(values)
+        return self._normalise({**g, gene: new}), f"{gene} {g.get(gene)} -> {new}", level
+
+    def crossover(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        base = self.genome()
+        picked = {k: (a if self.rng.random() < 0.5 else b).get(k, base[k]) for k in base}
+        return self._normalise(picked)
+
+    def propose(self, parents: list[Individual], history: list[Individual], n: int) -> list[Candidate]:
+        seen = {ind.candidate.hash for ind in history}
+        pool = parents or history
+        if not pool:
+            return [c for c in self.seed() if c.hash not in seen][:n]
+        ours = [p for p in pool if p.candidate.genome and p.candidate.genome.get("kind") == "generic"]
+        out: list[Candidate] = []
+        attempts = 0
+        while len(out) < n and attempts < 50 * n:
+            attempts += 1
+            if len(ours) >= 2 and self.rng.random() < CROSSOVER_RATE:
+                a, b = self.rng.sample(ours, 2)
+                genome = self.crossover(a.candidate.genome or {}, b.candidate.genome or {})
+                lineage = {"parents": [a.candidate.hash, b.candidate.hash], "mutation": "crossover",
+                           "level": "crossover"}
+            else:
+                parent = self.rng.choice(ours or pool)
+                base = parent.candidate.genome if parent in ours else self.genome()
+                genome, description, level = self.mutate(base or {})
+                lineage = {"parents": [parent.candidate.hash], "mutation": description, "level": level}
+            cand = self.build(genome, lineage)
+            if cand.hash in seen:
+                continue
+            seen.add(cand.hash)
+            out.append(cand)
+        self.note = None if len(out) == n else f"only {len(out)} new genome(s) near these parents"
+        return out

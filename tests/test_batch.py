@@ -1,0 +1,65 @@
+"""Batch runs: problem discovery and levels, and the summary's arithmetic (fast_p, geometric mean)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from evoforge.batch import BatchSummary, ProblemOutcome, discover, fast_p, geomean, problem_level
+from evoforge.task import TaskError
+
+EXAMPLES = Path(__file__).parents[1] / "examples" / "problems"
+
+
+def test_fast_p_on_known_results() -> None:
+    # 5 problems: two fail (None), speedups 0.8, 1.2, 2.0 for the others.
+    speedups = [None, 0.8, 1.2, None, 2.0]
+    assert fast_p(speedups, 1.0) == pytest.approx(2 / 5)  # 1.2 and 2.0
+    assert fast_p(speedups, 1.5) == pytest.approx(1 / 5)  # 2.0 only
+    assert fast_p(speedups, 0.0) == pytest.approx(3 / 5)  # fast_0 is the correctness rate
+    assert fast_p([1.0, 1.5], 1.0) == 0.5 and fast_p([1.0, 1.5], 1.5) == 0.0  # strictly faster by p
+    assert fast_p([], 1.0) == 0.0
+
+
+def test_geomean_over_correct_problems() -> None:
+    assert geomean([2.0, 0.5, None]) == pytest.approx(1.0)
+    assert geomean([1.0, 4.0]) == pytest.approx(2.0)
+    assert geomean([None, None]) is None
+
+
+def test_summary_measures() -> None:
+    rows = [ProblemOutcome("a", "a.py", 1, "ok", vs_eager=2.0, vs_compile=1.1, fitness=1.1),
+            ProblemOutcome("b", "b.py", 1, "ok", vs_eager=1.2, vs_compile=0.6, fitness=0.6),
+            ProblemOutcome("c", "c.py", 1, "no valid candidate"),
+            ProblemOutcome("d", "d.py", 1, "error", detail="bad")]
+    m = BatchSummary(rows).measures()
+    assert m["problems"] == 4 and m["correct"] == 2
+    assert m["fast_1_vs_eager"] == 0.5 and m["fast_1.5_vs_eager"] == 0.25
+    assert m["fast_1_vs_best"] == 0.25 and m["fast_1.5_vs_best"] == 0.0
+    assert m["geomean_vs_eager"] == pytest.approx(math.sqrt(2.4))
+    assert m["geomean_vs_best"] == pytest.approx(math.sqrt(0.66))
+
+
+def test_level_from_the_attribute_or_the_folder(tmp_path: Path) -> None:
+    (tmp_path / "level2").mkdir()
+    plain = tmp_path / "level2" / "p.py"
+    plain.write_text("X = 1\n")
+    tagged = tmp_path / "level2" / "q.py"
+    tagged.write_text("LEVEL = 3\n")
+    loose = tmp_path / "r.py"
+    loose.write_text("x = (\n")  # not even valid Python: no level from it, and no crash
+    assert problem_level(plain) == 2 and problem_level(tagged) == 3 and problem_level(loose) is None
+    assert [p.name for p, _ in discover(tmp_path, 2)] == ["p.py"]
+    assert [p.name for p, _ in discover(tmp_path)] == ["p.py", "q.py", "r.py"]
+    with pytest.raises(TaskError, match="no problem files"):
+        discover(tmp_path, 7)
+    with pytest.raises(TaskError, match="no such folder"):
+        discover(tmp_path / "missing")
+
+
+def test_the_examples_are_at_their_levels() -> None:
+    levels = {p.stem: lvl for p, lvl in discover(EXAMPLES)}
+    assert levels == {"conv2d": 1, "layernorm": 1, "matmul": 1, "softmax": 1, "conv_relu_pool": 2,
+                      "matmul_bias_gelu": 2, "transformer_block": 3}
