@@ -1,8 +1,8 @@
 """Evolve an attention kernel with `evoforge run`, then re-time the exported best kernel in fresh
 processes against every baseline, and record the evidence.
 
-Usage: python benchmarks/evolve_attention.py [--budget 8m] [--task attention] [--repeats 3]
-Writes benchmarks/results/evolve-<device>.json, evolve-<device>-fitness.png and the exported kernel.
+Usage: python benchmarks/evolve_attention.py [--budget 8m] [--task attention] [--repeats 3] [--prefix evolve]
+Writes benchmarks/results/<prefix>-<device>.json, <prefix>-<device>-fitness.png and the exported kernel.
 """
 
 from __future__ import annotations
@@ -36,10 +36,11 @@ def main() -> int:
     parser.add_argument("--generations", type=int, default=40)
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    parser.add_argument("--prefix", default="evolve", help="output names: <prefix>-<device>.json, ...")
     args = parser.parse_args()
 
     slug = envinfo.device_slug(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
-    work = Path("/tmp/evoforge-evolve")
+    work = Path(f"/tmp/evoforge-{args.prefix}")
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     started = time.monotonic()
@@ -56,7 +57,8 @@ def main() -> int:
     store = RunStore(work / ".evoforge" / "runs.db")
     data = evidence(store, summary["run"])
     best = data["best"]
-    kernel_path = args.out / f"evolve-{slug}-kernel.py"
+    args.out.mkdir(parents=True, exist_ok=True)
+    kernel_path = args.out / f"{args.prefix}-{slug}-kernel.py"
     exported = subprocess.run([sys.executable, "-m", "evoforge.cli", "best", summary["run"], "--export",
                                str(kernel_path)], cwd=work, capture_output=True, text=True, check=True)
     print(exported.stdout, file=sys.stderr)
@@ -93,10 +95,10 @@ def main() -> int:
         "runs": retimes,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    out = args.out / f"evolve-{slug}.json"
+    out = args.out / f"{args.prefix}-{slug}.json"
     out.write_text(json.dumps(result, indent=2, default=str))
     if (work / "report" / "fitness.png").exists():
-        shutil.copy(work / "report" / "fitness.png", args.out / f"evolve-{slug}-fitness.png")
+        shutil.copy(work / "report" / "fitness.png", args.out / f"{args.prefix}-{slug}-fitness.png")
     print(json.dumps({k: result["search"][k] for k in ("evaluated", "valid", "evals_per_min", "stop_reason")}))
     print(json.dumps(result["retime"]["fitness"]), json.dumps(result["retime"]["latency_us"]))
     return 0

@@ -1,9 +1,9 @@
-"""Evolved by evoforge 0.1.0 (run 20261124-215102-7b50).
+"""Evolved by evoforge 0.1.0 (run 20261124-230934-d64a).
 
 Task: attention_b1_h8_s512_d64_fp16 (builtin:attention)
 Device: NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0
-Speedup: 1.505x over sdpa_default (graph mode, 6.87 us median), measured 2026-11-24T21:56:39+00:00
-Exported: 2026-11-24T21:56:48+00:00
+Speedup: 1.504x over compile_3kernel (graph mode, 6.90 us median), measured 2026-11-24T23:16:14+00:00
+Exported: 2026-11-24T23:16:23+00:00
 
 Use: `from this_module import evolved` and call evolved(q, k, v); or EvolvedModel()(q, k, v).
 """
@@ -14,7 +14,7 @@ import torch.nn as nn
 import triton
 import triton.language as tl
 
-# Rendered by evoforge from genome {"block_m": 64, "block_n": 128, "causal_split": false, "exp2": false, "k_layout": "direct", "kind": "triton_flash", "loop": "tl.range", "num_stages": 3, "num_warps": 4, "prescale_q": false, "split_kv": 1}
+# Rendered by evoforge from genome {"block_m": 64, "block_n": 128, "causal_split": false, "exp2": false, "k_layout": "trans", "kind": "triton_flash", "loop": "tl.range", "num_stages": 3, "num_warps": 4, "prescale_q": false, "split_kv": 1, "tma": false, "warp_spec": false}
 CAUSAL = False
 HEAD_DIM = 64
 SCALE = 1.0 / math.sqrt(HEAD_DIM)
@@ -29,13 +29,19 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
                 lo, hi, n_k, causal_offset, qk_scale,
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, PRESCALED: tl.constexpr):
+                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, PRESCALED: tl.constexpr,
+                TMA: tl.constexpr):
     # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
     # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
+    # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
+    # (rows past n_k read as zeros).
     for start_n in tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES):
         cols = start_n + offs_n
         col_ok = cols < n_k
-        if K_TRANS:
+        if TMA:
+            k = k_base.load([start_n, 0])
+            qk = tl.dot(q, tl.trans(k))
+        elif K_TRANS:
             k_ptrs = k_base + cols[:, None] * skn + offs_d[None, :] * skd
             if EVEN_N and EVEN_D:
                 k = tl.load(k_ptrs)
@@ -72,11 +78,14 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             p = tl.exp(qk - m_ref[:, None])
             alpha = tl.exp(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs = v_base + cols[:, None] * svn + offs_d[None, :] * svd
-        if EVEN_N and EVEN_D:
-            v = tl.load(v_ptrs)
+        if TMA:
+            v = v_base.load([start_n, 0])
         else:
-            v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            v_ptrs = v_base + cols[:, None] * svn + offs_d[None, :] * svd
+            if EVEN_N and EVEN_D:
+                v = tl.load(v_ptrs)
+            else:
+                v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -89,7 +98,8 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRESCALE_Q: tl.constexpr):
+              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRESCALE_Q: tl.constexpr,
+              TMA: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine.
@@ -112,6 +122,13 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
         q = (q * qk_scale).to(q.dtype)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
+    if TMA:
+        # Device-side descriptors of this head's keys and values (the launcher checked the layout:
+        # unit last stride, 16-byte aligned rows, BLOCK_D == HEAD_DIM).
+        k_base = tl.make_tensor_descriptor(k_base, shape=[n_k, HEAD_DIM], strides=[skn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_base = tl.make_tensor_descriptor(v_base, shape=[n_k, HEAD_DIM], strides=[svn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -127,14 +144,14 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
     if SPLITS == 1:
         acc = acc / l_i[:, None]
         tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
@@ -181,10 +198,32 @@ def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, n_q,
              acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
+USE_TMA = False
+
+
+def _tma_ok(*tensors):
+    # Device-side TMA descriptors: unit last stride, 16-byte aligned base and rows, whole-row blocks.
+    return BLOCK_D == HEAD_DIM and all(
+        t.stride(-1) == 1 and (t.stride(-2) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _scratch_alloc(size, alignment, stream):
+    # Global memory Triton asks for when a kernel builds tensor descriptors on the device.
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
 class ModelNew(nn.Module):
+    """The kernel behind the task's forward. The first call for an input layout (shapes, strides,
+    dtypes, device) launches through Triton's JIT, which compiles and specialises; later calls with the
+    same layout (and 16-byte aligned inputs, as the compiled kernel assumes) reuse the compiled kernel,
+    its grid and every argument but the tensors, and call its launcher directly: no re-specialisation,
+    no argument binding, no autotuning on the hot path. Under TRITON_INTERPRET=1 every call goes the
+    JIT way."""
+
     def __init__(self):
         super().__init__()
         self._scratch = {}  # split-KV partial results, per shape (scratch, never returned)
+        self._fast = {}  # input layout -> a direct launcher of the compiled kernel(s)
 
     def _partials(self, rows, device):
         key = (rows, device)
@@ -195,29 +234,71 @@ class ModelNew(nn.Module):
         return self._scratch[key]
 
     def forward(self, q, k, v):
+        key = (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype, q.device)
+        fast = self._fast.get(key)
+        if fast is not None and not (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15:
+            return fast(q, k, v)
+        return self._launch(q, k, v, key)
+
+    def _launch(self, q, k, v, key):
         batch, heads, n_q, _ = q.shape
         n_k = k.shape[2]
         out = torch.empty_like(q)
         qk_scale = SCALE * LOG2E if USE_EXP2 else SCALE
+        tma = USE_TMA and _tma_ok(k, v)
+        if tma:
+            triton.set_allocator(_scratch_alloc)
         if SPLIT_KV == 1:
             chunk, (p_acc, p_m, p_l) = n_k, (out, out, out)  # the partial buffers go unused
         else:
             chunk = triton.cdiv(triton.cdiv(n_k, SPLIT_KV), BLOCK_N) * BLOCK_N
             p_acc, p_m, p_l = self._partials(batch * heads * SPLIT_KV * n_q, q.device)
-        _attn_fwd[(triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)](
-            q, k, v, out, p_acc, p_m, p_l, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
-            CAUSAL=CAUSAL, CAUSAL_SPLIT=False, SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M,
-            BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, K_TRANS=False, NUM_STAGES=NUM_STAGES,
-            EVEN_M=n_q % BLOCK_M == 0, EVEN_N=n_k % BLOCK_N == 0, EVEN_D=BLOCK_D == HEAD_DIM, PRESCALE_Q=False,
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        )
+        grid = (triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)
+        # Every parameter positionally, constexprs included: the same tuple feeds the direct launcher.
+        args = (q, k, v, out, p_acc, p_m, p_l, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+                heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
+                CAUSAL, False, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, True,
+                NUM_STAGES, n_q % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, False, tma)
+        kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        combine = cgrid = cargs = None
         if SPLIT_KV > 1:
-            _attn_combine[(triton.cdiv(n_q, BLOCK_M), batch * heads)](
-                p_acc, p_m, p_l, out, *out.stride(), heads, n_q,
-                SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, num_warps=4,
-            )
+            cgrid = grid[:2] + (1,)
+            cargs = (p_acc, p_m, p_l, out, *out.stride(), heads, n_q, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_D, USE_EXP2)
+            combine = _attn_combine[cgrid](*cargs, num_warps=4)
+        if q.is_cuda and hasattr(kernel, "packed_metadata") and (SPLIT_KV == 1 or hasattr(combine, "packed_metadata")):
+            self._fast[key] = _direct(q.device.index, kernel, grid, args, combine, cgrid, cargs)
         return out
+
+
+def _direct(device_index, kernel, grid, args, combine, cgrid, cargs):
+    """A launcher for one input layout: allocate the output, call the compiled kernel's launcher with
+    the current stream (so CUDA-graph capture works) and the prepared arguments."""
+    stream = torch._C._cuda_getCurrentRawStream
+    empty_like = torch.empty_like
+    run, fn, meta = kernel.run, kernel.function, kernel.packed_metadata
+    g0, g1, g2 = grid
+    if SPLIT_KV == 1:
+        tail = args[7:]
+
+        def fast(q, k, v):
+            out = empty_like(q)
+            run(g0, g1, g2, stream(device_index), fn, meta, None, None, None, q, k, v, out, out, out, out, *tail)
+            return out
+
+        return fast
+    tail, ctail = args[4:7], args[7:]
+    crun, cfn, cmeta = combine.run, combine.function, combine.packed_metadata
+    c0, c1, c2 = cgrid
+    cextra = cargs[4:]
+
+    def fast_split(q, k, v):
+        out = empty_like(q)
+        s = stream(device_index)
+        run(g0, g1, g2, s, fn, meta, None, None, None, q, k, v, out, *tail, *ctail)
+        crun(c0, c1, c2, s, cfn, cmeta, None, None, None, *tail, out, *cextra)
+        return out
+
+    return fast_split
 
 
 # ---- evoforge export: the task's call signature ----------------------------------------

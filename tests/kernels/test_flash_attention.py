@@ -27,7 +27,7 @@ from evoforge.task import import_source, load_task, make_inputs
 from evoforge.tasks import builtin_task
 from tests.conftest import triton_device
 
-H100 = HardwareLimits(shared_memory_bytes=227 * 1024)
+H100 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6))
 
 
 def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
@@ -35,7 +35,7 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
     return [FlashGenome(block_m=rng.choice(BLOCKS), block_n=rng.choice(BLOCKS), num_warps=rng.choice(WARPS),
                         num_stages=rng.choice(STAGES), exp2=rng.random() < 0.5, k_layout=rng.choice(K_LAYOUTS),
                         loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS),
-                        prescale_q=rng.random() < 0.5)
+                        prescale_q=rng.random() < 0.5, tma=rng.random() < 0.5, warp_spec=rng.random() < 0.3)
             for _ in range(n)]
 
 
@@ -70,6 +70,9 @@ GENOMES = [
     FlashGenome(block_m=32, block_n=16, split_kv=4, exp2=False, k_layout="trans"),
     FlashGenome(block_m=16, block_n=32, split_kv=8),  # more splits than key blocks: empty partials
     FlashGenome(block_m=32, block_n=32, prescale_q=True, exp2=True),
+    # TMA descriptors: on a CPU the interpreter runs the descriptor path (where the head size allows it).
+    FlashGenome(block_m=16, block_n=16, tma=True, causal_split=True),
+    FlashGenome(block_m=32, block_n=16, tma=True, split_kv=2, loop="tl.range"),
 ]
 SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32"]
 
@@ -88,3 +91,60 @@ def test_genome_matches_the_reference(genome: FlashGenome, shape: str, tmp_path:
     expected = task.model_cls()(q.double(), k.double(), v.double())
     got = model(q.to(device), k.to(device), v.to(device)).double().cpu()
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=2e-3)
+
+
+def test_hopper_options_are_offered_only_where_they_compile() -> None:
+    tma = FlashGenome(tma=True, loop="tl.range")
+    spec = FlashGenome(warp_spec=True, loop="tl.range")
+    assert fits(tma, 64, 2, H100) is None
+    assert "Hopper" in (fits(tma, 64, 2, HardwareLimits()) or "")  # capability unknown
+    assert "Hopper" in (fits(tma, 64, 2, HardwareLimits(capability=(8, 0), triton_version=(3, 6))) or "")
+    assert "Hopper" in (fits(tma, 64, 2, HardwareLimits(capability=(9, 0), triton_version=(3, 2))) or "")
+    assert "power-of-two" in (fits(tma, 48, 2, H100) or "")
+    assert fits(tma, 64, 2, HardwareLimits(interpreter=True, capability=(9, 0), triton_version=(3, 6))) is not None
+    # Warp specialisation failed to compile on sm_90 with Triton 3.6: offered from sm_100 on, on tl.range only.
+    assert "sm_100" in (fits(spec, 64, 2, H100) or "")
+    blackwell = HardwareLimits(capability=(10, 0), triton_version=(3, 6))
+    assert fits(spec, 64, 2, blackwell) is None
+    assert "tl.range" in (fits(spec.with_(loop="range"), 64, 2, blackwell) or "")
+
+
+def test_limits_for_a_device_read_its_capability() -> None:
+    props = type("Props", (), {"major": 9, "minor": 0, "shared_memory_per_block_optin": 227 * 1024})()
+    limits = HardwareLimits.for_device(props)
+    assert limits.capability == (9, 0) and not limits.interpreter
+    assert limits.hopper == (limits.triton_version >= (3, 4))
+    assert not HardwareLimits.for_device(None).hopper
+
+
+def test_hopper_options_render_into_the_kernel() -> None:
+    plain = render(FlashGenome(loop="tl.range"), causal=False, head_dim=64)
+    tma = render(FlashGenome(loop="tl.range", tma=True), causal=False, head_dim=64)
+    spec = render(FlashGenome(loop="tl.range", warp_spec=True), causal=False, head_dim=64)
+    assert "USE_TMA = False" in plain and "USE_TMA = True" in tma
+    assert "warp_specialize=True" in spec and "warp_specialize" not in plain
+    # warp_spec means nothing on the plain loop: it renders the plain loop.
+    assert "warp_specialize" not in render(FlashGenome(warp_spec=True), causal=False, head_dim=64)
+
+
+def test_repeated_calls_reuse_the_compiled_kernel_and_stay_correct(tmp_path: Path) -> None:
+    """The cached direct launcher (CUDA) gives the same results as the JIT launch on fresh inputs of
+    the same layout; a new layout gets its own launcher; the interpreter never caches."""
+    pytest.importorskip("triton")
+    device = triton_device()
+    for i, genome in enumerate([FlashGenome(block_m=16, block_n=16, num_stages=1),
+                                FlashGenome(block_m=16, block_n=32, split_kv=2, tma=True)]):
+        spec = builtin_task("attention-tiny:causal=1")
+        task = load_task(spec)
+        source = render(genome, causal=True, head_dim=spec.params["head_dim"])
+        model = import_source(source, f"cached_{i}", f"cached_{i}", tmp_path).ModelNew()
+        for seed in range(3):
+            q, k, v = make_inputs(task, seed)
+            expected = task.model_cls()(q.double(), k.double(), v.double())
+            got = model(q.to(device), k.to(device), v.to(device)).double().cpu()
+            torch.testing.assert_close(got, expected, atol=2e-3, rtol=2e-3)
+        assert len(model._fast) == (1 if device == "cuda" else 0)
+        q, k, v = (t[:, :, :40].to(device) for t in make_inputs(task, 9))  # another layout
+        expected = task.model_cls()(q.double().cpu(), k.double().cpu(), v.double().cpu())
+        torch.testing.assert_close(model(q, k, v).double().cpu(), expected, atol=2e-3, rtol=2e-3)
+        assert len(model._fast) == (2 if device == "cuda" else 0)

@@ -70,3 +70,20 @@ def test_default_kernel_fits_the_gpu_it_is_proposed_for() -> None:
         g = m.default_genome()
         assert fits(g, PARAMS.head_dim, 2, m.limits) is None
     assert roomy.default_genome() != tight.default_genome()
+
+
+def test_hopper_operators_only_where_the_gpu_has_them() -> None:
+    def proposed(limits: HardwareLimits) -> list[FlashGenome]:
+        m = TemplateMutator(random.Random(4), PARAMS, limits)
+        history = [ind(c) for c in m.seed()]
+        out = m.propose(history, history, 40)
+        return [FlashGenome.from_dict(c.genome) for c in out if c.genome["kind"] == "triton_flash"]
+
+    h100 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6))
+    hopper = proposed(h100)
+    assert any(g.tma for g in hopper) and not any(g.warp_spec for g in hopper)
+    assert all(fits(g, PARAMS.head_dim, 2, h100) is None for g in hopper)
+    older = proposed(HardwareLimits(shared_memory_bytes=227 * 1024, capability=(8, 0), triton_version=(3, 6)))
+    assert not any(g.tma or g.warp_spec for g in older)
+    blackwell = proposed(HardwareLimits(shared_memory_bytes=227 * 1024, capability=(10, 0), triton_version=(3, 6)))
+    assert any(g.warp_spec and g.loop == "tl.range" for g in blackwell)

@@ -5,8 +5,13 @@ candidate (``class ModelNew``) with: online softmax, fp32 accumulation, optional
 folded in, GQA (each program reads its K/V head), causal masking with block skipping and, optionally,
 the causal loop split into unmasked full blocks and masked diagonal blocks. With ``split_kv`` > 1 the keys are
 split across that many programs per (row block, head), for short or few-head problems that would
-leave most of the GPU idle, and a second kernel combines their partial results. The launcher is
-fixed at render time: no autotuning and no re-specialisation on the hot path.
+leave most of the GPU idle, and a second kernel combines their partial results. On Hopper, K and V
+may be read through device-side TMA tensor descriptors (``tma``); warp specialisation of the key loop
+(``warp_spec``) renders too but is offered only where it compiles (``HardwareLimits``).
+
+The call path is fixed at render time: no autotuning. After the first call for an input layout,
+``ModelNew`` calls the compiled kernel's launcher directly with prepared arguments, so a call costs
+an output allocation and one launch (see ``ModelNew``'s docstring).
 """
 
 from __future__ import annotations
@@ -16,12 +21,19 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-BLOCKS = (16, 32, 64, 128)
+BLOCKS = (16, 32, 64, 128)  # BLOCK_M
+BLOCKS_N = (16, 32, 64, 128, 256)  # BLOCK_N: 256 halves the serial key loop of short sequences
 WARPS = (1, 2, 4, 8)
 STAGES = (1, 2, 3, 4, 5)
 K_LAYOUTS = ("direct", "trans")  # load K as [D, N] through strides, or [N, D] then tl.trans
 LOOPS = ("range", "tl.range")  # plain Python range, or tl.range(num_stages=...) software pipelining
 SPLITS = (1, 2, 4, 8)  # split-KV: programs per (row block, head), combined by a second kernel
+HOPPER = (9, 0)  # compute capability from which device-side TMA descriptors are offered
+# Warp specialisation of this kernel's loop: on an H100 with Triton 3.6 every genome tried failed to
+# compile ("PassManager::run failed", benchmarks/results/genomes-h100.json), so it is offered from
+# Blackwell on, where Triton's own attention tutorial uses it.
+WARP_SPEC = (10, 0)
+TRITON_FOR_HOPPER = (3, 4)  # tl.make_tensor_descriptor and tl.range(warp_specialize=...) are stable from here
 
 
 @dataclass(frozen=True)
@@ -38,6 +50,8 @@ class FlashGenome:
     causal_split: bool = False
     split_kv: int = 1
     prescale_q: bool = False  # fold the softmax scale into Q once (rounded to Q's dtype) instead of per score
+    tma: bool = False  # load K and V through device-side TMA tensor descriptors (Hopper)
+    warp_spec: bool = False  # tl.range(warp_specialize=True): producer/consumer warps (Hopper, tl.range only)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "triton_flash", **asdict(self)}
@@ -62,13 +76,39 @@ class HardwareLimits:
     shared_memory_bytes: int = 227 * 1024
     max_registers_per_thread: int = 255
     interpreter: bool = False
+    capability: tuple[int, int] = (0, 0)  # the GPU's compute capability; (0, 0) = unknown: no Hopper options
+    triton_version: tuple[int, int] = (0, 0)
 
     @classmethod
     def for_device(cls, props: Any | None) -> HardwareLimits:
         if props is None:
-            return cls(interpreter=True)
+            return cls(interpreter=True, triton_version=installed_triton())
         smem = int(getattr(props, "shared_memory_per_block_optin", 0) or 99 * 1024)
-        return cls(shared_memory_bytes=smem)
+        capability = (int(getattr(props, "major", 0)), int(getattr(props, "minor", 0)))
+        return cls(shared_memory_bytes=smem, capability=capability, triton_version=installed_triton())
+
+    @property
+    def hopper(self) -> bool:
+        """Device-side TMA descriptors compile and run here."""
+        return not self.interpreter and self.capability >= HOPPER and self.triton_version >= TRITON_FOR_HOPPER
+
+    @property
+    def warp_spec(self) -> bool:
+        """Warp specialisation of the pipelined key loop compiles here (see WARP_SPEC)."""
+        return self.hopper and self.capability >= WARP_SPEC
+
+
+def installed_triton() -> tuple[int, int]:
+    """(major, minor) of the installed Triton, (0, 0) when it is missing or unreadable."""
+    try:
+        import triton
+    except ImportError:
+        return (0, 0)
+    try:
+        major, minor = triton.__version__.split(".")[:2]
+        return (int(major), int(minor))
+    except ValueError:
+        return (0, 0)
 
 
 def next_pow2(n: int) -> int:
@@ -78,6 +118,14 @@ def next_pow2(n: int) -> int:
 def fits(g: FlashGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits) -> str | None:
     """Why the genome can't run well on this hardware, or None if it fits."""
     d = next_pow2(head_dim)
+    if g.warp_spec and g.loop != "tl.range":
+        return "warp specialisation needs the tl.range loop"
+    if g.tma and not limits.hopper:
+        return "TMA descriptors need a Hopper GPU (sm_90+) and Triton >= 3.4"
+    if g.warp_spec and not limits.warp_spec:
+        return "warp specialisation of this kernel needs sm_100+ (it fails to compile on sm_90 with Triton 3.6)"
+    if g.tma and d != head_dim:
+        return "TMA descriptors need a power-of-two head size (the block is the whole row)"
     if limits.interpreter:
         return None if g.block_m <= 64 and g.block_n <= 64 else "blocks over 64 are slow in the interpreter"
     # Q tile once, K and V tiles per pipeline stage.
@@ -116,13 +164,19 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
                 lo, hi, n_k, causal_offset, qk_scale,
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, PRESCALED: tl.constexpr):
+                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, PRESCALED: tl.constexpr,
+                TMA: tl.constexpr):
     # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
     # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
+    # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
+    # (rows past n_k read as zeros).
     for start_n in {loop_expr}:
         cols = start_n + offs_n
         col_ok = cols < n_k
-        if K_TRANS:
+        if TMA:
+            k = k_base.load([start_n, 0])
+            qk = tl.dot(q, tl.trans(k))
+        elif K_TRANS:
             k_ptrs = k_base + cols[:, None] * skn + offs_d[None, :] * skd
             if EVEN_N and EVEN_D:
                 k = tl.load(k_ptrs)
@@ -159,11 +213,14 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             p = tl.exp(qk - m_ref[:, None])
             alpha = tl.exp(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v_ptrs = v_base + cols[:, None] * svn + offs_d[None, :] * svd
-        if EVEN_N and EVEN_D:
-            v = tl.load(v_ptrs)
+        if TMA:
+            v = v_base.load([start_n, 0])
         else:
-            v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            v_ptrs = v_base + cols[:, None] * svn + offs_d[None, :] * svd
+            if EVEN_N and EVEN_D:
+                v = tl.load(v_ptrs)
+            else:
+                v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
         acc = acc * alpha[:, None]
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -176,7 +233,8 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRESCALE_Q: tl.constexpr):
+              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRESCALE_Q: tl.constexpr,
+              TMA: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine.
@@ -199,6 +257,13 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
         q = (q * qk_scale).to(q.dtype)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
+    if TMA:
+        # Device-side descriptors of this head's keys and values (the launcher checked the layout:
+        # unit last stride, 16-byte aligned rows, BLOCK_D == HEAD_DIM).
+        k_base = tl.make_tensor_descriptor(k_base, shape=[n_k, HEAD_DIM], strides=[skn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_base = tl.make_tensor_descriptor(v_base, shape=[n_k, HEAD_DIM], strides=[svn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
@@ -214,14 +279,14 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
     if SPLITS == 1:
         acc = acc / l_i[:, None]
         tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
@@ -268,10 +333,32 @@ def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, n_q,
              acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
+USE_TMA = {tma}
+
+
+def _tma_ok(*tensors):
+    # Device-side TMA descriptors: unit last stride, 16-byte aligned base and rows, whole-row blocks.
+    return BLOCK_D == HEAD_DIM and all(
+        t.stride(-1) == 1 and (t.stride(-2) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0 for t in tensors)
+
+
+def _scratch_alloc(size, alignment, stream):
+    # Global memory Triton asks for when a kernel builds tensor descriptors on the device.
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
 class ModelNew(nn.Module):
+    """The kernel behind the task's forward. The first call for an input layout (shapes, strides,
+    dtypes, device) launches through Triton's JIT, which compiles and specialises; later calls with the
+    same layout (and 16-byte aligned inputs, as the compiled kernel assumes) reuse the compiled kernel,
+    its grid and every argument but the tensors, and call its launcher directly: no re-specialisation,
+    no argument binding, no autotuning on the hot path. Under TRITON_INTERPRET=1 every call goes the
+    JIT way."""
+
     def __init__(self):
         super().__init__()
         self._scratch = {{}}  # split-KV partial results, per shape (scratch, never returned)
+        self._fast = {{}}  # input layout -> a direct launcher of the compiled kernel(s)
 
     def _partials(self, rows, device):
         key = (rows, device)
@@ -282,40 +369,85 @@ class ModelNew(nn.Module):
         return self._scratch[key]
 
     def forward(self, q, k, v):
+        key = (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype, q.device)
+        fast = self._fast.get(key)
+        if fast is not None and not (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15:
+            return fast(q, k, v)
+        return self._launch(q, k, v, key)
+
+    def _launch(self, q, k, v, key):
         batch, heads, n_q, _ = q.shape
         n_k = k.shape[2]
         out = torch.empty_like(q)
         qk_scale = SCALE * LOG2E if USE_EXP2 else SCALE
+        tma = USE_TMA and _tma_ok(k, v)
+        if tma:
+            triton.set_allocator(_scratch_alloc)
         if SPLIT_KV == 1:
             chunk, (p_acc, p_m, p_l) = n_k, (out, out, out)  # the partial buffers go unused
         else:
             chunk = triton.cdiv(triton.cdiv(n_k, SPLIT_KV), BLOCK_N) * BLOCK_N
             p_acc, p_m, p_l = self._partials(batch * heads * SPLIT_KV * n_q, q.device)
-        _attn_fwd[(triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)](
-            q, k, v, out, p_acc, p_m, p_l, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-            heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
-            CAUSAL=CAUSAL, CAUSAL_SPLIT={causal_split}, SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M,
-            BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, K_TRANS={k_trans}, NUM_STAGES=NUM_STAGES,
-            EVEN_M=n_q % BLOCK_M == 0, EVEN_N=n_k % BLOCK_N == 0, EVEN_D=BLOCK_D == HEAD_DIM, PRESCALE_Q={prescale_q},
-            num_warps=NUM_WARPS, num_stages=NUM_STAGES,
-        )
+        grid = (triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)
+        # Every parameter positionally, constexprs included: the same tuple feeds the direct launcher.
+        args = (q, k, v, out, p_acc, p_m, p_l, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+                heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
+                CAUSAL, {causal_split}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, {k_trans},
+                NUM_STAGES, n_q % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, {prescale_q}, tma)
+        kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+        combine = cgrid = cargs = None
         if SPLIT_KV > 1:
-            _attn_combine[(triton.cdiv(n_q, BLOCK_M), batch * heads)](
-                p_acc, p_m, p_l, out, *out.stride(), heads, n_q,
-                SPLITS=SPLIT_KV, HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_D=BLOCK_D, EXP2=USE_EXP2, num_warps=4,
-            )
+            cgrid = grid[:2] + (1,)
+            cargs = (p_acc, p_m, p_l, out, *out.stride(), heads, n_q, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_D, USE_EXP2)
+            combine = _attn_combine[cgrid](*cargs, num_warps=4)
+        if q.is_cuda and hasattr(kernel, "packed_metadata") and (SPLIT_KV == 1 or hasattr(combine, "packed_metadata")):
+            self._fast[key] = _direct(q.device.index, kernel, grid, args, combine, cgrid, cargs)
         return out
+
+
+def _direct(device_index, kernel, grid, args, combine, cgrid, cargs):
+    """A launcher for one input layout: allocate the output, call the compiled kernel's launcher with
+    the current stream (so CUDA-graph capture works) and the prepared arguments."""
+    stream = torch._C._cuda_getCurrentRawStream
+    empty_like = torch.empty_like
+    run, fn, meta = kernel.run, kernel.function, kernel.packed_metadata
+    g0, g1, g2 = grid
+    if SPLIT_KV == 1:
+        tail = args[7:]
+
+        def fast(q, k, v):
+            out = empty_like(q)
+            run(g0, g1, g2, stream(device_index), fn, meta, None, None, None, q, k, v, out, out, out, out, *tail)
+            return out
+
+        return fast
+    tail, ctail = args[4:7], args[7:]
+    crun, cfn, cmeta = combine.run, combine.function, combine.packed_metadata
+    c0, c1, c2 = cgrid
+    cextra = cargs[4:]
+
+    def fast_split(q, k, v):
+        out = empty_like(q)
+        s = stream(device_index)
+        run(g0, g1, g2, s, fn, meta, None, None, None, q, k, v, out, *tail, *ctail)
+        crun(c0, c1, c2, s, cfn, cmeta, None, None, None, *tail, out, *cextra)
+        return out
+
+    return fast_split
 '''
 
 
 def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
     """ModelNew source for genome ``g`` on an attention task with this causality and head size."""
-    loop_expr = "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES)" if g.loop == "tl.range" \
-        else "range(lo, hi, BLOCK_N)"
+    if g.loop == "tl.range":
+        extra = ", warp_specialize=True" if g.warp_spec else ""
+        loop_expr = f"tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES{extra})"
+    else:
+        loop_expr = "range(lo, hi, BLOCK_N)"
     return _KERNEL.format(
         genome_json=json.dumps(g.to_dict(), sort_keys=True),
         causal=bool(causal), head_dim=head_dim, block_m=g.block_m, block_n=g.block_n,
         block_d=max(next_pow2(head_dim), 16), num_warps=g.num_warps, num_stages=g.num_stages,
         exp2=bool(g.exp2), loop_expr=loop_expr, causal_split=bool(g.causal_split and causal),
-        k_trans=g.k_layout == "trans", split_kv=g.split_kv, prescale_q=bool(g.prescale_q),
+        k_trans=g.k_layout == "trans", split_kv=g.split_kv, prescale_q=bool(g.prescale_q), tma=bool(g.tma),
     )

@@ -10,7 +10,8 @@ levels:
 - **implementation**: exp2 with the scale folded in or exp; the scale folded into Q once (rounded to
   Q's dtype: cheaper, slightly less exact, so the evaluator decides); K loaded transposed through
   strides or loaded row-major and transposed in registers; a plain loop or ``tl.range`` software
-  pipelining;
+  pipelining; on Hopper (sm_90+, Triton >= 3.4) only: K and V through device-side TMA tensor
+  descriptors; from Blackwell on, warp specialisation of the pipelined loop;
 - **hardware**: BLOCK_M, BLOCK_N, num_warps, num_stages, one step at a time;
 
 plus uniform crossover of two kernel genomes. Genomes that don't fit the GPU (shared memory,
@@ -26,6 +27,7 @@ from typing import Any
 from evoforge.candidate import Candidate
 from evoforge.kernels.flash_attention import (
     BLOCKS,
+    BLOCKS_N,
     K_LAYOUTS,
     LOOPS,
     SPLITS,
@@ -115,7 +117,15 @@ class TemplateMutator(Mutator):
             variant = rng.choice(sorted(self.torch_paths))
             return {"kind": "torch", "variant": variant}, f"replace the kernel with {variant}", level
         if level == "implementation":
-            what = rng.choice(["exp2", "k_layout", "loop", "prescale_q"])
+            what = rng.choice(["exp2", "k_layout", "loop", "prescale_q"]
+                              + (["tma"] if self.limits.hopper else [])
+                              + (["warp_spec"] if self.limits.warp_spec else []))
+            if what == "tma":
+                return g.with_(tma=not g.tma).to_dict(), f"TMA descriptors {'off' if g.tma else 'on'}", level
+            if what == "warp_spec":
+                # Warp specialisation lives on the tl.range loop: switching it on brings the loop along.
+                return g.with_(warp_spec=not g.warp_spec, loop="tl.range").to_dict(), \
+                    f"warp specialisation {'off' if g.warp_spec else 'on'}", level
             if what == "exp2":
                 return g.with_(exp2=not g.exp2).to_dict(), f"exp2 {'off' if g.exp2 else 'on'}", level
             if what == "prescale_q":
@@ -127,7 +137,7 @@ class TemplateMutator(Mutator):
             new = _step(LOOPS, g.loop, rng)
             return g.with_(loop=new).to_dict(), f"loop {g.loop} -> {new}", level
         what = rng.choice(["block_m", "block_n", "num_warps", "num_stages"])
-        space = {"block_m": BLOCKS, "block_n": BLOCKS, "num_warps": WARPS, "num_stages": STAGES}[what]
+        space = {"block_m": BLOCKS, "block_n": BLOCKS_N, "num_warps": WARPS, "num_stages": STAGES}[what]
         old = getattr(g, what)
         new = _step(space, old, rng)
         return g.with_(**{what: new}).to_dict(), f"{what} {old} -> {new}", level
