@@ -344,6 +344,7 @@ def test_the_audit_hook_refuses_frames_to_candidate_code_but_not_to_libraries(tm
             except ZeroDivisionError:
                 traceback.format_exc()
         attempt("traceback", format_own_exception)
+        attempt("pythonpath library", lambda: __import__("evoforge_testlib").frame())
         getframe = getattr(sys, "_get" + "frame")
         attempt("getframe", lambda: getframe(1))
         attempt("inspect", lambda: __import__("inspect").currentframe())
@@ -375,11 +376,15 @@ def test_the_audit_hook_refuses_frames_to_candidate_code_but_not_to_libraries(tm
         print(json.dumps({{"refused": namespace["refused"], "allowed": namespace["allowed"],
                           "violation": guards.audit_violation({{path}})}}))
         """)
+    # A library on PYTHONPATH (not installed, not the standard library) is library code too.
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "evoforge_testlib.py").write_text("import sys\n\n\ndef frame():\n    return sys._getframe(0)\n")
     proc = subprocess.run([sys.executable, "-c", driver], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([*sys.path, str(lib)])})
     assert proc.returncode == 0, proc.stderr[-2000:]
     data = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert data["allowed"] == ["namedtuple", "enum", "typevar", "logging", "traceback"]
+    assert data["allowed"] == ["namedtuple", "enum", "typevar", "logging", "traceback", "pythonpath library"]
     assert data["refused"] == ["getframe", "inspect", "logging.currentframe", "gc", "tb_frame", "gi_frame",
                                "settrace", "ctypes", "forged"]
     assert data["violation"].startswith("runtime guard: walks the call stack")

@@ -238,6 +238,15 @@ def _library_dirs() -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     with contextlib.suppress(AttributeError):
         site_dirs.add(os.path.realpath(site.getusersitepackages()))
     site_dirs.update(os.path.realpath(p) for p in sys.path if p.endswith(("site-packages", "dist-packages")))
+    # Whatever is on sys.path (PYTHONPATH, .pth entries) is library code too; candidates live in the
+    # worker's scratch directory, its working directory, which is not.
+    # (The standard library's own entries stay out: its wrappers are looked past for ctypes.)
+    cwd = os.path.realpath(os.getcwd())
+    for entry in sys.path:
+        real = os.path.realpath(entry) if entry else cwd
+        inside = [d for d in (cwd, *stdlib) if real == d or real.startswith(d + os.sep)]
+        if os.path.isdir(real) and not inside:
+            site_dirs.add(real)
     for name in ("torch", "triton", "numpy", "evoforge"):
         spec = importlib.util.find_spec(name)
         if spec is not None and spec.submodule_search_locations:
@@ -308,9 +317,10 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
         filename = frame.f_code.co_filename if frame is not None else "<unknown>"
         if frame is None or _in(filename, _trusted_dirs):
             return
+        where = f"{os.path.basename(filename)}:{frame.f_lineno} in {frame.f_code.co_name}"
     finally:
         _audit_state.busy = False
-    _violations.append((filename, reason))
+    _violations.append((filename, f"{reason} at {where}"))
     raise RuntimeError(f"sandbox: refused at run time: candidate code {reason}")
 
 

@@ -399,8 +399,14 @@ class _Worker:
                     return "rejected", f"{case['name']}: returned the result of an earlier call (result reuse)"
             return "incorrect", f"{case['name']}: {check['detail']}"
         for earlier, snapshot in history:
-            if not all(guards.same_bits(a, b) for a, b in zip(earlier, snapshot, strict=True)):
-                return "rejected", "a later call overwrote the output returned by an earlier call"
+            try:
+                kept = all(guards.same_bits(a, b) for a, b in zip(earlier, snapshot, strict=True))
+            except RuntimeError as exc:  # torch refuses to read an output that a CUDA graph replay overwrote
+                kept, why = False, f" ({_one_line(exc)[:160]})"
+            else:
+                why = ""
+            if not kept:
+                return "rejected", f"a later call overwrote the output returned by an earlier call{why}"
         history.append((outs, [t.clone() for t in outs]))
         return None
 
