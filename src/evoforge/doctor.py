@@ -81,8 +81,8 @@ def sandbox_report() -> dict[str, Any]:
     lines = [
         "network: " + ("own network namespace (no network, not even loopback)" if network is None
                        else f"NOT isolated ({network}); --sandbox strict refuses to run"),
-        "writes: " + (f"confined by Landlock ABI {sandbox.landlock_abi()} to the scratch directory, /dev and the "
-                      "compiler caches" + (f"; also blocked: {', '.join(extras)}" if extras else "")
+        "writes: " + (f"confined by Landlock ABI {sandbox.landlock_abi()} to the scratch directory, /dev, /proc "
+                      "and the compiler caches" + (f"; also blocked: {', '.join(extras)}" if extras else "")
                       if writes is None else f"NOT confined ({writes}); --sandbox strict refuses to run"),
         "processes: " + ("capped by a pids cgroup" if processes is None
                          else f"capped by a watchdog counting descendants ({processes})"),

@@ -6,7 +6,7 @@
 - ``basic`` (default): plus a scrubbed environment (no API keys, tokens, passwords, cloud
   credentials), the static pre-check, the audit hook (guards.py), and, where the OS allows them:
   a network namespace of its own (no network, not even loopback; root or CAP_SYS_ADMIN) and a
-  Landlock domain (writes only beneath the scratch directory, /dev and the compiler caches; no TCP
+  Landlock domain (writes only beneath the scratch directory, /dev, /proc and the compiler caches; no TCP
   on ABI >= 4; no signals to outside processes on ABI >= 6);
 - ``strict``: as ``basic``, but refuses to evaluate when the network namespace or the write
   restriction is unavailable.
