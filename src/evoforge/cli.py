@@ -313,11 +313,11 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
                "best_latency_us": final.best_latency_us}
     calls = store.llm_calls(run_id)
     if calls:
-        summary["llm"] = {"calls": len(calls), "with_code": sum(c["status"] == "ok" for c in calls),
-                          "tokens_in": sum(c["tokens_in"] for c in calls),
-                          "tokens_out": sum(c["tokens_out"] for c in calls),
-                          "cost": round(sum(c["cost"] for c in calls), 6),
-                          "retries": sum(len(c["retried"]) for c in calls)}
+        from evoforge.report import llm_bucket
+
+        totals = llm_bucket(calls, {})  # what the requests cost; `evoforge report` adds what they were worth
+        summary["llm"] = {key: totals[key] for key in ("calls", "with_code", "tokens_in", "tokens_out", "retries")}
+        summary["llm"]["cost"] = round(totals["cost"], 6)
     if as_json:
         out.print_json(json.dumps(summary))
     else:

@@ -21,7 +21,8 @@ def _mode(result: EvalResult) -> str | None:
     return result.fitness_mode or (next(iter(result.timing), None))
 
 
-def _llm_bucket(calls: list[dict[str, Any]], by_hash: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def llm_bucket(calls: list[dict[str, Any]], by_hash: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Totals of LLM calls; ``by_hash`` (evidence rows by candidate hash) gives what their code was worth."""
     replies = [c for c in calls if c["status"] in ("ok", "no_code")]
     with_code = [c for c in calls if c["status"] == "ok"]
     evaluated = [by_hash[c["candidate_hash"]] for c in with_code if c["candidate_hash"] in by_hash]
@@ -50,11 +51,12 @@ def llm_summary(calls: list[dict[str, Any]], rows: list[dict[str, Any]], task: s
     if not calls:
         return None
     by_hash = {row["hash"]: row for row in rows if row["status"] != "pending"}
-    out = _llm_bucket(calls, by_hash)
+    overall = llm_bucket(calls, by_hash)
+    out = dict(overall)
     for key, field in (("by_guide", "guide"), ("by_operation", "operation"), ("by_model", "model")):
-        out[key] = {value: _llm_bucket([c for c in calls if c[field] == value], by_hash)
+        out[key] = {value: llm_bucket([c for c in calls if c[field] == value], by_hash)
                     for value in sorted({c[field] for c in calls})}
-    out["by_task"] = {task: _llm_bucket(calls, by_hash)}
+    out["by_task"] = {task: overall}
     made = {c["candidate_hash"] for c in calls if c["status"] == "ok"}
     out["speedups"] = sorted((by_hash[h]["fitness"] for h in made if h in by_hash and by_hash[h]["status"] == "ok"),
                              reverse=True)

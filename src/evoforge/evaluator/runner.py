@@ -379,27 +379,23 @@ class Evaluator:
 
     def restricted_writes(self) -> bool:
         """Whether workers' writes are confined (Landlock); raises for strict without it."""
-        self._check_mode()
-        if self.config.sandbox == "none":
-            return False
-        reason = sandbox.write_restriction_unavailable()
-        if reason and self.config.sandbox == "strict":
-            raise EvaluatorError(f"--sandbox strict: cannot confine workers' writes here: {reason}")
-        return reason is None
-
-    def _check_mode(self) -> None:
-        if self.config.sandbox not in sandbox.SANDBOXES:
-            choices = ", ".join(sandbox.SANDBOXES)
-            raise EvaluatorError(f"unknown sandbox {self.config.sandbox!r} (choose from {choices})")
+        return self._layer(sandbox.write_restriction_unavailable, "cannot confine workers' writes here")
 
     def isolated_network(self) -> bool:
         """Whether workers get a network namespace of their own; raises for strict without one."""
-        self._check_mode()
+        return self._layer(sandbox.network_isolation_unavailable, "no network isolation here")
+
+    def _layer(self, unavailable: Callable[[], str | None], refusal: str) -> bool:
+        """Whether a sandbox layer applies: never with ``none``; where ``unavailable()`` says it can't,
+        skipped with ``basic`` and refused with ``strict``."""
+        if self.config.sandbox not in sandbox.SANDBOXES:
+            choices = ", ".join(sandbox.SANDBOXES)
+            raise EvaluatorError(f"unknown sandbox {self.config.sandbox!r} (choose from {choices})")
         if self.config.sandbox == "none":
             return False
-        reason = sandbox.network_isolation_unavailable()
+        reason = unavailable()
         if reason and self.config.sandbox == "strict":
-            raise EvaluatorError(f"--sandbox strict: no network isolation here: {reason}")
+            raise EvaluatorError(f"--sandbox strict: {refusal}: {reason}")
         return reason is None
 
     # ---------------------------------------------------------------- results

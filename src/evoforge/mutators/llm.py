@@ -51,7 +51,6 @@ class LLMMutator(Mutator):
         self.seeds = list(seeds or [])
         self.seed_generations = seed_generations
         self.generation = 0
-        self.last_prompts: list[list[dict[str, str]]] = []
 
     def begin_generation(self, generation: int) -> None:
         self.generation = generation
@@ -111,7 +110,6 @@ class LLMMutator(Mutator):
             return []
         values = self._values(history)
         messages = [self._messages(op, picked, values) for op, picked in plan]
-        self.last_prompts = messages
         requests = [(m, self.client.pick_model(self.rng)) for m in messages]
         ops = ", ".join(sorted({op for op, _ in plan}))
         self.progress(f"asking the LLM for {len(requests)} candidate(s) ({ops})")
