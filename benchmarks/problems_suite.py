@@ -44,6 +44,8 @@ def markdown(data: dict[str, Any]) -> str:
                   "|---|---|---|---|---|---|---|"]
         for p in block["batch"]["problems"]:
             status = p["status"] if p["status"] != "error" else f"error: {p['detail'][:80]}"
+            if p["status"] != "error" and p.get("detail"):  # a baseline never valid: why its column is "-"
+                status += f" ({p['detail'][:120]})"
             lines.append(f"| {p['problem']} | {status} | {p['best'] or '-'} | {_x(p['vs_eager'])} | "
                          f"{_x(p['vs_compile'])} | {_x(p['fitness'])} | {p['valid']}/{p['evaluated']} |")
         lines += ["", f"fast_1 {s['fast_1_vs_eager']:.2f}, fast_1.5 {s['fast_1.5_vs_eager']:.2f} vs eager; "

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from evoforge.batch import BatchSummary, ProblemOutcome, discover, fast_p, geomean, problem_level
+from evoforge.batch import BatchSummary, ProblemOutcome, baseline_failures, discover, fast_p, geomean, problem_level
+from evoforge.evaluator.result import EvalResult
 from evoforge.task import TaskError
 
 EXAMPLES = Path(__file__).parents[1] / "examples" / "problems"
@@ -40,6 +41,24 @@ def test_summary_measures() -> None:
     assert m["fast_1_vs_best"] == 0.25 and m["fast_1.5_vs_best"] == 0.0
     assert m["geomean_vs_eager"] == pytest.approx(math.sqrt(2.4))
     assert m["geomean_vs_best"] == pytest.approx(math.sqrt(0.66))
+
+
+def test_a_baseline_never_valid_says_why_its_column_is_empty() -> None:
+    # On the H100 a sandbox refusal made torch.compile's baseline invalid, and "vs torch.compile" was a
+    # bare "-": the row now carries the baseline's status and detail.
+    def res(name: str, status: str, detail: str = "") -> EvalResult:
+        return EvalResult(name=name, hash=name, status=status, detail=detail, role="baseline")
+
+    refused = res("task_model_compiled", "rejected", "sandbox: refused at run time: walks the call stack")
+    assert baseline_failures([res("task_model", "ok"), refused]) == (
+        "baseline task_model_compiled rejected: sandbox: refused at run time: walks the call stack")
+    # Valid in one generation is enough; an attention task's other baselines are not reported.
+    assert baseline_failures([res("task_model", "ok"), refused, res("task_model_compiled", "ok")]) == ""
+    assert baseline_failures([res("sdpa_flash", "crashed"), res("task_model", "ok")]) == ""
+    assert baseline_failures([res("task_model", "timeout", "check stage ran past its 60 s limit"),
+                              res("task_model_compiled", "crashed")]) == (
+        "baseline task_model timeout: check stage ran past its 60 s limit; baseline task_model_compiled crashed")
+    assert baseline_failures([]) == ""
 
 
 def test_level_from_the_attribute_or_the_folder(tmp_path: Path) -> None:

@@ -157,6 +157,7 @@ def test_batch_runs_every_problem_of_a_level_and_summarises(tmp_path: Path) -> N
     assert rows["no_model.py"]["status"] == "error" and "no `Model` class" in rows["no_model.py"]["detail"]
     ok = rows["tanh_matmul.py"]
     assert ok["status"] == "ok" and ok["level"] == 1 and ok["vs_eager"] > 0 and ok["fitness"] > 0
+    assert ok["vs_compile"] > 0 and ok["detail"] == ""  # both baselines valid: no note on the row
     m = data["summary"]
     assert m["problems"] == 2 and m["correct"] == 1
     assert m["fast_1_vs_eager"] == (0.5 if ok["vs_eager"] > 1.0 else 0.0)

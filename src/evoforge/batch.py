@@ -103,6 +103,19 @@ def outcome_from_result(result: Any) -> dict[str, Any]:
             "fitness": result.fitness, "fitness_mode": mode}
 
 
+def baseline_failures(results: list[Any]) -> str:
+    """Why a speedup column is empty: for each of a generic task's baselines (eager, torch.compile) that
+    was evaluated but never valid in the run, its name, status and detail ("" when both were valid or
+    the baseline was never evaluated). Without it, a baseline the evaluator refused is only a "-"."""
+    notes = []
+    for name in (EAGER_BASELINE, COMPILED_BASELINE):
+        mine = [r for r in results if r.name == name]
+        if mine and not any(r.ok for r in mine):
+            last = mine[-1]
+            notes.append(f"baseline {name} {last.status}" + (f": {last.detail[:200]}" if last.detail else ""))
+    return "; ".join(notes)
+
+
 @dataclass
 class BatchSummary:
     problems: list[ProblemOutcome] = field(default_factory=list)

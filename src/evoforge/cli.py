@@ -412,7 +412,7 @@ def _batch(store: Any, config: Any, folder: Path, level: int | None, as_json: bo
     """One run per problem, then the summary: per problem the best candidate's speedups, and fast_p and the
     geometric mean over all. A problem that can't be used is a line in the table, not the end of the batch."""
     from evoforge import evolve
-    from evoforge.batch import BatchSummary, ProblemOutcome, discover, outcome_from_result
+    from evoforge.batch import BatchSummary, ProblemOutcome, baseline_failures, discover, outcome_from_result
     from evoforge.evaluator import EvaluatorError
     from evoforge.store import StoreError
     from evoforge.task import TaskError
@@ -439,6 +439,7 @@ def _batch(store: Any, config: Any, folder: Path, level: int | None, as_json: bo
                     setattr(row, key, value)
             else:
                 row.status = "no valid candidate"
+            row.detail = baseline_failures([r for r, _ in store.evaluations(run_id, role="baseline")])
         except (TaskError, EvaluatorError, StoreError) as exc:
             if verbose:
                 traceback.print_exc()
@@ -476,6 +477,8 @@ def _print_batch(data: dict[str, Any], folder: Path) -> None:
         table.add_column(col)
     for p in data["problems"]:
         status = p["status"] if p["status"] != "error" else f"error: {p['detail'][:60]}"
+        if p["status"] != "error" and p["detail"]:  # a baseline that was never valid: why its column is empty
+            status += f" ({p['detail'][:80]})"
         table.add_row(p["problem"], str(p["level"] if p["level"] is not None else "-"), escape(status),
                       p["best"] or "-", x(p["vs_eager"]), x(p["vs_compile"]), x(p["fitness"]),
                       f"{p['valid']}/{p['evaluated']}", (p["run"] or "-")[:12])
