@@ -87,3 +87,19 @@ def test_hopper_operators_only_where_the_gpu_has_them() -> None:
     assert not any(g.tma or g.warp_spec for g in older)
     blackwell = proposed(HardwareLimits(shared_memory_bytes=227 * 1024, capability=(10, 0), triton_version=(3, 6)))
     assert any(g.warp_spec and g.loop == "tl.range" for g in blackwell)
+
+
+def test_fused_combine_is_offered_on_split_kv_kernels_only() -> None:
+    m = TemplateMutator(random.Random(6), PARAMS, HardwareLimits(shared_memory_bytes=227 * 1024))
+    split = FlashGenome(block_m=64, block_n=64, split_kv=2).to_dict()
+    children = [m.mutate(split) for _ in range(200)]
+    fused = [FlashGenome.from_dict(g) for g, what, _ in children if "last program" in what]
+    assert fused and all(g.fused_combine and g.split_kv == 2 for g in fused)
+    unsplit = [m.mutate(FlashGenome(block_m=64, block_n=64).to_dict()) for _ in range(200)]
+    assert not any(FlashGenome.from_dict(g).fused_combine for g, _, _ in unsplit if g["kind"] == "triton_flash")
+    # Leaving split-KV drops the option with it, so the child still fits.
+    back = [FlashGenome.from_dict(g) for g, what, _ in
+                             (m.mutate(FlashGenome(split_kv=2, fused_combine=True).to_dict()) for _ in range(300))
+                             if what == "split-KV 2 -> 1"]
+    assert back and all(not g.fused_combine for g in back)
+    assert "split-KV option" in (fits(FlashGenome(fused_combine=True), 64, 2, m.limits) or "")

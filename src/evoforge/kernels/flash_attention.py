@@ -5,7 +5,9 @@ candidate (``class ModelNew``) with: online softmax, fp32 accumulation, optional
 folded in, GQA (each program reads its K/V head), causal masking with block skipping and, optionally,
 the causal loop split into unmasked full blocks and masked diagonal blocks. With ``split_kv`` > 1 the keys are
 split across that many programs per (row block, head), for short or few-head problems that would
-leave most of the GPU idle, and a second kernel combines their partial results. On Hopper, K and V
+leave most of the GPU idle, and their partial results are combined either by a second kernel or, with
+``fused_combine``, by whichever program of a row block finishes last (an atomic counter per row block
+tells it; one launch instead of two). On Hopper, K and V
 may be read through device-side TMA tensor descriptors (``tma``); warp specialisation of the key loop
 (``warp_spec``) renders too but is offered only where it compiles (``HardwareLimits``).
 
@@ -52,6 +54,7 @@ class FlashGenome:
     prescale_q: bool = False  # fold the softmax scale into Q once (rounded to Q's dtype) instead of per score
     tma: bool = False  # load K and V through device-side TMA tensor descriptors (Hopper)
     warp_spec: bool = False  # tl.range(warp_specialize=True): producer/consumer warps (Hopper, tl.range only)
+    fused_combine: bool = False  # split-KV: the last program of a row block combines the partials (no 2nd launch)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "triton_flash", **asdict(self)}
@@ -118,6 +121,8 @@ def next_pow2(n: int) -> int:
 def fits(g: FlashGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits) -> str | None:
     """Why the genome can't run well on this hardware, or None if it fits."""
     d = next_pow2(head_dim)
+    if g.fused_combine and g.split_kv == 1:
+        return "the fused combine is a split-KV option"
     if g.warp_spec and g.loop != "tl.range":
         return "warp specialisation needs the tl.range loop"
     if g.tma and not limits.hopper:
@@ -228,16 +233,16 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
               sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRESCALE_Q: tl.constexpr,
-              TMA: tl.constexpr):
+              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
-    # _attn_combine.
+    # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -296,41 +301,60 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, sqb, sqh, sqm, sqd, skb, skh, skn, sk
         tl.store(P_m + base, m_i, mask=row_ok)
         tl.store(P_l + base, l_i, mask=row_ok)
         tl.store(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], acc, mask=row_ok[:, None])
+        if FUSED_COMBINE:
+            # Every thread's partial stores happen before the barrier; the counter's acq_rel atomic
+            # publishes them (and, for the last program, acquires everyone else's).
+            tl.debug_barrier()
+            tile = start_m + bh * tl.num_programs(0)
+            arrived = tl.atomic_add(Counter + tile, 1, sem="acq_rel", scope="gpu")
+            if arrived == SPLITS - 1:
+                tl.atomic_xchg(Counter + tile, 0, sem="relaxed", scope="gpu")  # ready for the next call
+                _combine_tile(P_acc, P_m, P_l, O, b, h, bh, start_m, sob, soh, som, sod, n_q,
+                              SPLITS, HEAD_DIM, BLOCK_M, BLOCK_D, EXP2)
 
 
 SPLIT_KV = {split_kv}
+FUSED_COMBINE = {fused_combine}
+
+
+@triton.jit
+def _combine_tile(P_acc, P_m, P_l, O, b, h, bh, start_m, sob, soh, som, sod, n_q,
+                  SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+                  EXP2: tl.constexpr):
+    # Partials are read through L2 only (.cg): another program wrote them, and an SM's L1 may hold
+    # lines of the same scratch from an earlier call.
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < n_q
+    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    for s in tl.static_range(SPLITS):
+        m = tl.maximum(m, tl.load(P_m + (bh * SPLITS + s) * n_q + offs_m, mask=row_ok, other=float("-inf"),
+                                  cache_modifier=".cg"))
+    l_sum = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    for s in tl.static_range(SPLITS):
+        base = (bh * SPLITS + s) * n_q + offs_m
+        m_s = tl.load(P_m + base, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        if EXP2:
+            w = tl.math.exp2(m_s - m)
+        else:
+            w = tl.exp(m_s - m)
+        w = tl.where(m_s == float("-inf"), 0.0, w)
+        l_sum += w * tl.load(P_l + base, mask=row_ok, other=0.0, cache_modifier=".cg")
+        acc += w[:, None] * tl.load(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], mask=row_ok[:, None],
+                                    other=0.0, cache_modifier=".cg")
+    acc = acc / l_sum[:, None]
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
+             acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
 
 
 @triton.jit
 def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, n_q,
                   SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
                   EXP2: tl.constexpr):
-    start_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // n_heads
-    h = bh % n_heads
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < n_q
-    m = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    for s in tl.static_range(SPLITS):
-        m = tl.maximum(m, tl.load(P_m + (bh * SPLITS + s) * n_q + offs_m, mask=row_ok, other=float("-inf")))
-    l_sum = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    for s in tl.static_range(SPLITS):
-        base = (bh * SPLITS + s) * n_q + offs_m
-        m_s = tl.load(P_m + base, mask=row_ok, other=float("-inf"))
-        if EXP2:
-            w = tl.math.exp2(m_s - m)
-        else:
-            w = tl.exp(m_s - m)
-        w = tl.where(m_s == float("-inf"), 0.0, w)
-        l_sum += w * tl.load(P_l + base, mask=row_ok, other=0.0)
-        acc += w[:, None] * tl.load(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], mask=row_ok[:, None],
-                                    other=0.0)
-    acc = acc / l_sum[:, None]
-    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
-             acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    _combine_tile(P_acc, P_m, P_l, O, bh // n_heads, bh % n_heads, bh, tl.program_id(0), sob, soh, som, sod, n_q,
+                  SPLITS, HEAD_DIM, BLOCK_M, BLOCK_D, EXP2)
 
 
 USE_TMA = {tma}
@@ -357,15 +381,17 @@ class ModelNew(nn.Module):
 
     def __init__(self):
         super().__init__()
-        self._scratch = {{}}  # split-KV partial results, per shape (scratch, never returned)
+        self._scratch = {{}}  # split-KV partial results and row-block counters, per shape (never returned)
         self._fast = {{}}  # input layout -> a direct launcher of the compiled kernel(s)
 
-    def _partials(self, rows, device):
-        key = (rows, device)
+    def _partials(self, rows, tiles, device):
+        key = (rows, tiles, device)
         if key not in self._scratch:
+            # The counters start at zero and the last program of each row block sets its counter back.
             self._scratch[key] = (torch.empty(rows, BLOCK_D, device=device, dtype=torch.float32),
                                   torch.empty(rows, device=device, dtype=torch.float32),
-                                  torch.empty(rows, device=device, dtype=torch.float32))
+                                  torch.empty(rows, device=device, dtype=torch.float32),
+                                  torch.zeros(tiles, device=device, dtype=torch.int32))
         return self._scratch[key]
 
     def forward(self, q, k, v):
@@ -383,24 +409,26 @@ class ModelNew(nn.Module):
         tma = USE_TMA and _tma_ok(k, v)
         if tma:
             triton.set_allocator(_scratch_alloc)
+        grid = (triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)
         if SPLIT_KV == 1:
-            chunk, (p_acc, p_m, p_l) = n_k, (out, out, out)  # the partial buffers go unused
+            chunk, (p_acc, p_m, p_l, counter) = n_k, (out, out, out, out)  # the partial buffers go unused
         else:
             chunk = triton.cdiv(triton.cdiv(n_k, SPLIT_KV), BLOCK_N) * BLOCK_N
-            p_acc, p_m, p_l = self._partials(batch * heads * SPLIT_KV * n_q, q.device)
-        grid = (triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)
+            p_acc, p_m, p_l, counter = self._partials(batch * heads * SPLIT_KV * n_q, grid[0] * grid[1], q.device)
         # Every parameter positionally, constexprs included: the same tuple feeds the direct launcher.
-        args = (q, k, v, out, p_acc, p_m, p_l, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        args = (q, k, v, out, p_acc, p_m, p_l, counter, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
                 heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
                 CAUSAL, {causal_split}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, {k_trans},
-                NUM_STAGES, n_q % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, {prescale_q}, tma)
+                NUM_STAGES, n_q % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, {prescale_q}, tma,
+                FUSED_COMBINE)
         kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         combine = cgrid = cargs = None
-        if SPLIT_KV > 1:
+        if SPLIT_KV > 1 and not FUSED_COMBINE:
             cgrid = grid[:2] + (1,)
             cargs = (p_acc, p_m, p_l, out, *out.stride(), heads, n_q, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_D, USE_EXP2)
             combine = _attn_combine[cgrid](*cargs, num_warps=4)
-        if q.is_cuda and hasattr(kernel, "packed_metadata") and (SPLIT_KV == 1 or hasattr(combine, "packed_metadata")):
+        compiled = hasattr(kernel, "packed_metadata") and (combine is None or hasattr(combine, "packed_metadata"))
+        if q.is_cuda and compiled:
             self._fast[key] = _direct(q.device.index, kernel, grid, args, combine, cgrid, cargs)
         return out
 
@@ -413,15 +441,23 @@ def _direct(device_index, kernel, grid, args, combine, cgrid, cargs):
     run, fn, meta = kernel.run, kernel.function, kernel.packed_metadata
     g0, g1, g2 = grid
     if SPLIT_KV == 1:
-        tail = args[7:]
+        tail = args[8:]
 
         def fast(q, k, v):
             out = empty_like(q)
-            run(g0, g1, g2, stream(device_index), fn, meta, None, None, None, q, k, v, out, out, out, out, *tail)
+            run(g0, g1, g2, stream(device_index), fn, meta, None, None, None, q, k, v, out, out, out, out, out, *tail)
             return out
 
         return fast
     tail, ctail = args[4:7], args[7:]
+    if combine is None:
+
+        def fast_fused(q, k, v):
+            out = empty_like(q)
+            run(g0, g1, g2, stream(device_index), fn, meta, None, None, None, q, k, v, out, *tail, *ctail)
+            return out
+
+        return fast_fused
     crun, cfn, cmeta = combine.run, combine.function, combine.packed_metadata
     c0, c1, c2 = cgrid
     cextra = cargs[4:]
@@ -450,4 +486,5 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         block_d=max(next_pow2(head_dim), 16), num_warps=g.num_warps, num_stages=g.num_stages,
         exp2=bool(g.exp2), loop_expr=loop_expr, causal_split=bool(g.causal_split and causal),
         k_trans=g.k_layout == "trans", split_kv=g.split_kv, prescale_q=bool(g.prescale_q), tma=bool(g.tma),
+        fused_combine=bool(g.fused_combine and g.split_kv > 1),
     )

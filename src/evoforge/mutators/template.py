@@ -5,7 +5,8 @@ plus PyTorch's own attention paths as genomes of their own. Mutation operators f
 levels:
 
 - **algorithmic**: move between a PyTorch path and the fused online-softmax kernel; split the keys
-  across programs (split-KV, with a combining kernel) for short or few-head problems; split the
+  across programs (split-KV) for short or few-head problems, their partials combined by a second kernel
+  or by the last program of each row block to finish (one launch); split the
   causal loop into unmasked full blocks and masked diagonal blocks;
 - **implementation**: exp2 with the scale folded in or exp; the scale folded into Q once (rounded to
   Q's dtype: cheaper, slightly less exact, so the evaluator decides); K loaded transposed through
@@ -106,11 +107,16 @@ class TemplateMutator(Mutator):
         g = FlashGenome.from_dict(genome)
         level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
         if level == "algorithmic":
-            what = rng.choices(["split_kv", "causal_split", "torch"],
-                               weights=[0.5, 0.35 if self.params.causal else 0.0, 0.15])[0]
+            what = rng.choices(["split_kv", "fused_combine", "causal_split", "torch"],
+                               weights=[0.5, 0.3 if g.split_kv > 1 else 0.0, 0.35 if self.params.causal else 0.0,
+                                        0.15])[0]
             if what == "split_kv":
                 new = _step(SPLITS, g.split_kv, rng)
-                return g.with_(split_kv=new).to_dict(), f"split-KV {g.split_kv} -> {new}", level
+                return g.with_(split_kv=new, fused_combine=g.fused_combine and new > 1).to_dict(), \
+                    f"split-KV {g.split_kv} -> {new}", level
+            if what == "fused_combine":
+                return g.with_(fused_combine=not g.fused_combine).to_dict(), \
+                    f"split-KV combine {'in a second kernel' if g.fused_combine else 'by the last program'}", level
             if what == "causal_split":
                 return g.with_(causal_split=not g.causal_split).to_dict(), \
                     f"causal loop split {'off' if g.causal_split else 'on'}", level
