@@ -36,7 +36,7 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
                         num_stages=rng.choice(STAGES), exp2=rng.random() < 0.5, k_layout=rng.choice(K_LAYOUTS),
                         loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS),
                         prescale_q=rng.random() < 0.5, tma=rng.random() < 0.5, warp_spec=rng.random() < 0.3,
-                        fused_combine=rng.random() < 0.3)
+                        fused_combine=rng.random() < 0.3, pack_gqa=rng.random() < 0.3)
             for _ in range(n)]
 
 
@@ -73,12 +73,17 @@ GENOMES = [
     # The last program of a row block combines the partials (atomic counter): no second kernel.
     FlashGenome(block_m=16, block_n=16, split_kv=2, fused_combine=True),
     FlashGenome(block_m=16, block_n=32, split_kv=8, fused_combine=True, exp2=False),
+    # The query heads of a K/V group packed into a program's rows (a no-op mapping without GQA).
+    FlashGenome(block_m=16, block_n=16, pack_gqa=True),
+    FlashGenome(block_m=32, block_n=16, pack_gqa=True, split_kv=2, fused_combine=True, causal_split=True),
+    FlashGenome(block_m=16, block_n=32, pack_gqa=True, split_kv=4, tma=True),
     FlashGenome(block_m=32, block_n=32, prescale_q=True, exp2=True),
     # TMA descriptors: on a CPU the interpreter runs the descriptor path (where the head size allows it).
     FlashGenome(block_m=16, block_n=16, tma=True, causal_split=True),
     FlashGenome(block_m=32, block_n=16, tma=True, split_kv=2, loop="tl.range"),
 ]
-SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32"]
+SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32",
+          "heads=4,kv_heads=2,q_len=5,causal=1"]
 
 
 @pytest.mark.parametrize(("genome", "shape"), list(itertools.product(GENOMES, SHAPES)))

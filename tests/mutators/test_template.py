@@ -103,3 +103,13 @@ def test_fused_combine_is_offered_on_split_kv_kernels_only() -> None:
                              if what == "split-KV 2 -> 1"]
     assert back and all(not g.fused_combine for g in back)
     assert "split-KV option" in (fits(FlashGenome(fused_combine=True), 64, 2, m.limits) or "")
+
+
+def test_gqa_packing_is_offered_on_grouped_query_tasks_only() -> None:
+    def packed(params: AttentionParams) -> list[FlashGenome]:
+        m = TemplateMutator(random.Random(7), params, HardwareLimits(shared_memory_bytes=227 * 1024))
+        children = [m.mutate(FlashGenome(block_m=16, block_n=64).to_dict()) for _ in range(300)]
+        return [FlashGenome.from_dict(g) for g, what, _ in children if g["kind"] == "triton_flash" and g["pack_gqa"]]
+
+    assert packed(AttentionParams(heads=32, kv_heads=8, q_len=1, seq_len=1024, head_dim=128))
+    assert not packed(AttentionParams(heads=8, head_dim=64))

@@ -7,7 +7,9 @@ the causal loop split into unmasked full blocks and masked diagonal blocks. With
 split across that many programs per (row block, head), for short or few-head problems that would
 leave most of the GPU idle, and their partial results are combined either by a second kernel or, with
 ``fused_combine``, by whichever program of a row block finishes last (an atomic counter per row block
-tells it; one launch instead of two). On Hopper, K and V
+tells it; one launch instead of two). With ``pack_gqa``, a program's rows are the query heads of one
+K/V head's group (times the query positions), so a grouped-query or decode problem loads each K/V
+block once per group instead of once per query head. On Hopper, K and V
 may be read through device-side TMA tensor descriptors (``tma``); warp specialisation of the key loop
 (``warp_spec``) renders too but is offered only where it compiles (``HardwareLimits``).
 
@@ -55,6 +57,7 @@ class FlashGenome:
     tma: bool = False  # load K and V through device-side TMA tensor descriptors (Hopper)
     warp_spec: bool = False  # tl.range(warp_specialize=True): producer/consumer warps (Hopper, tl.range only)
     fused_combine: bool = False  # split-KV: the last program of a row block combines the partials (no 2nd launch)
+    pack_gqa: bool = False  # rows = (query head of a K/V group, position): one K/V load serves the whole group
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "triton_flash", **asdict(self)}
@@ -233,27 +236,53 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
 
 
 @triton.jit
+def _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M: tl.constexpr, PACK_GQA: tl.constexpr):
+    # A program's rows: (batch, K/V head, query head per row or for all rows, query position per row,
+    # valid rows, rows per program column). Program column bh is batch*head, or batch*K/V head when
+    # the query heads of a group are packed into the rows.
+    rows = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if PACK_GQA:
+        n_kv = n_heads // kv_group
+        b = bh // n_kv
+        kvh = bh % n_kv
+        n_rows = kv_group * n_q
+        head = kvh * kv_group + rows // n_q
+        pos = rows % n_q
+    else:
+        b = bh // n_heads
+        head = bh % n_heads
+        kvh = head // kv_group
+        n_rows = n_q
+        pos = rows
+    return b, kvh, head, pos, rows, rows < n_rows, n_rows
+
+
+@triton.jit
 def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
               sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRESCALE_Q: tl.constexpr,
-              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr):
+              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
     split = tl.program_id(2)
-    b = bh // n_heads
-    h = bh % n_heads
-    kvh = h // kv_group
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, kvh, head, offs_m, rows, row_ok, n_rows = _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M, PACK_GQA)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < n_q
-    q_ptrs = Q + b * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
+    if PACK_GQA:
+        # Rows mix query heads: the causal bounds come from the rows' first and last positions.
+        q_first = tl.min(tl.where(row_ok, offs_m, n_q), 0)
+        q_last = tl.max(tl.where(row_ok, offs_m, 0), 0)
+        q_ptrs = Q + b * sqb + (head * sqh + offs_m * sqm)[:, None] + offs_d[None, :] * sqd
+    else:
+        q_first = start_m * BLOCK_M
+        q_last = q_first + BLOCK_M - 1
+        q_ptrs = Q + b * sqb + head * sqh + offs_m[:, None] * sqm + offs_d[None, :] * sqd
     if EVEN_M and EVEN_D:
         q = tl.load(q_ptrs)
     else:
@@ -277,10 +306,10 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
     hi = tl.minimum(lo + chunk, n_k)
     if CAUSAL:
         # Block skipping: keys past the last row's diagonal are never loaded.
-        hi = tl.minimum(hi, (start_m + 1) * BLOCK_M + causal_offset)
+        hi = tl.minimum(hi, q_last + 1 + causal_offset)
     if CAUSAL and CAUSAL_SPLIT:
         # Full blocks (entirely below every row's diagonal) run without the mask.
-        full = tl.maximum(tl.minimum(start_m * BLOCK_M + causal_offset + 1, hi), lo)
+        full = tl.maximum(tl.minimum(q_first + causal_offset + 1, hi), lo)
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
@@ -294,10 +323,9 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
     if SPLITS == 1:
         acc = acc / l_i[:, None]
-        tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
-                 acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+        _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA)
     else:
-        base = (bh * SPLITS + split) * n_q + offs_m
+        base = (bh * SPLITS + split) * n_rows + rows
         tl.store(P_m + base, m_i, mask=row_ok)
         tl.store(P_l + base, l_i, mask=row_ok)
         tl.store(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], acc, mask=row_ok[:, None])
@@ -309,31 +337,41 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
             arrived = tl.atomic_add(Counter + tile, 1, sem="acq_rel", scope="gpu")
             if arrived == SPLITS - 1:
                 tl.atomic_xchg(Counter + tile, 0, sem="relaxed", scope="gpu")  # ready for the next call
-                _combine_tile(P_acc, P_m, P_l, O, b, h, bh, start_m, sob, soh, som, sod, n_q,
-                              SPLITS, HEAD_DIM, BLOCK_M, BLOCK_D, EXP2)
+                _combine_tile(P_acc, P_m, P_l, O, start_m, bh, sob, soh, som, sod, n_heads, kv_group, n_q,
+                              SPLITS, HEAD_DIM, BLOCK_M, BLOCK_D, EXP2, PACK_GQA)
 
 
 SPLIT_KV = {split_kv}
 FUSED_COMBINE = {fused_combine}
+PACK_GQA = {pack_gqa}
 
 
 @triton.jit
-def _combine_tile(P_acc, P_m, P_l, O, b, h, bh, start_m, sob, soh, som, sod, n_q,
+def _store_rows(O, acc, b, head, pos, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM: tl.constexpr,
+                PACK_GQA: tl.constexpr):
+    if PACK_GQA:
+        o_ptrs = O + b * sob + (head * soh + pos * som)[:, None] + offs_d[None, :] * sod
+    else:
+        o_ptrs = O + b * sob + head * soh + pos[:, None] * som + offs_d[None, :] * sod
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _combine_tile(P_acc, P_m, P_l, O, start_m, bh, sob, soh, som, sod, n_heads, kv_group, n_q,
                   SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                  EXP2: tl.constexpr):
+                  EXP2: tl.constexpr, PACK_GQA: tl.constexpr):
     # Partials are read through L2 only (.cg): another program wrote them, and an SM's L1 may hold
     # lines of the same scratch from an earlier call.
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    b, kvh, head, pos, rows, row_ok, n_rows = _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M, PACK_GQA)
     offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_m < n_q
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for s in tl.static_range(SPLITS):
-        m = tl.maximum(m, tl.load(P_m + (bh * SPLITS + s) * n_q + offs_m, mask=row_ok, other=float("-inf"),
+        m = tl.maximum(m, tl.load(P_m + (bh * SPLITS + s) * n_rows + rows, mask=row_ok, other=float("-inf"),
                                   cache_modifier=".cg"))
     l_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for s in tl.static_range(SPLITS):
-        base = (bh * SPLITS + s) * n_q + offs_m
+        base = (bh * SPLITS + s) * n_rows + rows
         m_s = tl.load(P_m + base, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
         if EXP2:
             w = tl.math.exp2(m_s - m)
@@ -344,17 +382,15 @@ def _combine_tile(P_acc, P_m, P_l, O, b, h, bh, start_m, sob, soh, som, sod, n_q
         acc += w[:, None] * tl.load(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], mask=row_ok[:, None],
                                     other=0.0, cache_modifier=".cg")
     acc = acc / l_sum[:, None]
-    tl.store(O + b * sob + h * soh + offs_m[:, None] * som + offs_d[None, :] * sod,
-             acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    _store_rows(O, acc, b, head, pos, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA)
 
 
 @triton.jit
-def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, n_q,
+def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, kv_group, n_q,
                   SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-                  EXP2: tl.constexpr):
-    bh = tl.program_id(1)
-    _combine_tile(P_acc, P_m, P_l, O, bh // n_heads, bh % n_heads, bh, tl.program_id(0), sob, soh, som, sod, n_q,
-                  SPLITS, HEAD_DIM, BLOCK_M, BLOCK_D, EXP2)
+                  EXP2: tl.constexpr, PACK_GQA: tl.constexpr):
+    _combine_tile(P_acc, P_m, P_l, O, tl.program_id(0), tl.program_id(1), sob, soh, som, sod, n_heads, kv_group, n_q,
+                  SPLITS, HEAD_DIM, BLOCK_M, BLOCK_D, EXP2, PACK_GQA)
 
 
 USE_TMA = {tma}
@@ -409,7 +445,10 @@ class ModelNew(nn.Module):
         tma = USE_TMA and _tma_ok(k, v)
         if tma:
             triton.set_allocator(_scratch_alloc)
-        grid = (triton.cdiv(n_q, BLOCK_M), batch * heads, SPLIT_KV)
+        kv_group = heads // k.shape[1]
+        # With PACK_GQA a program column is one K/V head and its rows are its group's query heads.
+        n_rows, columns = (kv_group * n_q, batch * k.shape[1]) if PACK_GQA else (n_q, batch * heads)
+        grid = (triton.cdiv(n_rows, BLOCK_M), columns, SPLIT_KV)
         if SPLIT_KV == 1:
             chunk, (p_acc, p_m, p_l, counter) = n_k, (out, out, out, out)  # the partial buffers go unused
         else:
@@ -417,15 +456,16 @@ class ModelNew(nn.Module):
             p_acc, p_m, p_l, counter = self._partials(batch * heads * SPLIT_KV * n_q, grid[0] * grid[1], q.device)
         # Every parameter positionally, constexprs included: the same tuple feeds the direct launcher.
         args = (q, k, v, out, p_acc, p_m, p_l, counter, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                heads, heads // k.shape[1], n_q, n_k, chunk, qk_scale,
+                heads, kv_group, n_q, n_k, chunk, qk_scale,
                 CAUSAL, {causal_split}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, {k_trans},
-                NUM_STAGES, n_q % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, {prescale_q}, tma,
-                FUSED_COMBINE)
+                NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, {prescale_q}, tma,
+                FUSED_COMBINE, PACK_GQA)
         kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
         combine = cgrid = cargs = None
         if SPLIT_KV > 1 and not FUSED_COMBINE:
             cgrid = grid[:2] + (1,)
-            cargs = (p_acc, p_m, p_l, out, *out.stride(), heads, n_q, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_D, USE_EXP2)
+            cargs = (p_acc, p_m, p_l, out, *out.stride(), heads, kv_group, n_q, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_D,
+                     USE_EXP2, PACK_GQA)
             combine = _attn_combine[cgrid](*cargs, num_warps=4)
         compiled = hasattr(kernel, "packed_metadata") and (combine is None or hasattr(combine, "packed_metadata"))
         if q.is_cuda and compiled:
@@ -486,5 +526,5 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         block_d=max(next_pow2(head_dim), 16), num_warps=g.num_warps, num_stages=g.num_stages,
         exp2=bool(g.exp2), loop_expr=loop_expr, causal_split=bool(g.causal_split and causal),
         k_trans=g.k_layout == "trans", split_kv=g.split_kv, prescale_q=bool(g.prescale_q), tma=bool(g.tma),
-        fused_combine=bool(g.fused_combine and g.split_kv > 1),
+        fused_combine=bool(g.fused_combine and g.split_kv > 1), pack_gqa=bool(g.pack_gqa),
     )

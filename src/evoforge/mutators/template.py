@@ -6,7 +6,8 @@ levels:
 
 - **algorithmic**: move between a PyTorch path and the fused online-softmax kernel; split the keys
   across programs (split-KV) for short or few-head problems, their partials combined by a second kernel
-  or by the last program of each row block to finish (one launch); split the
+  or by the last program of each row block to finish (one launch); with grouped-query attention, pack
+  the query heads of a K/V group into a program's rows so each K/V block is loaded once per group; split the
   causal loop into unmasked full blocks and masked diagonal blocks;
 - **implementation**: exp2 with the scale folded in or exp; the scale folded into Q once (rounded to
   Q's dtype: cheaper, slightly less exact, so the evaluator decides); K loaded transposed through
@@ -107,9 +108,13 @@ class TemplateMutator(Mutator):
         g = FlashGenome.from_dict(genome)
         level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
         if level == "algorithmic":
-            what = rng.choices(["split_kv", "fused_combine", "causal_split", "torch"],
-                               weights=[0.5, 0.3 if g.split_kv > 1 else 0.0, 0.35 if self.params.causal else 0.0,
-                                        0.15])[0]
+            gqa = self.params.n_kv_heads < self.params.heads
+            what = rng.choices(["split_kv", "fused_combine", "pack_gqa", "causal_split", "torch"],
+                               weights=[0.5, 0.3 if g.split_kv > 1 else 0.0, 0.35 if gqa else 0.0,
+                                        0.35 if self.params.causal else 0.0, 0.15])[0]
+            if what == "pack_gqa":
+                return g.with_(pack_gqa=not g.pack_gqa).to_dict(), \
+                    f"{'one query head' if g.pack_gqa else 'a K/V group'} per program's rows", level
             if what == "split_kv":
                 new = _step(SPLITS, g.split_kv, rng)
                 return g.with_(split_kv=new, fused_combine=g.fused_combine and new > 1).to_dict(), \
