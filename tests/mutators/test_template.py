@@ -113,3 +113,20 @@ def test_gqa_packing_is_offered_on_grouped_query_tasks_only() -> None:
 
     assert packed(AttentionParams(heads=32, kv_heads=8, q_len=1, seq_len=1024, head_dim=128))
     assert not packed(AttentionParams(heads=8, head_dim=64))
+
+
+def test_default_kernel_follows_the_kind_of_shape() -> None:
+    h100 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6))
+
+    def default(**shape: int) -> FlashGenome:
+        return TemplateMutator(random.Random(0), AttentionParams(**shape), h100).default_genome()
+
+    decode = default(batch=8, heads=32, kv_heads=8, q_len=1, seq_len=8192, head_dim=128)
+    assert decode.block_m == 16 and decode.pack_gqa
+    assert not default(heads=8, q_len=1, seq_len=4096, head_dim=64).pack_gqa  # no groups to pack
+    long_d128 = default(batch=2, heads=16, seq_len=4096, head_dim=128)
+    assert (long_d128.block_m, long_d128.num_warps) == (128, 8)
+    seed = default(batch=1, heads=8, seq_len=512, head_dim=64)
+    assert (seed.block_m, seed.block_n, seed.pack_gqa) == (64, 128, False)
+    for g in (decode, long_d128, seed):
+        assert fits(g, 128, 2, h100) is None

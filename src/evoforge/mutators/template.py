@@ -67,11 +67,21 @@ class TemplateMutator(Mutator):
 
     # ---------------------------------------------------------------- genomes -> candidates
     def default_genome(self) -> FlashGenome:
-        """Generation 0's kernel: the best genome measured on an H100 for the seed's shape
-        (benchmarks/README.md), else the first fallback that fits this GPU."""
+        """Generation 0's kernel: the best genome measured on an H100 for the task's kind of shape
+        (benchmarks/README.md): the seed's shape, long sequences with D=128, or few query rows per
+        head (decode), else the first fallback that fits this GPU."""
         if self.limits.interpreter:
             return FlashGenome(block_m=32, block_n=32, num_warps=4, num_stages=1)
-        for g in (FlashGenome(block_m=64, block_n=128, num_stages=3, k_layout="trans", loop="tl.range"),
+        p = self.params
+        group = p.heads // p.n_kv_heads
+        shaped = []
+        if p.n_q * group <= 64:  # decode-like: a few rows per K/V head, packed when grouped
+            shaped.append(FlashGenome(block_m=16, block_n=128, num_stages=3, k_layout="trans", loop="tl.range",
+                                      pack_gqa=group > 1))
+        elif p.head_dim >= 128 and p.n_q >= 1024:
+            shaped.append(FlashGenome(block_m=128, block_n=64, num_warps=8, num_stages=3, k_layout="trans",
+                                      loop="tl.range"))
+        for g in (*shaped, FlashGenome(block_m=64, block_n=128, num_stages=3, k_layout="trans", loop="tl.range"),
                   FlashGenome(), FlashGenome(block_m=32, block_n=32, num_stages=1)):
             if self._fits(g):
                 return g
