@@ -5,7 +5,8 @@ FlashAttention-2 (SDPA's flash backend) in graph and eager mode, and TFLOP/s of 
 
 Usage: python benchmarks/attention_suite.py [--rows attention-causal,attention-long] [--budget 2m]
        [--repeats 3] [--out benchmarks/results]
-Writes <out>/attention-suite-<device>.json and attention-suite-<device>.png (TFLOP/s per shape, the
+Writes <out>/attention-suite-<device>.json (rows already there are kept; a task measured again replaces
+its row) and attention-suite-<device>.png (TFLOP/s per shape, the
 evolved kernel beside every SDPA backend and FlexAttention), plus each row's evolve files.
 """
 
@@ -102,13 +103,14 @@ def main() -> int:
     tasks = [t for t in (args.rows.split(";") if ";" in args.rows else args.rows.split(",")) if t]
     slug = envinfo.device_slug(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
-    rows = []
     result_path = args.out / f"attention-suite-{slug}.json"
+    # Rows of earlier calls stay (so the table can be measured in several calls); a task measured
+    # again replaces its row. Each row records its own budget and repeats.
+    rows = json.loads(result_path.read_text())["rows"] if result_path.exists() else []
     for task in tasks:
-        rows.append(row(task, args.budget, args.repeats, args.out, slug))
-        result_path.write_text(json.dumps({"device": slug, "budget_per_row": args.budget, "repeats": args.repeats,
-                                           "rows": rows}, indent=2))
-        r = rows[-1]
+        r = {**row(task, args.budget, args.repeats, args.out, slug), "budget": args.budget, "repeats": args.repeats}
+        rows = [old for old in rows if old["task"] != task] + [r]
+        result_path.write_text(json.dumps({"device": slug, "rows": rows}, indent=2))
         if r["status"] != "ok":
             print(f"{task:40} failed: {r['detail'][-300:]}", flush=True)
             continue

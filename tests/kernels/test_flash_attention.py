@@ -35,7 +35,8 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
     return [FlashGenome(block_m=rng.choice(BLOCKS), block_n=rng.choice(BLOCKS), num_warps=rng.choice(WARPS),
                         num_stages=rng.choice(STAGES), exp2=rng.random() < 0.5, k_layout=rng.choice(K_LAYOUTS),
                         loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS),
-                        prescale_q=rng.random() < 0.5, tma=rng.random() < 0.5, warp_spec=rng.random() < 0.3)
+                        prescale_q=rng.random() < 0.5, tma=rng.random() < 0.5, warp_spec=rng.random() < 0.3,
+                        fused_combine=rng.random() < 0.3, pack_gqa=rng.random() < 0.3)
             for _ in range(n)]
 
 
@@ -69,12 +70,20 @@ GENOMES = [
     FlashGenome(block_m=16, block_n=16, split_kv=2),
     FlashGenome(block_m=32, block_n=16, split_kv=4, exp2=False, k_layout="trans"),
     FlashGenome(block_m=16, block_n=32, split_kv=8),  # more splits than key blocks: empty partials
+    # The last program of a row block combines the partials (atomic counter): no second kernel.
+    FlashGenome(block_m=16, block_n=16, split_kv=2, fused_combine=True),
+    FlashGenome(block_m=16, block_n=32, split_kv=8, fused_combine=True, exp2=False),
+    # The query heads of a K/V group packed into a program's rows (a no-op mapping without GQA).
+    FlashGenome(block_m=16, block_n=16, pack_gqa=True),
+    FlashGenome(block_m=32, block_n=16, pack_gqa=True, split_kv=2, fused_combine=True, causal_split=True),
+    FlashGenome(block_m=16, block_n=32, pack_gqa=True, split_kv=4, tma=True),
     FlashGenome(block_m=32, block_n=32, prescale_q=True, exp2=True),
     # TMA descriptors: on a CPU the interpreter runs the descriptor path (where the head size allows it).
     FlashGenome(block_m=16, block_n=16, tma=True, causal_split=True),
     FlashGenome(block_m=32, block_n=16, tma=True, split_kv=2, loop="tl.range"),
 ]
-SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32"]
+SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32",
+          "heads=4,kv_heads=2,q_len=5,causal=1"]
 
 
 @pytest.mark.parametrize(("genome", "shape"), list(itertools.product(GENOMES, SHAPES)))
@@ -133,7 +142,9 @@ def test_repeated_calls_reuse_the_compiled_kernel_and_stay_correct(tmp_path: Pat
     pytest.importorskip("triton")
     device = triton_device()
     for i, genome in enumerate([FlashGenome(block_m=16, block_n=16, num_stages=1),
-                                FlashGenome(block_m=16, block_n=32, split_kv=2, tma=True)]):
+                                FlashGenome(block_m=16, block_n=32, split_kv=2, tma=True),
+                                # The counters must be back at zero after each call for the next to combine.
+                                FlashGenome(block_m=16, block_n=16, split_kv=4, fused_combine=True)]):
         spec = builtin_task("attention-tiny:causal=1")
         task = load_task(spec)
         source = render(genome, causal=True, head_dim=spec.params["head_dim"])

@@ -87,3 +87,46 @@ def test_hopper_operators_only_where_the_gpu_has_them() -> None:
     assert not any(g.tma or g.warp_spec for g in older)
     blackwell = proposed(HardwareLimits(shared_memory_bytes=227 * 1024, capability=(10, 0), triton_version=(3, 6)))
     assert any(g.warp_spec and g.loop == "tl.range" for g in blackwell)
+
+
+def test_fused_combine_is_offered_on_split_kv_kernels_only() -> None:
+    m = TemplateMutator(random.Random(6), PARAMS, HardwareLimits(shared_memory_bytes=227 * 1024))
+    split = FlashGenome(block_m=64, block_n=64, split_kv=2).to_dict()
+    children = [m.mutate(split) for _ in range(200)]
+    fused = [FlashGenome.from_dict(g) for g, what, _ in children if "last program" in what]
+    assert fused and all(g.fused_combine and g.split_kv == 2 for g in fused)
+    unsplit = [m.mutate(FlashGenome(block_m=64, block_n=64).to_dict()) for _ in range(200)]
+    assert not any(FlashGenome.from_dict(g).fused_combine for g, _, _ in unsplit if g["kind"] == "triton_flash")
+    # Leaving split-KV drops the option with it, so the child still fits.
+    back = [FlashGenome.from_dict(g) for g, what, _ in
+                             (m.mutate(FlashGenome(split_kv=2, fused_combine=True).to_dict()) for _ in range(300))
+                             if what == "split-KV 2 -> 1"]
+    assert back and all(not g.fused_combine for g in back)
+    assert "split-KV option" in (fits(FlashGenome(fused_combine=True), 64, 2, m.limits) or "")
+
+
+def test_gqa_packing_is_offered_on_grouped_query_tasks_only() -> None:
+    def packed(params: AttentionParams) -> list[FlashGenome]:
+        m = TemplateMutator(random.Random(7), params, HardwareLimits(shared_memory_bytes=227 * 1024))
+        children = [m.mutate(FlashGenome(block_m=16, block_n=64).to_dict()) for _ in range(300)]
+        return [FlashGenome.from_dict(g) for g, what, _ in children if g["kind"] == "triton_flash" and g["pack_gqa"]]
+
+    assert packed(AttentionParams(heads=32, kv_heads=8, q_len=1, seq_len=1024, head_dim=128))
+    assert not packed(AttentionParams(heads=8, head_dim=64))
+
+
+def test_default_kernel_follows_the_kind_of_shape() -> None:
+    h100 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6))
+
+    def default(**shape: int) -> FlashGenome:
+        return TemplateMutator(random.Random(0), AttentionParams(**shape), h100).default_genome()
+
+    decode = default(batch=8, heads=32, kv_heads=8, q_len=1, seq_len=8192, head_dim=128)
+    assert decode.block_m == 16 and decode.pack_gqa
+    assert not default(heads=8, q_len=1, seq_len=4096, head_dim=64).pack_gqa  # no groups to pack
+    long_d128 = default(batch=2, heads=16, seq_len=4096, head_dim=128)
+    assert (long_d128.block_m, long_d128.num_warps) == (128, 8)
+    seed = default(batch=1, heads=8, seq_len=512, head_dim=64)
+    assert (seed.block_m, seed.block_n, seed.pack_gqa) == (64, 128, False)
+    for g in (decode, long_d128, seed):
+        assert fits(g, 128, 2, h100) is None

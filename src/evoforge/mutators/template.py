@@ -5,7 +5,9 @@ plus PyTorch's own attention paths as genomes of their own. Mutation operators f
 levels:
 
 - **algorithmic**: move between a PyTorch path and the fused online-softmax kernel; split the keys
-  across programs (split-KV, with a combining kernel) for short or few-head problems; split the
+  across programs (split-KV) for short or few-head problems, their partials combined by a second kernel
+  or by the last program of each row block to finish (one launch); with grouped-query attention, pack
+  the query heads of a K/V group into a program's rows so each K/V block is loaded once per group; split the
   causal loop into unmasked full blocks and masked diagonal blocks;
 - **implementation**: exp2 with the scale folded in or exp; the scale folded into Q once (rounded to
   Q's dtype: cheaper, slightly less exact, so the evaluator decides); K loaded transposed through
@@ -65,11 +67,21 @@ class TemplateMutator(Mutator):
 
     # ---------------------------------------------------------------- genomes -> candidates
     def default_genome(self) -> FlashGenome:
-        """Generation 0's kernel: the best genome measured on an H100 for the seed's shape
-        (benchmarks/README.md), else the first fallback that fits this GPU."""
+        """Generation 0's kernel: the best genome measured on an H100 for the task's kind of shape
+        (benchmarks/README.md): the seed's shape, long sequences with D=128, or few query rows per
+        head (decode), else the first fallback that fits this GPU."""
         if self.limits.interpreter:
             return FlashGenome(block_m=32, block_n=32, num_warps=4, num_stages=1)
-        for g in (FlashGenome(block_m=64, block_n=128, num_stages=3, k_layout="trans", loop="tl.range"),
+        p = self.params
+        group = p.heads // p.n_kv_heads
+        shaped = []
+        if p.n_q * group <= 64:  # decode-like: a few rows per K/V head, packed when grouped
+            shaped.append(FlashGenome(block_m=16, block_n=128, num_stages=3, k_layout="trans", loop="tl.range",
+                                      pack_gqa=group > 1))
+        elif p.head_dim >= 128 and p.n_q >= 1024:
+            shaped.append(FlashGenome(block_m=128, block_n=64, num_warps=8, num_stages=3, k_layout="trans",
+                                      loop="tl.range"))
+        for g in (*shaped, FlashGenome(block_m=64, block_n=128, num_stages=3, k_layout="trans", loop="tl.range"),
                   FlashGenome(), FlashGenome(block_m=32, block_n=32, num_stages=1)):
             if self._fits(g):
                 return g
@@ -106,11 +118,20 @@ class TemplateMutator(Mutator):
         g = FlashGenome.from_dict(genome)
         level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
         if level == "algorithmic":
-            what = rng.choices(["split_kv", "causal_split", "torch"],
-                               weights=[0.5, 0.35 if self.params.causal else 0.0, 0.15])[0]
+            gqa = self.params.n_kv_heads < self.params.heads
+            what = rng.choices(["split_kv", "fused_combine", "pack_gqa", "causal_split", "torch"],
+                               weights=[0.5, 0.3 if g.split_kv > 1 else 0.0, 0.35 if gqa else 0.0,
+                                        0.35 if self.params.causal else 0.0, 0.15])[0]
+            if what == "pack_gqa":
+                return g.with_(pack_gqa=not g.pack_gqa).to_dict(), \
+                    f"{'one query head' if g.pack_gqa else 'a K/V group'} per program's rows", level
             if what == "split_kv":
                 new = _step(SPLITS, g.split_kv, rng)
-                return g.with_(split_kv=new).to_dict(), f"split-KV {g.split_kv} -> {new}", level
+                return g.with_(split_kv=new, fused_combine=g.fused_combine and new > 1).to_dict(), \
+                    f"split-KV {g.split_kv} -> {new}", level
+            if what == "fused_combine":
+                return g.with_(fused_combine=not g.fused_combine).to_dict(), \
+                    f"split-KV combine {'in a second kernel' if g.fused_combine else 'by the last program'}", level
             if what == "causal_split":
                 return g.with_(causal_split=not g.causal_split).to_dict(), \
                     f"causal loop split {'off' if g.causal_split else 'on'}", level
