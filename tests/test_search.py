@@ -147,3 +147,19 @@ def test_resume_evaluates_pending_proposals_first(tmp_path: Path) -> None:
     search, evaluator, _ = new_search(tmp_path, config, run_id=run_id, store=store)
     search.run()
     assert evaluator.seen[:2] == [make(5).hash, make(6).hash]
+
+
+def test_the_time_budget_does_not_judge_later_generations_by_generation_zero(tmp_path: Path) -> None:
+    """Generation 0 times every baseline; later batches only a few. Its cost is scaled to a later
+    batch's entries before the budget check, so a slow generation 0 doesn't end the run by itself."""
+    from evoforge.executor import Done
+
+    search, _, _ = new_search(tmp_path, SearchConfig(population=4, later_baselines=2))
+    base = [EvalResult(name=f"b{i}", hash=f"b{i}", status="ok", role="baseline") for i in range(10)]
+    seeds = [EvalResult(name="s", hash="s", status="ok")] * 2
+    first = Done(generation=0, candidates=[], results=seeds, baselines=base, slot="s0", seconds=60.0)
+    assert search._batch_estimate(first) == pytest.approx(60.0 * 6 / 12)
+    later = Done(generation=3, candidates=[], results=seeds, baselines=base[:2], slot="s0", seconds=7.0)
+    assert search._batch_estimate(later) == 7.0
+    tiny = Done(generation=0, candidates=[], results=seeds, baselines=base[:1], slot="s0", seconds=5.0)
+    assert search._batch_estimate(tiny) == 5.0  # never scaled up

@@ -87,7 +87,7 @@ class RunConfig:
         return SearchConfig(generations=self.generations, population=self.population, elites=self.elites,
                             budget_s=parse_duration(self.budget) if self.budget else None,
                             max_evals=self.max_evals, target_fitness=self.target_fitness,
-                            plateau=self.plateau, seed=self.seed)
+                            plateau=self.plateau, seed=self.seed, later_baselines=self.keep_baselines)
 
 
 def parse_duration(text: str) -> float:

@@ -37,6 +37,7 @@ class SearchConfig:
     target_fitness: float | None = None
     plateau: int | None = None  # stop after this many generations without a 1% gain
     seed: int = 0
+    later_baselines: int = 3  # baselines a batch after generation 0 re-times (for the time-budget estimate)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,7 +197,7 @@ class Search:
                 for done in finished:
                     self._store(done)
                     evaluated_now += len(done.results)
-                    batch_seconds.append(done.seconds)
+                    batch_seconds.append(self._batch_estimate(done))
                     self.completed = max(self.completed, done.generation)
                     self._record_best(self.completed)
                     if reason is None:
@@ -263,6 +264,16 @@ class Search:
                 self.store.add_candidate(self.run_id, cand, generation)
             self.store.update_run(self.run_id, generation=generation, rng=rng_state(self.rng), status="running")
         return proposals
+
+    def _batch_estimate(self, done: Done) -> float:
+        """What this batch says a later generation's batch costs, in seconds. Generation 0 times every
+        baseline (compiled ones included, which dominate on large shapes) and later batches only the
+        few fastest, so its time is scaled by the entries a later batch holds."""
+        if done.generation != 0:
+            return done.seconds
+        entries = len(done.results) + len(done.baselines)
+        later = self.config.population + self.config.later_baselines
+        return done.seconds * min(1.0, later / entries) if entries else done.seconds
 
     def _stop_reason(self, started: float, batch_seconds: list[float]) -> str | None:
         cfg = self.config
