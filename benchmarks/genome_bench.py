@@ -63,8 +63,10 @@ def main() -> int:
     baselines = [b for b in baselines_for(spec) if b.name in SDPA]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     rows: dict[str, list[dict[str, object]]] = {}
+    env: dict[str, object] = {}
     for _ in range(args.repeats):
         report = Evaluator(spec, EvalConfig(device=device)).evaluate(cands, baselines).to_dict()
+        env = report["env"]
         for r in report["results"]:
             timing = r.get("timing") or {}
             rows.setdefault(r["name"], []).append({
@@ -80,7 +82,7 @@ def main() -> int:
                   f"{rep['graph_us'] or float('nan'):9.2f} {fit if fit is not None else float('nan'):8.3f}"
                   + ("" if rep["status"] == "ok" else f"  {rep['detail'][:120]}"))
     if args.out:
-        args.out.write_text(json.dumps({"task": spec.name,
+        args.out.write_text(json.dumps({"date": env.get("date"), "device": env, "task": spec.name,
                                         "genomes": [g.to_dict() for g in genomes], "rows": rows}, indent=2))
     return 0
 
