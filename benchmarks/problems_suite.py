@@ -88,7 +88,12 @@ def main() -> int:
     if proc.returncode not in (0, 1):
         print(f"evoforge run exited {proc.returncode}", file=sys.stderr)
         return proc.returncode
-    batch = json.loads(proc.stdout)
+    try:
+        batch = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        print(f"evoforge run exited {proc.returncode} without a JSON summary on stdout; it printed:\n"
+              f"{proc.stdout[:3000]!r}", file=sys.stderr)
+        return 1
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"problems-{slug}.json"
     data = json.loads(path.read_text()) if path.exists() else {"tool": "evoforge", "kind": "problems-suite"}
