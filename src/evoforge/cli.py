@@ -293,6 +293,12 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
                   highlight=False)
     err.print(f"run {run_id}: {prepared.spec.name}, mutator {prepared.mutator.name}, up to {config.generations} "
               f"generations of {config.population}; store {store.path}", highlight=False)
+    shapes = prepared.spec.params.get("shapes") or []
+    if shapes:
+        floor = float(prepared.spec.params.get("floor", 0.0))
+        err.print(f"{len(shapes)} shapes: fitness is the geometric mean of the per-shape speedups"
+                  + (f", 0 where a shape falls below {floor:g}×" if floor else "")
+                  + "; latencies shown are the first shape's", highlight=False)
     state = {"line": "starting"}
     with _progress(True) as say:
         prepared.evaluate.progress = lambda m: say(f"{state['line']} · {m}")

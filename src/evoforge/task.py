@@ -237,9 +237,20 @@ def task_from_file(path: str | Path) -> TaskSpec:
 
 
 def resolve_task(arg: str) -> TaskSpec:
-    """A task from the command line: a built-in name (with optional ``:key=value,...``) or a file path."""
+    """A task from the command line: a built-in name (with optional ``:key=value,...``) or a file path;
+    several of them joined by ``;`` (with an optional ``floor=X`` part) make a multi-shape task
+    (:mod:`evoforge.shapes`)."""
     from evoforge.tasks import builtin_names, builtin_task
 
+    if ";" in arg:
+        from evoforge.shapes import multi_shape_task, parse_floor
+
+        parts = [p.strip() for p in arg.split(";") if p.strip()]
+        floors = [f for f in (parse_floor(p) for p in parts) if f is not None]
+        if len(floors) > 1:
+            raise TaskError(f"task {arg!r}: floor is given more than once")
+        shapes = [resolve_task(p) for p in parts if parse_floor(p) is None]
+        return multi_shape_task(arg, shapes, floors[0] if floors else 0.0)
     head = arg.split(":", 1)[0]
     if head in builtin_names():
         return builtin_task(arg)

@@ -57,6 +57,9 @@ class EvalResult:
     where: dict[str, str] = field(default_factory=dict)
     # The candidate's kernels by device time in one profiled call (GPU only): name, device_us, calls.
     kernels: list[dict[str, Any]] = field(default_factory=list)
+    # Multi-shape tasks: per shape, its task name, status, fitness, best baseline and median latencies
+    # (the result's own timing is the first shape's; see evoforge.shapes).
+    shapes: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:

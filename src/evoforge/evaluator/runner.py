@@ -34,6 +34,7 @@ from typing import Any
 from evoforge.candidate import Candidate
 from evoforge.evaluator import sandbox
 from evoforge.evaluator.result import CaseCheck, EvalResult
+from evoforge.shapes import combine, is_multi, shape_specs
 from evoforge.task import TaskError, TaskSpec
 from evoforge.timing import MODES, TimingConfig, TimingStats
 
@@ -153,6 +154,8 @@ class Evaluator:
         self.cancel = cancel  # set from another thread: the running worker is killed, EvaluatorError raised
 
     def evaluate(self, candidates: list[Candidate], baselines: list[Candidate] = ()) -> EvalReport:  # type: ignore[assignment]
+        if is_multi(self.task):
+            return self._evaluate_shapes(candidates, baselines)
         entries = [_Entry(c, "candidate") for c in candidates] + [_Entry(b, "baseline") for b in baselines]
         if not entries:
             raise ValueError("nothing to evaluate")
@@ -204,6 +207,23 @@ class Evaluator:
         profile["wall"] = time.monotonic() - started
         return EvalReport(results=results, env=env, seeds=seeds, workers=workers, profile=profile)
 
+    def _evaluate_shapes(self, candidates: list[Candidate], baselines: list[Candidate]) -> EvalReport:
+        """A multi-shape task: every shape in a worker of its own, folded by evoforge.shapes.combine."""
+        specs = shape_specs(self.task)
+        reports = []
+        for i, spec in enumerate(specs):
+            self.progress(f"shape {i + 1}/{len(specs)}: {spec.name}")
+            reports.append(Evaluator(spec, self.config, self.progress, self.cancel).evaluate(candidates, baselines))
+        names = [s.name for s in specs]
+        env = {**reports[0].env, "shapes": names}
+        profile: dict[str, float] = {}
+        for rep in reports:
+            for kind, seconds in rep.profile.items():
+                profile[kind] = profile.get(kind, 0.0) + seconds
+        return EvalReport(results=combine([r.results for r in reports], names, float(self.task.params.get("floor", 0))),
+                          env=env, seeds=[s for r in reports for s in r.seeds], workers=sum(r.workers for r in reports),
+                          profile=profile)
+
     def precompile(self, candidates: list[Candidate]) -> dict[str, Any]:
         """Compile the Triton kernels of ``candidates`` without running them, in a worker of its own
         (same sandbox and limits): inputs stay on the CPU and every Triton launch becomes a warm-up
@@ -211,6 +231,16 @@ class Evaluator:
         kernels land in Triton's on-disk cache, where the worker that checks and times these candidates
         finds them. Best effort: whatever fails here is compiled (and judged) by that worker.
         Returns counts: kernels compiled, entries compiled/failed/skipped, and the worker's seconds."""
+        if is_multi(self.task):  # kernels specialise per shape: compile for each
+            counts: dict[str, Any] = {}
+            for spec in shape_specs(self.task):
+                shape = Evaluator(spec, self.config, self.progress, self.cancel)
+                for key, value in shape.precompile(candidates).items():
+                    if isinstance(value, bool):
+                        counts[key] = counts.get(key, True) and value
+                    elif isinstance(value, (int, float)):
+                        counts[key] = counts.get(key, 0) + value
+            return counts
         triton = [c for c in candidates if c.language == "triton"]
         if not triton:
             return {"kernels": 0, "compiled": 0, "failed": 0, "skipped": len(candidates)}

@@ -46,7 +46,7 @@ def attention_params(spec: TaskSpec) -> AttentionParams | None:
     """The attention parameters of a built-in attention task, None for any other task."""
     if spec.params.get("family") != "attention":
         return None
-    shape = {k: v for k, v in spec.params.items() if k != "family"}
+    shape = {k: v for k, v in spec.params.items() if k not in ("family", "shapes", "floor")}
     return AttentionParams(**shape)
 
 
