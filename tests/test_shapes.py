@@ -122,3 +122,10 @@ def test_a_run_on_a_multi_shape_task(tmp_path: Path) -> None:
     db = sqlite3.connect(tmp_path / ".evoforge" / "runs.db")
     results = [json.loads(r[0]) for r in db.execute("SELECT result_json FROM evaluations WHERE role='candidate'")]
     assert results and all(len(r["shapes"]) == 2 for r in results if r["status"] == "ok")
+    report = subprocess.run([sys.executable, "-m", "evoforge.cli", "report", summary["run"], "--out", "rep"],
+                            capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)
+    assert report.returncode == 0, report.stderr
+    evidence = json.loads((tmp_path / "rep" / "evidence.json").read_text())
+    ok = [c for c in evidence["candidates"] if c["status"] == "ok"]
+    names = [s.name for s in shape_specs(resolve_task(MULTI))]
+    assert ok and all([s["task"] for s in c["shapes"]] == names for c in ok)

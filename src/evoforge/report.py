@@ -80,6 +80,7 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
             "max_abs_err": result.max_abs_err if result else None,
             "best_baseline": result.best_baseline if result else None,
             "where": result.where if result else {},  # slot, host, device that timed it (executors)
+            **({"shapes": result.shapes} if result and result.shapes else {}),  # multi-shape tasks: per shape
         })
     baselines: dict[str, dict[str, Any]] = {}
     for result, gen in store.evaluations(record.id, role="baseline"):
