@@ -388,11 +388,15 @@ class Evaluator:
         prctl = sandbox.prctl_entry()
         restrict = sandbox.landlock_restrict() if ruleset is not None else None
 
+        driver = os.getpid()
+
         def apply() -> None:
-            if cap is not None:
-                cap.join()  # first: every process the worker starts is born inside the cap
             if prctl is not None:
                 prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGKILL)  # an orphaned worker dies with its driver
+                if os.getppid() != driver:  # the driver died before the request took effect
+                    os._exit(98)
+            if cap is not None:
+                cap.join()  # before anything runs: every process the worker starts is born inside the cap
             resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
             resource.setrlimit(resource.RLIMIT_CPU, cpu_limits)
