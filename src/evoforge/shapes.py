@@ -108,8 +108,7 @@ def combine(per_shape: list[list[EvalResult]], shape_names: list[str], floor: fl
         failed = next(((name, r) for name, r in zip(shape_names, rs, strict=True) if not r.ok), None)
         if failed is not None:
             name, r = failed
-            out = replace(out, status=r.status, detail=f"shape {name}: {r.detail}", fitness=0.0, significant=False,
-                          timing=r.timing if not first.ok else first.timing)
+            out = replace(out, status=r.status, detail=f"shape {name}: {r.detail}", fitness=0.0, significant=False)
             combined.append(out)
             continue
         speedup: dict[str, dict[str, float]] = {}
