@@ -6,6 +6,7 @@ import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from evoforge.candidate import Candidate
 from evoforge.evaluator.result import EvalResult
@@ -58,3 +59,49 @@ class Mutator(ABC):
 
     @abstractmethod
     def propose(self, parents: list[Individual], history: list[Individual], n: int) -> list[Candidate]: ...
+
+
+class GenomeMutator(Mutator):
+    """A mutator over genomes (plain dicts): it builds a candidate from a genome, mutates one genome and
+    crosses two. ``breed`` is the proposal loop the built-in mutators share."""
+
+    crossover_rate: float = 0.2
+
+    @abstractmethod
+    def build(self, genome: dict[str, Any], lineage: dict[str, Any]) -> Candidate: ...
+
+    @abstractmethod
+    def mutate(self, genome: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
+        """One mutation of ``genome``: (new genome, description, level)."""
+
+    @abstractmethod
+    def crossover(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]: ...
+
+    def breed(self, n: int, seen: set[str], crossable: list[Individual], parents: list[Individual],
+              base_of: Callable[[Individual], dict[str, Any]],
+              admit: Callable[[dict[str, Any]], bool] = lambda genome: True) -> list[Candidate]:
+        """Up to ``n`` candidates whose hashes are not in ``seen`` (which it extends): each a crossover of
+        two ``crossable`` individuals (at ``crossover_rate``, when there are two) or a mutation of
+        ``base_of`` one of ``parents``; genomes ``admit`` refuses are dropped. Gives up after 50 tries
+        per candidate."""
+        out: list[Candidate] = []
+        attempts = 0
+        while len(out) < n and attempts < 50 * n:
+            attempts += 1
+            if len(crossable) >= 2 and self.rng.random() < self.crossover_rate:
+                a, b = self.rng.sample(crossable, 2)
+                genome = self.crossover(a.candidate.genome or {}, b.candidate.genome or {})
+                lineage = {"parents": [a.candidate.hash, b.candidate.hash], "mutation": "crossover",
+                           "level": "crossover"}
+            else:
+                parent = self.rng.choice(parents)
+                genome, description, level = self.mutate(base_of(parent))
+                lineage = {"parents": [parent.candidate.hash], "mutation": description, "level": level}
+            if not admit(genome):
+                continue
+            cand = self.build(genome, lineage)
+            if cand.hash in seen:
+                continue
+            seen.add(cand.hash)
+            out.append(cand)
+        return out

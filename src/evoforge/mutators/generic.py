@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from evoforge.candidate import Candidate
-from evoforge.mutators.base import Individual, Mutator
+from evoforge.mutators.base import GenomeMutator, Individual
 from evoforge.task import LoadedTask, TaskSpec, init_inputs, load_task, make_inputs
 
 COMPILE_MODES_GPU = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
@@ -43,7 +43,6 @@ PRECISION_LABELS = {"high": "tf32", "medium": "bf16 matmul"}
 TILES = ((32, 32, 32, 4), (64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8))
 ROW_WARPS = (1, 2, 4, 8)
 MAX_ROW = 16384  # the row templates hold one row in registers
-CROSSOVER_RATE = 0.2
 EPILOGUES = ("gelu", "gelu_tanh", "relu", "tanh", "sigmoid")
 
 
@@ -418,7 +417,7 @@ def labels_of(g: dict[str, Any]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- mutator
-class GenericMutator(Mutator):
+class GenericMutator(GenomeMutator):
     name = "generic"
 
     def __init__(self, rng: random.Random, traits: TaskTraits, task_source: str, device: str,
@@ -520,24 +519,7 @@ class GenericMutator(Mutator):
         if not pool:
             return [c for c in self.seed() if c.hash not in seen][:n]
         ours = [p for p in pool if p.candidate.genome and p.candidate.genome.get("kind") == "generic"]
-        out: list[Candidate] = []
-        attempts = 0
-        while len(out) < n and attempts < 50 * n:
-            attempts += 1
-            if len(ours) >= 2 and self.rng.random() < CROSSOVER_RATE:
-                a, b = self.rng.sample(ours, 2)
-                genome = self.crossover(a.candidate.genome or {}, b.candidate.genome or {})
-                lineage = {"parents": [a.candidate.hash, b.candidate.hash], "mutation": "crossover",
-                           "level": "crossover"}
-            else:
-                parent = self.rng.choice(ours or pool)
-                base = parent.candidate.genome if parent in ours else self.genome()
-                genome, description, level = self.mutate(base or {})
-                lineage = {"parents": [parent.candidate.hash], "mutation": description, "level": level}
-            cand = self.build(genome, lineage)
-            if cand.hash in seen:
-                continue
-            seen.add(cand.hash)
-            out.append(cand)
+        out = self.breed(n, seen, ours, ours or pool,
+                         lambda p: (p.candidate.genome if p in ours else self.genome()) or {})
         self.note = None if len(out) == n else f"only {len(out)} new genome(s) near these parents"
         return out

@@ -40,11 +40,10 @@ from evoforge.kernels.flash_attention import (
     fits,
     render,
 )
-from evoforge.mutators.base import Individual, Mutator
+from evoforge.mutators.base import GenomeMutator, Individual
 from evoforge.tasks.attention import AttentionParams, variants
 
 LEVEL_WEIGHTS = {"algorithmic": 0.2, "implementation": 0.3, "hardware": 0.5}
-CROSSOVER_RATE = 0.2
 
 
 def _step(values: tuple[Any, ...], current: Any, rng: random.Random) -> Any:
@@ -53,7 +52,7 @@ def _step(values: tuple[Any, ...], current: Any, rng: random.Random) -> Any:
     return rng.choice(options)
 
 
-class TemplateMutator(Mutator):
+class TemplateMutator(GenomeMutator):
     name = "template"
 
     def __init__(self, rng: random.Random, params: AttentionParams, limits: HardwareLimits) -> None:
@@ -169,30 +168,10 @@ class TemplateMutator(Mutator):
         return FlashGenome(**picked).to_dict()
 
     def propose(self, parents: list[Individual], history: list[Individual], n: int) -> list[Candidate]:
-        seen = {ind.candidate.hash for ind in history}
-        out: list[Candidate] = []
-        kernels = [p for p in parents if p.candidate.genome and p.candidate.genome.get("kind") == "triton_flash"]
         pool = parents or history
         if not pool:
             return self.seed()[:n]
-        attempts = 0
-        while len(out) < n and attempts < 50 * n:
-            attempts += 1
-            if len(kernels) >= 2 and self.rng.random() < CROSSOVER_RATE:
-                a, b = self.rng.sample(kernels, 2)
-                genome = self.crossover(a.candidate.genome or {}, b.candidate.genome or {})
-                lineage = {"parents": [a.candidate.hash, b.candidate.hash], "mutation": "crossover",
-                           "level": "crossover"}
-            else:
-                parent = self.rng.choice(pool)
-                base = parent.candidate.genome or {"kind": "torch", "variant": "math_baseline"}
-                genome, description, level = self.mutate(base)
-                lineage = {"parents": [parent.candidate.hash], "mutation": description, "level": level}
-            if genome["kind"] == "triton_flash" and not self._fits(FlashGenome.from_dict(genome)):
-                continue
-            cand = self.build(genome, lineage)
-            if cand.hash in seen:
-                continue
-            seen.add(cand.hash)
-            out.append(cand)
-        return out
+        kernels = [p for p in parents if p.candidate.genome and p.candidate.genome.get("kind") == "triton_flash"]
+        return self.breed(n, {ind.candidate.hash for ind in history}, kernels, pool,
+                          lambda p: p.candidate.genome or {"kind": "torch", "variant": "math_baseline"},
+                          lambda g: g["kind"] != "triton_flash" or self._fits(FlashGenome.from_dict(g)))
