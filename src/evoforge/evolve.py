@@ -213,19 +213,20 @@ def default_task(device: str) -> str:
 
 
 def _load(task: str) -> tuple[TaskSpec, AttentionParams | None]:
-    """The task, loaded and checked, and its attention parameters (None for any other task)."""
+    """The task, loaded and checked, and its attention parameters (None for any other task). Every
+    mutator takes any task: the built-in one is the attention template for attention tasks and the
+    generic mutator for the others."""
     spec = resolve_task(task)
     load_task(spec)
     return spec, attention_params(spec)
 
 
-# --- built-in mutator choice (issue 6): the attention template for attention tasks, generic otherwise ---
 def builtin_mutator(name: str, spec: TaskSpec, params: AttentionParams | None, rng: random.Random,
                     device: str, limits: HardwareLimits | None) -> Mutator:
+    """The built-in mutator: the attention template for attention tasks, generic otherwise."""
     if name == "template" and params is not None and limits is not None:
         return TemplateMutator(rng, params, limits)
     return GenericMutator.for_task(rng, spec, device)
-# --- end built-in mutator choice ---
 
 
 def _check_mutator(config: RunConfig) -> None:
@@ -243,12 +244,6 @@ def _check_mutator(config: RunConfig) -> None:
             raise TaskError(f"unknown LLM language {config.llm_language!r} (available: {', '.join(LANGUAGE_NAMES)})")
         if not 0 < config.llm_share <= 1:
             raise TaskError(f"llm_share must be in (0, 1], got {config.llm_share}")
-
-
-def _task_for(config: RunConfig, task: str) -> tuple[TaskSpec, AttentionParams | None]:
-    """The task, loaded and checked: every mutator takes any task (the built-in one is the attention
-    template for attention tasks and the generic mutator for the others)."""
-    return _load(task)
 
 
 def _llm_mutator(config: RunConfig, spec: TaskSpec, device: str, store: RunStore, run_id: str,
@@ -281,7 +276,7 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
             progress: Callable[[str], None] | None = None) -> Prepared:
     _check_mutator(config)
     device = resolve_device(config.device)
-    spec, params = _task_for(config, config.task or default_task(device))
+    spec, params = _load(config.task or default_task(device))
     if device == "cpu":
         # Triton kernels run on CPU tensors through the interpreter: slow, but the same code path.
         os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -323,7 +318,7 @@ def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | 
     check_executor(config)
     task = config.task or default_task(resolve_device(config.device))
     resolved = RunConfig.from_dict({**config.to_dict(), "task": task})
-    spec, _ = _task_for(resolved, resolved.task)
+    spec, _ = _load(resolved.task)
     run_id = store.create_run({"name": spec.name, "arg": resolved.task, "origin": spec.origin, "params": spec.params},
                               resolved.to_dict())
     return run_id, prepare(resolved, store, run_id, random.Random(resolved.seed), progress)

@@ -245,11 +245,15 @@ def resolve_task(arg: str) -> TaskSpec:
     if ";" in arg:
         from evoforge.shapes import multi_shape_task, parse_floor
 
-        parts = [p.strip() for p in arg.split(";") if p.strip()]
-        floors = [f for f in (parse_floor(p) for p in parts) if f is not None]
+        shapes, floors = [], []
+        for part in (p.strip() for p in arg.split(";")):
+            floor = parse_floor(part) if part else None
+            if floor is not None:
+                floors.append(floor)
+            elif part:
+                shapes.append(resolve_task(part))
         if len(floors) > 1:
             raise TaskError(f"task {arg!r}: floor is given more than once")
-        shapes = [resolve_task(p) for p in parts if parse_floor(p) is None]
         return multi_shape_task(arg, shapes, floors[0] if floors else 0.0)
     head = arg.split(":", 1)[0]
     if head in builtin_names():
