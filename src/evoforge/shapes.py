@@ -16,15 +16,15 @@ candidates and baselines, and :func:`combine` folds the per-shape reports into o
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from evoforge.evaluator.result import EvalResult
+from evoforge.batch import geomean
 from evoforge.task import TaskError, TaskSpec
 
-SEPARATOR = ";"
+if TYPE_CHECKING:  # evoforge.evaluator imports this module
+    from evoforge.evaluator.result import EvalResult
 
 
 def is_multi(spec: TaskSpec) -> bool:
@@ -85,9 +85,8 @@ def multi_shape_task(arg: str, specs: list[TaskSpec], floor: float = 0.0) -> Tas
 
 
 def _geomean(values: list[float]) -> float:
-    if not values or any(v <= 0 for v in values):
-        return 0.0
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+    """The geometric mean, 0 when any value is 0 (a shape without a speedup sinks the whole)."""
+    return 0.0 if not values or min(values) <= 0 else geomean(values) or 0.0
 
 
 def combine(per_shape: list[list[EvalResult]], shape_names: list[str], floor: float) -> list[EvalResult]:
