@@ -36,7 +36,8 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
                         num_stages=rng.choice(STAGES), exp2=rng.random() < 0.5, k_layout=rng.choice(K_LAYOUTS),
                         loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS),
                         prescale_q=rng.random() < 0.5, tma=rng.random() < 0.5, warp_spec=rng.random() < 0.3,
-                        fused_combine=rng.random() < 0.3, pack_gqa=rng.random() < 0.3)
+                        fused_combine=rng.random() < 0.3, pack_gqa=rng.random() < 0.3, pdl=rng.random() < 0.3,
+                        scale_fma=rng.random() < 0.3)
             for _ in range(n)]
 
 
@@ -61,6 +62,7 @@ def test_hardware_filter_rejects_what_does_not_fit() -> None:
     interpreter = HardwareLimits(interpreter=True)
     assert fits(FlashGenome(block_m=128), 64, 2, interpreter) is not None
     assert fits(FlashGenome(block_m=32, block_n=32), 64, 2, interpreter) is None
+    assert "folded into Q" in (fits(FlashGenome(scale_fma=True, prescale_q=True), 64, 2, H100) or "")
 
 
 GENOMES = [
@@ -78,9 +80,17 @@ GENOMES = [
     FlashGenome(block_m=32, block_n=16, pack_gqa=True, split_kv=2, fused_combine=True, causal_split=True),
     FlashGenome(block_m=16, block_n=32, pack_gqa=True, split_kv=4, tma=True),
     FlashGenome(block_m=32, block_n=32, prescale_q=True, exp2=True),
+    # The scale applied to the row maxima and folded into exp's argument, with and without exp2, and with
+    # split-KV's empty rows (a row max of -inf scaled stays -inf).
+    FlashGenome(block_m=16, block_n=16, scale_fma=True),
+    FlashGenome(block_m=16, block_n=32, scale_fma=True, exp2=False, split_kv=8, fused_combine=True),
     # TMA descriptors: on a CPU the interpreter runs the descriptor path (where the head size allows it).
     FlashGenome(block_m=16, block_n=16, tma=True, causal_split=True),
     FlashGenome(block_m=32, block_n=16, tma=True, split_kv=2, loop="tl.range"),
+    # Programmatic dependent launch: on a GPU the kernel waits for the previous one before its first load;
+    # the interpreter launches it plainly.
+    FlashGenome(block_m=16, block_n=32, pdl=True, split_kv=2, fused_combine=True, causal_split=True),
+    FlashGenome(block_m=32, block_n=16, pdl=True, split_kv=2),
 ]
 SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32",
           "heads=4,kv_heads=2,q_len=5,causal=1"]
@@ -111,6 +121,10 @@ def test_hopper_options_are_offered_only_where_they_compile() -> None:
     assert "Hopper" in (fits(tma, 64, 2, HardwareLimits(capability=(9, 0), triton_version=(3, 2))) or "")
     assert "power-of-two" in (fits(tma, 48, 2, H100) or "")
     assert fits(tma, 64, 2, HardwareLimits(interpreter=True, capability=(9, 0), triton_version=(3, 6))) is not None
+    pdl = FlashGenome(pdl=True)
+    assert fits(pdl, 64, 2, H100) is None
+    assert "Hopper" in (fits(pdl, 64, 2, HardwareLimits(capability=(8, 9), triton_version=(3, 6))) or "")
+    assert fits(pdl, 64, 2, HardwareLimits(interpreter=True, capability=(9, 0), triton_version=(3, 6))) is not None
     # Warp specialisation failed to compile on sm_90 with Triton 3.6: offered from sm_100 on, on tl.range only.
     assert "sm_100" in (fits(spec, 64, 2, H100) or "")
     blackwell = HardwareLimits(capability=(10, 0), triton_version=(3, 6))
@@ -131,6 +145,7 @@ def test_hopper_options_render_into_the_kernel() -> None:
     tma = render(FlashGenome(loop="tl.range", tma=True), causal=False, head_dim=64)
     spec = render(FlashGenome(loop="tl.range", warp_spec=True), causal=False, head_dim=64)
     assert "USE_TMA = False" in plain and "USE_TMA = True" in tma
+    assert "USE_PDL = False" in plain and "USE_PDL = True" in render(FlashGenome(pdl=True), causal=False, head_dim=64)
     assert "warp_specialize=True" in spec and "warp_specialize" not in plain
     # warp_spec means nothing on the plain loop: it renders the plain loop.
     assert "warp_specialize" not in render(FlashGenome(warp_spec=True), causal=False, head_dim=64)
@@ -144,7 +159,8 @@ def test_repeated_calls_reuse_the_compiled_kernel_and_stay_correct(tmp_path: Pat
     for i, genome in enumerate([FlashGenome(block_m=16, block_n=16, num_stages=1),
                                 FlashGenome(block_m=16, block_n=32, split_kv=2, tma=True),
                                 # The counters must be back at zero after each call for the next to combine.
-                                FlashGenome(block_m=16, block_n=16, split_kv=4, fused_combine=True)]):
+                                FlashGenome(block_m=16, block_n=16, split_kv=4, fused_combine=True),
+                                FlashGenome(block_m=16, block_n=16, pdl=True)]):
         spec = builtin_task("attention-tiny:causal=1")
         task = load_task(spec)
         source = render(genome, causal=True, head_dim=spec.params["head_dim"])

@@ -81,10 +81,10 @@ def test_hopper_operators_only_where_the_gpu_has_them() -> None:
 
     h100 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6))
     hopper = proposed(h100)
-    assert any(g.tma for g in hopper) and not any(g.warp_spec for g in hopper)
+    assert any(g.tma for g in hopper) and any(g.pdl for g in hopper) and not any(g.warp_spec for g in hopper)
     assert all(fits(g, PARAMS.head_dim, 2, h100) is None for g in hopper)
     older = proposed(HardwareLimits(shared_memory_bytes=227 * 1024, capability=(8, 0), triton_version=(3, 6)))
-    assert not any(g.tma or g.warp_spec for g in older)
+    assert not any(g.tma or g.warp_spec or g.pdl for g in older)
     blackwell = proposed(HardwareLimits(shared_memory_bytes=227 * 1024, capability=(10, 0), triton_version=(3, 6)))
     assert any(g.warp_spec and g.loop == "tl.range" for g in blackwell)
 
@@ -130,3 +130,13 @@ def test_default_kernel_follows_the_kind_of_shape() -> None:
     assert (seed.block_m, seed.block_n, seed.pack_gqa) == (64, 128, False)
     for g in (decode, long_d128, seed):
         assert fits(g, 128, 2, h100) is None
+
+
+def test_the_two_ways_of_folding_the_scale_exclude_each_other() -> None:
+    m = TemplateMutator(random.Random(8), PARAMS, HardwareLimits(shared_memory_bytes=227 * 1024))
+    children = []
+    for start in (FlashGenome(prescale_q=True), FlashGenome(scale_fma=True)):
+        children += [FlashGenome.from_dict(g) for g, _, _ in (m.mutate(start.to_dict()) for _ in range(300))
+                     if g["kind"] == "triton_flash"]
+    assert any(g.scale_fma for g in children) and any(g.prescale_q for g in children)
+    assert not any(g.scale_fma and g.prescale_q for g in children)

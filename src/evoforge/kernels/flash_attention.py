@@ -2,14 +2,17 @@
 
 The genome is the template mutator's search space. Every genome renders a complete KernelBench
 candidate (``class ModelNew``) with: online softmax, fp32 accumulation, optional exp2 with the scale
-folded in, GQA (each program reads its K/V head), causal masking with block skipping and, optionally,
-the causal loop split into unmasked full blocks and masked diagonal blocks. With ``split_kv`` > 1 the keys are
+folded in (applied to each score, to Q once, or to the row maxima with one FMA per score), GQA (each
+program reads its K/V head), causal masking with block skipping and, optionally, the causal loop
+split into unmasked full blocks and masked diagonal blocks. With ``split_kv`` > 1 the keys are
 split across that many programs per (row block, head), for short or few-head problems that would
 leave most of the GPU idle, and their partial results are combined either by a second kernel or, with
 ``fused_combine``, by whichever program of a row block finishes last (an atomic counter per row block
 tells it; one launch instead of two). With ``pack_gqa``, a program's rows are the query heads of one
 K/V head's group (times the query positions), so a grouped-query or decode problem loads each K/V
-block once per group instead of once per query head. On Hopper, K and V
+block once per group instead of once per query head. On Hopper, the kernel may be launched as a
+programmatic dependent launch (``pdl``): it can be scheduled while the kernel before it in the stream
+drains, and waits (``griddepcontrol.wait``) for that kernel's memory before its first load or store. K and V
 may be read through device-side TMA tensor descriptors (``tma``); warp specialisation of the key loop
 (``warp_spec``) renders too but is offered only where it compiles (``HardwareLimits``).
 
@@ -58,6 +61,8 @@ class FlashGenome:
     warp_spec: bool = False  # tl.range(warp_specialize=True): producer/consumer warps (Hopper, tl.range only)
     fused_combine: bool = False  # split-KV: the last program of a row block combines the partials (no 2nd launch)
     pack_gqa: bool = False  # rows = (query head of a K/V group, position): one K/V load serves the whole group
+    scale_fma: bool = False  # scale the row max, fold the scores' scale into exp's argument (one FMA per score)
+    pdl: bool = False  # programmatic dependent launch (Hopper): overlap the launch with the previous kernel's tail
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "triton_flash", **asdict(self)}
@@ -126,10 +131,14 @@ def fits(g: FlashGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits)
     d = next_pow2(head_dim)
     if g.fused_combine and g.split_kv == 1:
         return "the fused combine is a split-KV option"
+    if g.scale_fma and g.prescale_q:
+        return "the scale is folded into Q already"
     if g.warp_spec and g.loop != "tl.range":
         return "warp specialisation needs the tl.range loop"
     if g.tma and not limits.hopper:
         return "TMA descriptors need a Hopper GPU (sm_90+) and Triton >= 3.4"
+    if g.pdl and not limits.hopper:
+        return "programmatic dependent launch needs a Hopper GPU (sm_90+) and Triton >= 3.4"
     if g.warp_spec and not limits.warp_spec:
         return "warp specialisation of this kernel needs sm_100+ (it fails to compile on sm_90 with Triton 3.6)"
     if g.tma and d != head_dim:
@@ -164,6 +173,7 @@ SCALE = 1.0 / math.sqrt(HEAD_DIM)
 BLOCK_M, BLOCK_N, BLOCK_D = {block_m}, {block_n}, {block_d}
 NUM_WARPS, NUM_STAGES = {num_warps}, {num_stages}
 USE_EXP2 = {exp2}
+SCALE_MODE = {scale_mode}  # 0: scale each score, 1: scale Q once, 2: fold the scale into exp's argument (FMA)
 LOG2E = 1.4426950408889634
 
 
@@ -172,12 +182,13 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
                 lo, hi, n_k, causal_offset, qk_scale,
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, PRESCALED: tl.constexpr,
+                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr,
                 TMA: tl.constexpr):
     # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
     # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
     # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
-    # (rows past n_k read as zeros).
+    # (rows past n_k read as zeros). SCALE_MODE: 0 scales every score, 1 finds Q prescaled, 2 folds the
+    # scale into the exponent's argument.
     for start_n in {loop_expr}:
         cols = start_n + offs_n
         col_ok = cols < n_k
@@ -198,7 +209,7 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             else:
                 k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
             qk = tl.dot(q, k)
-        if not PRESCALED:
+        if SCALE_MODE == 0:
             qk = qk * qk_scale
         if MASK_CAUSAL:
             keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
@@ -207,18 +218,26 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             qk = tl.where(keep, qk, float("-inf"))
         elif not EVEN_N:
             qk = tl.where(col_ok[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        if SCALE_MODE == 2:
+            # Scale the row maxima, not the scores: the scores' scale and the max subtraction are one FMA.
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
         if EMPTY_ROWS:
             # A row with no visible key yet keeps m = -inf; exp against 0 instead of -inf keeps its
             # p and alpha at 0 rather than NaN.
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_ref = m_new
+        if SCALE_MODE == 2:
+            s = qk * qk_scale - m_ref[:, None]
+        else:
+            s = qk - m_ref[:, None]
         if EXP2:
-            p = tl.math.exp2(qk - m_ref[:, None])
+            p = tl.math.exp2(s)
             alpha = tl.math.exp2(m_i - m_ref)
         else:
-            p = tl.exp(qk - m_ref[:, None])
+            p = tl.exp(s)
             alpha = tl.exp(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
         if TMA:
@@ -263,11 +282,15 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRESCALE_Q: tl.constexpr,
-              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr):
+              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
+              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
+    if PDL:
+        # Launched as a programmatic dependent launch: the previous kernel in the stream may still be
+        # running, so wait for it (and its memory) before any load or store of this kernel.
+        tl.extra.cuda.gdc_wait()
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -287,7 +310,7 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         q = tl.load(q_ptrs)
     else:
         q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    if PRESCALE_Q:
+    if SCALE_MODE == 1:
         q = (q * qk_scale).to(q.dtype)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
@@ -313,14 +336,14 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA)
     if SPLITS == 1:
         acc = acc / l_i[:, None]
         _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA)
@@ -394,6 +417,7 @@ def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, kv_group, n_q
 
 
 USE_TMA = {tma}
+USE_PDL = {pdl}
 
 
 def _tma_ok(*tensors):
@@ -443,6 +467,7 @@ class ModelNew(nn.Module):
         out = torch.empty_like(q)
         qk_scale = SCALE * LOG2E if USE_EXP2 else SCALE
         tma = USE_TMA and _tma_ok(k, v)
+        pdl = USE_PDL and q.is_cuda
         if tma:
             triton.set_allocator(_scratch_alloc)
         kv_group = heads // k.shape[1]
@@ -458,9 +483,11 @@ class ModelNew(nn.Module):
         args = (q, k, v, out, p_acc, p_m, p_l, counter, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
                 heads, kv_group, n_q, n_k, chunk, qk_scale,
                 CAUSAL, {causal_split}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, {k_trans},
-                NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, {prescale_q}, tma,
-                FUSED_COMBINE, PACK_GQA)
-        kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+                NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE, tma,
+                FUSED_COMBINE, PACK_GQA, pdl)
+        # A programmatic dependent launch exists on the GPU only (Triton's interpreter has no griddepcontrol).
+        launch = {{"launch_pdl": True}} if pdl else {{}}
+        kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
         combine = cgrid = cargs = None
         if SPLIT_KV > 1 and not FUSED_COMBINE:
             cgrid = grid[:2] + (1,)
@@ -525,6 +552,7 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         causal=bool(causal), head_dim=head_dim, block_m=g.block_m, block_n=g.block_n,
         block_d=max(next_pow2(head_dim), 16), num_warps=g.num_warps, num_stages=g.num_stages,
         exp2=bool(g.exp2), loop_expr=loop_expr, causal_split=bool(g.causal_split and causal),
-        k_trans=g.k_layout == "trans", split_kv=g.split_kv, prescale_q=bool(g.prescale_q), tma=bool(g.tma),
-        fused_combine=bool(g.fused_combine and g.split_kv > 1), pack_gqa=bool(g.pack_gqa),
+        k_trans=g.k_layout == "trans", split_kv=g.split_kv, tma=bool(g.tma),
+        scale_mode=1 if g.prescale_q else 2 if g.scale_fma else 0,
+        fused_combine=bool(g.fused_combine and g.split_kv > 1), pack_gqa=bool(g.pack_gqa), pdl=bool(g.pdl),
     )

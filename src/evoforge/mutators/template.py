@@ -10,10 +10,13 @@ levels:
   the query heads of a K/V group into a program's rows so each K/V block is loaded once per group; split the
   causal loop into unmasked full blocks and masked diagonal blocks;
 - **implementation**: exp2 with the scale folded in or exp; the scale folded into Q once (rounded to
-  Q's dtype: cheaper, slightly less exact, so the evaluator decides); K loaded transposed through
+  Q's dtype: cheaper, slightly less exact, so the evaluator decides) or into the exponent's argument
+  (the row maxima are scaled, each score costs one FMA); K loaded transposed through
   strides or loaded row-major and transposed in registers; a plain loop or ``tl.range`` software
   pipelining; on Hopper (sm_90+, Triton >= 3.4) only: K and V through device-side TMA tensor
-  descriptors; from Blackwell on, warp specialisation of the pipelined loop;
+  descriptors, and programmatic dependent launch (the kernel is scheduled while the previous one drains
+  and waits for its memory before touching any); from Blackwell on, warp specialisation of the pipelined
+  loop;
 - **hardware**: BLOCK_M, BLOCK_N, num_warps, num_stages, one step at a time;
 
 plus uniform crossover of two kernel genomes. Genomes that don't fit the GPU (shared memory,
@@ -137,11 +140,14 @@ class TemplateMutator(GenomeMutator):
             variant = rng.choice(sorted(self.torch_paths))
             return {"kind": "torch", "variant": variant}, f"replace the kernel with {variant}", level
         if level == "implementation":
-            what = rng.choice(["exp2", "k_layout", "loop", "prescale_q"]
-                              + (["tma"] if self.limits.hopper else [])
+            what = rng.choice(["exp2", "k_layout", "loop", "prescale_q", "scale_fma"]
+                              + (["tma", "pdl"] if self.limits.hopper else [])
                               + (["warp_spec"] if self.limits.warp_spec else []))
             if what == "tma":
                 return g.with_(tma=not g.tma).to_dict(), f"TMA descriptors {'off' if g.tma else 'on'}", level
+            if what == "pdl":
+                return g.with_(pdl=not g.pdl).to_dict(), \
+                    f"programmatic dependent launch {'off' if g.pdl else 'on'}", level
             if what == "warp_spec":
                 # Warp specialisation lives on the tl.range loop: switching it on brings the loop along.
                 return g.with_(warp_spec=not g.warp_spec, loop="tl.range").to_dict(), \
@@ -149,8 +155,11 @@ class TemplateMutator(GenomeMutator):
             if what == "exp2":
                 return g.with_(exp2=not g.exp2).to_dict(), f"exp2 {'off' if g.exp2 else 'on'}", level
             if what == "prescale_q":
-                return g.with_(prescale_q=not g.prescale_q).to_dict(), \
+                return g.with_(prescale_q=not g.prescale_q, scale_fma=False).to_dict(), \
                     f"scale folded into Q {'off' if g.prescale_q else 'on'}", level
+            if what == "scale_fma":
+                return g.with_(scale_fma=not g.scale_fma, prescale_q=False).to_dict(), \
+                    f"scale folded into exp's argument (FMA) {'off' if g.scale_fma else 'on'}", level
             if what == "k_layout":
                 new = _step(K_LAYOUTS, g.k_layout, rng)
                 return g.with_(k_layout=new).to_dict(), f"K load {g.k_layout} -> {new}", level
