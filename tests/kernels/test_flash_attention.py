@@ -37,7 +37,7 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
                         loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS),
                         prescale_q=rng.random() < 0.5, tma=rng.random() < 0.5, warp_spec=rng.random() < 0.3,
                         fused_combine=rng.random() < 0.3, pack_gqa=rng.random() < 0.3, pdl=rng.random() < 0.3,
-                        scale_fma=rng.random() < 0.3)
+                        scale_fma=rng.random() < 0.3, exp_half=rng.random() < 0.3)
             for _ in range(n)]
 
 
@@ -84,6 +84,9 @@ GENOMES = [
     # split-KV's empty rows (a row max of -inf scaled stays -inf).
     FlashGenome(block_m=16, block_n=16, scale_fma=True),
     FlashGenome(block_m=16, block_n=32, scale_fma=True, exp2=False, split_kv=8, fused_combine=True),
+    # exp2 in half precision (PTX ex2.approx.f16x2 on a GPU; fp32 exp2 in the interpreter), with empty rows.
+    FlashGenome(block_m=16, block_n=16, exp_half=True, scale_fma=True, split_kv=4, fused_combine=True,
+                causal_split=True),
     # TMA descriptors: on a CPU the interpreter runs the descriptor path (where the head size allows it).
     FlashGenome(block_m=16, block_n=16, tma=True, causal_split=True),
     FlashGenome(block_m=32, block_n=16, tma=True, split_kv=2, loop="tl.range"),
@@ -112,6 +115,26 @@ def test_genome_matches_the_reference(genome: FlashGenome, shape: str, tmp_path:
     torch.testing.assert_close(got, expected, atol=2e-3, rtol=2e-3)
 
 
+@pytest.mark.parametrize("shape", ["dtype=bf16", "dtype=bf16,causal=1,kv_heads=1", "dtype=fp32"])
+def test_half_precision_exp_follows_the_input_dtype(shape: str, tmp_path: Path) -> None:
+    """bf16 inputs take the bf16x2 instruction, fp32 inputs the fp32 exp2 (the genome asks for half)."""
+    pytest.importorskip("triton")
+    device = triton_device()
+    if device != "cuda" and "bf16" in shape:
+        # Measured with Triton 3.9: the interpreter's tl.dot of two bf16 tiles is wrong by orders of magnitude.
+        pytest.skip("Triton's interpreter computes bf16 tl.dot wrongly")
+    spec = builtin_task("attention-tiny:" + shape)
+    task = load_task(spec)
+    source = render(FlashGenome(block_m=16, block_n=16, exp_half=True), causal=spec.params["causal"],
+                    head_dim=spec.params["head_dim"])
+    model = import_source(source, f"half_{abs(hash(shape))}", "half", tmp_path).ModelNew()
+    q, k, v = make_inputs(task, 0)
+    expected = task.model_cls()(q.double(), k.double(), v.double())
+    got = model(q.to(device), k.to(device), v.to(device)).double().cpu()
+    atol, rtol = task.tolerance(q.dtype)
+    torch.testing.assert_close(got, expected, atol=atol, rtol=rtol)
+
+
 def test_hopper_options_are_offered_only_where_they_compile() -> None:
     tma = FlashGenome(tma=True, loop="tl.range")
     spec = FlashGenome(warp_spec=True, loop="tl.range")
@@ -121,6 +144,11 @@ def test_hopper_options_are_offered_only_where_they_compile() -> None:
     assert "Hopper" in (fits(tma, 64, 2, HardwareLimits(capability=(9, 0), triton_version=(3, 2))) or "")
     assert "power-of-two" in (fits(tma, 48, 2, H100) or "")
     assert fits(tma, 64, 2, HardwareLimits(interpreter=True, capability=(9, 0), triton_version=(3, 6))) is not None
+    half = FlashGenome(exp_half=True)
+    assert fits(half, 64, 2, H100) is None
+    assert "fp16/bf16" in (fits(half, 64, 4, H100) or "")  # fp32 inputs
+    assert "Hopper" in (fits(half, 64, 2, HardwareLimits(capability=(8, 0), triton_version=(3, 6))) or "")
+    assert "exp2" in (fits(half.with_(exp2=False), 64, 2, H100) or "")
     pdl = FlashGenome(pdl=True)
     assert fits(pdl, 64, 2, H100) is None
     assert "Hopper" in (fits(pdl, 64, 2, HardwareLimits(capability=(8, 9), triton_version=(3, 6))) or "")
@@ -145,6 +173,8 @@ def test_hopper_options_render_into_the_kernel() -> None:
     tma = render(FlashGenome(loop="tl.range", tma=True), causal=False, head_dim=64)
     spec = render(FlashGenome(loop="tl.range", warp_spec=True), causal=False, head_dim=64)
     assert "USE_TMA = False" in plain and "USE_TMA = True" in tma
+    assert "USE_EXP_HALF = True" in render(FlashGenome(exp_half=True), causal=False, head_dim=64)
+    assert "USE_EXP_HALF = False" in render(FlashGenome(exp_half=True, exp2=False), causal=False, head_dim=64)
     assert "USE_PDL = False" in plain and "USE_PDL = True" in render(FlashGenome(pdl=True), causal=False, head_dim=64)
     assert "warp_specialize=True" in spec and "warp_specialize" not in plain
     # warp_spec means nothing on the plain loop: it renders the plain loop.

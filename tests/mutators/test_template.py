@@ -82,9 +82,10 @@ def test_hopper_operators_only_where_the_gpu_has_them() -> None:
     h100 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6))
     hopper = proposed(h100)
     assert any(g.tma for g in hopper) and any(g.pdl for g in hopper) and not any(g.warp_spec for g in hopper)
+    assert any(g.exp_half and g.exp2 for g in hopper)
     assert all(fits(g, PARAMS.head_dim, 2, h100) is None for g in hopper)
     older = proposed(HardwareLimits(shared_memory_bytes=227 * 1024, capability=(8, 0), triton_version=(3, 6)))
-    assert not any(g.tma or g.warp_spec or g.pdl for g in older)
+    assert not any(g.tma or g.warp_spec or g.pdl or g.exp_half for g in older)
     blackwell = proposed(HardwareLimits(shared_memory_bytes=227 * 1024, capability=(10, 0), triton_version=(3, 6)))
     assert any(g.warp_spec and g.loop == "tl.range" for g in blackwell)
 

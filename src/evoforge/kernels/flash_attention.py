@@ -62,6 +62,7 @@ class FlashGenome:
     fused_combine: bool = False  # split-KV: the last program of a row block combines the partials (no 2nd launch)
     pack_gqa: bool = False  # rows = (query head of a K/V group, position): one K/V load serves the whole group
     scale_fma: bool = False  # scale the row max, fold the scores' scale into exp's argument (one FMA per score)
+    exp_half: bool = False  # exp2 in fp16/bf16, two per instruction (P is rounded to that type anyway)
     pdl: bool = False  # programmatic dependent launch (Hopper): overlap the launch with the previous kernel's tail
 
     def to_dict(self) -> dict[str, Any]:
@@ -131,6 +132,10 @@ def fits(g: FlashGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits)
     d = next_pow2(head_dim)
     if g.fused_combine and g.split_kv == 1:
         return "the fused combine is a split-KV option"
+    if g.exp_half and not g.exp2:
+        return "half-precision exp is an exp2"
+    if g.exp_half and (elem_bytes > 2 or limits.interpreter or limits.capability < HOPPER):
+        return "half-precision exp2 needs fp16/bf16 inputs on a Hopper GPU (sm_90+)"
     if g.scale_fma and g.prescale_q:
         return "the scale is folded into Q already"
     if g.warp_spec and g.loop != "tl.range":
@@ -183,12 +188,12 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr,
-                TMA: tl.constexpr):
+                TMA: tl.constexpr, EXP_HALF: tl.constexpr):
     # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
     # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
     # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
     # (rows past n_k read as zeros). SCALE_MODE: 0 scales every score, 1 finds Q prescaled, 2 folds the
-    # scale into the exponent's argument.
+    # scale into the exponent's argument. EXP_HALF: 0 exp in fp32, 1 exp2 in fp16, 2 exp2 in bf16.
     for start_n in {loop_expr}:
         cols = start_n + offs_n
         col_ok = cols < n_k
@@ -233,13 +238,19 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             s = qk * qk_scale - m_ref[:, None]
         else:
             s = qk - m_ref[:, None]
-        if EXP2:
-            p = tl.math.exp2(s)
+        if EXP_HALF > 0:
+            # exp2 in the inputs' half precision, two per MUFU instruction; P comes out in V's dtype.
+            p = _exp2_half(s, EXP_HALF)
             alpha = tl.math.exp2(m_i - m_ref)
+            l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
         else:
-            p = tl.exp(s)
-            alpha = tl.exp(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, 1)
+            if EXP2:
+                p = tl.math.exp2(s)
+                alpha = tl.math.exp2(m_i - m_ref)
+            else:
+                p = tl.exp(s)
+                alpha = tl.exp(m_i - m_ref)
+            l_i = l_i * alpha + tl.sum(p, 1)
         if TMA:
             v = v_base.load([start_n, 0])
         else:
@@ -252,6 +263,18 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _exp2_half(x, EXP_HALF: tl.constexpr):
+    # 2**x rounded to fp16 (EXP_HALF 1) or bf16 (2): the argument is rounded to that type, then one
+    # ex2.approx instruction computes two elements (sm_90 for bf16x2).
+    if EXP_HALF == 2:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x.to(tl.bfloat16)],
+                                         dtype=tl.bfloat16, is_pure=True, pack=2)
+    else:
+        return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)],
+                                         dtype=tl.float16, is_pure=True, pack=2)
 
 
 @triton.jit
@@ -283,7 +306,8 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
-              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr):
+              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
+              EXP_HALF: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
@@ -336,14 +360,17 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
+                                    EXP_HALF)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
+                                    EXP_HALF)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
+                                    EXP_HALF)
     if SPLITS == 1:
         acc = acc / l_i[:, None]
         _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA)
@@ -418,6 +445,7 @@ def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, kv_group, n_q
 
 USE_TMA = {tma}
 USE_PDL = {pdl}
+USE_EXP_HALF = {exp_half}
 
 
 def _tma_ok(*tensors):
@@ -468,6 +496,8 @@ class ModelNew(nn.Module):
         qk_scale = SCALE * LOG2E if USE_EXP2 else SCALE
         tma = USE_TMA and _tma_ok(k, v)
         pdl = USE_PDL and q.is_cuda
+        # Half-precision exp2 is PTX: on the GPU only, for fp16 and bf16 inputs (else fp32 exp2).
+        exp_half = {{torch.float16: 1, torch.bfloat16: 2}}.get(v.dtype, 0) if USE_EXP_HALF and q.is_cuda else 0
         if tma:
             triton.set_allocator(_scratch_alloc)
         kv_group = heads // k.shape[1]
@@ -484,7 +514,7 @@ class ModelNew(nn.Module):
                 heads, kv_group, n_q, n_k, chunk, qk_scale,
                 CAUSAL, {causal_split}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, {k_trans},
                 NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE, tma,
-                FUSED_COMBINE, PACK_GQA, pdl)
+                FUSED_COMBINE, PACK_GQA, pdl, exp_half)
         # A programmatic dependent launch exists on the GPU only (Triton's interpreter has no griddepcontrol).
         launch = {{"launch_pdl": True}} if pdl else {{}}
         kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
@@ -553,6 +583,6 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         block_d=max(next_pow2(head_dim), 16), num_warps=g.num_warps, num_stages=g.num_stages,
         exp2=bool(g.exp2), loop_expr=loop_expr, causal_split=bool(g.causal_split and causal),
         k_trans=g.k_layout == "trans", split_kv=g.split_kv, tma=bool(g.tma),
-        scale_mode=1 if g.prescale_q else 2 if g.scale_fma else 0,
+        scale_mode=1 if g.prescale_q else 2 if g.scale_fma else 0, exp_half=bool(g.exp_half and g.exp2),
         fused_combine=bool(g.fused_combine and g.split_kv > 1), pack_gqa=bool(g.pack_gqa), pdl=bool(g.pdl),
     )

@@ -14,7 +14,8 @@ levels:
   (the row maxima are scaled, each score costs one FMA); K loaded transposed through
   strides or loaded row-major and transposed in registers; a plain loop or ``tl.range`` software
   pipelining; on Hopper (sm_90+, Triton >= 3.4) only: K and V through device-side TMA tensor
-  descriptors, and programmatic dependent launch (the kernel is scheduled while the previous one drains
+  descriptors, exp2 in the inputs' half precision (two per instruction; the evaluator judges the
+  precision), and programmatic dependent launch (the kernel is scheduled while the previous one drains
   and waits for its memory before touching any); from Blackwell on, warp specialisation of the pipelined
   loop;
 - **hardware**: BLOCK_M, BLOCK_N, num_warps, num_stages, one step at a time;
@@ -142,6 +143,7 @@ class TemplateMutator(GenomeMutator):
         if level == "implementation":
             what = rng.choice(["exp2", "k_layout", "loop", "prescale_q", "scale_fma"]
                               + (["tma", "pdl"] if self.limits.hopper else [])
+                              + (["exp_half"] if self._fits(g.with_(exp2=True, exp_half=True)) else [])
                               + (["warp_spec"] if self.limits.warp_spec else []))
             if what == "tma":
                 return g.with_(tma=not g.tma).to_dict(), f"TMA descriptors {'off' if g.tma else 'on'}", level
@@ -153,7 +155,10 @@ class TemplateMutator(GenomeMutator):
                 return g.with_(warp_spec=not g.warp_spec, loop="tl.range").to_dict(), \
                     f"warp specialisation {'off' if g.warp_spec else 'on'}", level
             if what == "exp2":
-                return g.with_(exp2=not g.exp2).to_dict(), f"exp2 {'off' if g.exp2 else 'on'}", level
+                return g.with_(exp2=not g.exp2, exp_half=False).to_dict(), f"exp2 {'off' if g.exp2 else 'on'}", level
+            if what == "exp_half":
+                return g.with_(exp_half=not g.exp_half, exp2=True).to_dict(), \
+                    f"exp2 in {'fp32' if g.exp_half else 'half precision'}", level
             if what == "prescale_q":
                 return g.with_(prescale_q=not g.prescale_q, scale_fma=False).to_dict(), \
                     f"scale folded into Q {'off' if g.prescale_q else 'on'}", level
