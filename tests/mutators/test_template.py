@@ -128,7 +128,7 @@ def test_default_kernel_follows_the_kind_of_shape() -> None:
     long_d128 = default(batch=2, heads=16, seq_len=4096, head_dim=128)
     assert (long_d128.block_m, long_d128.num_warps) == (128, 8)
     seed = default(batch=1, heads=8, seq_len=512, head_dim=64)
-    assert (seed.block_m, seed.block_n, seed.pack_gqa) == (64, 128, False)
+    assert (seed.block_m, seed.block_n, seed.pack_gqa, seed.scale_fma) == (64, 128, False, True)
     for g in (decode, long_d128, seed):
         assert fits(g, 128, 2, h100) is None
 

@@ -372,8 +372,9 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
                                     EXP_HALF)
     if SPLITS == 1:
-        acc = acc / l_i[:, None]
-        _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA)
+        acc = acc * (1.0 / l_i)[:, None]
+        _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA,
+                    not (EVEN_M and EVEN_D))
     else:
         base = (bh * SPLITS + split) * n_rows + rows
         tl.store(P_m + base, m_i, mask=row_ok)
@@ -398,12 +399,16 @@ PACK_GQA = {pack_gqa}
 
 @triton.jit
 def _store_rows(O, acc, b, head, pos, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM: tl.constexpr,
-                PACK_GQA: tl.constexpr):
+                PACK_GQA: tl.constexpr, MASKED: tl.constexpr):
+    # MASKED: some row of the block is past the end, or BLOCK_D > HEAD_DIM (else a plain, vectorised store).
     if PACK_GQA:
         o_ptrs = O + b * sob + (head * soh + pos * som)[:, None] + offs_d[None, :] * sod
     else:
         o_ptrs = O + b * sob + head * soh + pos[:, None] * som + offs_d[None, :] * sod
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    if MASKED:
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    else:
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty))
 
 
 @triton.jit
@@ -432,7 +437,7 @@ def _combine_tile(P_acc, P_m, P_l, O, start_m, bh, sob, soh, som, sod, n_heads, 
         acc += w[:, None] * tl.load(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], mask=row_ok[:, None],
                                     other=0.0, cache_modifier=".cg")
     acc = acc / l_sum[:, None]
-    _store_rows(O, acc, b, head, pos, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA)
+    _store_rows(O, acc, b, head, pos, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA, True)
 
 
 @triton.jit

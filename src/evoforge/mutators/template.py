@@ -83,8 +83,8 @@ class TemplateMutator(GenomeMutator):
                                       pack_gqa=group > 1))
         elif p.head_dim >= 128 and p.n_q >= 1024:
             shaped.append(FlashGenome(block_m=128, block_n=64, num_warps=8, num_stages=3, k_layout="trans",
-                                      loop="tl.range"))
-        for g in (*shaped, FlashGenome(block_m=64, block_n=128, num_stages=3, k_layout="trans", loop="tl.range"),
+                                      loop="tl.range", scale_fma=True))
+        for g in (*shaped, FlashGenome(block_m=64, block_n=128, num_stages=3, loop="tl.range", scale_fma=True),
                   FlashGenome(), FlashGenome(block_m=32, block_n=32, num_stages=1)):
             if self._fits(g):
                 return g
