@@ -37,7 +37,7 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
                         loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS),
                         prescale_q=rng.random() < 0.5, tma=rng.random() < 0.5, warp_spec=rng.random() < 0.3,
                         fused_combine=rng.random() < 0.3, pack_gqa=rng.random() < 0.3, pdl=rng.random() < 0.3,
-                        scale_fma=rng.random() < 0.3, exp_half=rng.random() < 0.3, overlap_qk=rng.random() < 0.3)
+                        scale_fma=rng.random() < 0.3, exp_half=rng.random() < 0.3)
             for _ in range(n)]
 
 
@@ -87,11 +87,6 @@ GENOMES = [
     # exp2 in half precision (PTX ex2.approx.f16x2 on a GPU; fp32 exp2 in the interpreter), with empty rows.
     FlashGenome(block_m=16, block_n=16, exp_half=True, scale_fma=True, split_kv=4, fused_combine=True,
                 causal_split=True),
-    # The next block's scores issued before this block's softmax: one key block, several, an empty causal
-    # range (split-KV past the diagonal, the full-block part of a split causal loop), TMA loads.
-    FlashGenome(block_m=16, block_n=16, overlap_qk=True, scale_fma=True),
-    FlashGenome(block_m=32, block_n=16, overlap_qk=True, causal_split=True, split_kv=4, fused_combine=True),
-    FlashGenome(block_m=16, block_n=32, overlap_qk=True, tma=True, k_layout="trans", exp2=False),
     # TMA descriptors: on a CPU the interpreter runs the descriptor path (where the head size allows it).
     FlashGenome(block_m=16, block_n=16, tma=True, causal_split=True),
     FlashGenome(block_m=32, block_n=16, tma=True, split_kv=2, loop="tl.range"),

@@ -63,7 +63,6 @@ class FlashGenome:
     pack_gqa: bool = False  # rows = (query head of a K/V group, position): one K/V load serves the whole group
     scale_fma: bool = False  # scale the row max, fold the scores' scale into exp's argument (one FMA per score)
     exp_half: bool = False  # exp2 in fp16/bf16, two per instruction (P is rounded to that type anyway)
-    overlap_qk: bool = False  # issue the next block's Q @ K^T before this block's softmax
     pdl: bool = False  # programmatic dependent launch (Hopper): overlap the launch with the previous kernel's tail
 
     def to_dict(self) -> dict[str, Any]:
@@ -184,123 +183,85 @@ LOG2E = 1.4426950408889634
 
 
 @triton.jit
-def _scores(q, k_base, skn, skd, offs_n, offs_d, start_n, n_k, HEAD_DIM: tl.constexpr, K_TRANS: tl.constexpr,
-            EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, TMA: tl.constexpr):
-    # Q @ K^T for the key block at start_n, unscaled and unmasked.
-    cols = start_n + offs_n
-    col_ok = cols < n_k
-    if TMA:
-        k = k_base.load([start_n, 0])
-        qk = tl.dot(q, tl.trans(k))
-    elif K_TRANS:
-        k_ptrs = k_base + cols[:, None] * skn + offs_d[None, :] * skd
-        if EVEN_N and EVEN_D:
-            k = tl.load(k_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-        qk = tl.dot(q, tl.trans(k))
-    else:
-        k_ptrs = k_base + cols[None, :] * skn + offs_d[:, None] * skd
-        if EVEN_N and EVEN_D:
-            k = tl.load(k_ptrs)
-        else:
-            k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
-        qk = tl.dot(q, k)
-    return qk
-
-
-@triton.jit
-def _update(acc, l_i, m_i, qk, v_base, svn, svd, offs_m, offs_n, offs_d, start_n, n_k, causal_offset, qk_scale,
-            MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, EXP2: tl.constexpr, EVEN_N: tl.constexpr,
-            EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr, TMA: tl.constexpr,
-            EXP_HALF: tl.constexpr):
-    # The online softmax step for the key block at start_n, whose scores are qk: mask, rescale, P @ V.
-    cols = start_n + offs_n
-    col_ok = cols < n_k
-    if SCALE_MODE == 0:
-        qk = qk * qk_scale
-    if MASK_CAUSAL:
-        keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
-        if not EVEN_N:
-            keep = keep & col_ok[None, :]
-        qk = tl.where(keep, qk, float("-inf"))
-    elif not EVEN_N:
-        qk = tl.where(col_ok[None, :], qk, float("-inf"))
-    if SCALE_MODE == 2:
-        # Scale the row maxima, not the scores: the scores' scale and the max subtraction are one FMA.
-        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
-    if EMPTY_ROWS:
-        # A row with no visible key yet keeps m = -inf; exp against 0 instead of -inf keeps its
-        # p and alpha at 0 rather than NaN.
-        m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
-    else:
-        m_ref = m_new
-    if SCALE_MODE == 2:
-        s = qk * qk_scale - m_ref[:, None]
-    else:
-        s = qk - m_ref[:, None]
-    if EXP_HALF > 0:
-        # exp2 in the inputs' half precision, two per MUFU instruction; P comes out in V's dtype.
-        p = _exp2_half(s, EXP_HALF)
-        alpha = tl.math.exp2(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
-    else:
-        if EXP2:
-            p = tl.math.exp2(s)
-            alpha = tl.math.exp2(m_i - m_ref)
-        else:
-            p = tl.exp(s)
-            alpha = tl.exp(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, 1)
-    if TMA:
-        v = v_base.load([start_n, 0])
-    else:
-        v_ptrs = v_base + cols[:, None] * svn + offs_d[None, :] * svd
-        if EVEN_N and EVEN_D:
-            v = tl.load(v_ptrs)
-        else:
-            v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    acc = acc * alpha[:, None]
-    acc = tl.dot(p.to(v.dtype), v, acc)
-    return acc, l_i, m_new
-
-
-@triton.jit
 def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n, offs_d,
                 lo, hi, n_k, causal_offset, qk_scale,
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr,
-                TMA: tl.constexpr, EXP_HALF: tl.constexpr, OVERLAP: tl.constexpr):
+                TMA: tl.constexpr, EXP_HALF: tl.constexpr):
     # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
     # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
     # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
     # (rows past n_k read as zeros). SCALE_MODE: 0 scales every score, 1 finds Q prescaled, 2 folds the
     # scale into the exponent's argument. EXP_HALF: 0 exp in fp32, 1 exp2 in fp16, 2 exp2 in bf16.
-    # OVERLAP: the next block's Q @ K^T is issued before this block's softmax, so the tensor cores can
-    # work on it while the softmax runs (the first block's scores are computed before the loop).
-    if OVERLAP:
-        if lo < hi:
-            qk = _scores(q, k_base, skn, skd, offs_n, offs_d, lo, n_k, HEAD_DIM, K_TRANS, EVEN_N, EVEN_D, TMA)
-            for start_n in {loop_expr_next}:
-                qk_next = _scores(q, k_base, skn, skd, offs_n, offs_d, start_n, n_k, HEAD_DIM, K_TRANS, EVEN_N,
-                                  EVEN_D, TMA)
-                acc, l_i, m_i = _update(acc, l_i, m_i, qk, v_base, svn, svd, offs_m, offs_n, offs_d,
-                                        start_n - BLOCK_N, n_k, causal_offset, qk_scale, MASK_CAUSAL, HEAD_DIM,
-                                        EXP2, EVEN_N, EVEN_D, EMPTY_ROWS, SCALE_MODE, TMA, EXP_HALF)
-                qk = qk_next
-            last = lo + ((hi - lo - 1) // BLOCK_N) * BLOCK_N
-            acc, l_i, m_i = _update(acc, l_i, m_i, qk, v_base, svn, svd, offs_m, offs_n, offs_d, last, n_k,
-                                    causal_offset, qk_scale, MASK_CAUSAL, HEAD_DIM, EXP2, EVEN_N, EVEN_D,
-                                    EMPTY_ROWS, SCALE_MODE, TMA, EXP_HALF)
-    else:
-        for start_n in {loop_expr}:
-            qk = _scores(q, k_base, skn, skd, offs_n, offs_d, start_n, n_k, HEAD_DIM, K_TRANS, EVEN_N, EVEN_D, TMA)
-            acc, l_i, m_i = _update(acc, l_i, m_i, qk, v_base, svn, svd, offs_m, offs_n, offs_d, start_n, n_k,
-                                    causal_offset, qk_scale, MASK_CAUSAL, HEAD_DIM, EXP2, EVEN_N, EVEN_D,
-                                    EMPTY_ROWS, SCALE_MODE, TMA, EXP_HALF)
+    for start_n in {loop_expr}:
+        cols = start_n + offs_n
+        col_ok = cols < n_k
+        if TMA:
+            k = k_base.load([start_n, 0])
+            qk = tl.dot(q, tl.trans(k))
+        elif K_TRANS:
+            k_ptrs = k_base + cols[:, None] * skn + offs_d[None, :] * skd
+            if EVEN_N and EVEN_D:
+                k = tl.load(k_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+            qk = tl.dot(q, tl.trans(k))
+        else:
+            k_ptrs = k_base + cols[None, :] * skn + offs_d[:, None] * skd
+            if EVEN_N and EVEN_D:
+                k = tl.load(k_ptrs)
+            else:
+                k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
+            qk = tl.dot(q, k)
+        if SCALE_MODE == 0:
+            qk = qk * qk_scale
+        if MASK_CAUSAL:
+            keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
+            if not EVEN_N:
+                keep = keep & col_ok[None, :]
+            qk = tl.where(keep, qk, float("-inf"))
+        elif not EVEN_N:
+            qk = tl.where(col_ok[None, :], qk, float("-inf"))
+        if SCALE_MODE == 2:
+            # Scale the row maxima, not the scores: the scores' scale and the max subtraction are one FMA.
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+        if EMPTY_ROWS:
+            # A row with no visible key yet keeps m = -inf; exp against 0 instead of -inf keeps its
+            # p and alpha at 0 rather than NaN.
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
+        if SCALE_MODE == 2:
+            s = qk * qk_scale - m_ref[:, None]
+        else:
+            s = qk - m_ref[:, None]
+        if EXP_HALF > 0:
+            # exp2 in the inputs' half precision, two per MUFU instruction; P comes out in V's dtype.
+            p = _exp2_half(s, EXP_HALF)
+            alpha = tl.math.exp2(m_i - m_ref)
+            l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+        else:
+            if EXP2:
+                p = tl.math.exp2(s)
+                alpha = tl.math.exp2(m_i - m_ref)
+            else:
+                p = tl.exp(s)
+                alpha = tl.exp(m_i - m_ref)
+            l_i = l_i * alpha + tl.sum(p, 1)
+        if TMA:
+            v = v_base.load([start_n, 0])
+        else:
+            v_ptrs = v_base + cols[:, None] * svn + offs_d[None, :] * svd
+            if EVEN_N and EVEN_D:
+                v = tl.load(v_ptrs)
+            else:
+                v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
     return acc, l_i, m_i
 
 
@@ -346,7 +307,7 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
               TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
-              EXP_HALF: tl.constexpr, OVERLAP: tl.constexpr):
+              EXP_HALF: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
@@ -400,16 +361,16 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF, OVERLAP)
+                                    EXP_HALF)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF, OVERLAP)
+                                    EXP_HALF)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF, OVERLAP)
+                                    EXP_HALF)
     if SPLITS == 1:
         acc = acc * (1.0 / l_i)[:, None]
         _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA,
@@ -490,7 +451,6 @@ def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, kv_group, n_q
 USE_TMA = {tma}
 USE_PDL = {pdl}
 USE_EXP_HALF = {exp_half}
-OVERLAP_QK = {overlap_qk}
 
 
 def _tma_ok(*tensors):
@@ -559,7 +519,7 @@ class ModelNew(nn.Module):
                 heads, kv_group, n_q, n_k, chunk, qk_scale,
                 CAUSAL, {causal_split}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, {k_trans},
                 NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE, tma,
-                FUSED_COMBINE, PACK_GQA, pdl, exp_half, OVERLAP_QK)
+                FUSED_COMBINE, PACK_GQA, pdl, exp_half)
         # A programmatic dependent launch exists on the GPU only (Triton's interpreter has no griddepcontrol).
         launch = {{"launch_pdl": True}} if pdl else {{}}
         kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
@@ -629,6 +589,5 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         exp2=bool(g.exp2), loop_expr=loop_expr, causal_split=bool(g.causal_split and causal),
         k_trans=g.k_layout == "trans", split_kv=g.split_kv, tma=bool(g.tma),
         scale_mode=1 if g.prescale_q else 2 if g.scale_fma else 0, exp_half=bool(g.exp_half and g.exp2),
-        overlap_qk=bool(g.overlap_qk), loop_expr_next=loop_expr.replace("(lo, ", "(lo + BLOCK_N, "),
         fused_combine=bool(g.fused_combine and g.split_kv > 1), pack_gqa=bool(g.pack_gqa), pdl=bool(g.pdl),
     )

@@ -11,8 +11,7 @@ levels:
   causal loop into unmasked full blocks and masked diagonal blocks;
 - **implementation**: exp2 with the scale folded in or exp; the scale folded into Q once (rounded to
   Q's dtype: cheaper, slightly less exact, so the evaluator decides) or into the exponent's argument
-  (the row maxima are scaled, each score costs one FMA); the next key block's Q @ K^T issued before
-  this block's softmax, so the tensor cores overlap it; K loaded transposed through
+  (the row maxima are scaled, each score costs one FMA); K loaded transposed through
   strides or loaded row-major and transposed in registers; a plain loop or ``tl.range`` software
   pipelining; on Hopper (sm_90+, Triton >= 3.4) only: K and V through device-side TMA tensor
   descriptors, exp2 in the inputs' half precision (two per instruction; the evaluator judges the
@@ -142,7 +141,7 @@ class TemplateMutator(GenomeMutator):
             variant = rng.choice(sorted(self.torch_paths))
             return {"kind": "torch", "variant": variant}, f"replace the kernel with {variant}", level
         if level == "implementation":
-            what = rng.choice(["exp2", "k_layout", "loop", "prescale_q", "scale_fma", "overlap_qk"]
+            what = rng.choice(["exp2", "k_layout", "loop", "prescale_q", "scale_fma"]
                               + (["tma", "pdl"] if self.limits.hopper else [])
                               + (["exp_half"] if self._fits(g.with_(exp2=True, exp_half=True)) else [])
                               + (["warp_spec"] if self.limits.warp_spec else []))
@@ -157,9 +156,6 @@ class TemplateMutator(GenomeMutator):
                     f"warp specialisation {'off' if g.warp_spec else 'on'}", level
             if what == "exp2":
                 return g.with_(exp2=not g.exp2, exp_half=False).to_dict(), f"exp2 {'off' if g.exp2 else 'on'}", level
-            if what == "overlap_qk":
-                return g.with_(overlap_qk=not g.overlap_qk).to_dict(), \
-                    f"next block's Q @ K^T {'after' if g.overlap_qk else 'before'} this block's softmax", level
             if what == "exp_half":
                 return g.with_(exp_half=not g.exp_half, exp2=True).to_dict(), \
                     f"exp2 in {'fp32' if g.exp_half else 'half precision'}", level
