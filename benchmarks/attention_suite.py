@@ -100,6 +100,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the runs work in a temporary folder
     tasks = [t for t in (args.rows.split(";") if ";" in args.rows else args.rows.split(",")) if t]
     slug = envinfo.device_slug(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)

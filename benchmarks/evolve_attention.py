@@ -38,6 +38,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--prefix", default="evolve", help="output names: <prefix>-<device>.json, ...")
     args = parser.parse_args()
+    args.out = args.out.resolve()  # the runs work in a temporary folder
 
     slug = envinfo.device_slug(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
     work = Path(f"/tmp/evoforge-{args.prefix}")
