@@ -1,9 +1,9 @@
-"""Evolved by evoforge 0.1.0 (run 20261125-022624-02bc).
+"""Evolved by evoforge 0.1.0 (run 20261125-051521-ca66).
 
 Task: attention_b2_h16_s4096_d128_fp16_causal (builtin:attention-d128:causal=true)
 Device: NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0
-Speedup: 0.772x over sdpa_cudnn (graph mode, 341.20 us median), measured 2026-11-25T02:27:34+00:00
-Exported: 2026-11-25T02:27:38+00:00
+Speedup: 0.692x over sdpa_cudnn (graph mode, 381.60 us median), measured 2026-11-25T05:16:09+00:00
+Exported: 2026-11-25T05:16:14+00:00
 
 Use: `from this_module import evolved` and call evolved(q, k, v); or EvolvedModel()(q, k, v).
 """
@@ -14,13 +14,14 @@ import torch.nn as nn
 import triton
 import triton.language as tl
 
-# Rendered by evoforge from genome {"block_m": 128, "block_n": 64, "causal_split": true, "exp2": true, "fused_combine": false, "k_layout": "trans", "kind": "triton_flash", "loop": "tl.range", "num_stages": 3, "num_warps": 8, "pack_gqa": false, "prescale_q": false, "split_kv": 1, "tma": false, "warp_spec": false}
+# Rendered by evoforge from genome {"block_m": 128, "block_n": 128, "causal_split": false, "exp2": true, "exp_half": false, "fused_combine": false, "k_layout": "trans", "kind": "triton_flash", "loop": "tl.range", "num_stages": 3, "num_warps": 8, "pack_gqa": false, "pdl": false, "prescale_q": false, "scale_fma": true, "split_kv": 1, "tma": false, "warp_spec": false}
 CAUSAL = True
 HEAD_DIM = 128
 SCALE = 1.0 / math.sqrt(HEAD_DIM)
-BLOCK_M, BLOCK_N, BLOCK_D = 128, 64, 128
+BLOCK_M, BLOCK_N, BLOCK_D = 128, 128, 128
 NUM_WARPS, NUM_STAGES = 8, 3
 USE_EXP2 = True
+SCALE_MODE = 2  # 0: scale each score, 1: scale Q once, 2: fold the scale into exp's argument (FMA)
 LOG2E = 1.4426950408889634
 
 
@@ -29,12 +30,13 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
                 lo, hi, n_k, causal_offset, qk_scale,
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, PRESCALED: tl.constexpr,
-                TMA: tl.constexpr):
+                EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr,
+                TMA: tl.constexpr, EXP_HALF: tl.constexpr):
     # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
     # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
     # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
-    # (rows past n_k read as zeros).
+    # (rows past n_k read as zeros). SCALE_MODE: 0 scales every score, 1 finds Q prescaled, 2 folds the
+    # scale into the exponent's argument. EXP_HALF: 0 exp in fp32, 1 exp2 in fp16, 2 exp2 in bf16.
     for start_n in tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES):
         cols = start_n + offs_n
         col_ok = cols < n_k
@@ -55,7 +57,7 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             else:
                 k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
             qk = tl.dot(q, k)
-        if not PRESCALED:
+        if SCALE_MODE == 0:
             qk = qk * qk_scale
         if MASK_CAUSAL:
             keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
@@ -64,20 +66,34 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             qk = tl.where(keep, qk, float("-inf"))
         elif not EVEN_N:
             qk = tl.where(col_ok[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        if SCALE_MODE == 2:
+            # Scale the row maxima, not the scores: the scores' scale and the max subtraction are one FMA.
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
         if EMPTY_ROWS:
             # A row with no visible key yet keeps m = -inf; exp against 0 instead of -inf keeps its
             # p and alpha at 0 rather than NaN.
             m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
         else:
             m_ref = m_new
-        if EXP2:
-            p = tl.math.exp2(qk - m_ref[:, None])
-            alpha = tl.math.exp2(m_i - m_ref)
+        if SCALE_MODE == 2:
+            s = qk * qk_scale - m_ref[:, None]
         else:
-            p = tl.exp(qk - m_ref[:, None])
-            alpha = tl.exp(m_i - m_ref)
-        l_i = l_i * alpha + tl.sum(p, 1)
+            s = qk - m_ref[:, None]
+        if EXP_HALF > 0:
+            # exp2 in the inputs' half precision, two per MUFU instruction; P comes out in V's dtype.
+            p = _exp2_half(s, EXP_HALF)
+            alpha = tl.math.exp2(m_i - m_ref)
+            l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+        else:
+            if EXP2:
+                p = tl.math.exp2(s)
+                alpha = tl.math.exp2(m_i - m_ref)
+            else:
+                p = tl.exp(s)
+                alpha = tl.exp(m_i - m_ref)
+            l_i = l_i * alpha + tl.sum(p, 1)
         if TMA:
             v = v_base.load([start_n, 0])
         else:
@@ -90,6 +106,18 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _exp2_half(x, EXP_HALF: tl.constexpr):
+    # 2**x rounded to fp16 (EXP_HALF 1) or bf16 (2): the argument is rounded to that type, then one
+    # ex2.approx instruction computes two elements (sm_90 for bf16x2).
+    if EXP_HALF == 2:
+        return tl.inline_asm_elementwise("ex2.approx.ftz.bf16x2 $0, $1;", "=r,r", [x.to(tl.bfloat16)],
+                                         dtype=tl.bfloat16, is_pure=True, pack=2)
+    else:
+        return tl.inline_asm_elementwise("ex2.approx.f16x2 $0, $1;", "=r,r", [x.to(tl.float16)],
+                                         dtype=tl.float16, is_pure=True, pack=2)
 
 
 @triton.jit
@@ -120,11 +148,16 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, PRESCALE_Q: tl.constexpr,
-              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr):
+              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
+              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
+              EXP_HALF: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
+    if PDL:
+        # Launched as a programmatic dependent launch: the previous kernel in the stream may still be
+        # running, so wait for it (and its memory) before any load or store of this kernel.
+        tl.extra.cuda.gdc_wait()
     start_m = tl.program_id(0)
     bh = tl.program_id(1)
     split = tl.program_id(2)
@@ -144,7 +177,7 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         q = tl.load(q_ptrs)
     else:
         q = tl.load(q_ptrs, mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-    if PRESCALE_Q:
+    if SCALE_MODE == 1:
         q = (q * qk_scale).to(q.dtype)
     k_base = K + b * skb + kvh * skh
     v_base = V + b * svb + kvh * svh
@@ -170,17 +203,21 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
+                                    EXP_HALF)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
+                                    EXP_HALF)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, PRESCALE_Q, TMA)
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
+                                    EXP_HALF)
     if SPLITS == 1:
-        acc = acc / l_i[:, None]
-        _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA)
+        acc = acc * (1.0 / l_i)[:, None]
+        _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA,
+                    not (EVEN_M and EVEN_D))
     else:
         base = (bh * SPLITS + split) * n_rows + rows
         tl.store(P_m + base, m_i, mask=row_ok)
@@ -205,12 +242,16 @@ PACK_GQA = False
 
 @triton.jit
 def _store_rows(O, acc, b, head, pos, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM: tl.constexpr,
-                PACK_GQA: tl.constexpr):
+                PACK_GQA: tl.constexpr, MASKED: tl.constexpr):
+    # MASKED: some row of the block is past the end, or BLOCK_D > HEAD_DIM (else a plain, vectorised store).
     if PACK_GQA:
         o_ptrs = O + b * sob + (head * soh + pos * som)[:, None] + offs_d[None, :] * sod
     else:
         o_ptrs = O + b * sob + head * soh + pos[:, None] * som + offs_d[None, :] * sod
-    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    if MASKED:
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_d[None, :] < HEAD_DIM))
+    else:
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty))
 
 
 @triton.jit
@@ -239,7 +280,7 @@ def _combine_tile(P_acc, P_m, P_l, O, start_m, bh, sob, soh, som, sod, n_heads, 
         acc += w[:, None] * tl.load(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], mask=row_ok[:, None],
                                     other=0.0, cache_modifier=".cg")
     acc = acc / l_sum[:, None]
-    _store_rows(O, acc, b, head, pos, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA)
+    _store_rows(O, acc, b, head, pos, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA, True)
 
 
 @triton.jit
@@ -251,6 +292,8 @@ def _attn_combine(P_acc, P_m, P_l, O, sob, soh, som, sod, n_heads, kv_group, n_q
 
 
 USE_TMA = False
+USE_PDL = False
+USE_EXP_HALF = False
 
 
 def _tma_ok(*tensors):
@@ -300,6 +343,9 @@ class ModelNew(nn.Module):
         out = torch.empty_like(q)
         qk_scale = SCALE * LOG2E if USE_EXP2 else SCALE
         tma = USE_TMA and _tma_ok(k, v)
+        pdl = USE_PDL and q.is_cuda
+        # Half-precision exp2 is PTX: on the GPU only, for fp16 and bf16 inputs (else fp32 exp2).
+        exp_half = {torch.float16: 1, torch.bfloat16: 2}.get(v.dtype, 0) if USE_EXP_HALF and q.is_cuda else 0
         if tma:
             triton.set_allocator(_scratch_alloc)
         kv_group = heads // k.shape[1]
@@ -314,10 +360,12 @@ class ModelNew(nn.Module):
         # Every parameter positionally, constexprs included: the same tuple feeds the direct launcher.
         args = (q, k, v, out, p_acc, p_m, p_l, counter, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
                 heads, kv_group, n_q, n_k, chunk, qk_scale,
-                CAUSAL, True, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, True,
-                NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, False, tma,
-                FUSED_COMBINE, PACK_GQA)
-        kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES)
+                CAUSAL, False, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, True,
+                NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE, tma,
+                FUSED_COMBINE, PACK_GQA, pdl, exp_half)
+        # A programmatic dependent launch exists on the GPU only (Triton's interpreter has no griddepcontrol).
+        launch = {"launch_pdl": True} if pdl else {}
+        kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
         combine = cgrid = cargs = None
         if SPLIT_KV > 1 and not FUSED_COMBINE:
             cgrid = grid[:2] + (1,)

@@ -126,7 +126,9 @@ def test_default_kernel_follows_the_kind_of_shape() -> None:
     assert decode.block_m == 16 and decode.pack_gqa
     assert not default(heads=8, q_len=1, seq_len=4096, head_dim=64).pack_gqa  # no groups to pack
     long_d128 = default(batch=2, heads=16, seq_len=4096, head_dim=128)
-    assert (long_d128.block_m, long_d128.num_warps) == (128, 8)
+    assert (long_d128.block_m, long_d128.block_n, long_d128.num_warps) == (128, 128, 8)
+    causal_d128 = default(batch=2, heads=16, seq_len=4096, head_dim=128, causal=True)
+    assert (causal_d128.block_n, causal_d128.causal_split) == (64, True)
     seed = default(batch=1, heads=8, seq_len=512, head_dim=64)
     assert (seed.block_m, seed.block_n, seed.pack_gqa, seed.scale_fma) == (64, 128, False, True)
     for g in (decode, long_d128, seed):
