@@ -239,18 +239,21 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
         else:
             s = qk - m_ref[:, None]
         if EXP_HALF > 0:
-            # exp2 in the inputs' half precision, two per MUFU instruction; P comes out in V's dtype.
+            # exp2 in the inputs' half precision, two per MUFU instruction; P comes out in V's dtype
+            # (rendered with exp2 only).
             p = _exp2_half(s, EXP_HALF)
-            alpha = tl.math.exp2(m_i - m_ref)
-            l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+            p_sum = tl.sum(p.to(tl.float32), 1)
+        elif EXP2:
+            p = tl.math.exp2(s)
+            p_sum = tl.sum(p, 1)
         else:
-            if EXP2:
-                p = tl.math.exp2(s)
-                alpha = tl.math.exp2(m_i - m_ref)
-            else:
-                p = tl.exp(s)
-                alpha = tl.exp(m_i - m_ref)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p = tl.exp(s)
+            p_sum = tl.sum(p, 1)
+        if EXP2:
+            alpha = tl.math.exp2(m_i - m_ref)
+        else:
+            alpha = tl.exp(m_i - m_ref)
+        l_i = l_i * alpha + p_sum
         if TMA:
             v = v_base.load([start_n, 0])
         else:
