@@ -140,6 +140,27 @@ def test_half_precision_exp_follows_the_input_dtype(shape: str, tmp_path: Path) 
         torch.testing.assert_close(outs[0].double().cpu(), expected, atol=atol, rtol=rtol)
 
 
+@pytest.mark.parametrize("genome", [FlashGenome(block_m=16, block_n=16, scale_fma=True),
+                                    FlashGenome(block_m=32, block_n=16, k_layout="trans", loop="tl.range",
+                                                causal_split=True, split_kv=2, fused_combine=True)])
+@pytest.mark.parametrize("shape", ["dtype=fp32", "dtype=fp32,causal=1,kv_heads=1"])
+def test_fp32_inputs_meet_the_fp32_tolerance(genome: FlashGenome, shape: str, tmp_path: Path) -> None:
+    """fp32 inputs keep fp32 products: on a GPU a plain tl.dot would round them to TF32 (10-bit
+    mantissa), far outside fp32's tolerance, and every template candidate of an fp32 task would fail."""
+    pytest.importorskip("triton")
+    device = triton_device()
+    spec = builtin_task("attention-tiny:" + shape)
+    task = load_task(spec)
+    q, k, v = (t.to(device) for t in make_inputs(task, 0))
+    assert q.dtype == torch.float32
+    source = render(genome, causal=spec.params["causal"], head_dim=spec.params["head_dim"])
+    name = f"fp32_{genome.key()}_{abs(hash(shape))}"
+    got = import_source(source, name, name, tmp_path).ModelNew()(q, k, v)
+    expected = task.model_cls()(q.double().cpu(), k.double().cpu(), v.double().cpu())
+    atol, rtol = task.tolerance(q.dtype)
+    torch.testing.assert_close(got.double().cpu(), expected, atol=atol, rtol=rtol)
+
+
 def test_hopper_options_are_offered_only_where_they_compile() -> None:
     tma = FlashGenome(tma=True, loop="tl.range")
     spec = FlashGenome(warp_spec=True, loop="tl.range")

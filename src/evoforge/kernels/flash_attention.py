@@ -188,32 +188,33 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
                 MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr,
-                TMA: tl.constexpr, EXP_HALF: tl.constexpr):
+                TMA: tl.constexpr, EXP_HALF: tl.constexpr, IEEE: tl.constexpr):
     # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
     # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
     # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
     # (rows past n_k read as zeros). SCALE_MODE: 0 scales every score, 1 finds Q prescaled, 2 folds the
     # scale into the exponent's argument. EXP_HALF: 0 exp in fp32, 1 exp2 in fp16, 2 exp2 in bf16.
+    # IEEE: fp32 inputs, whose products must stay fp32 (tl.dot would round them to TF32).
     for start_n in {loop_expr}:
         cols = start_n + offs_n
         col_ok = cols < n_k
         if TMA:
             k = k_base.load([start_n, 0])
-            qk = tl.dot(q, tl.trans(k))
+            qk = _dot(q, tl.trans(k), None, IEEE)
         elif K_TRANS:
             k_ptrs = k_base + cols[:, None] * skn + offs_d[None, :] * skd
             if EVEN_N and EVEN_D:
                 k = tl.load(k_ptrs)
             else:
                 k = tl.load(k_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-            qk = tl.dot(q, tl.trans(k))
+            qk = _dot(q, tl.trans(k), None, IEEE)
         else:
             k_ptrs = k_base + cols[None, :] * skn + offs_d[:, None] * skd
             if EVEN_N and EVEN_D:
                 k = tl.load(k_ptrs)
             else:
                 k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
-            qk = tl.dot(q, k)
+            qk = _dot(q, k, None, IEEE)
         if SCALE_MODE == 0:
             qk = qk * qk_scale
         if MASK_CAUSAL:
@@ -263,9 +264,17 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             else:
                 v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc)
+        acc = _dot(p.to(v.dtype), v, acc, IEEE)
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -310,7 +319,7 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
               TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
-              EXP_HALF: tl.constexpr):
+              EXP_HALF: tl.constexpr, IEEE: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
@@ -364,16 +373,16 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF)
+                                    EXP_HALF, IEEE)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF)
+                                    EXP_HALF, IEEE)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
                                     offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF)
+                                    EXP_HALF, IEEE)
     if SPLITS == 1:
         acc = acc * (1.0 / l_i)[:, None]
         _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA,
@@ -522,7 +531,7 @@ class ModelNew(nn.Module):
                 heads, kv_group, n_q, n_k, chunk, qk_scale,
                 CAUSAL, {causal_split}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, {k_trans},
                 NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE, tma,
-                FUSED_COMBINE, PACK_GQA, pdl, exp_half)
+                FUSED_COMBINE, PACK_GQA, pdl, exp_half, q.dtype == torch.float32)
         # A programmatic dependent launch exists on the GPU only (Triton's interpreter has no griddepcontrol).
         launch = {{"launch_pdl": True}} if pdl else {{}}
         kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
