@@ -129,9 +129,12 @@ def test_default_kernel_follows_the_kind_of_shape() -> None:
     assert (long_d128.block_m, long_d128.block_n, long_d128.num_warps) == (128, 128, 8)
     causal_d128 = default(batch=2, heads=16, seq_len=4096, head_dim=128, causal=True)
     assert (causal_d128.block_n, causal_d128.causal_split) == (64, True)
+    long_d64 = default(batch=4, heads=32, seq_len=2048, head_dim=64)
+    assert (long_d64.block_m, long_d64.block_n, long_d64.num_warps, long_d64.causal_split) == (64, 64, 4, False)
+    assert default(batch=4, heads=32, seq_len=2048, head_dim=64, causal=True).causal_split
     seed = default(batch=1, heads=8, seq_len=512, head_dim=64)
     assert (seed.block_m, seed.block_n, seed.pack_gqa, seed.scale_fma) == (64, 128, False, True)
-    for g in (decode, long_d128, seed):
+    for g in (decode, long_d128, long_d64, seed):
         assert fits(g, 128, 2, h100) is None
 
 

@@ -71,8 +71,8 @@ class TemplateMutator(GenomeMutator):
     # ---------------------------------------------------------------- genomes -> candidates
     def default_genome(self) -> FlashGenome:
         """Generation 0's kernel: the best genome measured on an H100 for the task's kind of shape
-        (benchmarks/README.md): the seed's shape, long sequences with D=128, or few query rows per
-        head (decode), else the first fallback that fits this GPU."""
+        (benchmarks/README.md): the seed's shape, long sequences with D=128 or with smaller heads, or few
+        query rows per head (decode), else the first fallback that fits this GPU."""
         if self.limits.interpreter:
             return FlashGenome(block_m=32, block_n=32, num_warps=4, num_stages=1)
         p = self.params
@@ -87,6 +87,12 @@ class TemplateMutator(GenomeMutator):
             if p.causal:  # 128x128 measured 387 us on causal D128 S4096, 128x64 with the loop split 343 us
                 shaped.append(long_d128.with_(block_n=64, causal_split=True))
             shaped += [long_d128, long_d128.with_(block_n=64)]  # 128x64 where 128x128's stages don't fit
+        elif p.n_q >= 1024:
+            # Long sequences with small heads: 64x64 tiles (four programs per SM) measured 304-311 us on
+            # B=4 H=32 S=2048 D=64, against 331-358 us for 64x128 and 128x64 and 408 us for 128x128
+            # (benchmarks/results/genomes-long-d64*-h100.json, non-causal; causal splits its loop as at D=128).
+            shaped.append(FlashGenome(block_m=64, block_n=64, num_stages=3, k_layout="trans", loop="tl.range",
+                                      scale_fma=True, causal_split=p.causal))
         for g in (*shaped, FlashGenome(block_m=64, block_n=128, num_stages=3, loop="tl.range", scale_fma=True),
                   FlashGenome(), FlashGenome(block_m=32, block_n=32, num_stages=1)):
             if self._fits(g):
