@@ -11,7 +11,8 @@ cache (TRITON_CACHE_DIR), so no configuration profits from another's compiled ke
 For each it records evaluations per minute (overall and per slot), idle share per slot, and the mean
 seconds per batch in each worker stage (``check`` includes compiling), from the run's events.
 
-    python benchmarks/executor_throughput.py results/executor-throughput-<device>.json [--generations 6] [-- extra run flags]
+    python benchmarks/executor_throughput.py results/executor-throughput-<device>.json [--generations 6] \
+        [-- extra run flags]
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def one(name: str, flags: list[str], args: argparse.Namespace, extra: list[str])
         record = store.run(summary["run"])
         return {
             "config": name, "flags": flags, "summary": summary, "device": record.env,
-            "evals_per_min": throughput["evals_per_min"], "evals_per_min_per_slot": throughput["evals_per_min_per_slot"],
+            "evals_per_min": throughput["evals_per_min"],
+            "evals_per_min_per_slot": throughput["evals_per_min_per_slot"],
             "elapsed_s": throughput["elapsed_s"], "per_slot": throughput["per_slot"],
             "stage_seconds_mean_per_batch": {k: round(mean(p.get(k, 0.0) for p in profiles), 3) for k in stages},
             "precompiled_batches": len(precompiled),

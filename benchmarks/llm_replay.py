@@ -134,7 +134,8 @@ def main() -> int:
     with ScriptedServer(script(64, causal=False), default={"content": "no more"}) as server:
         (work / "evoforge.toml").write_text(
             f'[run]\ntask = "{args.task}"\nmutator = "llm"\nllm_model = "replay@1/2"\nllm_base_url = "{server.url}"\n'
-            f'llm_concurrency = 1\nllm_seed_candidates = 4\ngenerations = 2\npopulation = 2\nsandbox = "{args.sandbox}"\n')
+            'llm_concurrency = 1\nllm_seed_candidates = 4\ngenerations = 2\npopulation = 2\n'
+            f'sandbox = "{args.sandbox}"\n')
         run = subprocess.run([sys.executable, "-m", "evoforge.cli", "run", "--json"], cwd=work, capture_output=True,
                              text=True, check=False)
     print(run.stderr[-4000:], file=sys.stderr)
