@@ -2,7 +2,10 @@
 the seed's attention costs per call, measured back to back (the GPU queue stays full, so this is the
 host's issue rate, not latency). Separates what a user's eager call pays on the host from kernel time.
 
-Usage: python benchmarks/launch_overhead.py [--task attention] [--genome JSON] [--calls 3000]
+Usage: python benchmarks/launch_overhead.py [--task attention] [--genome JSON] [--calls 3000] [--guard]
+
+--guard measures every row twice: as a user's process runs it, then with the evaluator's sandbox audit
+hook installed (as the worker times candidates and baselines), to show what the hook costs per call.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ def main() -> int:
     parser.add_argument("--genome", default=json.dumps(FlashGenome(block_m=64, block_n=128, num_stages=3,
                                                                    loop="tl.range").to_dict()))
     parser.add_argument("--calls", type=int, default=3000)
+    parser.add_argument("--guard", action="store_true", help="also measure with the sandbox's audit hook")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("launch_overhead: needs a CUDA device", file=sys.stderr)
@@ -64,6 +68,12 @@ def main() -> int:
     }
     for name, fn in rows.items():
         print(f"{name:34} {per_call_us(fn, args.calls):8.2f} us/call (host issue rate)")
+    if args.guard:
+        from evoforge.evaluator import guards
+
+        guards.install_audit_guard()  # for the rest of this process, as in the evaluator's worker
+        for name, fn in rows.items():
+            print(f"{name:34} {per_call_us(fn, args.calls):8.2f} us/call (audit hook installed)")
     return 0
 
 
