@@ -1,0 +1,110 @@
+"""Kernel ideas outside the genome, tried as edits of a rendered genome's source and timed through the
+evaluator (isolated worker, correctness checks, eager and graph timing) beside SDPA's backends.
+
+An idea that wins here becomes a genome field (and so a mutation operator); one that loses stays
+recorded here with its numbers. Sets of edits:
+
+- ``loop``: the key loop unrolled by two inside the pipeliner (``loop_unroll_factor=2``), without
+  loop-invariant code motion, or fully unrolled with ``tl.static_range`` over the seed's 512 keys
+  (which gives up the software pipeline; valid for non-causal 512-key shapes only).
+- ``rowsum``: half-precision exp2 with the row sum in half precision or on the tensor cores
+  (``tl.dot(p, ones)``), and the fp32 path with the row sum on the tensor cores: fewer MUFU and
+  conversion instructions per score, if the softmax were bound by them.
+
+Usage: python benchmarks/source_variants.py --set loop|rowsum [--task attention] [--genome JSON]
+       [--repeats 2] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from evoforge.candidate import Candidate
+from evoforge.evaluator import EvalConfig, Evaluator
+from evoforge.kernels.flash_attention import FlashGenome, render
+from evoforge.task import resolve_task
+from evoforge.tasks import attention_params, baselines_for
+
+LOOP = "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES)"
+UNROLL2 = "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES, loop_unroll_factor=2)"
+HALF_SUM = "            p_sum = tl.sum(p.to(tl.float32), 1)"
+F32_SUM = "            p = tl.math.exp2(s)\n            p_sum = tl.sum(p, 1)"
+DOT_SUM = "tl.max(tl.dot(p.to(v_base.dtype.element_ty), tl.full([BLOCK_N, 16], 1.0, v_base.dtype.element_ty)), 1)"
+SEED = FlashGenome(block_m=64, block_n=128, num_stages=3, loop="tl.range", scale_fma=True)
+
+
+def variants(which: str, g: FlashGenome, causal: bool, head_dim: int) -> dict[str, str]:
+    out: dict[str, str] = {}
+
+    def add(name: str, genome: FlashGenome, *edits: tuple[str, str]) -> None:
+        src = render(genome, causal=causal, head_dim=head_dim)
+        for old, new in edits:
+            if old not in src:
+                raise SystemExit(f"source_variants: {name}: the rendered kernel has no {old!r}")
+            src = src.replace(old, new)
+        out[name] = src
+
+    add("base", g)
+    if which == "loop":
+        add("stages+1", g.with_(num_stages=g.num_stages + 1))
+        add("unroll2", g, (LOOP, UNROLL2))
+        add("nolicm", g, (LOOP, "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES, disable_licm=True)"))
+        add("static512", g, (LOOP, "tl.static_range(0, 512, BLOCK_N)"))
+        add("static512-bn64", g.with_(block_n=64), (LOOP, "tl.static_range(0, 512, BLOCK_N)"))
+    else:
+        add("half", g.with_(exp_half=True))
+        add("half-sum16", g.with_(exp_half=True), (HALF_SUM, "            p_sum = tl.sum(p, 1).to(tl.float32)"))
+        add("half-dotsum", g.with_(exp_half=True), (HALF_SUM, "            p_sum = " + DOT_SUM))
+        add("f32-dotsum", g, (F32_SUM, "            p = tl.math.exp2(s)\n            p_sum = " + DOT_SUM))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--set", choices=("loop", "rowsum"), required=True)
+    parser.add_argument("--task", default="attention")
+    parser.add_argument("--genome", default=json.dumps(SEED.to_dict()), help="the genome to edit (JSON)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    spec = resolve_task(args.task)
+    params = attention_params(spec)
+    if params is None:
+        print("source_variants: the task is not an attention task", file=sys.stderr)
+        return 2
+    if args.set == "loop" and (params.causal or params.seq_len != 512):
+        print("source_variants: the loop set unrolls over exactly 512 keys, non-causal", file=sys.stderr)
+        return 2
+    genome = FlashGenome.from_dict(json.loads(args.genome))
+    sources = variants(args.set, genome, params.causal, params.head_dim)
+    if not torch.cuda.is_available():
+        print("source_variants: needs a CUDA device", file=sys.stderr)
+        return 2
+    cands = [Candidate(name=n, source=s, language="triton") for n, s in sources.items()]
+    baselines = [b for b in baselines_for(spec) if b.name in ("sdpa_default", "sdpa_cudnn", "sdpa_flash")]
+    rows: dict[str, list[tuple]] = {}
+    env: dict[str, object] = {}
+    for _ in range(args.repeats):
+        report = Evaluator(spec, EvalConfig(device="cuda")).evaluate(cands, baselines).to_dict()
+        env = report["env"]
+        for r in report["results"]:
+            t = r.get("timing") or {}
+            rows.setdefault(r["name"], []).append(
+                (r["status"], (t.get("graph") or {}).get("median_us"), (t.get("eager") or {}).get("median_us"),
+                 r.get("max_abs_err"), (r.get("detail") or "")[:200]))
+    for name, reps in rows.items():
+        print(f"{name:15}", " | ".join(f"{s} graph={g and round(g, 2)} eager={e and round(e, 1)} "
+                                       f"err={m and round(m, 5)} {d}" for s, g, e, m, d in reps))
+    if args.out:
+        args.out.write_text(json.dumps({"env": env, "task": spec.name, "set": args.set, "genome": genome.to_dict(),
+                                        "sources": sources, "rows": rows}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
