@@ -7,11 +7,15 @@ recorded here with its numbers. Sets of edits:
 - ``loop``: the key loop unrolled by two inside the pipeliner (``loop_unroll_factor=2``), without
   loop-invariant code motion, or fully unrolled with ``tl.static_range`` over the seed's 512 keys
   (which gives up the software pipeline; valid for non-causal 512-key shapes only).
+- ``causal``: one pipelined loop whose mask is applied only to blocks that cross a row's diagonal
+  (a runtime branch, uniform per program), against masking every block and against the loop split in
+  two (``causal_split``, two pipelines). It won on the causal seed shape and is now the genome's
+  ``mask_diagonal``; the set renders it from the genome (the recorded runs carry their edited sources).
 - ``rowsum``: half-precision exp2 with the row sum in half precision or on the tensor cores
   (``tl.dot(p, ones)``), and the fp32 path with the row sum on the tensor cores: fewer MUFU and
   conversion instructions per score, if the softmax were bound by them.
 
-Usage: python benchmarks/source_variants.py --set loop|rowsum [--task attention] [--genome JSON]
+Usage: python benchmarks/source_variants.py --set loop|causal|rowsum [--task attention] [--genome JSON]
        [--repeats 2] [--out results.json]
 """
 
@@ -56,6 +60,12 @@ def variants(which: str, g: FlashGenome, causal: bool, head_dim: int) -> dict[st
         add("nolicm", g, (LOOP, "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES, disable_licm=True)"))
         add("static512", g, (LOOP, "tl.static_range(0, 512, BLOCK_N)"))
         add("static512-bn64", g.with_(block_n=64), (LOOP, "tl.static_range(0, 512, BLOCK_N)"))
+    elif which == "causal":
+        every = g.with_(causal_split=False, mask_diagonal=False)
+        out["base"] = render(every, causal=causal, head_dim=head_dim)
+        add("split", every.with_(causal_split=True))
+        add("diagonal-only", every.with_(mask_diagonal=True))
+        add("diagonal-only-s4", every.with_(mask_diagonal=True, num_stages=g.num_stages + 1))
     else:
         add("half", g.with_(exp_half=True))
         add("half-sum16", g.with_(exp_half=True), (HALF_SUM, "            p_sum = tl.sum(p, 1).to(tl.float32)"))
@@ -66,7 +76,7 @@ def variants(which: str, g: FlashGenome, causal: bool, head_dim: int) -> dict[st
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--set", choices=("loop", "rowsum"), required=True)
+    parser.add_argument("--set", choices=("loop", "causal", "rowsum"), required=True)
     parser.add_argument("--task", default="attention")
     parser.add_argument("--genome", default=json.dumps(SEED.to_dict()), help="the genome to edit (JSON)")
     parser.add_argument("--repeats", type=int, default=2)
@@ -79,6 +89,9 @@ def main() -> int:
         return 2
     if args.set == "loop" and (params.causal or params.seq_len != 512):
         print("source_variants: the loop set unrolls over exactly 512 keys, non-causal", file=sys.stderr)
+        return 2
+    if args.set == "causal" and not params.causal:
+        print("source_variants: the causal set needs a causal task", file=sys.stderr)
         return 2
     genome = FlashGenome.from_dict(json.loads(args.genome))
     sources = variants(args.set, genome, params.causal, params.head_dim)

@@ -37,7 +37,7 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
                         loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS),
                         prescale_q=rng.random() < 0.5, tma=rng.random() < 0.5, warp_spec=rng.random() < 0.3,
                         fused_combine=rng.random() < 0.3, pack_gqa=rng.random() < 0.3, pdl=rng.random() < 0.3,
-                        scale_fma=rng.random() < 0.3, exp_half=rng.random() < 0.3)
+                        scale_fma=rng.random() < 0.3, exp_half=rng.random() < 0.3, mask_diagonal=rng.random() < 0.3)
             for _ in range(n)]
 
 
@@ -94,6 +94,10 @@ GENOMES = [
     # the interpreter launches it plainly.
     FlashGenome(block_m=16, block_n=32, pdl=True, split_kv=2, fused_combine=True, causal_split=True),
     FlashGenome(block_m=32, block_n=16, pdl=True, split_kv=2),
+    # One causal loop that masks only the blocks crossing the diagonal: with padded key blocks, split-KV's
+    # empty rows, and packed query heads (whose rows start at different positions).
+    FlashGenome(block_m=16, block_n=16, mask_diagonal=True, loop="tl.range", scale_fma=True),
+    FlashGenome(block_m=32, block_n=16, mask_diagonal=True, split_kv=4, fused_combine=True, pack_gqa=True),
 ]
 SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32",
           "heads=4,kv_heads=2,q_len=5,causal=1"]

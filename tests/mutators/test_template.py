@@ -134,7 +134,9 @@ def test_default_kernel_follows_the_kind_of_shape() -> None:
     assert default(batch=4, heads=32, seq_len=2048, head_dim=64, causal=True).causal_split
     seed = default(batch=1, heads=8, seq_len=512, head_dim=64)
     assert (seed.block_m, seed.block_n, seed.pack_gqa, seed.scale_fma) == (64, 128, False, True)
-    for g in (decode, long_d128, long_d64, seed):
+    causal_seed = default(batch=1, heads=8, seq_len=512, head_dim=64, causal=True)
+    assert causal_seed.mask_diagonal and not causal_seed.causal_split and not seed.mask_diagonal
+    for g in (decode, long_d128, long_d64, seed, causal_seed):
         assert fits(g, 128, 2, h100) is None
 
 
@@ -146,3 +148,21 @@ def test_the_two_ways_of_folding_the_scale_exclude_each_other() -> None:
                      if g["kind"] == "triton_flash"]
     assert any(g.scale_fma for g in children) and any(g.prescale_q for g in children)
     assert not any(g.scale_fma and g.prescale_q for g in children)
+
+
+def test_the_causal_mask_operator_moves_between_three_ways_of_masking() -> None:
+    m = TemplateMutator(random.Random(9), PARAMS, HardwareLimits(shared_memory_bytes=227 * 1024))
+    seen = set()
+    for start in (FlashGenome(), FlashGenome(causal_split=True), FlashGenome(mask_diagonal=True)):
+        for g, what, level in (m.mutate(start.to_dict()) for _ in range(300)):
+            if what.startswith("causal mask"):
+                child = FlashGenome.from_dict(g)
+                assert level == "algorithmic" and not (child.causal_split and child.mask_diagonal)
+                assert (child.causal_split, child.mask_diagonal) != (start.causal_split, start.mask_diagonal)
+                seen.add((child.causal_split, child.mask_diagonal))
+    assert seen == {(False, False), (True, False), (False, True)}
+    assert "diagonal blocks already" in (fits(FlashGenome(causal_split=True, mask_diagonal=True), 64, 2, m.limits)
+                                         or "")
+    non_causal = TemplateMutator(random.Random(9), AttentionParams(), m.limits)
+    assert not any(what.startswith("causal mask") for _, what, _ in
+                   (non_causal.mutate(FlashGenome().to_dict()) for _ in range(300)))

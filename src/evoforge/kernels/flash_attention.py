@@ -4,8 +4,10 @@ The genome is the template mutator's search space. Every genome renders a comple
 candidate (``class ModelNew``) with: online softmax, fp32 accumulation, optional exp2 with the scale
 folded in (applied to each score, to Q once, or to the row maxima with one FMA per score), GQA (each
 program reads its K/V head), causal masking with block skipping and, optionally, the causal loop
-split into unmasked full blocks and masked diagonal blocks. With ``split_kv`` > 1 the keys are
-split across that many programs per (row block, head), for short or few-head problems that would
+split into unmasked full blocks and masked diagonal blocks (two loops), or one loop that masks only the
+blocks crossing the diagonal (``mask_diagonal``: a branch per block, one software pipeline). With
+``split_kv`` > 1 the keys are split across that many programs per (row block, head), for short or
+few-head problems that would
 leave most of the GPU idle, and their partial results are combined either by a second kernel or, with
 ``fused_combine``, by whichever program of a row block finishes last (an atomic counter per row block
 tells it; one launch instead of two). With ``pack_gqa``, a program's rows are the query heads of one
@@ -64,6 +66,7 @@ class FlashGenome:
     scale_fma: bool = False  # scale the row max, fold the scores' scale into exp's argument (one FMA per score)
     exp_half: bool = False  # exp2 in fp16/bf16, two per instruction (P is rounded to that type anyway)
     pdl: bool = False  # programmatic dependent launch (Hopper): overlap the launch with the previous kernel's tail
+    mask_diagonal: bool = False  # causal, one loop: mask only the blocks that cross the diagonal (vs every block)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "triton_flash", **asdict(self)}
@@ -138,6 +141,8 @@ def fits(g: FlashGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits)
         return "half-precision exp2 needs fp16/bf16 inputs on a Hopper GPU (sm_90+)"
     if g.scale_fma and g.prescale_q:
         return "the scale is folded into Q already"
+    if g.mask_diagonal and g.causal_split:
+        return "the split causal loop masks only its diagonal blocks already"
     if g.warp_spec and g.loop != "tl.range":
         return "warp specialisation needs the tl.range loop"
     if g.tma and not limits.hopper:
@@ -184,8 +189,8 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n, offs_d,
-                lo, hi, n_k, causal_offset, qk_scale,
-                MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                lo, hi, n_k, causal_offset, q_first, qk_scale,
+                MASK_CAUSAL: tl.constexpr, DIAGONAL_ONLY: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr,
                 TMA: tl.constexpr, EXP_HALF: tl.constexpr, IEEE: tl.constexpr):
@@ -194,6 +199,8 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
     # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
     # (rows past n_k read as zeros). SCALE_MODE: 0 scales every score, 1 finds Q prescaled, 2 folds the
     # scale into the exponent's argument. EXP_HALF: 0 exp in fp32, 1 exp2 in fp16, 2 exp2 in bf16.
+    # DIAGONAL_ONLY: MASK_CAUSAL applies to the blocks that cross some row's diagonal (q_first: the
+    # first row's position), the others run unmasked, a branch per block (uniform across the program).
     # IEEE: fp32 inputs, whose products must stay fp32 (tl.dot would round them to TF32).
     for start_n in {loop_expr}:
         cols = start_n + offs_n
@@ -217,11 +224,12 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             qk = _dot(q, k, None, IEEE)
         if SCALE_MODE == 0:
             qk = qk * qk_scale
-        if MASK_CAUSAL:
-            keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
-            if not EVEN_N:
-                keep = keep & col_ok[None, :]
-            qk = tl.where(keep, qk, float("-inf"))
+        if MASK_CAUSAL and DIAGONAL_ONLY:
+            # A block wholly below the first row's diagonal is wholly inside n_k too.
+            if start_n + BLOCK_N > q_first + causal_offset + 1:
+                qk = _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N)
+        elif MASK_CAUSAL:
+            qk = _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N)
         elif not EVEN_N:
             qk = tl.where(col_ok[None, :], qk, float("-inf"))
         if SCALE_MODE == 2:
@@ -270,6 +278,14 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
 
 
 @triton.jit
+def _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N: tl.constexpr):
+    keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
+    if not EVEN_N:
+        keep = keep & col_ok[None, :]
+    return tl.where(keep, qk, float("-inf"))
+
+
+@triton.jit
 def _dot(a, b, acc, IEEE: tl.constexpr):
     if IEEE:
         return tl.dot(a, b, acc, input_precision="ieee")
@@ -314,7 +330,8 @@ def _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M: tl.constexpr, PACK_GQ
 @triton.jit
 def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
               sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
-              CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
+              CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
+              SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
@@ -371,18 +388,18 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         full = tl.maximum(tl.minimum(q_first + causal_offset + 1, hi), lo)
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
+                                    offs_d, lo, full, n_k, causal_offset, q_first, qk_scale, False, False, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
                                     EXP_HALF, IEEE)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
+                                    offs_d, full, hi, n_k, causal_offset, q_first, qk_scale, True, False, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
                                     EXP_HALF, IEEE)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF, IEEE)
+                                    offs_d, lo, hi, n_k, causal_offset, q_first, qk_scale, CAUSAL, MASK_DIAGONAL,
+                                    HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1,
+                                    SCALE_MODE, TMA, EXP_HALF, IEEE)
     if SPLITS == 1:
         acc = acc * (1.0 / l_i)[:, None]
         _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA,
@@ -529,9 +546,9 @@ class ModelNew(nn.Module):
         # Every parameter positionally, constexprs included: the same tuple feeds the direct launcher.
         args = (q, k, v, out, p_acc, p_m, p_l, counter, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
                 heads, kv_group, n_q, n_k, chunk, qk_scale,
-                CAUSAL, {causal_split}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, {k_trans},
-                NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE, tma,
-                FUSED_COMBINE, PACK_GQA, pdl, exp_half, q.dtype == torch.float32)
+                CAUSAL, {causal_split}, {mask_diagonal}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2,
+                {k_trans}, NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE,
+                tma, FUSED_COMBINE, PACK_GQA, pdl, exp_half, q.dtype == torch.float32)
         # A programmatic dependent launch exists on the GPU only (Triton's interpreter has no griddepcontrol).
         launch = {{"launch_pdl": True}} if pdl else {{}}
         kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
@@ -599,6 +616,7 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         causal=bool(causal), head_dim=head_dim, block_m=g.block_m, block_n=g.block_n,
         block_d=max(next_pow2(head_dim), 16), num_warps=g.num_warps, num_stages=g.num_stages,
         exp2=bool(g.exp2), loop_expr=loop_expr, causal_split=bool(g.causal_split and causal),
+        mask_diagonal=bool(g.mask_diagonal and causal and not g.causal_split),
         k_trans=g.k_layout == "trans", split_kv=g.split_kv, tma=bool(g.tma),
         scale_mode=1 if g.prescale_q else 2 if g.scale_fma else 0, exp_half=bool(g.exp_half and g.exp2),
         fused_combine=bool(g.fused_combine and g.split_kv > 1), pack_gqa=bool(g.pack_gqa), pdl=bool(g.pdl),
