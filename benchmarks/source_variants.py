@@ -5,8 +5,9 @@ An idea that wins here becomes a genome field (and so a mutation operator); one 
 recorded here with its numbers. Sets of edits:
 
 - ``loop``: the key loop unrolled by two inside the pipeliner (``loop_unroll_factor=2``), without
-  loop-invariant code motion, or fully unrolled with ``tl.static_range`` over the seed's 512 keys
-  (which gives up the software pipeline; valid for non-causal 512-key shapes only).
+  loop-invariant code motion, with the task's key count as constant bounds (the pipeliner knows the
+  trip count, as in Triton's tutorial, where N_CTX is a constexpr), or, up to 512 keys, fully unrolled
+  with ``tl.static_range`` (which gives up the software pipeline). Non-causal tasks only.
 - ``causal``: one pipelined loop whose mask is applied only to blocks that cross a row's diagonal
   (a runtime branch, uniform per program), against masking every block and against the loop split in
   two (``causal_split``, two pipelines). It won on the causal seed shape and is now the genome's
@@ -42,7 +43,7 @@ DOT_SUM = "tl.max(tl.dot(p.to(v_base.dtype.element_ty), tl.full([BLOCK_N, 16], 1
 SEED = FlashGenome(block_m=64, block_n=128, num_stages=3, loop="tl.range", scale_fma=True)
 
 
-def variants(which: str, g: FlashGenome, causal: bool, head_dim: int) -> dict[str, str]:
+def variants(which: str, g: FlashGenome, causal: bool, head_dim: int, n_keys: int = 512) -> dict[str, str]:
     out: dict[str, str] = {}
 
     def add(name: str, genome: FlashGenome, *edits: tuple[str, str]) -> None:
@@ -58,8 +59,12 @@ def variants(which: str, g: FlashGenome, causal: bool, head_dim: int) -> dict[st
         add("stages+1", g.with_(num_stages=g.num_stages + 1))
         add("unroll2", g, (LOOP, UNROLL2))
         add("nolicm", g, (LOOP, "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES, disable_licm=True)"))
-        add("static512", g, (LOOP, "tl.static_range(0, 512, BLOCK_N)"))
-        add("static512-bn64", g.with_(block_n=64), (LOOP, "tl.static_range(0, 512, BLOCK_N)"))
+        const = f"tl.range(0, {n_keys}, BLOCK_N, num_stages=NUM_STAGES)"
+        add("const-bounds", g, (LOOP, const))
+        add("const-bounds-stages+1", g.with_(num_stages=g.num_stages + 1), (LOOP, const))
+        if n_keys <= 512:
+            add(f"static{n_keys}", g, (LOOP, f"tl.static_range(0, {n_keys}, BLOCK_N)"))
+            add(f"static{n_keys}-bn64", g.with_(block_n=64), (LOOP, f"tl.static_range(0, {n_keys}, BLOCK_N)"))
     elif which == "causal":
         every = g.with_(causal_split=False, mask_diagonal=False)
         out["base"] = render(every, causal=causal, head_dim=head_dim)
@@ -87,14 +92,18 @@ def main() -> int:
     if params is None:
         print("source_variants: the task is not an attention task", file=sys.stderr)
         return 2
-    if args.set == "loop" and (params.causal or params.seq_len != 512):
-        print("source_variants: the loop set unrolls over exactly 512 keys, non-causal", file=sys.stderr)
+    if args.set == "loop" and params.causal:
+        print("source_variants: the loop set's constant bounds cover every key: non-causal tasks only",
+              file=sys.stderr)
         return 2
     if args.set == "causal" and not params.causal:
         print("source_variants: the causal set needs a causal task", file=sys.stderr)
         return 2
     genome = FlashGenome.from_dict(json.loads(args.genome))
-    sources = variants(args.set, genome, params.causal, params.head_dim)
+    if args.set == "loop" and genome.split_kv > 1:
+        print("source_variants: the loop set's constant bounds cover every key: split_kv 1 only", file=sys.stderr)
+        return 2
+    sources = variants(args.set, genome, params.causal, params.head_dim, params.seq_len)
     if not torch.cuda.is_available():
         print("source_variants: needs a CUDA device", file=sys.stderr)
         return 2
