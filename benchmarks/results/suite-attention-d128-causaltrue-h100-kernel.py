@@ -1,9 +1,9 @@
-"""Evolved by evoforge 0.1.0 (run 20261125-051521-ca66).
+"""Evolved by evoforge 0.1.0 (run 20261125-075325-cca8).
 
 Task: attention_b2_h16_s4096_d128_fp16_causal (builtin:attention-d128:causal=true)
 Device: NVIDIA H100 80GB HBM3, torch 2.11.0+cu130, triton 3.6.0
-Speedup: 0.692x over sdpa_cudnn (graph mode, 381.60 us median), measured 2026-11-25T05:16:09+00:00
-Exported: 2026-11-25T05:16:14+00:00
+Speedup: 0.809x over sdpa_cudnn (graph mode, 328.68 us median), measured 2026-11-25T07:54:16+00:00
+Exported: 2026-11-25T07:54:23+00:00
 
 Use: `from this_module import evolved` and call evolved(q, k, v); or EvolvedModel()(q, k, v).
 """
@@ -14,11 +14,11 @@ import torch.nn as nn
 import triton
 import triton.language as tl
 
-# Rendered by evoforge from genome {"block_m": 128, "block_n": 128, "causal_split": false, "exp2": true, "exp_half": false, "fused_combine": false, "k_layout": "trans", "kind": "triton_flash", "loop": "tl.range", "num_stages": 3, "num_warps": 8, "pack_gqa": false, "pdl": false, "prescale_q": false, "scale_fma": true, "split_kv": 1, "tma": false, "warp_spec": false}
+# Rendered by evoforge from genome {"block_m": 128, "block_n": 64, "causal_split": true, "exp2": true, "exp_half": false, "fused_combine": false, "k_layout": "trans", "kind": "triton_flash", "loop": "tl.range", "mask_diagonal": false, "num_stages": 3, "num_warps": 8, "pack_gqa": false, "pdl": false, "prescale_q": false, "scale_fma": true, "split_kv": 1, "tma": false, "warp_spec": false}
 CAUSAL = True
 HEAD_DIM = 128
 SCALE = 1.0 / math.sqrt(HEAD_DIM)
-BLOCK_M, BLOCK_N, BLOCK_D = 128, 128, 128
+BLOCK_M, BLOCK_N, BLOCK_D = 128, 64, 128
 NUM_WARPS, NUM_STAGES = 8, 3
 USE_EXP2 = True
 SCALE_MODE = 2  # 0: scale each score, 1: scale Q once, 2: fold the scale into exp's argument (FMA)
@@ -27,43 +27,47 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n, offs_d,
-                lo, hi, n_k, causal_offset, qk_scale,
-                MASK_CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
+                lo, hi, n_k, causal_offset, q_first, qk_scale,
+                MASK_CAUSAL: tl.constexpr, DIAGONAL_ONLY: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr,
-                TMA: tl.constexpr, EXP_HALF: tl.constexpr):
+                TMA: tl.constexpr, EXP_HALF: tl.constexpr, IEEE: tl.constexpr):
     # EVEN_N / EVEN_D: every key block is full and BLOCK_D == HEAD_DIM, so loads and scores need
     # no bounds masks. EMPTY_ROWS: a row may see no key in this range (split-KV past the diagonal).
     # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
     # (rows past n_k read as zeros). SCALE_MODE: 0 scales every score, 1 finds Q prescaled, 2 folds the
     # scale into the exponent's argument. EXP_HALF: 0 exp in fp32, 1 exp2 in fp16, 2 exp2 in bf16.
+    # DIAGONAL_ONLY: MASK_CAUSAL applies to the blocks that cross some row's diagonal (q_first: the
+    # first row's position), the others run unmasked, a branch per block (uniform across the program).
+    # IEEE: fp32 inputs, whose products must stay fp32 (tl.dot would round them to TF32).
     for start_n in tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES):
         cols = start_n + offs_n
         col_ok = cols < n_k
         if TMA:
             k = k_base.load([start_n, 0])
-            qk = tl.dot(q, tl.trans(k))
+            qk = _dot(q, tl.trans(k), None, IEEE)
         elif K_TRANS:
             k_ptrs = k_base + cols[:, None] * skn + offs_d[None, :] * skd
             if EVEN_N and EVEN_D:
                 k = tl.load(k_ptrs)
             else:
                 k = tl.load(k_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
-            qk = tl.dot(q, tl.trans(k))
+            qk = _dot(q, tl.trans(k), None, IEEE)
         else:
             k_ptrs = k_base + cols[None, :] * skn + offs_d[:, None] * skd
             if EVEN_N and EVEN_D:
                 k = tl.load(k_ptrs)
             else:
                 k = tl.load(k_ptrs, mask=col_ok[None, :] & (offs_d[:, None] < HEAD_DIM), other=0.0)
-            qk = tl.dot(q, k)
+            qk = _dot(q, k, None, IEEE)
         if SCALE_MODE == 0:
             qk = qk * qk_scale
-        if MASK_CAUSAL:
-            keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
-            if not EVEN_N:
-                keep = keep & col_ok[None, :]
-            qk = tl.where(keep, qk, float("-inf"))
+        if MASK_CAUSAL and DIAGONAL_ONLY:
+            # A block wholly below the first row's diagonal is wholly inside n_k too.
+            if start_n + BLOCK_N > q_first + causal_offset + 1:
+                qk = _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N)
+        elif MASK_CAUSAL:
+            qk = _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N)
         elif not EVEN_N:
             qk = tl.where(col_ok[None, :], qk, float("-inf"))
         if SCALE_MODE == 2:
@@ -82,18 +86,21 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
         else:
             s = qk - m_ref[:, None]
         if EXP_HALF > 0:
-            # exp2 in the inputs' half precision, two per MUFU instruction; P comes out in V's dtype.
+            # exp2 in the inputs' half precision, two per MUFU instruction; P comes out in V's dtype
+            # (rendered with exp2 only).
             p = _exp2_half(s, EXP_HALF)
-            alpha = tl.math.exp2(m_i - m_ref)
-            l_i = l_i * alpha + tl.sum(p.to(tl.float32), 1)
+            p_sum = tl.sum(p.to(tl.float32), 1)
+        elif EXP2:
+            p = tl.math.exp2(s)
+            p_sum = tl.sum(p, 1)
         else:
-            if EXP2:
-                p = tl.math.exp2(s)
-                alpha = tl.math.exp2(m_i - m_ref)
-            else:
-                p = tl.exp(s)
-                alpha = tl.exp(m_i - m_ref)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            p = tl.exp(s)
+            p_sum = tl.sum(p, 1)
+        if EXP2:
+            alpha = tl.math.exp2(m_i - m_ref)
+        else:
+            alpha = tl.exp(m_i - m_ref)
+        l_i = l_i * alpha + p_sum
         if TMA:
             v = v_base.load([start_n, 0])
         else:
@@ -103,9 +110,25 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             else:
                 v = tl.load(v_ptrs, mask=col_ok[:, None] & (offs_d[None, :] < HEAD_DIM), other=0.0)
         acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc)
+        acc = _dot(p.to(v.dtype), v, acc, IEEE)
         m_i = m_new
     return acc, l_i, m_i
+
+
+@triton.jit
+def _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N: tl.constexpr):
+    keep = (offs_m[:, None] + causal_offset) >= cols[None, :]
+    if not EVEN_N:
+        keep = keep & col_ok[None, :]
+    return tl.where(keep, qk, float("-inf"))
+
+
+@triton.jit
+def _dot(a, b, acc, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        return tl.dot(a, b, acc)
 
 
 @triton.jit
@@ -145,12 +168,13 @@ def _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M: tl.constexpr, PACK_GQ
 @triton.jit
 def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
               sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
-              CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
+              CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
+              SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
               TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
-              EXP_HALF: tl.constexpr):
+              EXP_HALF: tl.constexpr, IEEE: tl.constexpr):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
@@ -202,18 +226,18 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         full = tl.maximum(tl.minimum(q_first + causal_offset + 1, hi), lo)
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, lo, full, n_k, causal_offset, qk_scale, False, HEAD_DIM,
+                                    offs_d, lo, full, n_k, causal_offset, q_first, qk_scale, False, False, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF)
+                                    EXP_HALF, IEEE)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, full, hi, n_k, causal_offset, qk_scale, True, HEAD_DIM,
+                                    offs_d, full, hi, n_k, causal_offset, q_first, qk_scale, True, False, HEAD_DIM,
                                     BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF)
+                                    EXP_HALF, IEEE)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, lo, hi, n_k, causal_offset, qk_scale, CAUSAL, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF)
+                                    offs_d, lo, hi, n_k, causal_offset, q_first, qk_scale, CAUSAL, MASK_DIAGONAL,
+                                    HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1,
+                                    SCALE_MODE, TMA, EXP_HALF, IEEE)
     if SPLITS == 1:
         acc = acc * (1.0 / l_i)[:, None]
         _store_rows(O, acc, b, head, offs_m, row_ok, offs_d, sob, soh, som, sod, HEAD_DIM, PACK_GQA,
@@ -360,9 +384,9 @@ class ModelNew(nn.Module):
         # Every parameter positionally, constexprs included: the same tuple feeds the direct launcher.
         args = (q, k, v, out, p_acc, p_m, p_l, counter, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
                 heads, kv_group, n_q, n_k, chunk, qk_scale,
-                CAUSAL, False, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2, True,
-                NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE, tma,
-                FUSED_COMBINE, PACK_GQA, pdl, exp_half)
+                CAUSAL, True, False, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2,
+                True, NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE,
+                tma, FUSED_COMBINE, PACK_GQA, pdl, exp_half, q.dtype == torch.float32)
         # A programmatic dependent launch exists on the GPU only (Triton's interpreter has no griddepcontrol).
         launch = {"launch_pdl": True} if pdl else {}
         kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
