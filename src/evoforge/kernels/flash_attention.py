@@ -18,6 +18,9 @@ drains, and waits (``griddepcontrol.wait``) for that kernel's memory before its 
 may be read through device-side TMA tensor descriptors (``tma``); warp specialisation of the key loop
 (``warp_spec``) renders too but is offered only where it compiles (``HardwareLimits``).
 
+With fp32 inputs the kernel's dot products are IEEE fp32 (``input_precision="ieee"``): Triton's default
+for fp32 is TF32, outside fp32's tolerance.
+
 The call path is fixed at render time: no autotuning. After the first call for an input layout,
 ``ModelNew`` calls the compiled kernel's launcher directly with prepared arguments, so a call costs
 an output allocation and one launch (see ``ModelNew``'s docstring).
