@@ -7,8 +7,8 @@ program reads its K/V head), causal masking with block skipping and, optionally,
 split into unmasked full blocks and masked diagonal blocks (two loops), or one loop that masks only the
 blocks crossing the diagonal (``mask_diagonal``: a branch per block, one software pipeline). With
 ``split_kv`` > 1 the keys are split across that many programs per (row block, head), for short or
-few-head problems that would
-leave most of the GPU idle, and their partial results are combined either by a second kernel or, with
+few-head problems that would leave most of the GPU idle, and their partial results are combined
+either by a second kernel or, with
 ``fused_combine``, by whichever program of a row block finishes last (an atomic counter per row block
 tells it; one launch instead of two). With ``pack_gqa``, a program's rows are the query heads of one
 K/V head's group (times the query positions), so a grouped-query or decode problem loads each K/V

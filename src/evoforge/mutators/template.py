@@ -90,8 +90,8 @@ class TemplateMutator(GenomeMutator):
                 shaped.append(long_d128.with_(block_n=64, causal_split=True))
             shaped += [long_d128, long_d128.with_(block_n=64)]  # 128x64 where 128x128's stages don't fit
         elif p.n_q >= 1024:
-            # Long sequences with small heads: 64x64 tiles (four programs per SM) measured 304-311 us on
-            # B=4 H=32 S=2048 D=64, against 331-358 us for 64x128 and 128x64 and 408 us for 128x128
+            # Long sequences with small heads: 64x64 tiles (four programs per SM) measured 306-311 us on
+            # B=4 H=32 S=2048 D=64, against 320-358 us for 128x64 and 64x128 and 392-486 us for 128x128
             # (benchmarks/results/genomes-long-d64*-h100.json, non-causal; causal splits its loop as at D=128).
             shaped.append(FlashGenome(block_m=64, block_n=64, num_stages=3, k_layout="trans", loop="tl.range",
                                       scale_fma=True, causal_split=p.causal))
