@@ -16,7 +16,11 @@ recorded here with its numbers. Sets of edits:
   (``tl.dot(p, ones)``), and the fp32 path with the row sum on the tensor cores: fewer MUFU and
   conversion instructions per score, if the softmax were bound by them.
 
-Usage: python benchmarks/source_variants.py --set loop|causal|rowsum [--task attention] [--genome JSON]
+- ``exp``: part of the exp2s on the FMA units (a cubic for 2**f on [-0.5, 0.5], relative error 7.5e-5,
+  and the exponent added to the bits, as FlashAttention-4 does), so the MUFU unit computes fewer:
+  the odd key columns (the tile split in two by ``tl.split``), or every column.
+
+Usage: python benchmarks/source_variants.py --set loop|causal|rowsum|exp [--task attention] [--genome JSON]
        [--repeats 2] [--out results.json]
 """
 
@@ -40,6 +44,24 @@ UNROLL2 = "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES, loop_unroll_factor=2
 HALF_SUM = "            p_sum = tl.sum(p.to(tl.float32), 1)"
 F32_SUM = "            p = tl.math.exp2(s)\n            p_sum = tl.sum(p, 1)"
 DOT_SUM = "tl.max(tl.dot(p.to(v_base.dtype.element_ty), tl.full([BLOCK_N, 16], 1.0, v_base.dtype.element_ty)), 1)"
+EXP_F32 = "            p = tl.math.exp2(s)\n"
+POLY = '''@triton.jit
+def _exp2_poly(x):
+    # 2**x on the FMA units: x = j + f with j an integer (rounded by the 1.5 * 2**23 trick) and f in
+    # [-0.5, 0.5]; a cubic for 2**f; j added to its exponent bits. x below -126 gives about 2**-126.
+    x = tl.maximum(x, -126.0)
+    j_plus = x + 12582912.0
+    f = x - (j_plus - 12582912.0)
+    poly = ((0.0551716648042202 * f + 0.2426111251115799) * f + 0.6932609677314758) * f + 0.9999280571937561
+    bits = poly.to(tl.int32, bitcast=True) + (j_plus.to(tl.int32, bitcast=True) << 23)
+    return bits.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _attn_inner('''
+SPLIT_EXP = ("            halves = tl.reshape(s, (s.shape[0], BLOCK_N // 2, 2))\n"
+             "            even, odd = tl.split(halves)\n"
+             "            p = tl.reshape(tl.join(tl.math.exp2(even), _exp2_poly(odd)), (s.shape[0], BLOCK_N))\n")
 SEED = FlashGenome(block_m=64, block_n=128, num_stages=3, loop="tl.range", scale_fma=True)
 
 
@@ -65,6 +87,11 @@ def variants(which: str, g: FlashGenome, causal: bool, head_dim: int, n_keys: in
         if n_keys <= 512:
             add(f"static{n_keys}", g, (LOOP, f"tl.static_range(0, {n_keys}, BLOCK_N)"))
             add(f"static{n_keys}-bn64", g.with_(block_n=64), (LOOP, f"tl.static_range(0, {n_keys}, BLOCK_N)"))
+    elif which == "exp":
+        inner = ("@triton.jit\ndef _attn_inner(", POLY)
+        add("poly-odd-columns", g, inner, (EXP_F32, SPLIT_EXP))
+        add("poly-all", g, inner, (EXP_F32, "            p = _exp2_poly(s)\n"))
+        add("split-only", g, (EXP_F32, SPLIT_EXP.replace("_exp2_poly(odd)", "tl.math.exp2(odd)")))
     elif which == "causal":
         every = g.with_(causal_split=False, mask_diagonal=False)
         out["base"] = render(every, causal=causal, head_dim=head_dim)
@@ -81,7 +108,7 @@ def variants(which: str, g: FlashGenome, causal: bool, head_dim: int, n_keys: in
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--set", choices=("loop", "causal", "rowsum"), required=True)
+    parser.add_argument("--set", choices=("loop", "causal", "rowsum", "exp"), required=True)
     parser.add_argument("--task", default="attention")
     parser.add_argument("--genome", default=json.dumps(SEED.to_dict()), help="the genome to edit (JSON)")
     parser.add_argument("--repeats", type=int, default=2)
