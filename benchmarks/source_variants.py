@@ -76,7 +76,9 @@ def variants(which: str, g: FlashGenome, causal: bool, head_dim: int, n_keys: in
             src = src.replace(old, new)
         out[name] = src
 
-    add("base", g)
+    # The causal set's base masks every block, whatever the given genome does.
+    base = g.with_(causal_split=False, mask_diagonal=False) if which == "causal" else g
+    add("base", base)
     if which == "loop":
         add("stages+1", g.with_(num_stages=g.num_stages + 1))
         add("unroll2", g, (LOOP, UNROLL2))
@@ -93,11 +95,9 @@ def variants(which: str, g: FlashGenome, causal: bool, head_dim: int, n_keys: in
         add("poly-all", g, inner, (EXP_F32, "            p = _exp2_poly(s)\n"))
         add("split-only", g, (EXP_F32, SPLIT_EXP.replace("_exp2_poly(odd)", "tl.math.exp2(odd)")))
     elif which == "causal":
-        every = g.with_(causal_split=False, mask_diagonal=False)
-        out["base"] = render(every, causal=causal, head_dim=head_dim)
-        add("split", every.with_(causal_split=True))
-        add("diagonal-only", every.with_(mask_diagonal=True))
-        add("diagonal-only-s4", every.with_(mask_diagonal=True, num_stages=g.num_stages + 1))
+        add("split", base.with_(causal_split=True))
+        add("diagonal-only", base.with_(mask_diagonal=True))
+        add("diagonal-only-s4", base.with_(mask_diagonal=True, num_stages=g.num_stages + 1))
     else:
         add("half", g.with_(exp_half=True))
         add("half-sum16", g.with_(exp_half=True), (HALF_SUM, "            p_sum = tl.sum(p, 1).to(tl.float32)"))
