@@ -151,3 +151,8 @@ def test_doctor_reports_device_and_backends() -> None:
     assert data["env"]["versions"]["torch"]
     assert data["backends"]["sdpa_math"] == "runs"
     assert data["backends"]["sdpa_cudnn"].startswith("unavailable")
+    from evoforge.cache import bytecode_status
+
+    assert data["worker_bytecode"] == bytecode_status()  # the same environment as this test's
+    text = evoforge("doctor", "--device", "cpu")
+    assert text.returncode == 0 and "workers' Python bytecode: " in text.stdout

@@ -622,6 +622,7 @@ def doctor(as_json: bool = JsonOpt, device: str = DeviceOpt) -> None:
     out.print("sandbox (basic):")
     for line in report["sandbox"]["lines"]:
         out.print(f"  {line}", highlight=False)
+    out.print(f"workers' Python bytecode: {report['worker_bytecode']}", highlight=False)
     for note in report["notes"]:
         out.print(f"note: {note}", highlight=False)
 

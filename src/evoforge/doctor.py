@@ -66,8 +66,10 @@ def diagnose(device_name: str = "auto") -> dict[str, Any]:
     if device.type != "cuda":
         notes.append("no CUDA device: timings are CPU timings (perf_counter_ns), graph mode is unavailable, "
                      "and Triton kernels only run under TRITON_INTERPRET=1")
+    from evoforge.cache import bytecode_status
+
     return {"env": envinfo.collect(device), "backends": attention_backends(device), "notes": notes,
-            "sandbox": sandbox_report()}
+            "sandbox": sandbox_report(), "worker_bytecode": bytecode_status()}
 
 
 def sandbox_report() -> dict[str, Any]:

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evoforge.cache import warm_bytecode, worker_bytecode_env
 from evoforge.candidate import Candidate
 from evoforge.evaluator import sandbox
 from evoforge.evaluator.result import CaseCheck, EvalResult
@@ -258,6 +259,7 @@ class Evaluator:
         cfg = self.config
         # Both may refuse (strict sandbox) before anything exists.
         network, writes, env = self.isolated_network(), self.restricted_writes(), self._env()
+        warm_bytecode(env, self.progress)  # a trusted import run; sandboxed workers only read what it wrote
         workdir = Path(tempfile.mkdtemp(prefix="evoforge-worker-"))
         ruleset: int | None = None
         cap: sandbox.ProcessCap | None = None
@@ -360,6 +362,7 @@ class Evaluator:
         env["PYTHONUNBUFFERED"] = "1"
         env[sandbox.WORKER_TOKEN] = uuid.uuid4().hex
         env.setdefault("PYTHONFAULTHANDLER", "1")
+        worker_bytecode_env(env)
         gpu = self.config.visible_gpu()
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
