@@ -332,13 +332,12 @@ def main() -> int:
     if args.check:
         return check(args.kernel)
     import torch
+    from evaluate_sources import print_rows, time_sources
 
-    from evoforge.candidate import Candidate
-    from evoforge.evaluator import EvalConfig, Evaluator
     from evoforge.kernels.flash_attention import HardwareLimits, render
     from evoforge.mutators.template import TemplateMutator
     from evoforge.task import resolve_task
-    from evoforge.tasks import attention_params, baselines_for
+    from evoforge.tasks import attention_params
 
     spec = resolve_task(args.task)
     params = attention_params(spec)
@@ -349,21 +348,8 @@ def main() -> int:
     base = TemplateMutator(random.Random(0), params, HardwareLimits.for_device(
         torch.cuda.get_device_properties(0))).default_genome()
     sources = {"base": render(base, causal=params.causal, head_dim=params.head_dim), **sources}
-    cands = [Candidate(name=n, source=s, language="triton") for n, s in sources.items()]
-    baselines = [b for b in baselines_for(spec) if b.name in ("sdpa_default", "sdpa_cudnn", "sdpa_flash")]
-    rows: dict[str, list[tuple]] = {}
-    env: dict[str, object] = {}
-    for _ in range(args.repeats):
-        report = Evaluator(spec, EvalConfig(device="cuda")).evaluate(cands, baselines).to_dict()
-        env = report["env"]
-        for r in report["results"]:
-            t = r.get("timing") or {}
-            rows.setdefault(r["name"], []).append(
-                (r["status"], (t.get("graph") or {}).get("median_us"), r.get("max_abs_err"),
-                 (r.get("detail") or "")[:300]))
-    for name, reps in rows.items():
-        print(f"{name:28}", " | ".join(f"{s} graph={g and round(g, 2)} err={m and round(m, 5)} {d}"
-                                       for s, g, m, d in reps))
+    env, rows = time_sources(spec, sources, args.repeats)
+    print_rows(rows, 28)
     if args.out:
         args.out.write_text(json.dumps({"env": env, "task": spec.name, "sources": sources, "rows": rows}, indent=1))
     return 0

@@ -32,12 +32,11 @@ import sys
 from pathlib import Path
 
 import torch
+from evaluate_sources import print_rows, time_sources
 
-from evoforge.candidate import Candidate
-from evoforge.evaluator import EvalConfig, Evaluator
 from evoforge.kernels.flash_attention import FlashGenome, render
 from evoforge.task import resolve_task
-from evoforge.tasks import attention_params, baselines_for
+from evoforge.tasks import attention_params
 
 LOOP = "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES)"
 UNROLL2 = "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES, loop_unroll_factor=2)"
@@ -134,21 +133,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("source_variants: needs a CUDA device", file=sys.stderr)
         return 2
-    cands = [Candidate(name=n, source=s, language="triton") for n, s in sources.items()]
-    baselines = [b for b in baselines_for(spec) if b.name in ("sdpa_default", "sdpa_cudnn", "sdpa_flash")]
-    rows: dict[str, list[tuple]] = {}
-    env: dict[str, object] = {}
-    for _ in range(args.repeats):
-        report = Evaluator(spec, EvalConfig(device="cuda")).evaluate(cands, baselines).to_dict()
-        env = report["env"]
-        for r in report["results"]:
-            t = r.get("timing") or {}
-            rows.setdefault(r["name"], []).append(
-                (r["status"], (t.get("graph") or {}).get("median_us"), (t.get("eager") or {}).get("median_us"),
-                 r.get("max_abs_err"), (r.get("detail") or "")[:200]))
-    for name, reps in rows.items():
-        print(f"{name:15}", " | ".join(f"{s} graph={g and round(g, 2)} eager={e and round(e, 1)} "
-                                       f"err={m and round(m, 5)} {d}" for s, g, e, m, d in reps))
+    env, rows = time_sources(spec, sources, args.repeats)
+    print_rows(rows)
     if args.out:
         args.out.write_text(json.dumps({"env": env, "task": spec.name, "set": args.set, "genome": genome.to_dict(),
                                         "sources": sources, "rows": rows}, indent=1))
