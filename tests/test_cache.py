@@ -4,6 +4,7 @@ writes it there (a trusted import run, never a sandboxed worker)."""
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,18 @@ def test_doctors_line_says_where_workers_get_their_bytecode(tmp_path: Path) -> N
     assert "ships" in cache.bytecode_status({**base, "PYTHONDONTWRITEBYTECODE": "1"}, ships_bytecode=True)
     line = cache.bytecode_status({**base, "PYTHONDONTWRITEBYTECODE": "1"}, ships_bytecode=False)
     assert str(tmp_path / "pycache") in line and "before the first worker" in line
+
+
+def test_a_failed_fill_is_not_tried_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    env = {CACHE_ENV: str(tmp_path), "PYTHONDONTWRITEBYTECODE": "1"}
+    worker_bytecode_env(env, ships_bytecode=False)
+    runs: list[object] = []
+
+    def crashes(*args: object, **kwargs: object) -> subprocess.CompletedProcess[bytes]:
+        runs.append(args)
+        return subprocess.CompletedProcess(args, 1)
+
+    monkeypatch.setattr(cache.subprocess, "run", crashes)
+    assert not warm_bytecode(env) and not warm_bytecode(env)
+    assert len(runs) == 1  # the second worker does not wait for another failing fill
+    assert not list((tmp_path / "pycache").glob(".warm-*"))

@@ -59,11 +59,11 @@ def worker_bytecode_env(env: dict[str, str], ships_bytecode: bool | None = None)
     Every worker is a fresh process. Where the environment sets ``PYTHONDONTWRITEBYTECODE`` (common in
     containers) and torch was installed without bytecode, each worker compiles every module it imports
     again: 7.6 s of a 31 s worker on the H100 machine. Such a worker instead reads bytecode under
-    :func:`bytecode_root` (``PYTHONPYCACHEPREFIX``), which :func:`warm_bytecode` fills, and still
-    writes none (``PYTHONDONTWRITEBYTECODE`` stays). Left alone: an environment without ``PYTHONDONTWRITEBYTECODE``, one
-    that already names a ``PYTHONPYCACHEPREFIX``, a torch with its bytecode beside it
-    (``ships_bytecode``; None: look), and ``EVOFORGE_BYTECODE_CACHE=0``. Candidate sources are compiled
-    in memory and never cached."""
+    :func:`bytecode_root` (``PYTHONPYCACHEPREFIX``), which :func:`warm_bytecode` fills, and still writes
+    none (``PYTHONDONTWRITEBYTECODE`` stays). Left alone: an environment without
+    ``PYTHONDONTWRITEBYTECODE``, one that already names a ``PYTHONPYCACHEPREFIX``, a torch with its
+    bytecode beside it (``ships_bytecode``; None: look), and ``EVOFORGE_BYTECODE_CACHE=0``. Candidate
+    sources are compiled in memory and never cached."""
     if env.get(BYTECODE_ENV, "").strip() == "0":
         return
     if not env.get("PYTHONDONTWRITEBYTECODE") or env.get("PYTHONPYCACHEPREFIX"):
@@ -83,6 +83,9 @@ WARM_MODULES = ("evoforge.evaluator.worker", "evoforge.tasks.attention", "numpy"
                 "triton", "triton.compiler")
 
 
+_WARM_FAILED: set[str] = set()  # markers whose fill failed in this process
+
+
 def warm_bytecode(env: Mapping[str, str], announce: Callable[[str], None] | None = None,
                   timeout_s: float = 600.0) -> bool:
     """Fill the workers' bytecode cache once per Python, package versions and module list.
@@ -91,41 +94,49 @@ def warm_bytecode(env: Mapping[str, str], announce: Callable[[str], None] | None
     workers' ``PYTHONPYCACHEPREFIX``, writing bytecode there; workers keep ``PYTHONDONTWRITEBYTECODE``
     and only read it, and their sandbox does not let them write there, so a candidate can't plant
     bytecode that a later worker runs. Returns whether the cache is warm. Does nothing (False) unless
-    ``env`` is a worker environment that :func:`worker_bytecode_env` pointed at :func:`bytecode_root`."""
+    ``env`` is a worker environment that :func:`worker_bytecode_env` pointed at :func:`bytecode_root`;
+    a fill that failed is not tried again by this process (its workers then compile, as before)."""
     prefix = env.get("PYTHONPYCACHEPREFIX")
     if not prefix or Path(prefix) != bytecode_root(env):
         return False
     root = Path(prefix)
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
     marker = root / f".warm-{_warm_key()}"
     if marker.exists():
         return True
-    with open(root / ".warm.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one warm-up at a time; the others find its marker
-        if marker.exists():
-            return True
-        if announce is not None:
-            announce("filling the workers' bytecode cache (once per Python, torch and Triton version)")
-        script = ("import importlib\n"
-                  f"for name in {WARM_MODULES!r}:\n"
-                  "    try:\n"
-                  "        importlib.import_module(name)\n"
-                  "    except Exception:\n"
-                  "        pass\n")
-        try:
-            writer = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    if str(marker) in _WARM_FAILED:
+        return False
+    if _fill_bytecode(env, root, marker, announce, timeout_s):
+        return True
+    _WARM_FAILED.add(str(marker))
+    return False
+
+
+def _fill_bytecode(env: Mapping[str, str], root: Path, marker: Path, announce: Callable[[str], None] | None,
+                   timeout_s: float) -> bool:
+    script = ("import importlib\n"
+              f"for name in {WARM_MODULES!r}:\n"
+              "    try:\n"
+              "        importlib.import_module(name)\n"
+              "    except Exception:\n"
+              "        pass\n")
+    writer = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / ".warm.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # one fill at a time; the others find its marker
+            if marker.exists():
+                return True
+            if announce is not None:
+                announce("filling the workers' bytecode cache (once per Python, torch and Triton version)")
             done = subprocess.run([sys.executable, "-c", script], env=writer, stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=timeout_s,
                                   check=False)
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        if done.returncode != 0:
-            return False
-        marker.touch()
-        return True
+            if done.returncode != 0:
+                return False
+            marker.touch()
+            return True
+    except (OSError, subprocess.TimeoutExpired):
+        return False
 
 
 def bytecode_status(env: Mapping[str, str] | None = None, ships_bytecode: bool | None = None) -> str:
