@@ -1,6 +1,6 @@
-"""Prototype attention kernels outside the template, timed through the evaluator beside the template's
-seed genome and SDPA's backends. An idea that wins becomes part of the template; one that loses stays
-recorded here with its numbers.
+"""Prototype attention kernels outside the template, timed through the evaluator beside the generation-0
+genome the template picks for the task and SDPA's backends. An idea that wins becomes part of the template; one
+that loses stays recorded here with its numbers.
 
 ``--kernel kq``: the scores computed transposed, S^T = K Q^T, so a program's query block is the MMA's
 N dimension (8..256 on Hopper's wgmma) instead of its M dimension (64 per warpgroup).
