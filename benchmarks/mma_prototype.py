@@ -1,5 +1,5 @@
-"""Prototype: a CUDA C++ attention kernel on mma.sync (FlashAttention-2's structure) whose warps split
-the keys as well as the rows, for short sequences.
+"""Prototype: CUDA C++ attention kernels (FlashAttention-2's structure, on mma.sync or wgmma) whose warps
+split the keys as well as the rows, for short sequences.
 
 Why: the template's Triton kernel runs one warpgroup per program, so each key block's QK^T, softmax
 and PV run one after another (about 0.9 us per 64x128 block at the seed shape, 64 programs on 132
@@ -12,6 +12,10 @@ The kernel: K and V blocks staged in shared memory by cp.async (STAGES deep, row
 conflicts), fragments by ldmatrix (V transposed), the scores' accumulators reused as the A operand of
 P.V, exp2 with the scale folded in, row sums kept per thread until the end, causal masking on the
 blocks that cross the diagonal, GQA through the K/V head index.
+
+``--kernel wgmma``: the same structure on Hopper's wgmma. A warpgroup takes 64 rows and KS warpgroups
+split the keys. Q and P are the A operand, in registers; K and V are read through unswizzled
+shared-memory descriptors, with K as a K-major operand and V as an N-major (transposed) operand.
 
 It is timed here outside the evaluator's workers, so that one build serves every configuration, but
 with evoforge's own clock (evoforge.timing.measure: CUDA graphs, L2 flushed before every rep) and
