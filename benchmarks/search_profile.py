@@ -41,10 +41,12 @@ def main() -> int:
         store = RunStore(Path(tmp) / ".evoforge" / "runs.db")
         record = store.run(run_id)
         compiles = {e["generation"]: e for e in store.events(run_id, "precompile")}
+        profiles: dict[int, dict] = {}
+        for e in store.events(run_id, "profile"):
+            profiles.setdefault(e["generation"], e["seconds"])  # a generation's first batch, as before
         generations = []
         for gen in store.events(run_id, "generation"):
-            profile = next((e["seconds"] for e in store.events(run_id, "profile")
-                            if e["generation"] == gen["generation"]), {})
+            profile = profiles.get(gen["generation"], {})
             compiled = compiles.get(gen["generation"], {})
             generations.append({"generation": gen["generation"], "evaluated": gen["evaluated"],
                                 "seconds": gen["seconds"],

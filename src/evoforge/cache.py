@@ -16,6 +16,7 @@ The sandbox may whitelist exactly these directories for writes. Everything lives
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import importlib.util
 import os
@@ -64,15 +65,24 @@ def worker_bytecode_env(env: dict[str, str], ships_bytecode: bool | None = None)
     ``PYTHONDONTWRITEBYTECODE``, one that already names a ``PYTHONPYCACHEPREFIX``, a torch with its
     bytecode beside it (``ships_bytecode``; None: look), and ``EVOFORGE_BYTECODE_CACHE=0``. Candidate
     sources are compiled in memory and never cached."""
+    prefix, _ = _bytecode_plan(env, ships_bytecode)
+    if prefix is not None:
+        env["PYTHONPYCACHEPREFIX"] = str(prefix)
+
+
+def _bytecode_plan(env: Mapping[str, str], ships_bytecode: bool | None) -> tuple[Path | None, str]:
+    """The prefix evoforge gives workers started from ``env`` (None: their environment stays as it
+    is), and where their bytecode comes from, in words."""
     if env.get(BYTECODE_ENV, "").strip() == "0":
-        return
-    if not env.get("PYTHONDONTWRITEBYTECODE") or env.get("PYTHONPYCACHEPREFIX"):
-        return
-    if ships_bytecode is None:
-        ships_bytecode = _torch_ships_bytecode()
-    if ships_bytecode:
-        return
-    env["PYTHONPYCACHEPREFIX"] = str(bytecode_root(env))
+        return None, f"compiled by every worker ({BYTECODE_ENV}=0)"
+    if not env.get("PYTHONDONTWRITEBYTECODE"):
+        return None, "written beside the sources and reused (PYTHONDONTWRITEBYTECODE is not set)"
+    if env.get("PYTHONPYCACHEPREFIX"):
+        return None, f"read from your PYTHONPYCACHEPREFIX ({env['PYTHONPYCACHEPREFIX']})"
+    if _torch_ships_bytecode() if ships_bytecode is None else ships_bytecode:
+        return None, "read from beside the sources (torch ships its bytecode)"
+    root = bytecode_root(env)
+    return root, f"read from {root}"
 
 
 # What an evaluator worker imports, its lazy imports included (Inductor for the torch.compile baselines,
@@ -100,7 +110,7 @@ def warm_bytecode(env: Mapping[str, str], announce: Callable[[str], None] | None
     if not prefix or Path(prefix) != bytecode_root(env):
         return False
     root = Path(prefix)
-    marker = root / f".warm-{_warm_key()}"
+    marker = _warm_marker(root)
     if marker.exists():
         return True
     if str(marker) in _WARM_FAILED:
@@ -141,23 +151,22 @@ def _fill_bytecode(env: Mapping[str, str], root: Path, marker: Path, announce: C
 
 def bytecode_status(env: Mapping[str, str] | None = None, ships_bytecode: bool | None = None) -> str:
     """One line for ``evoforge doctor``: how evaluator workers started from ``env`` get their bytecode."""
-    env = dict(os.environ if env is None else env)
-    if env.get(BYTECODE_ENV, "").strip() == "0":
-        return f"compiled by every worker ({BYTECODE_ENV}=0)"
-    if not env.get("PYTHONDONTWRITEBYTECODE"):
-        return "written beside the sources and reused (PYTHONDONTWRITEBYTECODE is not set)"
-    if env.get("PYTHONPYCACHEPREFIX"):
-        return f"read from your PYTHONPYCACHEPREFIX ({env['PYTHONPYCACHEPREFIX']})"
-    worker_bytecode_env(env, ships_bytecode)
-    if not env.get("PYTHONPYCACHEPREFIX"):
-        return "read from beside the sources (torch ships its bytecode)"
-    root = Path(env["PYTHONPYCACHEPREFIX"])
-    warm = (root / f".warm-{_warm_key()}").exists()
-    return f"read from {root} " + ("(filled)" if warm else "(filled before the first worker starts)")
+    prefix, where = _bytecode_plan(os.environ if env is None else env, ships_bytecode)
+    if prefix is None:
+        return where
+    return where + (" (filled)" if _warm_marker(prefix).exists() else " (filled before the first worker starts)")
 
 
-def _warm_key() -> str:
-    """What the cached bytecode depends on: the interpreter, the packages' versions, the module list."""
+def _warm_marker(root: Path) -> Path:
+    """The file that says ``root`` holds the bytecode of this interpreter, these package versions and
+    :data:`WARM_MODULES`."""
+    return root / f".warm-{_warm_key(WARM_MODULES)}"
+
+
+@functools.cache
+def _warm_key(modules: tuple[str, ...]) -> str:
+    """What the cached bytecode depends on: the interpreter, the packages' versions, the module list
+    (looked up once per process and module list: every worker start asks)."""
     from importlib import metadata
 
     versions = []
@@ -166,7 +175,7 @@ def _warm_key() -> str:
             versions.append(f"{dist}={metadata.version(dist)}")
         except metadata.PackageNotFoundError:
             versions.append(f"{dist}=-")
-    text = "|".join([sys.version, sys.executable, str(Path(__file__).resolve().parent), *versions, *WARM_MODULES])
+    text = "|".join([sys.version, sys.executable, str(Path(__file__).resolve().parent), *versions, *modules])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
