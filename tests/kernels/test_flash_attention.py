@@ -15,6 +15,7 @@ from evoforge.kernels.flash_attention import (
     BLOCKS,
     K_LAYOUTS,
     LOOPS,
+    PERSISTENT,
     SPLITS,
     STAGES,
     WARPS,
@@ -37,7 +38,8 @@ def sample_genomes(n: int, seed: int = 0) -> list[FlashGenome]:
                         loop=rng.choice(LOOPS), causal_split=rng.random() < 0.5, split_kv=rng.choice(SPLITS),
                         prescale_q=rng.random() < 0.5, tma=rng.random() < 0.5, warp_spec=rng.random() < 0.3,
                         fused_combine=rng.random() < 0.3, pack_gqa=rng.random() < 0.3, pdl=rng.random() < 0.3,
-                        scale_fma=rng.random() < 0.3, exp_half=rng.random() < 0.3, mask_diagonal=rng.random() < 0.3)
+                        scale_fma=rng.random() < 0.3, exp_half=rng.random() < 0.3, mask_diagonal=rng.random() < 0.3,
+                        persistent=rng.choice(PERSISTENT))
             for _ in range(n)]
 
 
@@ -63,6 +65,9 @@ def test_hardware_filter_rejects_what_does_not_fit() -> None:
     assert fits(FlashGenome(block_m=128), 64, 2, interpreter) is not None
     assert fits(FlashGenome(block_m=32, block_n=32), 64, 2, interpreter) is None
     assert "folded into Q" in (fits(FlashGenome(scale_fma=True, prescale_q=True), 64, 2, H100) or "")
+    assert "no split-KV" in (fits(FlashGenome(persistent=1, split_kv=2), 64, 2, H100) or "")
+    assert "must be one of" in (fits(FlashGenome(persistent=3), 64, 2, H100) or "")
+    assert fits(FlashGenome(persistent=2), 64, 2, H100) is None
 
 
 GENOMES = [
@@ -98,6 +103,12 @@ GENOMES = [
     # empty rows, and packed query heads (whose rows start at different positions).
     FlashGenome(block_m=16, block_n=16, mask_diagonal=True, loop="tl.range", scale_fma=True),
     FlashGenome(block_m=32, block_n=16, mask_diagonal=True, split_kv=4, fused_combine=True, pack_gqa=True),
+    # Persistent programs walking the tiles (3 programs in the interpreter, for the tiny shapes' 4-16 tiles;
+    # one or two per SM on a GPU), causal row blocks heaviest first: with the one-loop diagonal mask and
+    # packed query heads, and with the split causal loop and TMA descriptors.
+    FlashGenome(block_m=16, block_n=16, persistent=1),
+    FlashGenome(block_m=16, block_n=32, persistent=2, pack_gqa=True, mask_diagonal=True, scale_fma=True),
+    FlashGenome(block_m=32, block_n=16, persistent=1, causal_split=True, tma=True, loop="tl.range"),
 ]
 SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", "seq_len=50,d=32",
           "heads=4,kv_heads=2,q_len=5,causal=1"]

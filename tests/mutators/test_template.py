@@ -166,3 +166,19 @@ def test_the_causal_mask_operator_moves_between_three_ways_of_masking() -> None:
     non_causal = TemplateMutator(random.Random(9), AttentionParams(), m.limits)
     assert not any(what.startswith("causal mask") for _, what, _ in
                    (non_causal.mutate(FlashGenome().to_dict()) for _ in range(300)))
+
+
+def test_persistent_programs_are_a_hardware_step_on_kernels_without_split_kv() -> None:
+    m = TemplateMutator(random.Random(10), PARAMS, HardwareLimits(shared_memory_bytes=227 * 1024))
+    steps = [(FlashGenome.from_dict(g), what, level) for g, what, level in
+             (m.mutate(FlashGenome(block_m=64, block_n=64).to_dict()) for _ in range(300)) if "persistent" in what]
+    assert steps and all(level == "hardware" and g.persistent == 1 for g, _, level in steps)
+    assert {g["persistent"] for g, _, _ in
+            (m.mutate(FlashGenome(persistent=1).to_dict()) for _ in range(300))
+            if g["kind"] == "triton_flash"} >= {0, 1, 2}
+    split = [m.mutate(FlashGenome(split_kv=2).to_dict()) for _ in range(300)]
+    assert not any("persistent" in what for _, what, _ in split)
+    # Entering split-KV leaves the persistent programs behind, so the child still fits.
+    entered = [FlashGenome.from_dict(g) for g, what, _ in
+               (m.mutate(FlashGenome(persistent=2).to_dict()) for _ in range(300)) if what == "split-KV 1 -> 2"]
+    assert entered and all(g.persistent == 0 and fits(g, PARAMS.head_dim, 2, m.limits) is None for g in entered)

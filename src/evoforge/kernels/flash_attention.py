@@ -14,7 +14,10 @@ tells it; one launch instead of two). With ``pack_gqa``, a program's rows are th
 K/V head's group (times the query positions), so a grouped-query or decode problem loads each K/V
 block once per group instead of once per query head. On Hopper, the kernel may be launched as a
 programmatic dependent launch (``pdl``): it can be scheduled while the kernel before it in the stream
-drains, and waits (``griddepcontrol.wait``) for that kernel's memory before its first load or store. K and V
+drains, and waits (``griddepcontrol.wait``) for that kernel's memory before its first load or store. With
+``persistent`` = k, k programs per SM each walk the tiles (row block, head) with a stride of the grid,
+column by column so that the tiles in flight share a few heads' K/V in L2, and causal row blocks
+heaviest first. K and V
 may be read through device-side TMA tensor descriptors (``tma``); warp specialisation of the key loop
 (``warp_spec``) renders too but is offered only where it compiles (``HardwareLimits``).
 
@@ -40,6 +43,7 @@ STAGES = (1, 2, 3, 4, 5)
 K_LAYOUTS = ("direct", "trans")  # load K as [D, N] through strides, or [N, D] then tl.trans
 LOOPS = ("range", "tl.range")  # plain Python range, or tl.range(num_stages=...) software pipelining
 SPLITS = (1, 2, 4, 8)  # split-KV: programs per (row block, head), combined by a second kernel
+PERSISTENT = (0, 1, 2, 4)  # persistent programs per SM (0: one program per tile, the hardware schedules them)
 HOPPER = (9, 0)  # compute capability from which device-side TMA descriptors are offered
 # Warp specialisation of this kernel's loop: on an H100 with Triton 3.6 every genome tried failed to
 # compile ("PassManager::run failed", benchmarks/results/genomes-h100.json), so it is offered from
@@ -70,6 +74,7 @@ class FlashGenome:
     exp_half: bool = False  # exp2 in fp16/bf16, two per instruction (P is rounded to that type anyway)
     pdl: bool = False  # programmatic dependent launch (Hopper): overlap the launch with the previous kernel's tail
     mask_diagonal: bool = False  # causal, one loop: mask only the blocks that cross the diagonal (vs every block)
+    persistent: int = 0  # programs per SM that walk the tiles, heaviest causal row blocks first (0: one per tile)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": "triton_flash", **asdict(self)}
@@ -146,6 +151,10 @@ def fits(g: FlashGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits)
         return "the scale is folded into Q already"
     if g.mask_diagonal and g.causal_split:
         return "the split causal loop masks only its diagonal blocks already"
+    if g.persistent and g.split_kv > 1:
+        return "persistent programs walk whole row blocks (no split-KV)"
+    if g.persistent not in PERSISTENT:
+        return f"persistent programs per SM must be one of {PERSISTENT}"
     if g.warp_spec and g.loop != "tl.range":
         return "warp specialisation needs the tl.range loop"
     if g.tma and not limits.hopper:
@@ -192,7 +201,7 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n, offs_d,
-                lo, hi, n_k, causal_offset, q_first, qk_scale,
+                lo, hi, n_k, causal_offset, first_masked, qk_scale,
                 MASK_CAUSAL: tl.constexpr, DIAGONAL_ONLY: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr,
@@ -202,8 +211,9 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
     # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
     # (rows past n_k read as zeros). SCALE_MODE: 0 scales every score, 1 finds Q prescaled, 2 folds the
     # scale into the exponent's argument. EXP_HALF: 0 exp in fp32, 1 exp2 in fp16, 2 exp2 in bf16.
-    # DIAGONAL_ONLY: MASK_CAUSAL applies to the blocks that cross some row's diagonal (q_first: the
-    # first row's position), the others run unmasked, a branch per block (uniform across the program).
+    # DIAGONAL_ONLY: MASK_CAUSAL applies to the blocks that cross some row's diagonal (first_masked: the
+    # first key past the first row's diagonal), the others run unmasked, a branch per block (uniform
+    # across the program).
     # IEEE: fp32 inputs, whose products must stay fp32 (tl.dot would round them to TF32).
     for start_n in {loop_expr}:
         cols = start_n + offs_n
@@ -229,7 +239,7 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             qk = qk * qk_scale
         if MASK_CAUSAL and DIAGONAL_ONLY:
             # A block wholly below the first row's diagonal is wholly inside n_k too.
-            if start_n + BLOCK_N > q_first + causal_offset + 1:
+            if start_n + BLOCK_N > first_masked:
                 qk = _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N)
         elif MASK_CAUSAL:
             qk = _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N)
@@ -332,24 +342,53 @@ def _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M: tl.constexpr, PACK_GQ
 
 @triton.jit
 def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-              sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
+              sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, n_m, n_tiles, qk_scale,
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
               SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
               TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
-              EXP_HALF: tl.constexpr, IEEE: tl.constexpr):
-    # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
-    # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
-    # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
+              EXP_HALF: tl.constexpr, IEEE: tl.constexpr, PERSISTENT: tl.constexpr):
+    # One program per tile (row block, batch*head, split), or (PERSISTENT) a fixed number of programs
+    # that each walk the n_tiles tiles (n_m row blocks per column, one split) with a stride of the grid.
     if PDL:
         # Launched as a programmatic dependent launch: the previous kernel in the stream may still be
         # running, so wait for it (and its memory) before any load or store of this kernel.
         tl.extra.cuda.gdc_wait()
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    split = tl.program_id(2)
+    if PERSISTENT:
+        for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+            # Column-major order: the tiles in flight share a few heads' K/V in L2. Causal rows take
+            # the heaviest row blocks (the most keys) first, so the last tiles to start are the short ones.
+            start_m = tile % n_m
+            if CAUSAL:
+                start_m = n_m - 1 - start_m
+            _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
+                       svd, sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, n_m, qk_scale, start_m,
+                       tile // n_m, 0, CAUSAL, CAUSAL_SPLIT, MASK_DIAGONAL, SPLITS, HEAD_DIM, BLOCK_M, BLOCK_N,
+                       BLOCK_D, EXP2, K_TRANS, NUM_STAGES, EVEN_M, EVEN_N, EVEN_D, SCALE_MODE, TMA, FUSED_COMBINE,
+                       PACK_GQA, EXP_HALF, IEEE)
+    else:
+        _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
+                   svd, sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, n_m, qk_scale, tl.program_id(0),
+                   tl.program_id(1), tl.program_id(2), CAUSAL, CAUSAL_SPLIT, MASK_DIAGONAL, SPLITS, HEAD_DIM,
+                   BLOCK_M, BLOCK_N, BLOCK_D, EXP2, K_TRANS, NUM_STAGES, EVEN_M, EVEN_N, EVEN_D, SCALE_MODE, TMA,
+                   FUSED_COMBINE, PACK_GQA, EXP_HALF, IEEE)
+
+
+@triton.jit
+def _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+               sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, n_m, qk_scale, start_m, bh, split,
+               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
+               SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
+               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
+               TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr,
+               EXP_HALF: tl.constexpr, IEEE: tl.constexpr):
+    # Tile (row block start_m, column bh = batch*head, split): keys [split*chunk, split*chunk + chunk).
+    # With one split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
+    # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
     b, kvh, head, offs_m, rows, row_ok, n_rows = _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M, PACK_GQA)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -381,6 +420,7 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     causal_offset = n_k - n_q
+    first_masked = q_first + causal_offset + 1  # the first key that some row of the block may not see
     lo = split * chunk
     hi = tl.minimum(lo + chunk, n_k)
     if CAUSAL:
@@ -388,19 +428,19 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
         hi = tl.minimum(hi, q_last + 1 + causal_offset)
     if CAUSAL and CAUSAL_SPLIT:
         # Full blocks (entirely below every row's diagonal) run without the mask.
-        full = tl.maximum(tl.minimum(q_first + causal_offset + 1, hi), lo)
+        full = tl.maximum(tl.minimum(first_masked, hi), lo)
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, lo, full, n_k, causal_offset, q_first, qk_scale, False, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF, IEEE)
+                                    offs_d, lo, full, n_k, causal_offset, first_masked, qk_scale, False, False,
+                                    HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1,
+                                    SCALE_MODE, TMA, EXP_HALF, IEEE)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, full, hi, n_k, causal_offset, q_first, qk_scale, True, False, HEAD_DIM,
-                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
-                                    EXP_HALF, IEEE)
+                                    offs_d, full, hi, n_k, causal_offset, first_masked, qk_scale, True, False,
+                                    HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1,
+                                    SCALE_MODE, TMA, EXP_HALF, IEEE)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, lo, hi, n_k, causal_offset, q_first, qk_scale, CAUSAL, MASK_DIAGONAL,
+                                    offs_d, lo, hi, n_k, causal_offset, first_masked, qk_scale, CAUSAL, MASK_DIAGONAL,
                                     HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1,
                                     SCALE_MODE, TMA, EXP_HALF, IEEE)
     if SPLITS == 1:
@@ -416,7 +456,7 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
             # Every thread's partial stores happen before the barrier; the counter's acq_rel atomic
             # publishes them (and, for the last program, acquires everyone else's).
             tl.debug_barrier()
-            tile = start_m + bh * tl.num_programs(0)
+            tile = start_m + bh * n_m
             arrived = tl.atomic_add(Counter + tile, 1, sem="acq_rel", scope="gpu")
             if arrived == SPLITS - 1:
                 tl.atomic_xchg(Counter + tile, 0, sem="relaxed", scope="gpu")  # ready for the next call
@@ -427,6 +467,7 @@ def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh
 SPLIT_KV = {split_kv}
 FUSED_COMBINE = {fused_combine}
 PACK_GQA = {pack_gqa}
+PERSISTENT = {persistent}  # programs per SM that walk the tiles (0: one program per tile)
 
 
 @triton.jit
@@ -540,7 +581,13 @@ class ModelNew(nn.Module):
         kv_group = heads // k.shape[1]
         # With PACK_GQA a program column is one K/V head and its rows are its group's query heads.
         n_rows, columns = (kv_group * n_q, batch * k.shape[1]) if PACK_GQA else (n_q, batch * heads)
-        grid = (triton.cdiv(n_rows, BLOCK_M), columns, SPLIT_KV)
+        n_m = triton.cdiv(n_rows, BLOCK_M)
+        if PERSISTENT:
+            # PERSISTENT programs per SM (the interpreter: 3 programs, so that each walks several tiles).
+            slots = torch.cuda.get_device_properties(q.device).multi_processor_count * PERSISTENT if q.is_cuda else 3
+            grid = (min(n_m * columns, slots), 1, 1)
+        else:
+            grid = (n_m, columns, SPLIT_KV)
         if SPLIT_KV == 1:
             chunk, (p_acc, p_m, p_l, counter) = n_k, (out, out, out, out)  # the partial buffers go unused
         else:
@@ -548,10 +595,10 @@ class ModelNew(nn.Module):
             p_acc, p_m, p_l, counter = self._partials(batch * heads * SPLIT_KV * n_q, grid[0] * grid[1], q.device)
         # Every parameter positionally, constexprs included: the same tuple feeds the direct launcher.
         args = (q, k, v, out, p_acc, p_m, p_l, counter, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                heads, kv_group, n_q, n_k, chunk, qk_scale,
+                heads, kv_group, n_q, n_k, chunk, n_m, n_m * columns, qk_scale,
                 CAUSAL, {causal_split}, {mask_diagonal}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2,
                 {k_trans}, NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE,
-                tma, FUSED_COMBINE, PACK_GQA, pdl, exp_half, q.dtype == torch.float32)
+                tma, FUSED_COMBINE, PACK_GQA, pdl, exp_half, q.dtype == torch.float32, PERSISTENT > 0)
         # A programmatic dependent launch exists on the GPU only (Triton's interpreter has no griddepcontrol).
         launch = {{"launch_pdl": True}} if pdl else {{}}
         kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
@@ -623,4 +670,5 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         k_trans=g.k_layout == "trans", split_kv=g.split_kv, tma=bool(g.tma),
         scale_mode=1 if g.prescale_q else 2 if g.scale_fma else 0, exp_half=bool(g.exp_half and g.exp2),
         fused_combine=bool(g.fused_combine and g.split_kv > 1), pack_gqa=bool(g.pack_gqa), pdl=bool(g.pdl),
+        persistent=g.persistent if g.split_kv == 1 else 0,
     )

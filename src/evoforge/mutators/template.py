@@ -19,7 +19,9 @@ levels:
   precision), and programmatic dependent launch (the kernel is scheduled while the previous one drains
   and waits for its memory before touching any); from Blackwell on, warp specialisation of the pipelined
   loop;
-- **hardware**: BLOCK_M, BLOCK_N, num_warps, num_stages, one step at a time;
+- **hardware**: BLOCK_M, BLOCK_N, num_warps, num_stages, one step at a time; and persistent programs (one or
+  more per SM, each walking the tiles column by column, causal row blocks heaviest first) or one program
+  per tile, for kernels without split-KV;
 
 plus uniform crossover of two kernel genomes. Genomes that don't fit the GPU (shared memory,
 registers) are never proposed.
@@ -37,6 +39,7 @@ from evoforge.kernels.flash_attention import (
     BLOCKS_N,
     K_LAYOUTS,
     LOOPS,
+    PERSISTENT,
     SPLITS,
     STAGES,
     WARPS,
@@ -146,7 +149,9 @@ class TemplateMutator(GenomeMutator):
                     f"{'one query head' if g.pack_gqa else 'a K/V group'} per program's rows", level
             if what == "split_kv":
                 new = _step(SPLITS, g.split_kv, rng)
-                return g.with_(split_kv=new, fused_combine=g.fused_combine and new > 1).to_dict(), \
+                # Persistent programs walk whole row blocks: split-KV leaves them behind.
+                return g.with_(split_kv=new, fused_combine=g.fused_combine and new > 1,
+                               persistent=g.persistent if new == 1 else 0).to_dict(), \
                     f"split-KV {g.split_kv} -> {new}", level
             if what == "fused_combine":
                 return g.with_(fused_combine=not g.fused_combine).to_dict(), \
@@ -190,8 +195,10 @@ class TemplateMutator(GenomeMutator):
                 return g.with_(k_layout=new).to_dict(), f"K load {g.k_layout} -> {new}", level
             new = _step(LOOPS, g.loop, rng)
             return g.with_(loop=new).to_dict(), f"loop {g.loop} -> {new}", level
-        what = rng.choice(["block_m", "block_n", "num_warps", "num_stages"])
-        space = {"block_m": BLOCKS, "block_n": BLOCKS_N, "num_warps": WARPS, "num_stages": STAGES}[what]
+        what = rng.choice(["block_m", "block_n", "num_warps", "num_stages"]
+                          + (["persistent"] if g.split_kv == 1 else []))
+        space = {"block_m": BLOCKS, "block_n": BLOCKS_N, "num_warps": WARPS, "num_stages": STAGES,
+                 "persistent": PERSISTENT}[what]
         old = getattr(g, what)
         new = _step(space, old, rng)
         return g.with_(**{what: new}).to_dict(), f"{what} {old} -> {new}", level
