@@ -92,16 +92,31 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def split_rows(text: str) -> list[str]:
+    """Rows separated by ';' or ','; with commas, a piece with '=' and no ':' continues the row before it
+    ("attention:batch=1,heads=16" is one row, "attention-long,attention-d128:causal=true" two)."""
+    if ";" in text:
+        return [t for t in text.split(";") if t]
+    rows: list[str] = []
+    for piece in (t for t in text.split(",") if t):
+        if rows and "=" in piece and ":" not in piece:
+            rows[-1] += "," + piece
+        else:
+            rows.append(piece)
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", default=",".join(ROWS[1:5]), help="built-in tasks, comma-separated; "
-                        "use ';' between rows whose task itself holds commas")
+    parser.add_argument("--rows", default=",".join(ROWS[1:5]),
+                        help="built-in tasks with their overrides, separated by ',' or ';' "
+                             "(a ',' piece with '=' and no ':' belongs to the row before it)")
     parser.add_argument("--budget", default="2m")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = parser.parse_args()
     args.out = args.out.resolve()  # the runs work in a temporary folder
-    tasks = [t for t in (args.rows.split(";") if ";" in args.rows else args.rows.split(",")) if t]
+    tasks = split_rows(args.rows)
     slug = envinfo.device_slug(torch.cuda.get_device_name(0)) if torch.cuda.is_available() else "cpu"
     args.out.mkdir(parents=True, exist_ok=True)
     result_path = args.out / f"attention-suite-{slug}.json"
