@@ -246,3 +246,16 @@ def test_repeated_calls_reuse_the_compiled_kernel_and_stay_correct(tmp_path: Pat
         expected = task.model_cls()(q.double().cpu(), k.double().cpu(), v.double().cpu())
         torch.testing.assert_close(model(q, k, v).double().cpu(), expected, atol=2e-3, rtol=2e-3)
         assert len(model._fast) == (2 if device == "cuda" else 0)
+
+
+def test_one_program_per_tile_keeps_the_tile_code_in_the_kernel() -> None:
+    """Measured with Triton 3.6 on an H100: the tile's code behind a function call ran 3-4% slower on
+    64x64 tiles (benchmarks/results/template-ab-a1ca487-h100.json), so only persistent genomes render it
+    as a function that the persistent kernel calls per tile."""
+    plain = render(FlashGenome(), causal=True, head_dim=64)
+    assert "def _attn_fwd(" in plain and "def _attn_tile(" not in plain and "def _attn_fwd_persistent(" not in plain
+    persistent = render(FlashGenome(persistent=2), causal=True, head_dim=64)
+    assert "def _attn_fwd_persistent(" in persistent and "def _attn_tile(" in persistent
+    assert "def _attn_fwd(" not in persistent and "PERSISTENT = 2" in persistent
+    # Split-KV leaves persistence out of the rendered kernel (fits() rejects the pair before that).
+    assert "PERSISTENT = 0" in render(FlashGenome(persistent=2, split_kv=2), causal=False, head_dim=64)

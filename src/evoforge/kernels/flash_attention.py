@@ -181,6 +181,43 @@ def fits(g: FlashGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits)
     return None
 
 
+# Rendered as the kernel for one program per tile (the tile is the program's id) ...
+_ONE_PER_TILE = ("_attn_fwd", "", """    if PDL:
+        # Launched as a programmatic dependent launch: the previous kernel in the stream may still be
+        # running, so wait for it (and its memory) before any load or store of this kernel.
+        tl.extra.cuda.gdc_wait()
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    split = tl.program_id(2)""")
+# ... or, for persistent programs, as the function each program calls per tile, with this kernel around it.
+_PERSISTENT_KERNEL = """@triton.jit
+def _attn_fwd_persistent(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh,
+                         svn, svd, sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
+                         CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
+                         SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                         EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
+                         EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
+                         TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
+                         EXP_HALF: tl.constexpr, IEEE: tl.constexpr, n_m, n_tiles):
+    # A fixed number of programs, each walking the n_tiles tiles (n_m row blocks per column, no split-KV)
+    # with a stride of the grid.
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+    for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
+        # Column-major order: the tiles in flight share a few heads' K/V in L2. Causal rows take the
+        # heaviest row blocks (the most keys) first, so the last tiles to start are the short ones.
+        start_m = tile % n_m
+        if CAUSAL:
+            start_m = n_m - 1 - start_m
+        _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
+                   svd, sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale, CAUSAL, CAUSAL_SPLIT,
+                   MASK_DIAGONAL, SPLITS, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, EXP2, K_TRANS, NUM_STAGES, EVEN_M,
+                   EVEN_N, EVEN_D, SCALE_MODE, TMA, FUSED_COMBINE, PACK_GQA, PDL, EXP_HALF, IEEE, start_m,
+                   tile // n_m, 0)
+
+"""
+
 _KERNEL = '''import math
 
 import torch
@@ -201,7 +238,7 @@ LOG2E = 1.4426950408889634
 
 @triton.jit
 def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n, offs_d,
-                lo, hi, n_k, causal_offset, first_masked, qk_scale,
+                lo, hi, n_k, causal_offset, q_first, qk_scale,
                 MASK_CAUSAL: tl.constexpr, DIAGONAL_ONLY: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
                 EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
                 EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, EMPTY_ROWS: tl.constexpr, SCALE_MODE: tl.constexpr,
@@ -211,9 +248,8 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
     # TMA: k_base / v_base are tensor descriptors of this head's [n_k, HEAD_DIM] keys and values
     # (rows past n_k read as zeros). SCALE_MODE: 0 scales every score, 1 finds Q prescaled, 2 folds the
     # scale into the exponent's argument. EXP_HALF: 0 exp in fp32, 1 exp2 in fp16, 2 exp2 in bf16.
-    # DIAGONAL_ONLY: MASK_CAUSAL applies to the blocks that cross some row's diagonal (first_masked: the
-    # first key past the first row's diagonal), the others run unmasked, a branch per block (uniform
-    # across the program).
+    # DIAGONAL_ONLY: MASK_CAUSAL applies to the blocks that cross some row's diagonal (q_first: the
+    # first row's position), the others run unmasked, a branch per block (uniform across the program).
     # IEEE: fp32 inputs, whose products must stay fp32 (tl.dot would round them to TF32).
     for start_n in {loop_expr}:
         cols = start_n + offs_n
@@ -239,7 +275,7 @@ def _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, of
             qk = qk * qk_scale
         if MASK_CAUSAL and DIAGONAL_ONLY:
             # A block wholly below the first row's diagonal is wholly inside n_k too.
-            if start_n + BLOCK_N > first_masked:
+            if start_n + BLOCK_N > q_first + causal_offset + 1:
                 qk = _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N)
         elif MASK_CAUSAL:
             qk = _causal_mask(qk, offs_m, cols, col_ok, causal_offset, EVEN_N)
@@ -341,54 +377,19 @@ def _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M: tl.constexpr, PACK_GQ
 
 
 @triton.jit
-def _attn_fwd(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-              sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, n_m, n_tiles, qk_scale,
+def {tile_name}(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+              sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
               SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
               TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
-              EXP_HALF: tl.constexpr, IEEE: tl.constexpr, PERSISTENT: tl.constexpr):
-    # One program per tile (row block, batch*head, split), or (PERSISTENT) a fixed number of programs
-    # that each walk the n_tiles tiles (n_m row blocks per column, one split) with a stride of the grid.
-    if PDL:
-        # Launched as a programmatic dependent launch: the previous kernel in the stream may still be
-        # running, so wait for it (and its memory) before any load or store of this kernel.
-        tl.extra.cuda.gdc_wait()
-    if PERSISTENT:
-        for tile in range(tl.program_id(0), n_tiles, tl.num_programs(0)):
-            # Column-major order: the tiles in flight share a few heads' K/V in L2. Causal rows take
-            # the heaviest row blocks (the most keys) first, so the last tiles to start are the short ones.
-            start_m = tile % n_m
-            if CAUSAL:
-                start_m = n_m - 1 - start_m
-            _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
-                       svd, sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, n_m, qk_scale, start_m,
-                       tile // n_m, 0, CAUSAL, CAUSAL_SPLIT, MASK_DIAGONAL, SPLITS, HEAD_DIM, BLOCK_M, BLOCK_N,
-                       BLOCK_D, EXP2, K_TRANS, NUM_STAGES, EVEN_M, EVEN_N, EVEN_D, SCALE_MODE, TMA, FUSED_COMBINE,
-                       PACK_GQA, EXP_HALF, IEEE)
-    else:
-        _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn,
-                   svd, sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, n_m, qk_scale, tl.program_id(0),
-                   tl.program_id(1), tl.program_id(2), CAUSAL, CAUSAL_SPLIT, MASK_DIAGONAL, SPLITS, HEAD_DIM,
-                   BLOCK_M, BLOCK_N, BLOCK_D, EXP2, K_TRANS, NUM_STAGES, EVEN_M, EVEN_N, EVEN_D, SCALE_MODE, TMA,
-                   FUSED_COMBINE, PACK_GQA, EXP_HALF, IEEE)
-
-
-@triton.jit
-def _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-               sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, n_m, qk_scale, start_m, bh, split,
-               CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
-               SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
-               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-               EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-               EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
-               TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr,
-               EXP_HALF: tl.constexpr, IEEE: tl.constexpr):
-    # Tile (row block start_m, column bh = batch*head, split): keys [split*chunk, split*chunk + chunk).
-    # With one split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
+              EXP_HALF: tl.constexpr, IEEE: tl.constexpr{tile_params}):
+    # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
+    # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
+{tile_prologue}
     b, kvh, head, offs_m, rows, row_ok, n_rows = _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M, PACK_GQA)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
@@ -420,7 +421,6 @@ def _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, sk
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     causal_offset = n_k - n_q
-    first_masked = q_first + causal_offset + 1  # the first key that some row of the block may not see
     lo = split * chunk
     hi = tl.minimum(lo + chunk, n_k)
     if CAUSAL:
@@ -428,19 +428,19 @@ def _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, sk
         hi = tl.minimum(hi, q_last + 1 + causal_offset)
     if CAUSAL and CAUSAL_SPLIT:
         # Full blocks (entirely below every row's diagonal) run without the mask.
-        full = tl.maximum(tl.minimum(first_masked, hi), lo)
+        full = tl.maximum(tl.minimum(q_first + causal_offset + 1, hi), lo)
         full = lo + ((full - lo) // BLOCK_N) * BLOCK_N
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, lo, full, n_k, causal_offset, first_masked, qk_scale, False, False,
-                                    HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1,
-                                    SCALE_MODE, TMA, EXP_HALF, IEEE)
+                                    offs_d, lo, full, n_k, causal_offset, q_first, qk_scale, False, False, HEAD_DIM,
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
+                                    EXP_HALF, IEEE)
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, full, hi, n_k, causal_offset, first_masked, qk_scale, True, False,
-                                    HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1,
-                                    SCALE_MODE, TMA, EXP_HALF, IEEE)
+                                    offs_d, full, hi, n_k, causal_offset, q_first, qk_scale, True, False, HEAD_DIM,
+                                    BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1, SCALE_MODE, TMA,
+                                    EXP_HALF, IEEE)
     else:
         acc, l_i, m_i = _attn_inner(acc, l_i, m_i, q, k_base, v_base, skn, skd, svn, svd, offs_m, offs_n,
-                                    offs_d, lo, hi, n_k, causal_offset, first_masked, qk_scale, CAUSAL, MASK_DIAGONAL,
+                                    offs_d, lo, hi, n_k, causal_offset, q_first, qk_scale, CAUSAL, MASK_DIAGONAL,
                                     HEAD_DIM, BLOCK_N, EXP2, K_TRANS, NUM_STAGES, EVEN_N, EVEN_D, SPLITS > 1,
                                     SCALE_MODE, TMA, EXP_HALF, IEEE)
     if SPLITS == 1:
@@ -456,13 +456,14 @@ def _attn_tile(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, sk
             # Every thread's partial stores happen before the barrier; the counter's acq_rel atomic
             # publishes them (and, for the last program, acquires everyone else's).
             tl.debug_barrier()
-            tile = start_m + bh * n_m
+            tile = start_m + bh * tl.num_programs(0)
             arrived = tl.atomic_add(Counter + tile, 1, sem="acq_rel", scope="gpu")
             if arrived == SPLITS - 1:
                 tl.atomic_xchg(Counter + tile, 0, sem="relaxed", scope="gpu")  # ready for the next call
                 _combine_tile(P_acc, P_m, P_l, O, start_m, bh, sob, soh, som, sod, n_heads, kv_group, n_q,
                               SPLITS, HEAD_DIM, BLOCK_M, BLOCK_D, EXP2, PACK_GQA)
 
+{persistent_kernel}
 
 SPLIT_KV = {split_kv}
 FUSED_COMBINE = {fused_combine}
@@ -582,12 +583,7 @@ class ModelNew(nn.Module):
         # With PACK_GQA a program column is one K/V head and its rows are its group's query heads.
         n_rows, columns = (kv_group * n_q, batch * k.shape[1]) if PACK_GQA else (n_q, batch * heads)
         n_m = triton.cdiv(n_rows, BLOCK_M)
-        if PERSISTENT:
-            # PERSISTENT programs per SM (the interpreter: 3 programs, so that each walks several tiles).
-            slots = torch.cuda.get_device_properties(q.device).multi_processor_count * PERSISTENT if q.is_cuda else 3
-            grid = (min(n_m * columns, slots), 1, 1)
-        else:
-            grid = (n_m, columns, SPLIT_KV)
+        grid = (n_m, columns, SPLIT_KV)
         if SPLIT_KV == 1:
             chunk, (p_acc, p_m, p_l, counter) = n_k, (out, out, out, out)  # the partial buffers go unused
         else:
@@ -595,13 +591,21 @@ class ModelNew(nn.Module):
             p_acc, p_m, p_l, counter = self._partials(batch * heads * SPLIT_KV * n_q, grid[0] * grid[1], q.device)
         # Every parameter positionally, constexprs included: the same tuple feeds the direct launcher.
         args = (q, k, v, out, p_acc, p_m, p_l, counter, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-                heads, kv_group, n_q, n_k, chunk, n_m, n_m * columns, qk_scale,
+                heads, kv_group, n_q, n_k, chunk, qk_scale,
                 CAUSAL, {causal_split}, {mask_diagonal}, SPLIT_KV, HEAD_DIM, BLOCK_M, BLOCK_N, BLOCK_D, USE_EXP2,
                 {k_trans}, NUM_STAGES, n_rows % BLOCK_M == 0, n_k % BLOCK_N == 0, BLOCK_D == HEAD_DIM, SCALE_MODE,
-                tma, FUSED_COMBINE, PACK_GQA, pdl, exp_half, q.dtype == torch.float32, PERSISTENT > 0)
+                tma, FUSED_COMBINE, PACK_GQA, pdl, exp_half, q.dtype == torch.float32)
+        if PERSISTENT:
+            # PERSISTENT programs per SM (the interpreter: 3 programs, so that each walks several tiles),
+            # the same arguments and the tiles: row blocks per column, and all of them.
+            slots = torch.cuda.get_device_properties(q.device).multi_processor_count * PERSISTENT if q.is_cuda else 3
+            grid = (min(n_m * columns, slots), 1, 1)
+            args = (*args, n_m, n_m * columns)
+        # Only the kernel this genome renders exists in the module.
+        kernel_fn = _attn_fwd_persistent if PERSISTENT else _attn_fwd
         # A programmatic dependent launch exists on the GPU only (Triton's interpreter has no griddepcontrol).
         launch = {{"launch_pdl": True}} if pdl else {{}}
-        kernel = _attn_fwd[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
+        kernel = kernel_fn[grid](*args, num_warps=NUM_WARPS, num_stages=NUM_STAGES, **launch)
         combine = cgrid = cargs = None
         if SPLIT_KV > 1 and not FUSED_COMBINE:
             cgrid = grid[:2] + (1,)
@@ -661,6 +665,11 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         loop_expr = f"tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES{extra})"
     else:
         loop_expr = "range(lo, hi, BLOCK_N)"
+    # One program per tile renders the tile's code as the kernel itself (measured: the same code behind a
+    # function call ran 3-4% slower on 64x64 tiles with Triton 3.6, benchmarks/results/template-ab-*).
+    persistent = g.persistent if g.split_kv == 1 else 0
+    tile_name, tile_params, tile_prologue = (("_attn_tile", ", start_m, bh, split", "") if persistent
+                                             else _ONE_PER_TILE)
     return _KERNEL.format(
         genome_json=json.dumps(g.to_dict(), sort_keys=True),
         causal=bool(causal), head_dim=head_dim, block_m=g.block_m, block_n=g.block_n,
@@ -670,5 +679,6 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         k_trans=g.k_layout == "trans", split_kv=g.split_kv, tma=bool(g.tma),
         scale_mode=1 if g.prescale_q else 2 if g.scale_fma else 0, exp_half=bool(g.exp_half and g.exp2),
         fused_combine=bool(g.fused_combine and g.split_kv > 1), pack_gqa=bool(g.pack_gqa), pdl=bool(g.pdl),
-        persistent=g.persistent if g.split_kv == 1 else 0,
+        persistent=persistent, tile_name=tile_name, tile_params=tile_params, tile_prologue=tile_prologue,
+        persistent_kernel=_PERSISTENT_KERNEL if persistent else "",
     )
