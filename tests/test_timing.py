@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -50,7 +51,25 @@ def test_functions_are_interleaved_across_rounds() -> None:
     measure({"a": lambda: None, "b": lambda: None}, device="cpu", modes=("eager",), config=FAST,
             on_switch=lambda name, mode: seen.append(name))
     timed_blocks = seen[2:]  # after one warm-up visit each
-    assert timed_blocks == ["a", "b", "b", "a", "a", "b"]
+    assert timed_blocks == ["a", "b", "b", "a", "b", "a"]
+
+
+def test_over_an_even_number_of_rounds_each_function_follows_each_neighbour_as_often_as_it_precedes_it() -> None:
+    """A function timed right after a long-running one can run on a hotter, slower GPU: no entry may
+    get the same predecessor in every round."""
+    seen: list[str] = []
+    config = TimingConfig(budget_ms=2, rounds=6, warmup=1, min_reps=6, max_reps=6, flush_bytes=1 << 16)
+    measure({n: (lambda: None) for n in "abcd"}, device="cpu", modes=("eager",), config=config,
+            on_switch=lambda name, mode: seen.append(name))
+    timed = seen[4:]  # after one warm-up visit each
+    rounds = [timed[i:i + 4] for i in range(0, len(timed), 4)]
+    assert len(rounds) == 6 and all(sorted(r) == list("abcd") for r in rounds)
+    follows: dict[tuple[str, str], int] = {}
+    for r in rounds:
+        for before, after in itertools.pairwise(r):
+            follows[(before, after)] = follows.get((before, after), 0) + 1
+    assert follows and all(follows.get((y, x), 0) == n for (x, y), n in follows.items())
+    assert len({r[0] for r in rounds}) >= 3  # and the round's first place moves around
 
 
 def test_graph_mode_on_cpu_is_an_error_string_not_an_exception() -> None:

@@ -18,8 +18,13 @@ What a number means:
 After every rep the whole device is synchronised (``torch.cuda.synchronize``, not only the current
 stream) before the next one starts. Reps per function are chosen from a time budget after warm-up
 (between ``min_reps`` and ``max_reps``). Several functions timed together are **interleaved**: the reps
-are split into rounds, and every round visits every function (in a rotated order), so drifting clocks
-and a noisy neighbour affect all of them alike and their ratio can be trusted. Statistics: median,
+are split into rounds, and every round visits every function, so drifting clocks and a noisy neighbour
+affect all of them alike and their ratio can be trusted. Rounds go in pairs: one order, then the same
+order reversed, the next pair rotated by one. Over an even number of rounds every function is timed
+right after each of its neighbours as often as before it: on an H100 the entry timed right after a
+long-running one measured 3-4% slower than the same kernel timed first
+(``benchmarks/results/template-ab-*-h100.json``), and a fixed order gave that edge to the same entry
+every round. Statistics: median,
 min, first and third quartile, interquartile range, mean, all in microseconds.
 """
 
@@ -50,7 +55,7 @@ class TimingConfig:
     (flushes and synchronisation included), after warm-up; ``flush_bytes=None`` picks twice the L2."""
 
     budget_ms: float = 100.0
-    rounds: int = 5
+    rounds: int = 6  # even: each order is also run reversed (see the module docstring)
     warmup: int = 5
     min_reps: int = 10
     max_reps: int = 1000
@@ -264,7 +269,10 @@ def measure(
     samples: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _, _ in active}
     rounds = max(config.rounds, 1)
     for r in range(rounds):
-        order = active[r % len(active):] + active[: r % len(active)] if active else []
+        shift = (r // 2) % len(active) if active else 0
+        order = active[shift:] + active[:shift]
+        if r % 2:
+            order.reverse()
         for name, mode, run, reps in order:
             if mode in results[name]:  # failed in an earlier round
                 continue
