@@ -190,16 +190,18 @@ _ONE_PER_TILE = ("_attn_fwd", "", """    if PDL:
     bh = tl.program_id(1)
     split = tl.program_id(2)""")
 # ... or, for persistent programs, as the function each program calls per tile, with this kernel around it.
+# The kernel's parameters (the persistent kernel adds the tiles).
+_KERNEL_PARAMS = """Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+              sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
+              CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
+              SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+              EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
+              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
+              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
+              EXP_HALF: tl.constexpr, IEEE: tl.constexpr"""
 _PERSISTENT_KERNEL = """@triton.jit
-def _attn_fwd_persistent(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh,
-                         svn, svd, sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
-                         CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
-                         SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                         EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-                         EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
-                         TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
-                         EXP_HALF: tl.constexpr, IEEE: tl.constexpr, n_m, n_tiles):
+def _attn_fwd_persistent(""" + _KERNEL_PARAMS + """, n_m, n_tiles):
     # A fixed number of programs, each walking the n_tiles tiles (n_m row blocks per column, no split-KV)
     # with a stride of the grid.
     if PDL:
@@ -377,15 +379,7 @@ def _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M: tl.constexpr, PACK_GQ
 
 
 @triton.jit
-def {tile_name}(Q, K, V, O, P_acc, P_m, P_l, Counter, sqb, sqh, sqm, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-              sob, soh, som, sod, n_heads, kv_group, n_q, n_k, chunk, qk_scale,
-              CAUSAL: tl.constexpr, CAUSAL_SPLIT: tl.constexpr, MASK_DIAGONAL: tl.constexpr,
-              SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-              EXP2: tl.constexpr, K_TRANS: tl.constexpr, NUM_STAGES: tl.constexpr,
-              EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, EVEN_D: tl.constexpr, SCALE_MODE: tl.constexpr,
-              TMA: tl.constexpr, FUSED_COMBINE: tl.constexpr, PACK_GQA: tl.constexpr, PDL: tl.constexpr,
-              EXP_HALF: tl.constexpr, IEEE: tl.constexpr{tile_params}):
+def {tile_name}({kernel_params}{tile_params}):
     # Program (row block, batch*head, split): keys [split*chunk, split*chunk + chunk). With one
     # split the result is normalised into O; with several, partial (acc, m, l) go to P_* for
     # _attn_combine, or (FUSED_COMBINE) the row block's last program to finish combines them.
@@ -679,6 +673,7 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
         k_trans=g.k_layout == "trans", split_kv=g.split_kv, tma=bool(g.tma),
         scale_mode=1 if g.prescale_q else 2 if g.scale_fma else 0, exp_half=bool(g.exp_half and g.exp2),
         fused_combine=bool(g.fused_combine and g.split_kv > 1), pack_gqa=bool(g.pack_gqa), pdl=bool(g.pdl),
-        persistent=persistent, tile_name=tile_name, tile_params=tile_params, tile_prologue=tile_prologue,
+        persistent=persistent, tile_name=tile_name, kernel_params=_KERNEL_PARAMS, tile_params=tile_params,
+        tile_prologue=tile_prologue,
         persistent_kernel=_PERSISTENT_KERNEL if persistent else "",
     )
