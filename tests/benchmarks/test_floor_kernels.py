@@ -1,0 +1,57 @@
+"""The helper kernels of benchmarks/floor.py and benchmarks/bandwidth.py do what their records say
+(Triton's interpreter on a CPU, the compiled kernels on a GPU; tiny shapes)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+
+from tests.conftest import triton_device
+
+pytest.importorskip("triton")
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stripped_kernels_copy_stream_and_multiply() -> None:
+    floor = load("floor")
+    device = triton_device()
+    heads, n, d, block_m, block_n = 2, 32, 16, 16, 16
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, heads, n, d, generator=gen).half().to(device) for _ in range(3))
+
+    def run(work: int) -> torch.Tensor:
+        out = torch.zeros_like(q)
+        floor._stripped[(n // block_m, heads)](q, k, v, out, q.stride(1), q.stride(2), n, work, block_m, block_n, d,
+                                               2, num_warps=4)
+        return out.float().cpu()
+
+    qf, kf, vf = q.float().cpu(), k.float().cpu(), v.float().cpu()
+    assert torch.count_nonzero(run(0)) == 0  # programs that do nothing write nothing
+    torch.testing.assert_close(run(1), qf)
+    streamed = qf + (kf + vf).sum(dim=2, keepdim=True)  # every key row of the head folded in
+    torch.testing.assert_close(run(2), streamed, atol=0.1, rtol=1e-2)
+    products = (qf @ kf.transpose(-1, -2)).half().float() @ vf
+    torch.testing.assert_close(run(3), products, atol=0.1, rtol=1e-2)
+
+
+def test_read_kernel_sums_its_chunks() -> None:
+    bandwidth = load("bandwidth")
+    device = triton_device()
+    block, iters, programs = 64, 4, 3
+    x = torch.randn(block * iters * programs, generator=torch.Generator().manual_seed(1)).half().to(device)
+    partial = torch.empty(programs, device=device)
+    bandwidth._read[(programs,)](x, partial, x.numel(), block, iters)
+    expected = x.float().cpu().view(programs, -1).sum(dim=1)
+    torch.testing.assert_close(partial.cpu(), expected, atol=1e-2, rtol=1e-4)
