@@ -3,19 +3,13 @@ hold commas, so a comma piece with '=' and no ':' belongs to the row before it."
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 from types import ModuleType
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "attention_suite.py"
+from tests.benchmarks import load_script
 
 
 def load_suite() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("attention_suite_under_test", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("attention_suite")
 
 
 def test_rows_keep_their_overrides() -> None:

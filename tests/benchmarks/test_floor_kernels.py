@@ -3,29 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 import torch
 
+from tests.benchmarks import load_script
 from tests.conftest import triton_device
 
 pytest.importorskip("triton")
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"bench_{name}_under_test", BENCHMARKS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_stripped_kernels_copy_stream_and_multiply() -> None:
-    floor = load("floor")
+    floor = load_script("floor")
     device = triton_device()
     heads, n, d, block_m, block_n = 2, 32, 16, 16, 16
     gen = torch.Generator().manual_seed(0)
@@ -47,7 +35,7 @@ def test_stripped_kernels_copy_stream_and_multiply() -> None:
 
 
 def test_read_kernel_sums_its_chunks() -> None:
-    bandwidth = load("bandwidth")
+    bandwidth = load_script("bandwidth")
     device = triton_device()
     block, iters, programs = 64, 4, 3
     x = torch.randn(block * iters * programs, generator=torch.Generator().manual_seed(1)).half().to(device)
