@@ -22,23 +22,22 @@ import argparse
 import datetime
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+from evaluate_sources import load_model, sdpa_paths
 
 from evoforge.kernels.flash_attention import FlashGenome, render
-from evoforge.task import import_source
 
 DECODE = FlashGenome(block_m=16, block_n=128, num_stages=3, k_layout="trans", loop="tl.range", pack_gqa=True)
 READS = [(1024, 8, 4), (2048, 16, 4), (4096, 8, 8), (8192, 4, 8), (8192, 8, 8)]  # (BLOCK, ITERS, warps)
 
 
 @triton.jit
-def _read(X, Partial, n, BLOCK: tl.constexpr, ITERS: tl.constexpr):
-    # Program p sums elements [p * BLOCK * ITERS, (p + 1) * BLOCK * ITERS) of X (n a multiple of that).
+def _read(X, Partial, BLOCK: tl.constexpr, ITERS: tl.constexpr):
+    # Program p sums elements [p * BLOCK * ITERS, (p + 1) * BLOCK * ITERS) of X (the grid covers X exactly).
     base = tl.program_id(0).to(tl.int64) * BLOCK * ITERS
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], tl.float32)
@@ -69,24 +68,14 @@ def main() -> int:
 
         def read(block=block, iters=iters, warps=warps, chunk=chunk, partial=partial) -> torch.Tensor:
             half = k.numel() // chunk
-            _read[(half,)](k, partial, k.numel(), block, iters, num_warps=warps)
-            _read[(half,)](v, partial[half:], v.numel(), block, iters, num_warps=warps)
+            _read[(half,)](k, partial, block, iters, num_warps=warps)
+            _read[(half,)](v, partial[half:], block, iters, num_warps=warps)
             return partial
         fns[f"read-{block}x{iters}-w{warps}"] = read
-    # Triton reads a kernel's source from its file: the directory outlives the run (it is small).
-    module = import_source(render(DECODE, causal=False, head_dim=d), "decode_kernel", "decode_kernel",
-                           Path(tempfile.mkdtemp(prefix="evoforge-bandwidth-")))
-    kernel = module.ModelNew()
+    kernel = load_model(render(DECODE, causal=False, head_dim=d), "decode_kernel")
     fns["kernel"] = lambda: kernel(q, k, v)
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    backends = torch.nn.attention.SDPBackend
-    for name, backend in (("sdpa_flash", backends.FLASH_ATTENTION), ("sdpa_cudnn", backends.CUDNN_ATTENTION)):
-        def fixed(backend=backend) -> torch.Tensor:
-            with torch.nn.attention.sdpa_kernel(backend):
-                return sdpa(q, k, v, enable_gqa=True)
-        fns[name] = fixed
-    fns["sdpa_default"] = lambda: sdpa(q, k, v, enable_gqa=True)
-    ref = sdpa(q.float(), k.float(), v.float(), enable_gqa=True)
+    fns.update(sdpa_paths(q, k, v, enable_gqa=True))
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True)
     err = (kernel(q, k, v).float() - ref).abs().max().item()
     usable = {}
     for name, fn in fns.items():  # compile everything before the clock starts; drop paths this build lacks

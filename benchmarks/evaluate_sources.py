@@ -1,14 +1,21 @@
-"""Shared by benchmarks/source_variants.py and benchmarks/prototypes.py: kernel sources evaluated through
-evoforge's evaluator (isolated worker, correctness checks, eager and graph timing) beside SDPA's default,
-cuDNN and flash backends, one fresh worker per repeat."""
+"""Shared by the benchmark scripts: kernel sources evaluated through evoforge's evaluator (isolated worker,
+correctness checks, eager and graph timing) beside SDPA's default, cuDNN and flash backends, one fresh
+worker per repeat (source_variants.py, prototypes.py, template_ab.py); and, for scripts that time in
+their own process with ``timing.measure`` (floor.py, bandwidth.py, mma_prototype.py), a rendered
+kernel's ``ModelNew`` and SDPA's paths as callables."""
 
 from __future__ import annotations
 
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, Evaluator
-from evoforge.task import TaskSpec
+from evoforge.task import TaskSpec, import_source
 from evoforge.tasks import baselines_for
 
 Row = tuple[str, float | None, float | None, float | None, str]  # status, graph us, eager us, max abs err, detail
@@ -35,3 +42,24 @@ def print_rows(rows: dict[str, list[Row]], width: int = 15) -> None:
     for name, reps in rows.items():
         print(f"{name:{width}}", " | ".join(f"{s} graph={g and round(g, 2)} eager={e and round(e, 1)} "
                                             f"err={m and round(m, 5)} {d}" for s, g, e, m, d in reps))
+
+
+def load_model(source: str, name: str) -> Any:
+    """``ModelNew()`` of a kernel source, imported in this process. Triton reads a kernel's source from
+    its file, so the file is written to a directory that outlives the run (it is small)."""
+    return import_source(source, name, name, Path(tempfile.mkdtemp(prefix=f"evoforge-{name}-"))).ModelNew()
+
+
+def sdpa_paths(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs: Any) -> dict[str, Callable[[], Any]]:
+    """SDPA on these inputs through its cuDNN and flash backends and its default dispatch."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    backends = torch.nn.attention.SDPBackend
+
+    def pinned(backend: Any) -> Callable[[], Any]:
+        def run() -> Any:
+            with torch.nn.attention.sdpa_kernel(backend):
+                return sdpa(q, k, v, **kwargs)
+        return run
+
+    return {"sdpa_cudnn": pinned(backends.CUDNN_ATTENTION), "sdpa_flash": pinned(backends.FLASH_ATTENTION),
+            "sdpa_default": lambda: sdpa(q, k, v, **kwargs)}

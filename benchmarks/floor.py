@@ -27,15 +27,14 @@ import argparse
 import datetime
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import triton
 import triton.language as tl
+from evaluate_sources import load_model, sdpa_paths
 
 from evoforge.kernels.flash_attention import FlashGenome, render
-from evoforge.task import import_source
 
 BEST = FlashGenome(block_m=64, block_n=128, num_stages=3, k_layout="trans", scale_fma=True)  # evolve-bytecode-h100
 
@@ -84,10 +83,7 @@ def main() -> int:
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v = (torch.randn(batch, heads, n, d, device="cuda", dtype=torch.float32, generator=gen).half()
                for _ in range(3))
-    # Triton reads a kernel's source from its file: the directory outlives the run (it is small).
-    module = import_source(render(g, causal=False, head_dim=d), "floor_kernel", "floor_kernel",
-                           Path(tempfile.mkdtemp(prefix="evoforge-floor-")))
-    kernel = module.ModelNew()
+    kernel = load_model(render(g, causal=False, head_dim=d), "floor_kernel")
     grid = (n // g.block_m, batch * heads)
 
     def stripped(work: int):
@@ -102,13 +98,7 @@ def main() -> int:
     fns["kernel"] = lambda: kernel(q, k, v)
     ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float())
     err = (kernel(q, k, v).float() - ref).abs().max().item()
-    backends = torch.nn.attention.SDPBackend
-    for name, backend in (("sdpa_cudnn", backends.CUDNN_ATTENTION), ("sdpa_flash", backends.FLASH_ATTENTION)):
-        def sdpa(backend=backend) -> torch.Tensor:
-            with torch.nn.attention.sdpa_kernel(backend):
-                return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-        fns[name] = sdpa
-    fns["sdpa_default"] = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    fns.update(sdpa_paths(q, k, v))
     for fn in fns.values():  # compile everything before the clock starts
         fn()
     torch.cuda.synchronize()

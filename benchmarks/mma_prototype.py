@@ -28,12 +28,10 @@ Usage: python benchmarks/mma_prototype.py [--kernel mma|wgmma] [--task attention
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 CUDA_SRC = r"""
@@ -635,6 +633,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     import torch
+    from evaluate_sources import load_model
     from torch.utils.cpp_extension import load_inline
 
     from evoforge.envinfo import collect
@@ -674,13 +673,7 @@ def main() -> int:
 
     triton_src = render(TemplateMutator(random.Random(0), params, HardwareLimits.for_device(
         torch.cuda.get_device_properties(0))).default_genome(), causal=params.causal, head_dim=params.head_dim)
-    # Triton's JIT reads a kernel's source from its file.
-    module_path = Path(tempfile.mkdtemp()) / "template_gen0.py"
-    module_path.write_text(triton_src)
-    module_spec = importlib.util.spec_from_file_location("template_gen0", module_path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    triton_model = module.ModelNew()
+    triton_model = load_model(triton_src, "template_gen0")
     if args.kernel == "mma":
         names = {cid: f"mma-rg{rg}-ks{ks}-bn{bn}-s{st}" for cid, (rg, ks, bn, st) in CONFIGS.items()}
     else:

@@ -40,6 +40,21 @@ def test_read_kernel_sums_its_chunks() -> None:
     block, iters, programs = 64, 4, 3
     x = torch.randn(block * iters * programs, generator=torch.Generator().manual_seed(1)).half().to(device)
     partial = torch.empty(programs, device=device)
-    bandwidth._read[(programs,)](x, partial, x.numel(), block, iters)
+    bandwidth._read[(programs,)](x, partial, block, iters)
     expected = x.float().cpu().view(programs, -1).sum(dim=1)
     torch.testing.assert_close(partial.cpu(), expected, atol=1e-2, rtol=1e-4)
+
+
+def test_loaded_model_matches_sdpa_default() -> None:
+    """evaluate_sources' helpers for scripts that time in their own process: a rendered kernel's
+    ModelNew, and SDPA's paths on the same inputs (the default one runs anywhere)."""
+    from evoforge.kernels.flash_attention import FlashGenome, render
+
+    helpers = load_script("evaluate_sources")
+    device = triton_device()
+    gen = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(1, 2, 32, 16, generator=gen).to(device) for _ in range(3))
+    model = helpers.load_model(render(FlashGenome(block_m=16, block_n=16), causal=False, head_dim=16), "helper_test")
+    paths = helpers.sdpa_paths(q, k, v)
+    assert set(paths) == {"sdpa_cudnn", "sdpa_flash", "sdpa_default"}
+    torch.testing.assert_close(model(q, k, v), paths["sdpa_default"](), atol=2e-3, rtol=2e-3)
