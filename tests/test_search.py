@@ -163,3 +163,34 @@ def test_the_time_budget_does_not_judge_later_generations_by_generation_zero(tmp
     assert search._batch_estimate(later) == 7.0
     tiny = Done(generation=0, candidates=[], results=seeds, baselines=base[:1], slot="s0", seconds=5.0)
     assert search._batch_estimate(tiny) == 5.0  # never scaled up
+
+
+class RepeatingMutator(StepMutator):
+    """A seed that repeats itself (the same source twice) and reuses a name for different code, as a model
+    that gives the same reply twice does."""
+
+    def seed(self) -> list[Candidate]:
+        return [make(0), make(0), make(1), Candidate(name="x0", source="X = 2\n", genome={"x": 2})]
+
+
+class NameCheckingEvaluator(FakeEvaluator):
+    def __call__(self, cands: list[Candidate], generation: int) -> tuple[list[EvalResult], list[EvalResult]]:
+        names = [c.name for c in cands]
+        assert len(set(names)) == len(names), names  # what the evaluator itself insists on
+        return super().__call__(cands, generation)
+
+
+def test_repeated_seeds_are_dropped_and_names_made_unique(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    config = SearchConfig(generations=3, population=3)
+    run_id = store.create_run({"name": "fake"}, config.to_dict())
+    evaluator = NameCheckingEvaluator()
+    search = Search(store, run_id, RepeatingMutator(random.Random(0)), evaluator, config, random.Random(0))
+    final = search.run()
+    assert final.stop_reason == "reached 3 generations"
+    gen0 = [i.candidate for i in search.history if i.candidate.lineage["generation"] == 0]
+    assert [c.name for c in gen0] == ["x0", "x1", "x0-2"]
+    assert len(evaluator.seen) == len(set(evaluator.seen))  # nothing measured twice
+    assert store.events(run_id, "dedup")[0] == {**store.events(run_id, "dedup")[0], "generation": 0, "skipped": 1}
+    names = [c.name for c, _ in store.candidates(run_id)]
+    assert len(names) == len(set(names))

@@ -46,6 +46,7 @@ class _Fail(Exception):
 def _guarded(fn: Callable[[], T], verbose: bool) -> T:
     """Run a command body: known errors become one line and an exit code, never a bare traceback."""
     from evoforge.evaluator import EvaluatorError
+    from evoforge.evolve import Terminated
     from evoforge.store import StoreError
     from evoforge.task import TaskError
 
@@ -67,6 +68,9 @@ def _guarded(fn: Callable[[], T], verbose: bool) -> T:
     except KeyboardInterrupt:
         err.print("interrupted")
         raise typer.Exit(130) from None
+    except Terminated as exc:
+        err.print(f"terminated ({exc.signame})", highlight=False)
+        raise typer.Exit(143 if exc.signame == "SIGTERM" else 129) from None
 
 
 @contextmanager
@@ -85,8 +89,10 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
 def _eval_config(device: str, timeout: float, budget_ms: float, seed: int | None, memory_mb: int | None,
                  sandbox: str) -> Any:
     from evoforge.evaluator import EvalConfig
+    from evoforge.evolve import check_device
     from evoforge.timing import TimingConfig
 
+    check_device(device)  # a device this machine lacks is bad input: one line, exit 2
     timing = TimingConfig(budget_ms=budget_ms)
     cfg = EvalConfig(device=device, timeout_s=timeout, timing=timing, seed=seed, sandbox=sandbox)
     if memory_mb:
@@ -308,11 +314,13 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
             state["line"] = _progress_line(p, config.generations)
             err.print(state["line"], highlight=False)
 
-        # ---- executor (issue 7): where batches run
-        executor = evolve.make_executor(config, prepared)
-        err.print(f"executor {executor.name}: {len(executor.slot_names)} slot(s) "
-                  f"({', '.join(executor.slot_names)})", highlight=False)
-        final = evolve.search_for(store, run_id, prepared, config, on_progress, executor).run()
+        # the run's lease, heartbeat and how the session ended (issue 23)
+        with evolve.session(store, run_id):
+            # ---- executor (issue 7): where batches run
+            executor = evolve.make_executor(config, prepared)
+            err.print(f"executor {executor.name}: {len(executor.slot_names)} slot(s) "
+                      f"({', '.join(executor.slot_names)})", highlight=False)
+            final = evolve.search_for(store, run_id, prepared, config, on_progress, executor).run()
     summary = {"run": run_id, "stop_reason": final.stop_reason, "generations": final.generation + 1,
                "evaluated": final.evaluated, "valid": final.valid, "best": final.best_name,
                "best_fitness": final.best_fitness, "best_baseline": final.best_baseline,
@@ -402,6 +410,7 @@ def run(
         config = evolve.RunConfig.from_dict(settings)
         if config.budget:
             evolve.parse_duration(config.budget)
+        evolve.check_device(config.device, local=config.executor != "ray")  # before any run is recorded
         store = _open_store(db)
         if task_dir is not None or level is not None:  # batch mode (issue 6)
             if task_dir is None or task is not None:
@@ -500,16 +509,20 @@ def _print_batch(data: dict[str, Any], folder: Path) -> None:
 @app.command()
 def resume(
     run_id: str = typer.Argument(..., help="The run to continue (an id or a unique prefix; see `evoforge runs`)."),
-    generations: int | None = typer.Option(None, "--generations", "-g", min=1, help="Raise the generation limit."),
-    budget: str | None = typer.Option(None, "--budget", help="Wall-clock budget for this session."),
+    generations: int | None = typer.Option(None, "--generations", "-g", min=1,
+                                           help="Raise the run's generation limit to N (counting 0)."),
+    budget: str | None = typer.Option(None, "--budget", help="Wall-clock budget for this session (an earlier "
+                                      "session's budget does not apply again): 90s, 10m, 1h."),
     max_evals: int | None = typer.Option(None, "--max-evals", min=1, help="Raise the evaluation limit."),
     executor: str | None = ExecutorOpt, address: str | None = AddressOpt, workers: int | None = WorkersOpt,
     db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
-    """Continue a stopped run with its population and RNG state."""
+    """Continue a stopped run with its population and RNG state (refused while another process runs it)."""
     from evoforge import evolve
 
     def body() -> int:
+        if budget:
+            evolve.parse_duration(budget)
         store = _open_store(db)
         config, prepared, full_id = evolve.resume(
             store, run_id, {"generations": generations, "budget": budget, "max_evals": max_evals,

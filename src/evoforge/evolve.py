@@ -11,7 +11,10 @@ import math
 import os
 import random
 import re
-from collections.abc import Callable
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -135,6 +138,86 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if has_cuda() else "cpu"
     return device
+
+
+_DEVICE = re.compile(r"cpu|auto|cuda(:[0-9]+)?")
+
+
+def check_device(device: str, local: bool = True) -> str:
+    """``device`` if this machine has it (``local=False``: only its form, for a Ray cluster's devices), else
+    a one-line TaskError: auto, cpu, cuda and cuda:N are the devices evoforge runs on."""
+    if not _DEVICE.fullmatch(device):
+        raise TaskError(f"--device {device}: not a device evoforge runs on (auto, cpu, cuda or cuda:N)")
+    if not local or not device.startswith("cuda"):
+        return device
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count == 0:
+        raise TaskError(f"--device {device}: no CUDA device here (torch {torch.__version__}); "
+                        "use --device cpu or auto")
+    index = int(device.partition(":")[2] or 0)
+    if index >= count:
+        raise TaskError(f"--device {device}: this machine has {count} CUDA device(s), cuda:0 to cuda:{count - 1}")
+    return device
+
+
+class Terminated(BaseException):
+    """Raised in the main thread by the SIGTERM/SIGHUP handler ``on_signals`` installs, so a run ends as a
+    Ctrl-C does: workers killed, the run recorded as interrupted. Like KeyboardInterrupt it is not an
+    Exception, so no ``except Exception`` swallows it."""
+
+    def __init__(self, signame: str) -> None:
+        super().__init__(signame)
+        self.signame = signame
+
+
+@contextmanager
+def on_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise :class:`Terminated` in the main thread while the body runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(signal.Signals(signum).name)
+
+    wanted = [signal.SIGTERM] + ([signal.SIGHUP] if hasattr(signal, "SIGHUP") else [])
+    saved = {sig: signal.signal(sig, handler) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, previous in saved.items():
+            signal.signal(sig, previous)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}"[:500] if text else type(exc).__name__
+
+
+@contextmanager
+def session(store: RunStore, run_id: str) -> Iterator[None]:
+    """One session of a run whose lease this process holds (``start`` or ``resume`` took it): a heartbeat
+    while the body runs, then the lease given back with how the session ended: the search records
+    ``finished`` itself; Ctrl-C and SIGTERM leave it ``interrupted``, an error ``failed``, each with a note."""
+    beat = store.heartbeat(run_id)
+    ending: dict[str, Any] = {}
+    try:
+        with on_signals():
+            yield
+    except KeyboardInterrupt:
+        ending = {"status": "interrupted", "note": "interrupted (SIGINT, Ctrl-C)"}
+        raise
+    except Terminated as exc:
+        ending = {"status": "interrupted", "note": f"terminated ({exc.signame})"}
+        raise
+    except BaseException as exc:
+        ending = {"status": "failed", "note": _one_line(exc)}
+        raise
+    finally:
+        beat.stop()
+        store.release(run_id, **ending)
 
 
 @dataclass
@@ -316,12 +399,17 @@ def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | 
     """Check the config and task first, then create the run record and everything to search it."""
     _check_mutator(config)
     check_executor(config)
+    check_device(config.device, local=config.executor != "ray")
     task = config.task or default_task(resolve_device(config.device))
     resolved = RunConfig.from_dict({**config.to_dict(), "task": task})
     spec, _ = _load(resolved.task)
     run_id = store.create_run({"name": spec.name, "arg": resolved.task, "origin": spec.origin, "params": spec.params},
                               resolved.to_dict())
-    return run_id, prepare(resolved, store, run_id, random.Random(resolved.seed), progress)
+    try:
+        return run_id, prepare(resolved, store, run_id, random.Random(resolved.seed), progress)
+    except BaseException as exc:  # the run never started: say so, and let it go
+        store.release(run_id, status="failed", note=f"failed to start: {_one_line(exc)}")
+        raise
 
 
 def check_executor(config: RunConfig) -> None:
@@ -357,12 +445,23 @@ def search_for(store: RunStore, run_id: str, prepared: Prepared, config: RunConf
 
 def resume(store: RunStore, run_id: str, overrides: dict[str, Any],
            progress: Callable[[str], None] | None = None) -> tuple[RunConfig, Prepared, str]:
-    record = store.run(run_id)
+    """Take the run's lease (refused while another process runs it) and prepare this session. The
+    wall-clock budget is this session's: ``budget`` when given, else none (the budget of an earlier
+    session does not apply again); ``generations`` and ``max_evals`` raise the run's limits."""
+    record = store.run(run_id, skip_empty=False)
     given = {k: v for k, v in overrides.items() if v is not None}
     if given.get("executor") == "local":
         given.setdefault("address", None)  # a run moved off its Ray cluster
-    config = RunConfig.from_dict({**record.config, **given})
+    stored = RunConfig.from_dict({**record.config, **given})  # what the run was last asked for
+    config = RunConfig.from_dict({**stored.to_dict(), "budget": given.get("budget")})  # this session
     check_executor(config)
-    store.update_run(record.id, config=config.to_dict())
-    rng = restore_rng(record.rng) if record.rng else random.Random(config.seed)
-    return config, prepare(config, store, record.id, rng, progress), record.id
+    check_device(config.device, local=config.executor != "ray")
+    store.claim(record.id)
+    try:
+        rng = restore_rng(record.rng) if record.rng else random.Random(config.seed)
+        prepared = prepare(config, store, record.id, rng, progress)
+        store.update_run(record.id, config=stored.to_dict(), status="running", note=None)
+    except BaseException:
+        store.release(record.id)  # the run is as it was; this session never started
+        raise
+    return config, prepared, record.id

@@ -23,7 +23,7 @@ def _mode(result: EvalResult) -> str | None:
 
 def llm_bucket(calls: list[dict[str, Any]], by_hash: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Totals of LLM calls; ``by_hash`` (evidence rows by candidate hash) gives what their code was worth."""
-    replies = [c for c in calls if c["status"] in ("ok", "no_code")]
+    replies = [c for c in calls if c["status"] in ("ok", "no_code", "duplicate")]
     with_code = [c for c in calls if c["status"] == "ok"]
     evaluated = [by_hash[c["candidate_hash"]] for c in with_code if c["candidate_hash"] in by_hash]
     valid = [row for row in evaluated if row["status"] == "ok"]

@@ -146,9 +146,9 @@ class Search:
         started = time.monotonic()
         last, pending = self._load()
         if not self.history and not pending:
-            pending = {0: self._persist_proposals(self.mutator.seed(), 0)}
+            pending = {0: self._persist_proposals(self._distinct(self.mutator.seed(), 0), 0)}
             last = 0
-        self.resubmit = resubmit = sorted(pending.items())
+        self.resubmit = resubmit = sorted((g, self._unique_names(b)) for g, b in pending.items())
         self.next_generation = last + 1
         self.completed = max((i.candidate.lineage.get("generation", 0) for i in self.history), default=-1)
         batch_seconds: list[float] = []
@@ -257,7 +257,33 @@ class Search:
             self.store.add_event(self.run_id, "dedup", generation=generation, skipped=skipped)
         return fresh
 
+    def _distinct(self, proposals: list[Candidate], generation: int) -> list[Candidate]:
+        """``proposals`` without repeats (by hash: the same normalised source), each repeat counted in a
+        ``dedup`` event (generation 0's seeds: a model that gives the same reply twice)."""
+        out: dict[str, Candidate] = {}
+        for cand in proposals:
+            out.setdefault(cand.hash, cand)
+        if len(out) < len(proposals):
+            self.store.add_event(self.run_id, "dedup", generation=generation, skipped=len(proposals) - len(out))
+        return list(out.values())
+
+    def _unique_names(self, batch: list[Candidate]) -> list[Candidate]:
+        """Give each candidate of ``batch`` a name no other candidate of the run has (``name-2``, ...): the
+        evaluator tells a batch's entries apart by name, and reports tell the run's candidates apart by it."""
+        taken = {i.candidate.name for i in self.history}
+        taken |= {c.name for b in self.in_flight.values() for c in b}
+        taken |= {c.name for _, b in self.resubmit for c in b}
+        for cand in batch:
+            if cand.name in taken:
+                k = 2
+                while f"{cand.name}-{k}" in taken:
+                    k += 1
+                cand.name = f"{cand.name}-{k}"
+            taken.add(cand.name)
+        return batch
+
     def _persist_proposals(self, proposals: list[Candidate], generation: int) -> list[Candidate]:
+        self._unique_names(proposals)
         with self.store.transaction():
             for cand in proposals:
                 cand.lineage = {**cand.lineage, "generation": generation}

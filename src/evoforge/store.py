@@ -4,16 +4,27 @@ Contract: every write is committed before the call returns, so a crash or ``kill
 the evaluation in flight; readers never see half a record. Tables: ``runs`` (config, task, device,
 versions, RNG state, progress), ``candidates`` (source, hash, lineage, genome), ``evaluations``
 (the full EvalResult as JSON), ``events``, ``llm_calls`` (every prompt and reply of the LLM mutator,
-with tokens, latency, cost and the candidate it produced). A database written by a newer schema
-version is refused with a clear message; an older one is upgraded in place only by additive steps
-(new tables), and says so.
+with tokens, latency, cost and the candidate it produced), ``leases`` (which process holds a run, and
+its heartbeat). A database written by a newer schema version is refused with a clear message; an older
+one is upgraded in place only by additive steps (new tables), and says so. A damaged file (SQLite's own
+``quick_check`` fails) is refused before anything is written to it.
+
+The run lifecycle: the process that runs a run holds its lease (one row: pid, host, the process's start
+time, a heartbeat it refreshes every few seconds from a thread). A second session of a run whose lease
+is live is refused, so two ``resume`` never evaluate the same candidates twice. A run recorded as
+``running`` whose lease is not live (its process is gone: ``kill -9``, a lost machine) reads as
+``interrupted``. Ends the process sees (Ctrl-C, SIGTERM, a failed start, an error) are recorded as such.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import socket
 import sqlite3
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,8 +35,10 @@ from typing import Any
 from evoforge.candidate import Candidate
 from evoforge.evaluator.result import EvalResult
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_PATH = Path(".evoforge/runs.db")
+HEARTBEAT_S = 5.0  # how often a live run's process refreshes its lease
+STALE_S = 60.0  # a lease held on another host with no heartbeat for this long is not live
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -63,6 +76,12 @@ CREATE TABLE IF NOT EXISTS llm_calls (
 );
 CREATE INDEX IF NOT EXISTS llm_calls_run ON llm_calls (run_id);
 """,
+    3: """
+CREATE TABLE IF NOT EXISTS leases (
+    run_id TEXT PRIMARY KEY, pid INTEGER NOT NULL, host TEXT NOT NULL, proc_start TEXT,
+    started REAL NOT NULL, heartbeat REAL NOT NULL
+);
+""",
 }
 _SCHEMA += "".join(_UPGRADES[v] for v in sorted(_UPGRADES))
 
@@ -73,6 +92,81 @@ class StoreError(Exception):
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _proc_start(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from /proc), or None where that can't be read:
+    with the pid it names one process, so a pid reused after a ``kill -9`` is not taken for the run."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()
+    return fields[19] if len(fields) > 19 else None
+
+
+def _pid_alive(pid: int, proc_start: str | None) -> bool:
+    """Whether process ``pid`` of this host is still the one that took the lease."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, owned by someone else
+    if proc_start is not None and Path("/proc").is_dir():
+        return _proc_start(pid) == proc_start
+    return True
+
+
+@dataclass
+class Lease:
+    """The process that holds a run: its pid and host, and its last heartbeat (Unix time)."""
+
+    run_id: str
+    pid: int
+    host: str
+    proc_start: str | None
+    started: float
+    heartbeat: float
+
+    @property
+    def live(self) -> bool:
+        if self.host == socket.gethostname():
+            return _pid_alive(self.pid, self.proc_start)
+        return time.time() - self.heartbeat < STALE_S
+
+    @property
+    def mine(self) -> bool:
+        return self.host == socket.gethostname() and self.pid == os.getpid()
+
+    def describe(self) -> str:
+        return f"process {self.pid} on {self.host}, heartbeat {max(time.time() - self.heartbeat, 0):.0f} s ago"
+
+
+class Heartbeat:
+    """A daemon thread that refreshes a run's lease every ``interval`` seconds over its own connection."""
+
+    def __init__(self, path: Path, run_id: str, interval: float = HEARTBEAT_S) -> None:
+        self.path, self.run_id, self.interval = path, run_id, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        db = sqlite3.connect(self.path, timeout=self.interval, isolation_level=None, check_same_thread=False)
+        try:
+            while not self._stop.wait(self.interval):
+                try:
+                    db.execute("UPDATE leases SET heartbeat = ? WHERE run_id = ? AND pid = ?",
+                               (time.time(), self.run_id, os.getpid()))
+                except sqlite3.Error:
+                    continue  # busy: the next beat will do
+        finally:
+            db.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval + 5)
 
 
 @dataclass
@@ -87,6 +181,7 @@ class RunRecord:
     rng: Any
     generation: int
     note: str | None
+    lease: Lease | None = None  # the process that holds it while it runs
 
 
 class RunStore:
@@ -95,11 +190,35 @@ class RunStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self.db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._check_integrity()  # before anything is written to it
             self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
             self._check_schema()
         except sqlite3.DatabaseError as exc:
+            self._close_quietly()
             raise StoreError(f"{self.path}: not a usable evoforge database ({exc})") from None
+        except StoreError:
+            self._close_quietly()
+            raise
+
+    def _close_quietly(self) -> None:
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.close()
+
+    def _check_integrity(self) -> None:
+        """SQLite's own ``quick_check`` (every page and index, not their cross-checks): a damaged store is
+        refused before anything is written to it, so what it still holds can be recovered."""
+        try:
+            problems = [r[0] for r in self.db.execute("PRAGMA quick_check")]
+        except sqlite3.DatabaseError as exc:
+            problems = [str(exc)]
+        if problems and problems != ["ok"]:
+            more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise StoreError(
+                f"{self.path}: damaged store, nothing written to it (SQLite quick_check: "
+                f"{' '.join(problems[0].split())}{more}); keep a copy, recover with `sqlite3 {self.path} .recover`, "
+                "or start a new store with --db")
 
     def _check_schema(self) -> None:
         tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -147,13 +266,48 @@ class RunStore:
 
     # ---------------------------------------------------------------- runs
     def create_run(self, task: dict[str, Any], config: dict[str, Any]) -> str:
+        """A new run, ``running`` and held by this process (its lease taken in the same transaction)."""
         run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
         now = _now()
-        self.db.execute(
-            "INSERT INTO runs (id, created, updated, status, task_json, config_json) VALUES (?,?,?,?,?,?)",
-            (run_id, now, now, "running", json.dumps(task), json.dumps(config)),
-        )
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO runs (id, created, updated, status, task_json, config_json) VALUES (?,?,?,?,?,?)",
+                (run_id, now, now, "running", json.dumps(task), json.dumps(config)),
+            )
+            self._write_lease(run_id)
         return run_id
+
+    # ---------------------------------------------------------------- leases (the run lifecycle)
+    def _write_lease(self, run_id: str) -> None:
+        pid, now = os.getpid(), time.time()
+        self.db.execute("INSERT OR REPLACE INTO leases VALUES (?,?,?,?,?,?)",
+                        (run_id, pid, socket.gethostname(), _proc_start(pid), now, now))
+
+    def lease(self, run_id: str) -> Lease | None:
+        row = self.db.execute("SELECT run_id, pid, host, proc_start, started, heartbeat FROM leases "
+                              "WHERE run_id = ?", (run_id,)).fetchone()
+        return Lease(*row) if row else None
+
+    def claim(self, run_id: str) -> None:
+        """Take the run's lease for this process, or refuse (StoreError) while another live process holds it."""
+        with self.transaction():  # BEGIN IMMEDIATE: two claims can't both see the lease free
+            held = self.lease(run_id)
+            if held is not None and held.live and not held.mine:
+                raise StoreError(f"run {run_id} is already running ({held.describe()}); two sessions would "
+                                 "evaluate the same candidates twice: wait for it to stop, or stop it first")
+            self._write_lease(run_id)
+
+    def release(self, run_id: str, **fields: Any) -> None:
+        """Give the lease back, recording how the session ended (``status``, ``note``) where given."""
+        with self.transaction():
+            if fields:
+                self.update_run(run_id, **fields)
+            self.db.execute("DELETE FROM leases WHERE run_id = ? AND pid = ? AND host = ?",
+                            (run_id, os.getpid(), socket.gethostname()))
+
+    def heartbeat(self, run_id: str, interval: float = HEARTBEAT_S) -> Heartbeat:
+        """Start refreshing this process's lease of ``run_id`` (stop it with ``.stop()``)."""
+        return Heartbeat(self.path, run_id, interval)
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         columns = {"status": "status", "env": "env_json", "rng": "rng_json", "generation": "generation",
@@ -165,11 +319,19 @@ class RunStore:
             values.append(json.dumps(value) if column.endswith("_json") else value)
         self.db.execute(f"UPDATE runs SET {', '.join(sets)} WHERE id = ?", (*values, run_id))
 
-    def run(self, run_id: str) -> RunRecord:
-        """A run by id, unique id prefix, or ``latest``."""
+    def run(self, run_id: str, skip_empty: bool = True) -> RunRecord:
+        """A run by id, unique id prefix, or ``latest`` (the newest run with an evaluated candidate, or with
+        ``skip_empty=False`` the newest of all). A run stored as ``running`` whose lease is not live (its
+        process is gone) reads as ``interrupted``."""
         if run_id == "latest":
-            newest = self.db.execute("SELECT id FROM runs ORDER BY created DESC, rowid DESC LIMIT 1").fetchone()
+            query = "SELECT id FROM runs ORDER BY created DESC, rowid DESC LIMIT 1"
+            if skip_empty:
+                query = ("SELECT id FROM runs WHERE EXISTS (SELECT 1 FROM evaluations e WHERE e.run_id = runs.id "
+                         "AND e.role = 'candidate') ORDER BY created DESC, rowid DESC LIMIT 1")
+            newest = self.db.execute(query).fetchone()
             if newest is None:
+                if self.db.execute("SELECT COUNT(*) FROM runs").fetchone()[0]:
+                    raise StoreError(f"no run in {self.path} has evaluated a candidate yet (see `evoforge runs`)")
                 raise StoreError(f"no runs in {self.path} yet (start one with `evoforge run`)")
             run_id = newest[0]
         row = self.db.execute(
@@ -180,9 +342,13 @@ class RunStore:
             if len(matches) == 1:
                 return self.run(matches[0])
             raise StoreError(f"no run {run_id!r} in {self.path} (see `evoforge runs`)")
-        return RunRecord(row[0], row[1], row[2], row[3], json.loads(row[4]), json.loads(row[5]),
+        lease = self.lease(row[0])
+        status = row[3]
+        if status == "running" and not (lease is not None and lease.live):
+            status = "interrupted"
+        return RunRecord(row[0], row[1], row[2], status, json.loads(row[4]), json.loads(row[5]),
                          json.loads(row[6]) if row[6] else None, json.loads(row[7]) if row[7] else None,
-                         row[8], row[9])
+                         row[8], row[9], lease)
 
     def runs(self) -> list[RunRecord]:
         ids = [r[0] for r in self.db.execute("SELECT id FROM runs ORDER BY created")]

@@ -18,10 +18,16 @@ from evoforge.mutators.llm import LLMMutator
 from evoforge.mutators.mixed import MixedMutator
 from evoforge.mutators.template import TemplateMutator
 from evoforge.tasks import attention_params, builtin_task
-from tests.llm.replies import NO_CODE, SYNTAX, VALID, VALID_2
+from tests.llm.replies import NO_CODE, SYNTAX, VALID, VALID_2, VALID_CODE, reply
 from tests.llm.test_guide import individual
 
 TASK = builtin_task("attention-tiny")
+
+
+def distinct(n: int, tokens: list[int] | None = None) -> list[dict[str, Any]]:
+    """``n`` scripted replies with different code (a model that does not repeat itself)."""
+    return [{"content": reply(f"v{i}", "a variant", f"{VALID_CODE}\nVARIANT = {i}\n"),
+             **({"tokens": tokens} if tokens else {})} for i in range(n)]
 
 
 def mutator(server: ScriptedServer, guide: str = "full", calls: list[dict[str, Any]] | None = None,
@@ -69,7 +75,7 @@ def test_failed_llm_candidates_are_repaired_with_their_error(monkeypatch: pytest
     monkeypatch.setattr(llm_module, "REPAIR_RATE", 1.0)
     broken = individual("llm-broken", "runtime_error", detail="RuntimeError: shapes don't match",
                         logs="Traceback...\nRuntimeError: shapes don't match")
-    with ScriptedServer([], default={"content": VALID}) as s:
+    with ScriptedServer(distinct(2), default={"content": VALID}) as s:
         out = mutator(s).propose([], [broken], 2)
         prompts = [r["messages"][1]["content"] for r in s.requests]
     assert [c.lineage["mutation"] for c in out] == ["repair", "generate"]  # one failure: repaired once
@@ -97,7 +103,7 @@ def test_crossover_takes_two_valid_parents(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_a_spent_budget_stops_the_mutator_cleanly() -> None:
     calls: list[dict[str, Any]] = []
-    with ScriptedServer([], default={"content": VALID, "tokens": [100, 100]}) as s:
+    with ScriptedServer(distinct(2, [100, 100]), default={"content": VALID, "tokens": [100, 100]}) as s:
         m = mutator(s, calls=calls, max_tokens=300)
         assert len(m.propose([], [], 3)) >= 1
         assert m.stop_reason == "LLM token budget spent (400 of 300 tokens)"
@@ -125,7 +131,7 @@ def test_mixed_mutator_shares_proposals_and_stops_with_its_llm() -> None:
     assert params is not None
     rng = random.Random(1)
     template = TemplateMutator(rng, params, HardwareLimits(interpreter=True))
-    with ScriptedServer([], default={"content": VALID, "tokens": [50, 50]}) as s:
+    with ScriptedServer(distinct(20, [50, 50]), default={"content": VALID, "tokens": [50, 50]}) as s:
         llm = mutator(s, max_tokens=1000)
         mixed = MixedMutator(rng, [(template, 0.5), (llm, 0.5)])
         seeds = mixed.seed()
@@ -139,3 +145,20 @@ def test_mixed_mutator_shares_proposals_and_stops_with_its_llm() -> None:
     assert {c.lineage.get("mutator") for c in seeds} == {"template", "llm"}
     assert {c.lineage.get("mutator") for c in proposed} == {"template", "llm"}
     assert mixed.stop_reason is not None and mixed.stop_reason.startswith("llm: LLM token budget spent")
+
+
+def test_a_repeated_reply_is_recorded_as_a_duplicate_and_not_proposed_again() -> None:
+    calls: list[dict[str, Any]] = []
+    same_name_other_code = VALID_2.replace("name: fp32-math-2", "name: fp32-math")
+    with ScriptedServer([{"content": VALID}, {"content": VALID}, {"content": same_name_other_code}],
+                        default={"content": VALID}) as s:
+        m = mutator(s, calls=calls)
+        seeds = m.seed()  # the model repeats its first reply: one candidate, one duplicate
+        assert [c.name for c in seeds] == ["ref", "llm-fp32-math", "llm-fp32-math-2"]
+        history = [individual(c.name, "ok", fitness=1.0, source=c.source) for c in seeds]
+        for ind, cand in zip(history, seeds, strict=True):
+            ind.candidate = cand
+        assert m.propose(history, history, 2) == []  # it repeats a candidate the run has: nothing new
+    assert [c["status"] for c in calls] == ["ok", "duplicate", "ok", "duplicate", "duplicate"]
+    assert calls[1]["candidate_hash"] == seeds[1].hash and calls[1]["reply"] == VALID
+    assert m.stop_reason is None and m.note == "2 of its last 2 replies repeated a candidate it already had"

@@ -28,6 +28,16 @@ ELITES_SHOWN = 3
 REPAIRABLE = ("compile_error", "runtime_error", "incorrect", "rejected", "timeout", "crashed")
 
 
+def _unique_name(name: str, taken: set[str]) -> str:
+    """``name``, or ``name-2``, ``name-3``, ... when another candidate of the run has it already."""
+    if name not in taken:
+        return name
+    k = 2
+    while f"{name}-{k}" in taken:
+        k += 1
+    return f"{name}-{k}"
+
+
 def _summary(ind: Individual) -> str:
     r = ind.result
     mode = r.fitness_mode or next(iter(r.timing), "eager")
@@ -51,6 +61,7 @@ class LLMMutator(Mutator):
         self.seeds = list(seeds or [])
         self.seed_generations = seed_generations
         self.generation = 0
+        self.made: dict[str, str] = {}  # hash -> name of every candidate this mutator handed over
 
     def begin_generation(self, generation: int) -> None:
         self.generation = generation
@@ -114,13 +125,27 @@ class LLMMutator(Mutator):
         ops = ", ".join(sorted({op for op, _ in plan}))
         self.progress(f"asking the LLM for {len(requests)} candidate(s) ({ops})")
         completions = self.client.complete_many(requests)
+        known = {i.candidate.hash: i.candidate.name for i in history} | {c.hash: c.name for c in self.seeds}
+        known |= self.made
         out: list[Candidate] = []
+        duplicates = 0
         for (op, picked), prompt, done in zip(plan, messages, completions, strict=True):
             cand, found = self._candidate(op, picked, done)
-            self._record(op, prompt, done, cand, found)
-            if cand is not None:
-                out.append(cand)
-        self.note = None if out else f"its last {len(completions)} replies held no usable code"
+            duplicate = cand is not None and cand.hash in known
+            self._record(op, prompt, done, cand, found, duplicate)
+            if cand is None or duplicate:
+                duplicates += duplicate
+                continue
+            cand.name = _unique_name(cand.name, set(known.values()))
+            known[cand.hash] = self.made[cand.hash] = cand.name
+            out.append(cand)
+        if out:
+            self.note = None
+        elif duplicates:
+            self.note = (f"{duplicates} of its last {len(completions)} replies repeated a candidate it already had"
+                         + ("" if duplicates == len(completions) else ", the others held no usable code"))
+        else:
+            self.note = f"its last {len(completions)} replies held no usable code"
         reason = self.client.budget.exhausted()
         if reason:
             self.stop_reason = reason
@@ -142,11 +167,15 @@ class LLMMutator(Mutator):
         return Candidate(name=f"llm-{found.name or op}", source=found.code, lineage=lineage), found
 
     def _record(self, op: str, prompt: list[dict[str, str]], done: Completion, cand: Candidate | None,
-                found: Any) -> None:
+                found: Any, duplicate: bool = False) -> None:
+        """One call, with its status: ok, no_code, duplicate (the code of a candidate the run already has,
+        by normalised-source hash: not proposed again), error, or budget."""
         if done.error:
             status = "budget" if done.attempts == 0 else "error"
+        elif cand is None:
+            status = "no_code"
         else:
-            status = "ok" if cand is not None else "no_code"
+            status = "duplicate" if duplicate else "ok"
         self.record({
             "generation": self.generation, "model": done.model, "guide": self.guide, "operation": op,
             "status": status, "prompt": prompt, "reply": done.text or None, "tokens_in": done.tokens_in,
