@@ -288,9 +288,19 @@ def best_candidate(store: RunStore, run_id: str) -> tuple[Candidate, dict[str, A
     return cand, data["best"], data
 
 
+_PLAIN_USE = "Use: `from this_module import evolved` and call evolved(q, k, v); or EvolvedModel()(q, k, v).\n"
+_GUARDED_USE = """Use: `from this_module import attention`: torch.nn.functional.scaled_dot_product_attention's
+signature, run by the evolved kernel where SPEC (below) says it was verified and by SDPA elsewhere (warned
+once; strict=True raises instead). evolved(q, k, v) is the task's own call; check() says why a call falls
+back, stats() counts both; routed() (or evoforge.use("this_file.py")) sends SDPA calls here inside a block;
+register_transformers() adds attn_implementation="evoforge". Check it here: python this_file.py --selftest
+"""
+
+
 def export_module(store: RunStore, run_id: str) -> str:
-    """The best kernel as a standalone module: its source, a plain function and an nn.Module with
-    the task's signature, and a header saying what it was measured on."""
+    """The best kernel as a standalone module with a header saying what it was measured on. An attention
+    kernel comes guarded (evoforge.export: checks, SDPA fallback, custom op, self-test); any other task's
+    gets its source, a plain function and an nn.Module with the task's signature."""
     cand, best, data = best_candidate(store, run_id)
     dev = data.get("device") or {}
     params = data["task"].get("params", {})
@@ -308,6 +318,10 @@ Exported: {data['date']}
 Use: `from this_module import evolved` and call evolved({args}); or EvolvedModel()({args}).
 """
 '''
+    if params.get("family") == "attention":
+        from evoforge.export import render_module
+
+        return render_module(cand, best, data, header.replace(_PLAIN_USE, _GUARDED_USE))
     footer = f'''
 
 # ---- evoforge export: the task's call signature ----------------------------------------
