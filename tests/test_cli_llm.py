@@ -115,3 +115,25 @@ def test_a_missing_model_or_sdk_setting_is_a_clear_error(tmp_path: Path) -> None
     proc = evoforge("run", "--mutator", "llm", "--model", "m", "--guide", "wild", "--device", "cpu",
                     "--task", "attention-tiny", cwd=tmp_path)
     assert proc.returncode == 2 and "unknown LLM guide 'wild'" in proc.stderr
+
+
+def test_a_model_that_repeats_itself_is_recorded_and_the_run_goes_on(tmp_path: Path) -> None:
+    # Issue 23: the same reply twice (same `name:` and code) used to end the run with
+    # "ValueError: entry names must be unique", a traceback and the run left `running`.
+    config = CONFIG.replace("llm_seed_candidates = 3", "llm_seed_candidates = 2").replace(
+        "generations = 5", "generations = 3").replace("llm_max_tokens = 5000", "llm_max_tokens = 50000")
+    with ScriptedServer([], default={"content": VALID, "tokens": TOKENS}) as server:
+        (tmp_path / "evoforge.toml").write_text(config.format(url=server.url))
+        proc = evoforge("run", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = json.loads(proc.stdout)
+    assert summary["evaluated"] == 2  # the reference and the one reply, once
+    assert summary["stop_reason"].startswith("the mutator has nothing new to propose")
+    assert "repeated a candidate it already had" in summary["stop_reason"]
+    store = RunStore(tmp_path / ".evoforge/runs.db")
+    calls = store.llm_calls(summary["run"])
+    assert [c["status"] for c in calls][:2] == ["ok", "duplicate"]
+    assert {c["status"] for c in calls[2:]} == {"duplicate"}
+    record = store.run(summary["run"])
+    assert record.status == "finished" and record.lease is None

@@ -108,6 +108,8 @@ def test_resume_after_kill_9_loses_nothing_and_evaluates_nothing_twice(tmp_path:
     proc.wait()
     assert any(gen >= 1 for _, gen in evaluated_before), "the run never reached generation 1"
     (run_id,) = next(iter(sqlite3.connect(db_path).execute("SELECT id FROM runs")))
+    listed = evoforge("runs", "--json", cwd=tmp_path)
+    assert [r["status"] for r in json.loads(listed.stdout)] == ["interrupted"]  # its process is gone (issue 23)
 
     resumed = evoforge("resume", run_id[:12], cwd=tmp_path)  # a unique prefix of the id is enough
     assert resumed.returncode == 0, resumed.stderr

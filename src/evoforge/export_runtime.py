@@ -85,6 +85,8 @@ def check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Te
     d = s["head_dim"]
     if not q.shape[-1] == k.shape[-1] == v.shape[-1] == d:
         return f"head dim {q.shape[-1]}/{k.shape[-1]}/{v.shape[-1]} (verified for {d})"
+    if scale is not None and not math.isclose(scale, s["scale"], rel_tol=1e-6):
+        return f"scale={scale} (the kernel's is 1/sqrt({d}) = {s['scale']:.6g})"
     causal = bool(is_causal) or bool(causal_bottom_right)
     if causal != s["causal"]:
         return f"causal={causal} (verified for causal={s['causal']})"
@@ -196,8 +198,6 @@ def _route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.T
            strict: bool) -> torch.Tensor:
     reason = check(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p=dropout_p,
                    causal_bottom_right=causal_bottom_right)
-    if reason is None and scale is not None and not math.isclose(scale, SPEC["scale"], rel_tol=1e-6):
-        reason = f"scale={scale} (the kernel's is 1/sqrt({SPEC['head_dim']}) = {SPEC['scale']:.6g})"
     if reason is None:
         try:
             out = _model()(q, k, v)

@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
@@ -200,7 +200,7 @@ class _CudaClock(_Clock):
 
         return self._capture(pair)
 
-    def _elapsed_us(self, run: Callable[[], Any]) -> float:
+    def elapsed_us(self, run: Callable[[], Any]) -> float:
         self.start.record()
         run()
         self.end.record()
@@ -210,11 +210,11 @@ class _CudaClock(_Clock):
     def rep(self, run: Callable[[], Any], mode: str) -> float:
         if mode == "graph":
             assert self.flush_graph is not None
-            flushes = self._elapsed_us(self.flush_graph)
-            return (self._elapsed_us(run) - flushes) / self.calls_per_graph
+            flushes = self.elapsed_us(self.flush_graph)
+            return (self.elapsed_us(run) - flushes) / self.calls_per_graph
         self.flush_buffer.zero_()
         _cuda_synchronize(self.device)  # idle GPU: the launch cost lands inside the events
-        return self._elapsed_us(run)
+        return self.elapsed_us(run)
 
 
 def make_clock(device: torch.device, flush_bytes: int | None = None) -> _Clock:
@@ -223,6 +223,22 @@ def make_clock(device: torch.device, flush_bytes: int | None = None) -> _Clock:
         return _CudaClock(device, size)
     size = flush_bytes if flush_bytes is not None else 2 * cpu_l2_bytes()
     return _CpuClock(device, size)
+
+
+T = TypeVar("T")
+
+
+def round_orders(items: list[T], rounds: int) -> list[list[T]]:
+    """The order of every round: pairs of rounds, one order and then the same order reversed, the next
+    pair rotated by one (see the module docstring), so no item is always timed right after the same one."""
+    orders = []
+    for r in range(rounds):
+        shift = (r // 2) % len(items) if items else 0
+        order = items[shift:] + items[:shift]
+        if r % 2:
+            order.reverse()
+        orders.append(order)
+    return orders
 
 
 def measure(
@@ -268,11 +284,7 @@ def measure(
 
     samples: dict[tuple[str, str], list[float]] = {(n, m): [] for n, m, _, _ in active}
     rounds = max(config.rounds, 1)
-    for r in range(rounds):
-        shift = (r // 2) % len(active) if active else 0
-        order = active[shift:] + active[:shift]
-        if r % 2:
-            order.reverse()
+    for order in round_orders(active, rounds):
         for name, mode, run, reps in order:
             if mode in results[name]:  # failed in an earlier round
                 continue

@@ -15,7 +15,8 @@ import pytest
 from evoforge.cache import CACHE_ENV, clear_stale_locks, extension_build_dir, extensions_root
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, Evaluator
-from evoforge.evaluator.worker import _cuda_toolkit, compiler_errors, compiler_log
+from evoforge.evaluator.native import compiler_errors, compiler_log
+from evoforge.evaluator.native import cuda_toolkit as _cuda_toolkit
 from evoforge.task import task_from_file
 from evoforge.timing import TimingConfig
 from tests.conftest import FIXTURES, TASKS

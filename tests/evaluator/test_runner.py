@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evoforge.evaluator.result import EvalResult
-from evoforge.evaluator.runner import _score
+from evoforge.evaluator.scoring import score as _score
 from evoforge.timing import summarize
 
 
@@ -53,12 +53,16 @@ def test_a_baseline_is_not_compared_with_itself() -> None:
     assert "a" not in a.speedup["graph"]
 
 
-def test_falls_back_to_eager_when_the_preferred_mode_is_missing() -> None:
+def test_a_candidate_missing_the_ranking_mode_is_not_ranked_by_another() -> None:
     cand = _result("c", "candidate", [5.0] * 4)
     del cand.timing["graph"]
+    cand.timing_errors["graph"] = "capture failed"
+    ranked = _result("r", "candidate", [8.0] * 4)
     base = _result("b", "baseline", [10.0] * 4)
-    _score([cand, base], "graph")
-    assert cand.fitness_mode == "eager" and cand.fitness == 2.0
+    _score([cand, ranked, base], "graph")
+    assert cand.status == "runtime_error" and "graph mode" in cand.detail and "capture failed" in cand.detail
+    assert cand.fitness == 0.0
+    assert ranked.fitness_mode == "graph" and ranked.fitness == pytest.approx(10.15 / 8.0, rel=0.02)
 
 
 def test_worker_is_pinned_to_one_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

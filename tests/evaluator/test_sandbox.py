@@ -25,7 +25,7 @@ import pytest
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, EvalReport, EvalResult, Evaluator, EvaluatorError, sandbox
 from evoforge.evaluator.precheck import precheck
-from evoforge.evaluator.runner import _describe_exit
+from evoforge.evaluator.process import describe_exit as _describe_exit
 from evoforge.task import task_from_file
 from evoforge.timing import TimingConfig
 from tests.conftest import CANDIDATES, TASKS

@@ -1,6 +1,8 @@
-"""The evaluator: compile -> check -> guard -> time, each candidate in a worker process."""
+"""The evaluator: a trusted judge (evaluator.judge) and one untrusted worker process per entry
+(evaluator.worker), talking through data only (evaluator.channel)."""
 
+from evoforge.evaluator.config import EvalConfig, EvalReport, EvaluatorError
+from evoforge.evaluator.judge import Evaluator
 from evoforge.evaluator.result import STATUSES, CaseCheck, EvalResult
-from evoforge.evaluator.runner import EvalConfig, EvalReport, Evaluator, EvaluatorError
 
 __all__ = ["STATUSES", "CaseCheck", "EvalConfig", "EvalReport", "EvalResult", "Evaluator", "EvaluatorError"]

@@ -438,3 +438,16 @@ def become_subreaper() -> None:
 
 
 PR_SET_CHILD_SUBREAPER = 36
+
+
+def missing_layers() -> list[str]:
+    """The sandbox layers this machine can't give a worker, each with the reason (empty: all of them).
+    ``--sandbox basic`` runs without them and says so; ``--sandbox strict`` refuses."""
+    missing = []
+    if reason := network_isolation_unavailable():
+        missing.append(f"network isolation ({reason})")
+    if reason := write_restriction_unavailable():
+        missing.append(f"write confinement ({reason})")
+    if process_cap_unavailable():
+        missing.append("a pids cgroup (processes are counted by a watchdog instead)")
+    return missing

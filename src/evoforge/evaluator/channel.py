@@ -1,0 +1,260 @@
+"""What crosses the trust boundary between the judge and a worker: messages and shared tensors.
+
+**Messages** are JSON, one per line, over a socket pair whose judge end never leaves the judge.
+The judge sends requests; the worker answers each with one reply. A reply is data only: the judge
+parses it as JSON (never pickle), checks its shape, and takes nothing in it as a verdict. A line
+longer than :data:`MAX_LINE` or anything that is not a JSON object ends the conversation.
+
+**Tensors** live in memory the judge allocates and shares (:class:`SharedPool`): input slots that the
+judge fills with fresh values right before a request, and output slots the worker copies a call's
+result into. On a CPU the pool is one anonymous ``memfd`` mapped by both processes; on a GPU it is one
+device allocation opened in the worker through CUDA IPC (the driver API's ``cuIpcOpenMemHandle``).
+Neither holds a reference output: references exist only in the judge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import mmap
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+MAX_LINE = 8 * 2**20
+CHANNEL_ENV = "EVOFORGE_CHANNEL_FD"  # the worker's end of the socket pair
+
+
+class ChannelClosed(Exception):
+    """The other side went away (or sent something that is not a message)."""
+
+
+class ChannelTimeout(Exception):
+    """No reply within the time limit."""
+
+
+class Channel:
+    """Line-delimited JSON over a connected socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+
+    def send(self, message: dict[str, Any]) -> None:
+        data = (json.dumps(message, allow_nan=True) + "\n").encode()
+        try:
+            self.sock.sendall(data)
+        except OSError as exc:
+            raise ChannelClosed(str(exc)) from None
+
+    def receive(self, timeout_s: float | None = None) -> dict[str, Any]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while b"\n" not in self.buffer:
+            if len(self.buffer) > MAX_LINE:
+                raise ChannelClosed(f"a message longer than {MAX_LINE} bytes")
+            wait = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            ready, _, _ = select.select([self.sock], [], [], wait)
+            if not ready:
+                raise ChannelTimeout(f"no reply within {timeout_s:g} s")
+            try:
+                chunk = self.sock.recv(1 << 16)
+            except OSError as exc:
+                raise ChannelClosed(str(exc)) from None
+            if not chunk:
+                raise ChannelClosed("the worker closed its end")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        try:
+            message = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ChannelClosed("a reply that is not JSON") from None
+        if not isinstance(message, dict):
+            raise ChannelClosed("a reply that is not a JSON object")
+        return message
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+
+
+# ---------------------------------------------------------------- shared tensors
+@dataclass(frozen=True)
+class TensorSpec:
+    """Where one tensor lives in a pool: byte offset, shape, dtype (as torch names it)."""
+
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+    @property
+    def nbytes(self) -> int:
+        n = 1
+        for size in self.shape:
+            n *= size
+        return n * torch.empty((), dtype=self.torch_dtype).element_size()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offset": self.offset, "shape": list(self.shape), "dtype": self.dtype}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(int(data["offset"]), tuple(int(s) for s in data["shape"]), str(data["dtype"]))
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+class Layout:
+    """K slots, each an input set (the task's input tensors) and an output set (the reference's
+    output tensors, in the dtypes the task's own Model returns), packed into one byte range."""
+
+    ALIGN = 256
+
+    def __init__(self, inputs: list[tuple[tuple[int, ...], torch.dtype]],
+                 outputs: list[tuple[tuple[int, ...], torch.dtype]], slots: int) -> None:
+        self.slots = slots
+        self.inputs: list[list[TensorSpec]] = []
+        self.outputs: list[list[TensorSpec]] = []
+        offset = 0
+
+        def place(shape: tuple[int, ...], dtype: torch.dtype) -> TensorSpec:
+            nonlocal offset
+            spec = TensorSpec(offset, tuple(shape), dtype_name(dtype))
+            offset += -(-max(spec.nbytes, 1) // self.ALIGN) * self.ALIGN
+            return spec
+
+        for _ in range(slots):
+            self.inputs.append([place(s, d) for s, d in inputs])
+            self.outputs.append([place(s, d) for s, d in outputs])
+        self.nbytes = max(offset, self.ALIGN)
+
+    @staticmethod
+    def slot_bytes(inputs: list[tuple[tuple[int, ...], torch.dtype]],
+                   outputs: list[tuple[tuple[int, ...], torch.dtype]]) -> int:
+        return Layout(inputs, outputs, 1).nbytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"slots": self.slots, "nbytes": self.nbytes,
+                "inputs": [[t.to_dict() for t in s] for s in self.inputs],
+                "outputs": [[t.to_dict() for t in s] for s in self.outputs]}
+
+
+def views(base: torch.Tensor, layout_dict: dict[str, Any]) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+    """The input and output slot tensors of a pool's byte tensor ``base``."""
+
+    def view(spec_dict: dict[str, Any]) -> torch.Tensor:
+        spec = TensorSpec.from_dict(spec_dict)
+        raw = base[spec.offset: spec.offset + spec.nbytes]
+        return raw.view(spec.torch_dtype).view(spec.shape)
+
+    inputs = [[view(t) for t in slot] for slot in layout_dict["inputs"]]
+    outputs = [[view(t) for t in slot] for slot in layout_dict["outputs"]]
+    return inputs, outputs
+
+
+class SharedPool:
+    """The judge's side of a pool: owns the memory, hands out a handle the worker can open."""
+
+    def __init__(self, layout: Layout, device: torch.device) -> None:
+        self.layout = layout
+        self.device = device
+        self.fd: int | None = None
+        if device.type == "cuda":
+            self.base = torch.empty(layout.nbytes, dtype=torch.uint8, device=device)
+            self.handle = cuda_ipc_handle(self.base)
+        else:
+            self.fd = os.memfd_create("evoforge-pool", 0)
+            os.ftruncate(self.fd, layout.nbytes)
+            self._map = mmap.mmap(self.fd, layout.nbytes)
+            self.base = torch.frombuffer(self._map, dtype=torch.uint8)
+            self.handle = {"fd": self.fd}
+        self.inputs, self.outputs = views(self.base, layout.to_dict())
+
+    def describe(self) -> dict[str, Any]:
+        return {"device": self.device.type, "handle": self.handle, "layout": self.layout.to_dict()}
+
+    def close(self) -> None:
+        self.inputs, self.outputs = [], []
+        self.base = torch.empty(0)
+        if self.fd is not None:
+            with contextlib.suppress(BufferError, ValueError):
+                self._map.close()
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+def open_pool(description: dict[str, Any], device: torch.device) -> tuple[list[list[torch.Tensor]],
+                                                                          list[list[torch.Tensor]]]:
+    """The worker's side: map the judge's pool and return (input slots, output slots)."""
+    layout = description["layout"]
+    if description["device"] == "cuda":
+        base = cuda_ipc_open(description["handle"], int(layout["nbytes"]), device)
+    else:
+        mapped = mmap.mmap(int(description["handle"]["fd"]), int(layout["nbytes"]))
+        base = torch.frombuffer(mapped, dtype=torch.uint8)
+    return views(base, layout)
+
+
+# ---------------------------------------------------------------- CUDA IPC through the driver API
+_CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS = 1
+
+
+class _IpcHandle(ctypes.Structure):
+    _fields_ = [("reserved", ctypes.c_char * 64)]
+
+
+def _libcuda() -> Any:
+    lib = ctypes.CDLL("libcuda.so.1")
+    lib.cuIpcGetMemHandle.argtypes = [ctypes.POINTER(_IpcHandle), ctypes.c_uint64]
+    lib.cuIpcOpenMemHandle_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), _IpcHandle, ctypes.c_uint]
+    lib.cuMemGetAddressRange_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.POINTER(ctypes.c_size_t),
+                                            ctypes.c_uint64]
+    return lib
+
+
+def _check(code: int, what: str) -> None:
+    if code != 0:
+        raise RuntimeError(f"{what} failed with CUDA driver error {code}")
+
+
+def cuda_ipc_handle(tensor: torch.Tensor) -> dict[str, Any]:
+    """An IPC handle for the device allocation that holds ``tensor``, and the tensor's offset in it."""
+    lib = _libcuda()
+    torch.cuda.synchronize(tensor.device)
+    base, size = ctypes.c_uint64(), ctypes.c_size_t()
+    _check(lib.cuMemGetAddressRange_v2(ctypes.byref(base), ctypes.byref(size), ctypes.c_uint64(tensor.data_ptr())),
+           "cuMemGetAddressRange")
+    handle = _IpcHandle()
+    _check(lib.cuIpcGetMemHandle(ctypes.byref(handle), base), "cuIpcGetMemHandle")
+    return {"ipc": bytes(handle.reserved).hex(), "offset": tensor.data_ptr() - base.value}
+
+
+class _DevicePointer:
+    """A device pointer dressed as a CUDA array, for torch.as_tensor (no copy)."""
+
+    def __init__(self, ptr: int, nbytes: int) -> None:
+        self.__cuda_array_interface__ = {"shape": (nbytes,), "typestr": "|u1", "data": (ptr, False),
+                                         "version": 3, "strides": None}
+
+
+def cuda_ipc_open(handle: dict[str, Any], nbytes: int, device: torch.device) -> torch.Tensor:
+    lib = _libcuda()
+    torch.zeros(1, device=device)  # the primary context exists and is current
+    raw = _IpcHandle()
+    raw.reserved = bytes.fromhex(handle["ipc"])
+    ptr = ctypes.c_uint64()
+    _check(lib.cuIpcOpenMemHandle_v2(ctypes.byref(ptr), raw, _CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS),
+           "cuIpcOpenMemHandle")
+    return torch.as_tensor(_DevicePointer(ptr.value + int(handle["offset"]), nbytes), device=device)

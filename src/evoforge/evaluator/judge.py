@@ -1,0 +1,901 @@
+"""The judge: everything that decides a score, in a process where no candidate code ever runs.
+
+An evaluation of one task (:class:`Evaluator`) goes like this, all in the driver's process:
+
+1. **Inputs and references.** The task is loaded here. Seeds are drawn here (never written anywhere a
+   worker can read), inputs are made here when they are needed (on the device), and the reference
+   output of every input set is computed here, in float64 on a CPU and float32 on a GPU, from the
+   judge's own copy of the inputs. References are kept in host memory and never shared.
+2. **One worker per entry.** Every candidate and every baseline gets its own worker process
+   (:mod:`evoforge.evaluator.process`), so no entry can reach another's code. The judge shares with
+   all of them one pool of input/output slots (:mod:`evoforge.evaluator.channel`).
+3. **Checks.** For each check case the judge writes the inputs into a slot, poisons the slot's outputs
+   (NaN), asks the worker to call the model on that slot, and compares what the slot then holds with
+   its reference. It also checks that the inputs are unchanged.
+4. **Timing.** Blocks of calls, interleaved across entries in alternating order (see
+   :func:`evoforge.timing.round_orders`). Before each block every slot the block uses gets fresh values
+   from a fresh seed, and its outputs are poisoned; so no two calls of a block see the same input, and
+   no value is ever seen twice. After each block the judge compares a random sample of the block's
+   outputs with their references (a call the worker cannot tell from a check), and checks the latencies
+   the worker reports against its own clock: the wall time of the whole block, from request to reply,
+   less the per-call overhead it measures for the baselines. A disagreement beyond noise is
+   ``rejected``. In graph mode the judge checks the captured graph itself: fresh inputs in its input
+   slots, one replay, outputs compared.
+5. **Verdict.** Statistics are computed here from the raw latencies; fitness by
+   :func:`evoforge.evaluator.scoring.score`, every entry in the same mode.
+
+A worker's replies are data. A failure it reports can only fail its own entry; nothing it says can
+make an entry ``ok``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import random
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evoforge.cache import warm_bytecode
+from evoforge.candidate import Candidate
+from evoforge.evaluator import guards, sandbox
+from evoforge.evaluator.channel import Layout, SharedPool
+from evoforge.evaluator.compare import compare, nondeterminism, worst
+from evoforge.evaluator.config import EvalConfig, EvalReport, EvaluatorError
+from evoforge.evaluator.process import WorkerLost, WorkerProcess, worker_env
+from evoforge.evaluator.result import STATUSES, CaseCheck, EvalResult
+from evoforge.evaluator.scoring import fitness_mode, score
+from evoforge.shapes import combine, is_multi, shape_specs
+from evoforge.task import (
+    TaskError,
+    TaskSpec,
+    check_fits,
+    edge_inputs,
+    init_inputs,
+    load_task,
+    make_inputs,
+    needs_cuda,
+    tensor_bytes,
+)
+from evoforge.timing import TimingConfig, round_orders, summarize
+
+_FAILURES = set(STATUSES) - {"ok"}
+_REPORTED = {}  # sandbox layers already announced by this process: once per process is enough
+
+
+@dataclass
+class _Entry:
+    candidate: Candidate
+    role: str
+    worker: WorkerProcess | None = None
+    result: EvalResult | None = None  # set once the entry has failed (or at the end)
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    logs: list[str] = field(default_factory=list)
+    samples: dict[str, list[float]] = field(default_factory=dict)
+    overheads: dict[str, list[float]] = field(default_factory=dict)  # judge's wall minus reported, per call
+    timing_errors: dict[str, str] = field(default_factory=dict)
+    kernels: list[dict[str, Any]] = field(default_factory=list)
+    started: float = field(default_factory=time.monotonic)
+    outputs_seen: list[list[torch.Tensor]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.candidate.name
+
+    @property
+    def alive(self) -> bool:
+        return self.result is None
+
+    def job(self) -> dict[str, Any]:
+        c = self.candidate
+        return {"name": c.name, "source": c.source, "hash": c.hash, "language": c.language, "role": self.role}
+
+
+class Evaluator:
+    """Evaluate candidates against a task, beside the task's baselines, each in a worker of its own."""
+
+    def __init__(self, task: TaskSpec, config: EvalConfig | None = None,
+                 progress: Callable[[str], None] | None = None, cancel: threading.Event | None = None) -> None:
+        self.task = task
+        self.config = config or EvalConfig()
+        self.progress = progress or (lambda message: None)
+        self.cancel = cancel  # set from another thread: running workers are killed, EvaluatorError raised
+
+    def evaluate(self, candidates: list[Candidate], baselines: list[Candidate] = ()) -> EvalReport:  # type: ignore[assignment]
+        if is_multi(self.task):
+            return self._evaluate_shapes(candidates, baselines)
+        entries = [_Entry(c, "candidate") for c in candidates] + [_Entry(b, "baseline") for b in baselines]
+        if not entries:
+            raise ValueError("nothing to evaluate")
+        names = [e.name for e in entries]
+        if len(set(names)) != len(names):
+            raise ValueError(f"entry names must be unique: {names}")
+        network, writes = self.isolated_network(), self.restricted_writes()
+        self._announce_sandbox()
+        session = _Session(self, entries, network, writes)
+        try:
+            return session.run()
+        finally:
+            session.close()
+
+    def _evaluate_shapes(self, candidates: list[Candidate], baselines: list[Candidate]) -> EvalReport:
+        """A multi-shape task: every shape evaluated on its own, folded by evoforge.shapes.combine."""
+        specs = shape_specs(self.task)
+        reports = []
+        for i, spec in enumerate(specs):
+            self.progress(f"shape {i + 1}/{len(specs)}: {spec.name}")
+            reports.append(Evaluator(spec, self.config, self.progress, self.cancel).evaluate(candidates, baselines))
+        names = [s.name for s in specs]
+        env = {**reports[0].env, "shapes": names}
+        profile: dict[str, float] = {}
+        for rep in reports:
+            for kind, seconds in rep.profile.items():
+                profile[kind] = profile.get(kind, 0.0) + seconds
+        return EvalReport(results=combine([r.results for r in reports], names, float(self.task.params.get("floor", 0))),
+                          env=env, seeds=[s for r in reports for s in r.seeds], workers=sum(r.workers for r in reports),
+                          profile=profile)
+
+    def precompile(self, candidates: list[Candidate]) -> dict[str, Any]:
+        """Compile the Triton kernels of ``candidates`` without running them, in a worker of its own
+        (same sandbox and limits): inputs stay on the CPU and every Triton launch becomes a warm-up
+        (compile only), so nothing runs on the GPU and a timing worker on it is undisturbed. The compiled
+        kernels land in Triton's on-disk cache, where the workers that check and time these candidates
+        find them. Best effort: whatever fails here is compiled (and judged) by those workers.
+        Returns counts: kernels compiled, entries compiled/failed/skipped, and the worker's seconds."""
+        if is_multi(self.task):  # kernels specialise per shape: compile for each
+            counts: dict[str, Any] = {}
+            for spec in shape_specs(self.task):
+                shape = Evaluator(spec, self.config, self.progress, self.cancel)
+                for key, value in shape.precompile(candidates).items():
+                    if isinstance(value, bool):
+                        counts[key] = counts.get(key, True) and value
+                    elif isinstance(value, (int, float)):
+                        counts[key] = counts.get(key, 0) + value
+            return counts
+        triton = [c for c in candidates if c.language == "triton"]
+        if self.config.sandbox != "none":
+            from evoforge.evaluator.precheck import precheck
+
+            triton = [c for c in triton if precheck(c.source) is None]
+        if not triton:
+            return {"kernels": 0, "compiled": 0, "failed": 0, "skipped": len(candidates)}
+        started = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix="evoforge-judge-") as tmp:
+            task = load_task(self.task, module_name=f"evoforge_judge_{uuid.uuid4().hex}", directory=Path(tmp))
+            init, inputs = init_inputs(task), make_inputs(task, 0)
+        env = worker_env(self.config)
+        warm_bytecode(env, self.progress)
+        worker = WorkerProcess(self.config, env, self.isolated_network(), self.restricted_writes(), self.cancel)
+        clean, records = True, []
+        try:
+            worker.start()
+            worker.ready(self.config.startup_timeout_s)
+            reply = worker.request({"op": "precompile", "task": self.task.to_dict(), "device": _worker_device(self.config),
+                                    "init_inputs": [encode(x) for x in init], "inputs": [encode(x) for x in inputs],
+                                    "entries": [_Entry(c, "candidate").job() for c in triton],
+                                    "compile_timeout_s": self.config.compile_timeout_s},
+                                   self.config.compile_timeout_s * len(triton), "precompile")
+            records = [r for r in reply.get("records", []) if isinstance(r, dict)]
+        except WorkerLost:
+            clean = False
+        finally:
+            worker.close()
+        compiled = sum(r.get("status") == "compiled" for r in records)
+        return {"kernels": sum(int(r.get("kernels", 0)) for r in records), "compiled": compiled,
+                "failed": len(triton) - compiled, "skipped": len(candidates) - len(triton),
+                "worker_seconds": {"precompile": time.monotonic() - started}, "clean": clean and bool(records)}
+
+    # ---------------------------------------------------------------- sandbox layers
+    def restricted_writes(self) -> bool:
+        """Whether workers' writes are confined (Landlock); raises for strict without it."""
+        return self._layer(sandbox.write_restriction_unavailable, "cannot confine workers' writes here")
+
+    def isolated_network(self) -> bool:
+        """Whether workers get a network namespace of their own; raises for strict without one."""
+        return self._layer(sandbox.network_isolation_unavailable, "no network isolation here")
+
+    def _layer(self, unavailable: Callable[[], str | None], refusal: str) -> bool:
+        """Whether a sandbox layer applies: never with ``none``; where ``unavailable()`` says it can't,
+        skipped with ``basic`` (and said so) and refused with ``strict``."""
+        if self.config.sandbox not in sandbox.SANDBOXES:
+            choices = ", ".join(sandbox.SANDBOXES)
+            raise EvaluatorError(f"unknown sandbox {self.config.sandbox!r} (choose from {choices})")
+        if self.config.sandbox == "none":
+            return False
+        reason = unavailable()
+        if reason and self.config.sandbox == "strict":
+            raise EvaluatorError(f"--sandbox strict: {refusal}: {reason}")
+        return reason is None
+
+    def _announce_sandbox(self) -> None:
+        """``basic`` runs without the layers this machine lacks: say which, once per process."""
+        if self.config.sandbox != "basic":
+            return
+        missing = sandbox.missing_layers()
+        key = tuple(missing)
+        if missing and key not in _REPORTED:
+            _REPORTED[key] = True
+            self.progress("sandbox basic: running without " + "; ".join(missing)
+                          + " (--sandbox strict refuses to run without them)")
+
+
+# -------------------------------------------------------------------- one evaluation
+class _Session:
+    """One evaluation: the judge's state (task, cases, pool, workers) for one call of evaluate()."""
+
+    def __init__(self, evaluator: Evaluator, entries: list[_Entry], network: bool, writes: bool) -> None:
+        self.ev = evaluator
+        self.cfg = evaluator.config
+        self.entries = entries
+        self.network, self.writes = network, writes
+        self.progress = evaluator.progress
+        self.pool: SharedPool | None = None
+        self.graph_calls = 0
+        self.tmp = Path(tempfile.mkdtemp(prefix="evoforge-judge-"))
+        self.profile: dict[str, float] = {}
+        self.rng = random.SystemRandom()
+        self.workers_started = 0
+
+    def close(self) -> None:
+        for entry in self.entries:
+            if entry.worker is not None:
+                entry.worker.close()
+                entry.worker = None
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _stage(self, kind: str, since: float) -> float:
+        now = time.monotonic()
+        self.profile[kind] = self.profile.get(kind, 0.0) + now - since
+        return now
+
+    # ---------------------------------------------------------------- the whole evaluation
+    def run(self) -> EvalReport:
+        started = time.monotonic()
+        self.progress("computing reference outputs")
+        self._prepare()
+        t = self._stage("load", started)
+        self._start_workers()
+        t = self._stage("startup", t)
+        for entry in self._alive():
+            self.progress(f"checking {entry.name}")
+            self._check(entry)
+        t = self._stage("check", t)
+        self._time()
+        t = self._stage("time", t)
+        for entry in self._alive():
+            self.progress(f"rechecking {entry.name}")
+            self._recheck(entry)
+        self._stage("recheck", t)
+        results = [self._result(e) for e in self.entries]
+        redact = sandbox.redactor(os.environ)
+        _redact(results, redact)
+        env = dict(self.env)
+        env["sandbox"] = {"mode": self.cfg.sandbox, "network_isolated": self.network, "writes_restricted": self.writes,
+                          "process_cap": "watchdog" if sandbox.process_cap_unavailable() else "cgroup",
+                          "missing": sandbox.missing_layers() if self.cfg.sandbox != "none" else ["all (--sandbox none)"]}
+        env["judge"] = {"pool_slots": self.pool.layout.slots if self.pool else 0, "graph_calls": self.graph_calls,
+                        "samples_per_block": self.cfg.samples_per_block, "cpu_threads": self.cfg.cpu_threads}
+        score(results, fitness_mode(self.cfg.fitness_mode, env.get("device_type"), self.cfg.modes))
+        self.profile["wall"] = time.monotonic() - started
+        return EvalReport(results=results, env=env, seeds=[self.seed], workers=self.workers_started,
+                          profile=self.profile)
+
+    def _alive(self) -> list[_Entry]:
+        return [e for e in self.entries if e.alive]
+
+    def _fail(self, entry: _Entry, status: str, detail: str, logs: str = "") -> None:
+        status = status if status in _FAILURES else "runtime_error"
+        entry.result = self._base_result(entry, status, detail[:2000])
+        if logs:
+            entry.logs.append(logs)
+        if entry.worker is not None:
+            entry.worker.close()
+            entry.worker = None
+
+    def _lost(self, entry: _Entry, lost: WorkerLost) -> None:
+        self.progress(f"{entry.name}: {lost.status} ({lost.detail})")
+        self._fail(entry, lost.status, lost.detail)
+        entry.logs.append(lost.logs)
+
+    # ---------------------------------------------------------------- inputs and references
+    def _prepare(self) -> None:
+        cfg = self.cfg
+        self.device = _judge_device(cfg.device)
+        from evoforge import envinfo
+
+        self.env = envinfo.collect(self.device)
+        seed = cfg.seed
+        self.seed = int(seed) if seed is not None else self.rng.randrange(1, 2**31 - 1)
+        # The reference runs in true fp32/fp64: no TF32 anywhere in the judge.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+        spec = self.ev.task
+        self.task = load_task(spec, check_inputs=False, module_name=f"evoforge_judge_{uuid.uuid4().hex}",
+                              directory=self.tmp)
+        self.init = init_inputs(self.task)
+        self.ref_dtype = torch.float64 if self.device.type == "cpu" else torch.float32
+        where = spec.origin
+        torch.manual_seed(self.seed)
+        try:
+            base = self.task.model_cls(*self.init)
+        except Exception as exc:
+            if message := needs_cuda(where, "constructing Model", exc, self.device.type):
+                raise TaskError(message) from None
+            raise TaskError(f"{where}: constructing Model raised {_one_line(exc)}") from None
+        first = self._draw(self.seed)
+        self._layout_args(first)
+        n_random = int(cfg.n_random)
+        draws = [(f"random seed={self.seed + i}", first if i == 0 else self._draw(self.seed + i)) for i in range(n_random)]
+        if cfg.edge_cases:
+            draws += [(name, self._on_device(x)) for name, x in edge_inputs(self.task, self.seed + n_random)]
+        if self.device.type == "cuda":
+            self._check_memory(first, base)
+        self.reference = copy.deepcopy(base).to(device=self.device, dtype=self.ref_dtype).eval()
+        self.native = base.to(self.device).eval()
+        self.cases = []
+        for i, (name, inputs) in enumerate(draws):
+            if not self._fits_layout(inputs):
+                continue
+            case = self._case(name, inputs, repeat=i == 0)
+            if case is not None:
+                self.cases.append(case)
+        if not self.cases:
+            raise TaskError(f"{where}: Model's output has NaN/Inf on random inputs")
+        self.final_case = self._case("after timing", self._draw(self.seed + 2000))
+        if self.final_case is None:
+            raise TaskError(f"{where}: Model's output has NaN/Inf on random inputs")
+        outputs = [(tuple(shape), dtype) for shape, dtype in self.cases[0]["expect"]]
+        self.layout_inputs = [(tuple(x.shape), x.dtype) for x in first if isinstance(x, torch.Tensor)]
+        slots = self._pool_slots(self.layout_inputs, outputs)
+        self.pool = SharedPool(Layout(self.layout_inputs, outputs, slots), self.device)
+        self.graph_calls = min(slots, 10)
+
+    def _draw(self, seed: int) -> list[Any]:
+        """One fresh input set, made on the judge's device where the task's get_inputs() lets it."""
+        ctx = torch.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with ctx:
+            inputs = make_inputs(self.task, seed)
+        return self._on_device(inputs)
+
+    def _on_device(self, inputs: list[Any]) -> list[Any]:
+        return [x.to(self.device).contiguous() if isinstance(x, torch.Tensor) else x for x in inputs]
+
+    def _layout_args(self, first: list[Any]) -> None:
+        """How the worker builds a call's arguments: tensors from the slot, everything else as data."""
+        template, k = [], 0
+        for x in first:
+            if isinstance(x, torch.Tensor):
+                template.append({"slot": k})
+                k += 1
+            else:
+                template.append({"value": encode(x)})
+        self.template = template
+        self.scalars = [x for x in first if not isinstance(x, torch.Tensor)]
+        self.first_shapes = [(tuple(x.shape), x.dtype) for x in first if isinstance(x, torch.Tensor)]
+
+    def _fits_layout(self, inputs: list[Any]) -> bool:
+        """Whether an input set (an edge case of the task's own) has the shapes of get_inputs()'s, so that
+        it fits the pool's slots; one that doesn't is left out of the checks."""
+        shapes = [(tuple(x.shape), x.dtype) for x in inputs if isinstance(x, torch.Tensor)]
+        return shapes == self.first_shapes
+
+    def _pool_slots(self, inputs: list[tuple[tuple[int, ...], torch.dtype]],
+                    outputs: list[tuple[tuple[int, ...], torch.dtype]]) -> int:
+        """As many slots as the configuration asks, within a share of the memory: a fifth of the GPU's free
+        memory (the candidates need the rest), or 1 GiB of host memory."""
+        per_slot = Layout.slot_bytes(inputs, outputs)
+        if self.device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            room = free // 5
+        else:
+            room = 2**30
+        return max(1, min(int(self.cfg.pool_slots), room // max(per_slot, 1)))
+
+    def _check_memory(self, inputs: list[Any], model: Any) -> None:
+        """Refuse, with the amount needed, a task whose inputs, outputs and weights can't fit on the GPU."""
+        per_set = tensor_bytes(inputs)
+        ref_size = torch.empty((), dtype=self.ref_dtype).element_size()
+        weights = sum(p.numel() * (p.element_size() + ref_size) for p in model.parameters())
+        free, _ = torch.cuda.mem_get_info(self.device)
+        # the judge's inputs in both precisions, the reference and native outputs, two pool slots, and the
+        # worker's own copy of a call's working set
+        needed = 6 * per_set + weights
+        check_fits(self.task.spec.origin, needed, free, torch.cuda.get_device_name(self.device),
+                   f"input sets of {per_set / 2**30:.2f} GiB in the judge, its pool and a worker, and the Model's "
+                   f"weights in both precisions ({weights / 2**30:.2f} GiB)")
+
+    def _reference(self, name: str, inputs: list[Any], repeat: bool = False) -> tuple[list[Any], list[Any]]:
+        where = self.task.spec.origin
+        try:
+            hi_inputs = [x.to(self.ref_dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+                         for x in inputs]
+            with torch.no_grad():
+                ref = guards.tensors_in(self.reference(*hi_inputs))
+                again = guards.tensors_in(self.reference(*hi_inputs)) if repeat else None
+                like = guards.tensors_in(self.native(*[x.clone() if isinstance(x, torch.Tensor) else x
+                                                       for x in inputs]))
+        except Exception as exc:
+            if message := needs_cuda(where, "Model", exc, self.device.type):
+                raise TaskError(message) from None
+            if "out of memory" in str(exc).lower() and self.device.type == "cuda":
+                raise TaskError(f"{where}: the task does not fit in GPU memory: its Model ran out of memory on "
+                                f"{name} ({_one_line(exc)}); make get_inputs() smaller") from None
+            raise TaskError(f"{where}: Model raised on its own inputs ({name}): {_one_line(exc)}") from None
+        if again is not None and (diff := nondeterminism(ref, again, like, self.task.tolerance)):
+            raise TaskError(f"{where}: Model is nondeterministic: two calls on the same inputs differ ({diff}); "
+                            "a reference must give the same output for the same inputs (no random ops in forward)")
+        return ref, like
+
+    def _case(self, name: str, inputs: list[Any], repeat: bool = False) -> dict[str, Any] | None:
+        """One input set with its reference (kept on the host) and the native output's dtypes. With
+        ``repeat`` the reference runs twice: a Model that is itself nondeterministic can't be a reference."""
+        ref, like = self._reference(name, inputs, repeat)
+        where = self.task.spec.origin
+        if not ref:
+            raise TaskError(f"{where}: Model's forward returned no tensor")
+        if not all(bool(torch.isfinite(r).all()) for r in ref if r.is_floating_point()):
+            if name.startswith("random"):
+                raise TaskError(f"{where}: Model's output has NaN/Inf on random inputs")
+            return None  # an edge case the reference itself can't represent is no test
+        native_err = _native_err(ref, like)
+        return {"name": name, "inputs": [x for x in inputs if isinstance(x, torch.Tensor)],
+                "ref": [r.cpu() for r in ref], "native_err": native_err,
+                "expect": [(tuple(t.shape), t.dtype) for t in like]}
+
+    # ---------------------------------------------------------------- workers
+    def _start_workers(self) -> None:
+        """Start every entry's worker and load its code, several at a time (compiles overlap)."""
+        cfg = self.cfg
+        if cfg.sandbox != "none":
+            from evoforge.evaluator.precheck import precheck
+
+            for entry in self.entries:
+                if entry.role == "candidate" and (reason := precheck(entry.candidate.source)):
+                    self._fail(entry, "rejected", reason)
+        env = worker_env(cfg)
+        warm_bytecode(env, self.progress)  # a trusted import run; sandboxed workers only read what it wrote
+        todo = self._alive()
+        self.progress(f"starting {len(todo)} worker(s)")
+        # Started from this thread: a worker dies with the thread that forked it (PR_SET_PDEATHSIG), and
+        # the loading threads below come and go.
+        fds = (self.pool.fd,) if self.pool is not None and self.pool.fd is not None else ()
+        for entry in todo:
+            entry.worker = WorkerProcess(cfg, env, self.network, self.writes, self.ev.cancel, fds)
+            entry.started = time.monotonic()
+            try:
+                entry.worker.start()
+            except OSError as exc:
+                raise EvaluatorError(f"could not start an evaluation worker: {exc}") from None
+            self.workers_started += 1
+        parallel = max(1, min(len(todo), cfg.parallel_workers or (os.cpu_count() or 1)))
+        with ThreadPoolExecutor(max_workers=parallel) as pool:
+            list(pool.map(self._load, todo))
+        if self.ev.cancel is not None and self.ev.cancel.is_set():
+            raise EvaluatorError("evaluation cancelled")
+
+    def _load(self, entry: _Entry) -> None:
+        """Wait for the worker to come up, then have it import and construct the entry's model."""
+        cfg = self.cfg
+        assert self.pool is not None and entry.worker is not None
+        worker = entry.worker
+        try:
+            worker.ready(cfg.startup_timeout_s)
+            limit = cfg.compile_timeout_s if entry.candidate.language == "cuda" else cfg.timeout_s
+            stage = "compile" if entry.candidate.language == "cuda" else "load"
+            reply = worker.request({
+                "op": "load", "device": _worker_device(cfg), "task": self.ev.task.to_dict(), "entry": entry.job(),
+                "pool": self.pool.describe(), "args": self.template, "init_inputs": [encode(x) for x in self.init],
+                "init_seed": self.seed, "sandbox": cfg.sandbox, "cpu_threads": cfg.cpu_threads,
+                "flush_bytes": cfg.timing.flush_bytes, "compile_timeout_s": cfg.compile_timeout_s,
+            }, limit, stage)
+        except WorkerLost as lost:
+            self._lost(entry, lost)
+            return
+        except EvaluatorError:
+            self._fail(entry, "crashed", "evaluation cancelled")
+            return
+        self._failed_reply(entry, reply)
+
+    def _failed_reply(self, entry: _Entry, reply: dict[str, Any]) -> bool:
+        """Record a failure the worker reported (it can only fail its own entry)."""
+        failure = reply.get("failure")
+        if not failure:
+            return False
+        status = str(failure[0]) if isinstance(failure, list) and failure else "runtime_error"
+        detail = str(failure[1]) if isinstance(failure, list) and len(failure) > 1 else "failed"
+        logs = "\n".join(str(reply[k]) for k in ("traceback", "build_log") if reply.get(k))
+        self._fail(entry, status, detail, logs)
+        return True
+
+    def _ask(self, entry: _Entry, message: dict[str, Any], stage: str) -> dict[str, Any] | None:
+        """One request to an entry's worker; None (and the entry failed) if it died or reported a failure."""
+        if entry.worker is None:
+            return None
+        try:
+            reply = entry.worker.request(message, self.cfg.timeout_s, stage)
+        except WorkerLost as lost:
+            self._lost(entry, lost)
+            return None
+        if self._failed_reply(entry, reply):
+            return None
+        return reply
+
+    # ---------------------------------------------------------------- slots
+    def _fill(self, slot: int, tensors: list[torch.Tensor]) -> None:
+        assert self.pool is not None
+        for dst, x in zip(self.pool.inputs[slot], tensors, strict=True):
+            dst.copy_(x)
+        for out in self.pool.outputs[slot]:
+            _poison(out)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _snapshot(self, slot: int) -> list[torch.Tensor]:
+        assert self.pool is not None
+        return [o.clone() for o in self.pool.outputs[slot]]
+
+    def _inputs_written(self, slot: int, tensors: list[torch.Tensor]) -> str | None:
+        assert self.pool is not None
+        return guards.inputs_written(tensors, self.pool.inputs[slot])
+
+    def _judge(self, entry: _Entry, case: dict[str, Any], outs: list[torch.Tensor], written: str | None,
+               record: bool = True) -> tuple[str, str] | None:
+        """Compare one call's outputs with the case's reference; (status, detail) when it fails."""
+        if written:
+            return "rejected", f"{case['name']}: {written}"
+        device_case = {**case, "ref": [r.to(self.device) for r in case["ref"]]}
+        check = compare(outs, device_case, self.task.tolerance)
+        if record:
+            entry.checks.append(check)
+        if not check["ok"]:
+            for earlier in entry.outputs_seen:
+                if len(earlier) == len(outs) and all(guards.same_bits(a, b) for a, b in zip(earlier, outs, strict=True)):
+                    return "rejected", f"{case['name']}: returned the result of an earlier call (result reuse)"
+            return "incorrect", f"{case['name']}: {check['detail']}"
+        if record:
+            entry.outputs_seen.append(outs)
+        return None
+
+    # ---------------------------------------------------------------- checks
+    def _check(self, entry: _Entry) -> None:
+        for case in self.cases:
+            if not self._check_case(entry, case):
+                return
+
+    def _check_case(self, entry: _Entry, case: dict[str, Any], history: bool = True) -> bool:
+        assert self.pool is not None
+        slot = self.rng.randrange(self.pool.layout.slots)
+        self._fill(slot, case["inputs"])
+        self._sync()
+        reply = self._ask(entry, {"op": "run", "slots": [slot], "history": history}, "check")
+        if reply is None:
+            return False
+        verdict = self._judge(entry, case, self._snapshot(slot), self._inputs_written(slot, case["inputs"]))
+        if verdict is not None:
+            self._fail(entry, *verdict)
+            return False
+        return True
+
+    def _recheck(self, entry: _Entry) -> None:
+        if not self._check_case(entry, self.final_case, history=False):
+            if entry.result is not None and entry.result.status == "incorrect":
+                entry.result.status = "rejected"
+                entry.result.detail = f"wrong after being timed ({entry.result.detail})"
+            return
+        if self.device.type == "cuda" and self.cfg.side_stream_guard and entry.role == "candidate":
+            assert self.pool is not None
+            slot = 0
+            self._fill(slot, self.final_case["inputs"])
+            self._sync()
+            reply = self._ask(entry, {"op": "profile", "slot": slot}, "recheck")
+            if reply is None:
+                return
+            kernels = reply.get("kernels")
+            entry.kernels = [k for k in kernels if isinstance(k, dict)][:10] if isinstance(kernels, list) else []
+            if reply.get("unavailable"):  # fail closed: a guard that can't run leaves the entry unverified
+                self._fail(entry, "rejected", f"unverified: the side-stream guard could not run ({reply['unavailable']})")
+            elif reply.get("side_stream"):
+                self._fail(entry, "rejected", str(reply["side_stream"]))
+
+    # ---------------------------------------------------------------- timing
+    def _time(self) -> None:
+        cfg = self.cfg
+        modes = tuple(cfg.modes)
+        if self.device.type != "cuda":
+            modes = tuple(m for m in modes if m == "eager") or ("eager",)
+        tcfg: TimingConfig = cfg.timing
+        active: list[tuple[_Entry, str, int]] = []
+        for mode in modes:
+            for entry in self._alive():
+                self.progress(f"timing {entry.name} ({mode})")
+                reps = self._warm(entry, mode, tcfg)
+                if reps:
+                    active.append((entry, mode, reps))
+        rounds = max(tcfg.rounds, 1)
+        for order in round_orders(active, rounds):
+            for entry, mode, reps in order:
+                if not entry.alive or mode in entry.timing_errors:
+                    continue
+                self._block(entry, mode, math.ceil(reps / rounds))
+        self._clock_check([(e, m) for e, m, _ in active])
+
+    def _warm(self, entry: _Entry, mode: str, tcfg: TimingConfig) -> int:
+        """Prepare a mode (capture the graph), run the warm-up calls (checked like any) and size the reps
+        from the time budget; 0 when the mode can't be timed (its error noted)."""
+        assert self.pool is not None
+        if mode == "graph":
+            slots = list(range(self.graph_calls))
+            for s in slots:
+                self._fill(s, [x for x in self._draw(self._fresh_seed()) if isinstance(x, torch.Tensor)])
+            self._sync()
+            try:
+                reply = entry.worker.request({"op": "graph_prepare", "slots": slots}, self.cfg.timeout_s,
+                                             f"time {mode}") if entry.worker else None
+            except WorkerLost as lost:
+                self._lost(entry, lost)
+                return 0
+            if reply is None:
+                return 0
+            if reply.get("failure"):
+                entry.timing_errors[mode] = str(reply["failure"][1] if len(reply["failure"]) > 1 else reply["failure"])
+                return 0
+        wall: list[float] = []  # the worker's wall time per call (the judge's own work left out)
+        for _ in range(max(tcfg.warmup, 1) if mode == "graph" else 2):
+            if self._block(entry, mode, min(max(tcfg.warmup, 1), self.pool.layout.slots), wall=wall) == 0:
+                return 0
+        per_call = max(wall[-1], 1e-3) if wall else 1e3  # the last: first calls pay for lazy set-up
+        reps = int(tcfg.budget_ms * 1000.0 / per_call)
+        return min(max(reps, tcfg.min_reps), tcfg.max_reps)
+
+    def _fresh_seed(self) -> int:
+        return self.rng.randrange(1, 2**31 - 1)
+
+    def _block(self, entry: _Entry, mode: str, n: int, wall: list[float] | None = None) -> int:
+        """Time ``n`` calls of one entry in one mode, in blocks of fresh inputs; returns the calls timed.
+        With ``wall`` (warm-up), nothing is kept but the wall time per call of each block."""
+        assert self.pool is not None
+        done = 0
+        while done < n and entry.alive and mode not in entry.timing_errors:
+            if mode == "graph":
+                slots = list(range(self.graph_calls))
+            else:
+                slots = self.rng.sample(range(self.pool.layout.slots), min(n - done, self.pool.layout.slots))
+            sets = {}
+            for s in slots:
+                sets[s] = [x for x in self._draw(self._fresh_seed()) if isinstance(x, torch.Tensor)]
+                self._fill(s, sets[s])
+            self._sync()
+            message = {"op": "graph"} if mode == "graph" else {"op": "run", "slots": slots}
+            started = time.perf_counter()
+            try:
+                reply = entry.worker.request(message, self.cfg.timeout_s, f"time {mode}") if entry.worker else None
+            except WorkerLost as lost:
+                self._lost(entry, lost)
+                return done
+            wall_us = (time.perf_counter() - started) * 1e6
+            if reply is None:
+                return done
+            if reply.get("failure"):
+                failure = reply["failure"]
+                status = str(failure[0]) if isinstance(failure, list) and failure else "runtime_error"
+                if status in ("incorrect", "rejected", "crashed"):
+                    self._failed_reply(entry, reply)
+                else:
+                    entry.timing_errors[mode] = str(failure[1] if isinstance(failure, list) and len(failure) > 1
+                                                    else failure)
+                return done
+            samples = self._samples(reply, mode, len(slots))
+            if samples is None:
+                self._fail(entry, "rejected", f"the worker's timing report for {mode} mode is malformed")
+                return done
+            per_call, reported = samples
+            # The sample of this block's outputs that the judge checks, chosen after the block ran.
+            for s in self.rng.sample(slots, min(self.cfg.samples_per_block, len(slots))):
+                outs = self._snapshot(s)
+                case = self._case_of(sets[s])
+                verdict = self._judge(entry, case, outs, self._inputs_written(s, sets[s]), record=False) \
+                    if case is not None else None
+                if verdict is not None:
+                    self._fail(entry, "rejected", f"wrong on a timed call ({verdict[1]})")
+                    return done
+            if wall is not None:
+                wall.append(wall_us / len(slots))
+            else:
+                entry.samples.setdefault(mode, []).extend(per_call)
+                entry.overheads.setdefault(mode, []).append((wall_us - reported) / len(slots))
+            done += len(slots)
+        return done
+
+    def _case_of(self, tensors: list[torch.Tensor]) -> dict[str, Any] | None:
+        args, k = [], 0
+        for item in self.template:
+            if "slot" in item:
+                args.append(tensors[k])
+                k += 1
+            else:
+                args.append(self.scalars[len(args) - k])
+        return self._case("timed call", args)
+
+    def _samples(self, reply: dict[str, Any], mode: str, n: int) -> tuple[list[float], float] | None:
+        """(per-call latencies, total reported microseconds) from a worker's reply, or None if malformed."""
+        def number(x: Any) -> float | None:
+            return float(x) if isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) \
+                and x >= 0 else None
+
+        if mode == "graph":
+            parts = [number(reply.get(k)) for k in ("pair_us", "flush_us", "copy_us")]
+            if any(p is None for p in parts):
+                return None
+            pair, flush, copies = (p for p in parts if p is not None)
+            return [max(pair - flush - copies, 0.0) / n], pair + flush + copies
+        times = reply.get("times_us")
+        if not isinstance(times, list) or len(times) != n:
+            return None
+        values = [number(t) for t in times]
+        if any(v is None for v in values):
+            return None
+        clean = [v for v in values if v is not None]
+        return clean, sum(clean)
+
+    def _clock_check(self, timed: list[tuple[_Entry, str]]) -> None:
+        """Check the latencies each worker reported against the judge's clock.
+
+        Per block, the judge measures the wall time from request to reply; less what the worker reported,
+        that leaves the per-call overhead (flushes, synchronisation, the channel). Baselines are PyTorch's
+        own code, so their overhead is the honest one; a candidate whose overhead exceeds it by more than
+        noise did work the worker's clock did not show (or reported less than it measured): rejected."""
+        for mode in {m for _, m in timed}:
+            honest = [statistics.median(e.overheads[m]) for e, m in timed
+                      if m == mode and e.role == "baseline" and e.overheads.get(m)]
+            spread = [_iqr(e.overheads[m]) for e, m in timed if m == mode and e.role == "baseline" and e.overheads.get(m)]
+            if not honest:
+                pool = [statistics.median(e.overheads[m]) for e, m in timed if m == mode and e.overheads.get(m)]
+                honest = [min(pool)] if pool else []
+            if not honest:
+                continue
+            base = min(honest)
+            noise = max(spread) if spread else 0.0
+            for entry, m in timed:
+                if m != mode or not entry.alive or entry.role == "baseline" or not entry.overheads.get(m):
+                    continue
+                extra = statistics.median(entry.overheads[m]) - base
+                reported = statistics.median(entry.samples[m]) if entry.samples.get(m) else 0.0
+                relative = 0.25 if self.device.type == "cuda" else 1.0
+                allowed = max(self._clock_tolerance_us(), relative * reported, 3 * noise)
+                if extra > allowed:
+                    self._fail(entry, "rejected", (
+                        f"its {mode} timings disagree with the judge's clock: {extra:.1f} us per call more than "
+                        f"the baselines' overhead went unreported (reported {reported:.1f} us per call; "
+                        f"allowed {allowed:.1f} us)"))
+
+    def _clock_tolerance_us(self) -> float:
+        if self.cfg.clock_tolerance_us is not None:
+            return float(self.cfg.clock_tolerance_us)
+        return 2.0 if self.device.type == "cuda" else 1000.0
+
+    # ---------------------------------------------------------------- results
+    def _base_result(self, entry: _Entry, status: str, detail: str = "") -> EvalResult:
+        c = entry.candidate
+        return EvalResult(name=c.name, hash=c.hash, status=status, detail=detail, role=entry.role,
+                          language=c.language, labels=c.labels)
+
+    def _result(self, entry: _Entry) -> EvalResult:
+        result = entry.result or self._base_result(entry, "ok")
+        result.checks = [CaseCheck(**{k: c[k] for k in ("case", "ok", "max_abs_err", "max_rel_err", "detail")})
+                         for c in entry.checks]
+        errs = worst(entry.checks)
+        result.max_abs_err, result.max_rel_err = errs["max_abs_err"], errs["max_rel_err"]
+        result.seconds = time.monotonic() - entry.started
+        if entry.worker is not None:
+            entry.logs.insert(0, entry.worker.logs())
+        result.logs = "\n".join(x for x in entry.logs if x).strip()[-self.cfg.log_limit_chars:]
+        result.kernels = entry.kernels
+        if result.ok:
+            clock = "cuda_event" if self.device.type == "cuda" else "perf_counter_ns"
+            flush = self.cfg.timing.flush_bytes or 0
+            result.timing = {m: summarize(v, mode=m, clock=clock, device=str(self.device), flush_bytes=flush)
+                             for m, v in entry.samples.items() if v and m not in entry.timing_errors}
+            result.timing_errors = dict(entry.timing_errors)
+            if not result.timing:
+                result.status = "runtime_error"
+                result.detail = "could not be timed: " + ("; ".join(f"{m}: {e}" for m, e in entry.timing_errors.items())
+                                                          or "no timing samples")
+        return result
+
+
+# -------------------------------------------------------------------- helpers
+def encode(value: Any) -> Any:
+    """A task's plain argument as JSON for the worker (tensors as nested lists with their dtype)."""
+    if isinstance(value, torch.Tensor):
+        return {"tensor": value.detach().cpu().tolist(), "dtype": str(value.dtype).removeprefix("torch.")}
+    if isinstance(value, (list, tuple)):
+        return [encode(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TaskError(f"a task argument of type {type(value).__name__} can't be passed to a worker "
+                    "(numbers, strings, lists and tensors can)")
+
+
+def _poison(out: torch.Tensor) -> None:
+    """Fill an output slot with what no honest call leaves there (NaN, or an extreme value)."""
+    if out.is_floating_point() or out.is_complex():
+        out.fill_(float("nan"))
+    elif out.dtype == torch.bool:
+        out.fill_(True)
+    else:
+        out.fill_(torch.iinfo(out.dtype).min)
+
+
+def _native_err(ref: list[torch.Tensor], like: list[torch.Tensor]) -> list[float]:
+    """The task's own Model, run in its native dtype, sets a floor under the tolerance: a case on which
+    the specification itself is off by more than the dtype's atol is judged at twice the Model's error."""
+    return [float((n.to(r.dtype) - r).abs().max()) if r.is_floating_point() and n.numel() and n.shape == r.shape
+            else 0.0 for n, r in zip(like, ref, strict=False)]
+
+
+def _iqr(values: list[float]) -> float:
+    if len(values) < 2:
+        return 0.0
+    q1, _, q3 = statistics.quantiles(values, n=4, method="inclusive")
+    return q3 - q1
+
+
+def _judge_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EvaluatorError(f"device {name}: no CUDA device here (use --device cpu)")
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise EvaluatorError(f"device {name}: only {torch.cuda.device_count()} GPU(s) visible")
+        return torch.device("cuda", index)
+    if device.type != "cpu":
+        raise EvaluatorError(f"device {name}: evoforge evaluates on cpu or cuda")
+    return device
+
+
+def _worker_device(config: EvalConfig) -> str:
+    """The worker sees exactly one GPU (pinned through CUDA_VISIBLE_DEVICES), always as cuda:0."""
+    if config.device == "cpu":
+        return "cpu"
+    if config.device == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    return "cuda:0"
+
+
+def _redact(results: list[EvalResult], redact: Callable[[str], str]) -> None:
+    """Blank the driver's secrets out of everything a worker wrote into results (see sandbox.redactor)."""
+    for r in results:
+        r.detail, r.logs = redact(r.detail), redact(r.logs)
+        r.timing_errors = {mode: redact(text) for mode, text in r.timing_errors.items()}
+        for check in r.checks:
+            check.detail = redact(check.detail)
+        for kernel in r.kernels:  # kernel names are the candidate's to choose
+            if isinstance(kernel.get("name"), str):
+                kernel["name"] = redact(kernel["name"])
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:400]}" if lines else type(exc).__name__
