@@ -206,7 +206,10 @@ def test_a_causal_kernel_matches_sdpa_semantics(tmp_path: Path) -> None:
     assert "top left" in module.check(q, k, v, is_causal=True)
     with pytest.warns(RuntimeWarning, match="falling back"):
         close(module.attention(q, k, v, is_causal=True), reference(q, k, v, causal=True))
-    # evolved() is the task's call: a decode step aligned to the last key, which the kernel computes.
+    # A decode step (one query, every key) is the same with or without the causal mask: the kernel runs it.
+    q1 = q[:, :, :1]
+    assert module.check(q1, k, v) is None and module.check(q1, k, v, is_causal=True) is not None
+    # evolved() is the task's call: causal aligned to the last key, which the kernel computes.
     expected = F.scaled_dot_product_attention(q.float(), k.float(), v.float(),
                                               attn_mask=torch.ones(3, 40, dtype=torch.bool).tril(37))
     torch.testing.assert_close(module.evolved(q, k, v).float(), expected, atol=2e-3, rtol=2e-3)
@@ -324,6 +327,10 @@ def test_transformers_registration(tmp_path: Path) -> None:
     ids = torch.randint(0, 64, (2, 24))
     module.reset_stats()
     with torch.no_grad():
-        got, expected = ours(ids).logits, theirs(ids).logits
+        got, expected = ours(ids, use_cache=True), theirs(ids, use_cache=True)
+        torch.testing.assert_close(got.logits.float(), expected.logits.float(), atol=2e-2, rtol=2e-2)
+        step = torch.randint(0, 64, (2, 1))  # a decode step: one query over the cache (a causal kernel covers it)
+        got = ours(step, past_key_values=got.past_key_values, use_cache=True).logits
+        expected = theirs(step, past_key_values=expected.past_key_values, use_cache=True).logits
     torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
-    assert module.stats() == {"kernel": 2, "fallback": 0, "reasons": {}}  # one call per layer
+    assert module.stats() == {"kernel": 4, "fallback": 0, "reasons": {}}  # one call per layer and step
