@@ -20,10 +20,13 @@ GPU = FIXTURES / "gpu_candidates"
 def report() -> EvalReport:
     spec = task_from_file(TASKS / "tanh_matmul.py")
     files = [GPU / "side_stream.py", GPU / "side_stream_joined.py", GPU / "illegal_address.py",
-             CANDIDATES / "partial_output.py", CANDIDATES / "cached_result.py", CANDIDATES / "good.py"]
+             CANDIDATES / "partial_output.py", CANDIDATES / "cached_result.py", CANDIDATES / "good.py",
+             GPU / "capture_does_nothing.py", GPU / "finds_reference_in_memory.py", GPU / "right_on_first_replay.py",
+             *(CANDIDATES / "judge" / f"{n}.py" for n in ("forges_timing", "same_objects_cache", "slows_the_reference",
+                                                          "alias_tensor_method"))]
     candidates = [Candidate(name=f.stem, source=f.read_text()) for f in files]
     baseline = Candidate(name="task_model", source=TASK_MODEL_SOURCE, lineage={"baseline": True})
-    config = EvalConfig(device="cuda", timeout_s=120, timing=TimingConfig(budget_ms=10, rounds=3))
+    config = EvalConfig(device="cuda", timeout_s=120, pool_slots=8, timing=TimingConfig(budget_ms=10, rounds=4))
     return Evaluator(spec, config).evaluate(candidates, [baseline])
 
 
@@ -56,3 +59,16 @@ def test_gpu_results_carry_both_modes_and_graph_fitness(report: EvalReport) -> N
     assert good.timing["eager"].clock == "cuda_event"
     assert good.fitness_mode == "graph" and good.fitness > 0
     assert report.env["device_type"] == "cuda" and report.env["device_name"]
+
+
+@pytest.mark.parametrize("name", ["capture_does_nothing", "finds_reference_in_memory", "right_on_first_replay",
+                                  "forges_timing", "same_objects_cache", "alias_tensor_method"])
+def test_hostile_candidates_on_the_gpu_are_not_ok(report: EvalReport, name: str) -> None:
+    result = report.by_name()[name]
+    assert result.status != "ok" and result.fitness == 0.0, f"{name}: {result.status} {result.detail}"
+
+
+def test_slowing_the_reference_model_on_the_gpu_earns_nothing(report: EvalReport) -> None:
+    baseline = report.by_name()["task_model"]
+    assert baseline.ok and baseline.timing["eager"].median_us < 10_000
+    assert report.by_name()["slows_the_reference"].fitness < 3.0

@@ -54,6 +54,8 @@ class WorkerProcess:
         self.config = config
         self.fds = fds  # file descriptors the worker inherits (the CPU pool's memfd)
         self.env = dict(env)
+        # Its own token: what carries it is this worker's to kill, and no sibling's.
+        self.env[sandbox.WORKER_TOKEN] = uuid.uuid4().hex
         self.network, self.writes = network, writes
         self.cancel = cancel
         self.workdir = Path(tempfile.mkdtemp(prefix="evoforge-worker-"))

@@ -1,0 +1,89 @@
+"""The judge against candidates that try to talk their way into a better score (issue 19's table, on a
+CPU). Each runs in a worker of its own; the judge draws the inputs, holds the references, compares the
+outputs and checks the reported latencies against its own clock, so each gets a non-ok status or no
+more fitness than its honest work earns.
+
+Most run with ``--sandbox none``: the judge must hold without the worker's guards, which are only
+early rejections. The GPU classes (graph capture, the allocator walk, graph replays) are in
+test_gpu.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from evoforge.candidate import Candidate
+from evoforge.evaluator import EvalConfig, EvalReport, Evaluator
+from evoforge.task import task_from_file
+from evoforge.tasks import TASK_MODEL_SOURCE
+from evoforge.timing import TimingConfig
+from tests.conftest import CANDIDATES, TASKS
+
+JUDGE = CANDIDATES / "judge"
+HOSTILE = ["alias_tensor_method", "forges_timing", "same_objects_cache", "slows_the_reference",
+           "reads_its_surroundings", "walks_memory"]
+
+
+def _evaluate(names: list[str], sandbox: str) -> EvalReport:
+    spec = task_from_file(TASKS / "tanh_matmul.py")
+    candidates = [Candidate(name=n, source=(JUDGE / f"{n}.py").read_text()) for n in names]
+    candidates.append(Candidate(name="good", source=(CANDIDATES / "good.py").read_text()))
+    baseline = Candidate(name="task_model", source=TASK_MODEL_SOURCE, lineage={"baseline": True})
+    # Four slots: timed calls come back to a slot (with fresh values) within a few calls.
+    config = EvalConfig(device="cpu", timeout_s=60, sandbox=sandbox, pool_slots=4,
+                        timing=TimingConfig(budget_ms=60, rounds=2, warmup=2, min_reps=8, max_reps=40))
+    return Evaluator(spec, config).evaluate(candidates, [baseline])
+
+
+@pytest.fixture(scope="module")
+def report() -> EvalReport:
+    return _evaluate(HOSTILE, "none")
+
+
+def test_replacing_tensor_methods_cannot_fool_a_comparison_made_elsewhere(report: EvalReport) -> None:
+    result = report.by_name()["alias_tensor_method"]
+    assert result.status in ("incorrect", "rejected") and result.fitness == 0.0
+
+
+def test_forged_latencies_disagree_with_the_judges_clock(report: EvalReport) -> None:
+    result = report.by_name()["forges_timing"]
+    assert result.status == "rejected" and "judge's clock" in result.detail
+    assert result.fitness == 0.0
+
+
+def test_a_cache_keyed_on_tensor_objects_is_caught_on_timed_calls(report: EvalReport) -> None:
+    result = report.by_name()["same_objects_cache"]
+    assert result.status in ("rejected", "incorrect") and result.fitness == 0.0
+    assert "timed call" in result.detail or "result reuse" in result.detail
+
+
+def test_slowing_the_reference_model_only_slows_its_own_process(report: EvalReport) -> None:
+    baseline = report.by_name()["task_model"]
+    assert baseline.ok and baseline.timing["eager"].median_us < 10_000  # no 20 ms stall in the baseline
+    assert report.by_name()["slows_the_reference"].ok
+
+
+def test_no_seed_or_job_is_there_to_read_before_inputs_are_drawn(report: EvalReport) -> None:
+    logs = report.by_name()["reads_its_surroundings"].logs
+    assert "FILE" in logs and "ENV" in logs  # it did look
+    assert str(report.seeds[0]) not in logs
+    files = {line.split()[1] for line in logs.splitlines() if line.startswith("FILE ")}
+    # its own source and the task's (the task_model baselines need it): no job, no seed, no references
+    assert all(f.startswith(("evoforge_candidate_", "evoforge_task")) for f in files), files
+
+
+def test_no_reference_in_the_workers_memory(report: EvalReport) -> None:
+    result = report.by_name()["walks_memory"]
+    assert result.status == "incorrect" and result.fitness == 0.0
+
+
+def test_an_honest_candidate_beside_them_is_unharmed(report: EvalReport) -> None:
+    good = report.by_name()["good"]
+    assert good.ok and good.fitness > 0
+    assert {c.case for c in good.checks} >= {"after timing"}
+
+
+def test_with_the_basic_sandbox_the_guards_reject_early() -> None:
+    report = _evaluate(["alias_tensor_method", "walks_memory"], "basic")
+    assert report.by_name()["walks_memory"].status == "rejected"  # gc is refused before it runs
+    assert report.by_name()["alias_tensor_method"].status in ("rejected", "incorrect")
+    assert report.by_name()["good"].ok
