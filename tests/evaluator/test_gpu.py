@@ -32,7 +32,7 @@ def report() -> EvalReport:
 
 def test_unjoined_side_stream_is_rejected(report: EvalReport) -> None:
     result = report.by_name()["side_stream"]
-    assert result.status == "rejected" and "side stream" in result.detail
+    assert result.status == "rejected" and "side stream" in result.detail, (result.status, result.detail, result.logs)
 
 
 def test_joined_side_stream_is_fine(report: EvalReport) -> None:

@@ -244,6 +244,7 @@ class _Session:
         self.progress = evaluator.progress
         self.pool: SharedPool | None = None
         self.graph_calls = 0
+        self.slot_locks: list[threading.Lock] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="evoforge-judge-"))
         self.profile: dict[str, float] = {}
         self.rng = random.SystemRandom()
@@ -270,12 +271,8 @@ class _Session:
         self.progress("computing reference outputs")
         self._prepare()
         t = self._stage("load", started)
-        self._start_workers()
+        self._start_workers()  # each worker is checked as soon as it has loaded, several at once
         t = self._stage("startup", t)
-        for entry in self._alive():
-            self.progress(f"checking {entry.name}")
-            self._check(entry)
-        t = self._stage("check", t)
         self._time()
         t = self._stage("time", t)
         for entry in self._alive():
@@ -485,8 +482,18 @@ class _Session:
                 raise EvaluatorError(f"could not start an evaluation worker: {exc}") from None
             self.workers_started += 1
         parallel = max(1, min(len(todo), cfg.parallel_workers or (os.cpu_count() or 1)))
+        assert self.pool is not None
+        self.slot_locks = [threading.Lock() for _ in range(self.pool.layout.slots)]
+
+        def load_and_check(index_entry: tuple[int, _Entry]) -> None:
+            index, entry = index_entry
+            self._load(entry)
+            if entry.alive:
+                self.progress(f"checking {entry.name}")
+                self._check(entry, index % self.pool.layout.slots)  # type: ignore[union-attr]
+
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            list(pool.map(self._load, todo))
+            list(pool.map(load_and_check, enumerate(todo)))
         if self.ev.cancel is not None and self.ev.cancel.is_set():
             raise EvaluatorError("evaluation cancelled")
 
@@ -551,11 +558,14 @@ class _Session:
 
     def _snapshot(self, slot: int) -> list[torch.Tensor]:
         assert self.pool is not None
-        return [o.clone() for o in self.pool.outputs[slot]]
+        return [o.to(self.device, copy=True) for o in self.pool.outputs[slot]]
 
     def _inputs_written(self, slot: int, tensors: list[torch.Tensor]) -> str | None:
+        """Whether the slot's inputs still hold what the judge wrote (on a GPU the worker calls on device
+        copies, so this catches writes into the shared slot itself; writes into the copies are caught by
+        the comparison of the outputs of later calls on that slot's fresh values)."""
         assert self.pool is not None
-        return guards.inputs_written(tensors, self.pool.inputs[slot])
+        return guards.inputs_written(tensors, [x.to(self.device) for x in self.pool.inputs[slot]])
 
     def _judge(self, entry: _Entry, case: dict[str, Any], outs: list[torch.Tensor], written: str | None,
                record: bool = True) -> tuple[str, str] | None:
@@ -576,14 +586,19 @@ class _Session:
         return None
 
     # ---------------------------------------------------------------- checks
-    def _check(self, entry: _Entry) -> None:
+    def _check(self, entry: _Entry, slot: int) -> None:
+        """Every check case on one slot (its lock held: checks of several entries run at once)."""
         for case in self.cases:
-            if not self._check_case(entry, case):
+            if not self._check_case(entry, case, slot=slot):
                 return
 
-    def _check_case(self, entry: _Entry, case: dict[str, Any], history: bool = True) -> bool:
+    def _check_case(self, entry: _Entry, case: dict[str, Any], history: bool = True, slot: int | None = None) -> bool:
         assert self.pool is not None
-        slot = self.rng.randrange(self.pool.layout.slots)
+        slot = self.rng.randrange(self.pool.layout.slots) if slot is None else slot
+        with self.slot_locks[slot]:
+            return self._check_on(entry, case, history, slot)
+
+    def _check_on(self, entry: _Entry, case: dict[str, Any], history: bool, slot: int) -> bool:
         self._fill(slot, case["inputs"])
         self._sync()
         reply = self._ask(entry, {"op": "run", "slots": [slot], "history": history}, "check")
@@ -659,7 +674,7 @@ class _Session:
                 entry.timing_errors[mode] = str(reply["failure"][1] if len(reply["failure"]) > 1 else reply["failure"])
                 return 0
         wall: list[float] = []  # the worker's wall time per call (the judge's own work left out)
-        for _ in range(max(tcfg.warmup, 1) if mode == "graph" else 2):
+        for _ in range(2):  # the graph's first replays, or the first eager calls, pay for lazy set-up
             if self._block(entry, mode, min(max(tcfg.warmup, 1), self.pool.layout.slots), wall=wall) == 0:
                 return 0
         per_call = max(wall[-1], 1e-3) if wall else 1e3  # the last: first calls pay for lazy set-up

@@ -21,6 +21,7 @@ early rejections whose only power is to fail the entry.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import io
 import os
@@ -128,7 +129,15 @@ class Worker:
         # The task's module, as "evoforge_task": the task_model baselines subclass its Model.
         load_task(TaskSpec.from_dict(request["task"]), check_inputs=False, module_name="evoforge_task",
                   directory=here)
-        self.inputs, self.outputs = open_pool(request["pool"], self.device)
+        self.host_inputs, self.outputs = open_pool(request["pool"])
+        if self.device.type == "cuda":  # a device copy of every slot's inputs, made once, filled per block
+            for slot in self.host_inputs:
+                for t in slot:
+                    with contextlib.suppress(Exception):  # pinned copies are faster; pageable ones work too
+                        torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
+            self.inputs = [[t.to(self.device) for t in slot] for slot in self.host_inputs]
+        else:
+            self.inputs = self.host_inputs
         self.args_template = request["args"]
         init = [_decode(x) for x in request["init_inputs"]]
         from evoforge import timing
@@ -177,6 +186,15 @@ class Worker:
         return {"loaded": True}
 
     # ---------------------------------------------------------------- calls
+    def _stage_in(self, slots: list[int]) -> None:
+        """Copy the judge's fresh values of these slots to their device copies (outside any timed region)."""
+        if self.inputs is self.host_inputs:
+            return
+        for slot in slots:
+            for dst, src in zip(self.inputs[slot], self.host_inputs[slot], strict=True):
+                dst.copy_(src)
+        self.torch.cuda.synchronize(self.device)
+
     def _args(self, slot: int) -> list[Any]:
         tensors = self.inputs[slot]
         return [tensors[x["slot"]] if "slot" in x else _decode(x["value"]) for x in self.args_template]
@@ -202,7 +220,9 @@ class Worker:
         torch, clock = self.torch, self.clock
         times: list[float] = []
         check_history = bool(request.get("history"))
-        for slot in request["slots"]:
+        slots = [int(s) for s in request["slots"]]
+        self._stage_in(slots)
+        for slot in slots:
             holder: list[list[Any]] = []
             try:
                 times.append(clock.rep(lambda s=slot: holder.append(self._call(s)), "eager"))
@@ -215,6 +235,10 @@ class Worker:
             self._deliver(outs, slot)
             if check_history:
                 self._check_history(outs)
+                if self.inputs is not self.host_inputs and \
+                        (reason := self.guards.inputs_written([h.to(self.device) for h in self.host_inputs[slot]],
+                                                          self.inputs[slot])):
+                    raise Failure("rejected", reason)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._guard()
@@ -243,12 +267,13 @@ class Worker:
 
     # ---------------------------------------------------------------- graphs
     def op_graph_prepare(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Capture [flush, call on slot s, copy the result into slot s's outputs] for each listed slot, a
-        graph of the flushes alone and one of the copies alone (both subtracted by the judge)."""
+        """Capture [flush, call on slot s] for each listed slot, and a graph of the flushes alone (subtracted
+        by the judge). After each replay the results are copied to the slots' outputs, outside the timing."""
         torch = self.torch
         if self.device.type != "cuda":
             raise Failure("runtime_error", "graph mode needs a CUDA device")
         slots = [int(s) for s in request["slots"]]
+        self._stage_in(slots)
         flush = self.clock.flush_buffer
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -263,19 +288,13 @@ class Worker:
         with torch.cuda.graph(pair):
             for s in slots:
                 flush.zero_()
-                outs = self._call(s)
-                self._deliver(outs, s)
-                statics.append(outs)
-        flushes, copies = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+                statics.append(self._call(s))
+        flushes = torch.cuda.CUDAGraph()
         with torch.cuda.graph(flushes):
             for _ in slots:
                 flush.zero_()
-        with torch.cuda.graph(copies):
-            for s, outs in zip(slots, statics, strict=True):
-                for dst, out in zip(self.outputs[s], outs, strict=True):
-                    dst.copy_(out)
         torch.cuda.synchronize(self.device)
-        self.graph = {"pair": pair, "flushes": flushes, "copies": copies, "statics": statics}
+        self.graph = {"pair": pair, "flushes": flushes, "statics": statics, "slots": slots}
         self._guard()
         return {"captured": len(slots)}
 
@@ -285,19 +304,22 @@ class Worker:
             raise Failure("runtime_error", "no graph captured")
         g = self.graph
         clock = self.clock
+        self._stage_in(g["slots"])
         g["flushes"].replay()  # touch this process's context first: the switch from another isn't timed
         flush_us = clock.elapsed_us(g["flushes"].replay)
-        copy_us = clock.elapsed_us(g["copies"].replay)
         pair_us = clock.elapsed_us(g["pair"].replay)
+        for s, outs in zip(g["slots"], g["statics"], strict=True):
+            self._deliver(outs, s)
         torch.cuda.synchronize(self.device)
         self._guard()
-        return {"pair_us": pair_us, "flush_us": flush_us, "copy_us": copy_us}
+        return {"pair_us": pair_us, "flush_us": flush_us, "copy_us": 0.0}
 
     # ---------------------------------------------------------------- profile
     def op_profile(self, request: dict[str, Any]) -> dict[str, Any]:
         if self.device.type != "cuda":
             return {"side_stream": None, "kernels": []}
         kernels: list[dict[str, Any]] = []
+        self._stage_in([int(request["slot"])])
         try:
             reason = self.guards.side_stream_work(self.model, self._args(int(request["slot"])), self.device, kernels)
         except Exception as exc:  # a guard that can't run fails closed: the judge leaves the entry unverified
