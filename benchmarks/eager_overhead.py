@@ -7,6 +7,9 @@ process, from the launch-inclusive number evoforge's eager mode reports to trito
 - ``audit_hook``: evoforge_eager with the sandbox's audit hook installed (as in a worker).
 - ``do_bench``: triton.testing.do_bench (flush, events, no synchronisation between reps: the launch
   overlaps the flush, so it is mostly hidden).
+- ``worker_*``: the ``sdpa_default`` baseline through evoforge's evaluator (its own worker process): alone
+  with the default sandbox, alone without a sandbox, and beside every other attention baseline (one worker
+  each), eager and graph medians.
 
 Writes JSON (device, versions, date, medians in us) to the path given, or prints it."""
 
@@ -52,6 +55,19 @@ def main() -> None:
 
     guards.install_audit_guard()
     rows["audit_hook"] = statistics.median(clock.rep(call, "eager") for _ in range(500))
+    from evoforge.evaluator import EvalConfig, Evaluator
+    from evoforge.tasks import baselines_for, builtin_task
+
+    spec = builtin_task("attention")
+    every = baselines_for(spec)
+    default = [b for b in every if b.name == "sdpa_default"]
+    for label, entries, sandbox in (("worker_alone", default, "basic"), ("worker_alone_no_sandbox", default, "none"),
+                                    ("worker_beside_all", every, "basic")):
+        report = Evaluator(spec, EvalConfig(device="cuda", sandbox=sandbox)).evaluate([], entries)
+        result = report.by_name()["sdpa_default"]
+        for mode, stats in result.timing.items():
+            rows[f"{label}_{mode}"] = stats.median_us
+        rows[f"{label}_profile_s"] = {k: round(v, 2) for k, v in report.profile.items()}  # type: ignore[assignment]
     out = {"env": envinfo.collect(device), "shape": "B1 H8 S512 D64 fp16", "median_us": rows}
     text = json.dumps(out, indent=1)
     if len(sys.argv) > 1:

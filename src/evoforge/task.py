@@ -205,6 +205,11 @@ def make_inputs(task: LoadedTask, seed: int) -> list[Any]:
     return inputs
 
 
+def draw_inputs(task: LoadedTask) -> list[Any]:
+    """The task's inputs drawn from torch's RNG as it stands (not reseeded)."""
+    return _call_list(task, task.get_inputs, "get_inputs()")
+
+
 def edge_inputs(task: LoadedTask, seed: int) -> list[tuple[str, list[Any]]]:
     """Edge-case input sets: the task's own, else every floating input scaled to large magnitude."""
     where = task.spec.origin

@@ -165,7 +165,8 @@ def processes_carrying(marker: str) -> list[int]:
 def test_without_a_sandbox_every_hostile_candidate_does_harm(unsandboxed: Run) -> None:
     assert SECRET in unsandboxed.loot.read_text()  # it read the key and wrote it out
     assert unsandboxed.outside.exists()  # it wrote outside its scratch directory
-    assert unsandboxed["hidden_frames"].status == "ok"  # it passed by returning the harness's reference
+    # it walked the frames for the harness's reference, but the reference lives in the judge's process
+    assert unsandboxed["hidden_frames"].status == "incorrect"
     assert unsandboxed["hidden_socket"].status == "ok" and unsandboxed.accepted  # it reached the server
     assert unsandboxed["hidden_env"].status == "incorrect"  # it saw a key
     assert unsandboxed["good"].ok

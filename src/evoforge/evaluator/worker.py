@@ -267,52 +267,58 @@ class Worker:
 
     # ---------------------------------------------------------------- graphs
     def op_graph_prepare(self, request: dict[str, Any]) -> dict[str, Any]:
-        """Capture [flush, call on slot s] for each listed slot, and a graph of the flushes alone (subtracted
-        by the judge). After each replay the results are copied to the slots' outputs, outside the timing."""
+        """Capture, for each group of slots, a graph of [flush, call on slot s] for every slot s of the
+        group, and one graph of the flushes alone (subtracted by the judge). After a block of replays the
+        results are copied to the slots' outputs, outside the timing."""
         torch = self.torch
         if self.device.type != "cuda":
             raise Failure("runtime_error", "graph mode needs a CUDA device")
-        slots = [int(s) for s in request["slots"]]
-        self._stage_in(slots)
+        groups = [[int(s) for s in group] for group in request["groups"]]
+        every = [s for group in groups for s in group]
+        self._stage_in(every)
         flush = self.clock.flush_buffer
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                for s in slots:
+                for s in every:
                     self._deliver(self._call(s), s)
         torch.cuda.current_stream(self.device).wait_stream(side)
         torch.cuda.synchronize(self.device)
-        statics: list[list[Any]] = []
-        pair = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(pair):
-            for s in slots:
-                flush.zero_()
-                statics.append(self._call(s))
+        graphs, statics = [], []
+        for group in groups:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for s in group:
+                    flush.zero_()
+                    statics.append((s, self._call(s)))
+            graphs.append(graph)
         flushes = torch.cuda.CUDAGraph()
         with torch.cuda.graph(flushes):
-            for _ in slots:
+            for _ in groups[0]:
                 flush.zero_()
         torch.cuda.synchronize(self.device)
-        self.graph = {"pair": pair, "flushes": flushes, "statics": statics, "slots": slots}
+        self.graph = {"graphs": graphs, "flushes": flushes, "statics": statics, "slots": every}
         self._guard()
-        return {"captured": len(slots)}
+        return {"captured": len(every)}
 
     def op_graph(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Replay every group's graph once, back to back, each timed after a timed replay of the flushes."""
         torch = self.torch
         if self.graph is None:
             raise Failure("runtime_error", "no graph captured")
         g = self.graph
         clock = self.clock
         self._stage_in(g["slots"])
-        g["flushes"].replay()  # touch this process's context first: the switch from another isn't timed
-        flush_us = clock.elapsed_us(g["flushes"].replay)
-        pair_us = clock.elapsed_us(g["pair"].replay)
-        for s, outs in zip(g["slots"], g["statics"], strict=True):
+        pairs, flushes = [], []
+        for graph in g["graphs"]:
+            flushes.append(clock.elapsed_us(g["flushes"].replay))
+            pairs.append(clock.elapsed_us(graph.replay))
+        for s, outs in g["statics"]:
             self._deliver(outs, s)
         torch.cuda.synchronize(self.device)
         self._guard()
-        return {"pair_us": pair_us, "flush_us": flush_us, "copy_us": 0.0}
+        return {"pair_us": pairs, "flush_us": flushes}
 
     # ---------------------------------------------------------------- profile
     def op_profile(self, request: dict[str, Any]) -> dict[str, Any]:
