@@ -43,10 +43,16 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.buffer = b""
+        self.fds: list[int] = []  # file descriptors received with messages (the judge's pool)
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: dict[str, Any], fds: tuple[int, ...] = ()) -> None:
+        """Send one message; ``fds`` travel with it (SCM_RIGHTS): the judge hands a worker its pool this
+        way, so a worker kept for the next evaluation can be handed that evaluation's pool."""
         data = (json.dumps(message, allow_nan=True) + "\n").encode()
         try:
+            if fds:
+                sent = socket.send_fds(self.sock, [data], list(fds))
+                data = data[sent:]
             self.sock.sendall(data)
         except OSError as exc:
             raise ChannelClosed(str(exc)) from None
@@ -61,9 +67,10 @@ class Channel:
             if not ready:
                 raise ChannelTimeout(f"no reply within {timeout_s:g} s")
             try:
-                chunk = self.sock.recv(1 << 16)
+                chunk, fds, _, _ = socket.recv_fds(self.sock, 1 << 16, 4)
             except OSError as exc:
                 raise ChannelClosed(str(exc)) from None
+            self.fds.extend(fds)
             if not chunk:
                 raise ChannelClosed("the worker closed its end")
             self.buffer += chunk
@@ -177,7 +184,6 @@ class SharedPool:
         os.ftruncate(self.fd, layout.nbytes)
         self._map = mmap.mmap(self.fd, layout.nbytes)
         self.base = torch.frombuffer(self._map, dtype=torch.uint8)
-        self.handle = {"fd": self.fd}
         self.inputs, self.outputs = views(self.base, layout.to_dict())
 
     def pin(self) -> None:
@@ -186,7 +192,7 @@ class SharedPool:
             torch.cuda.cudart().cudaHostRegister(self.base.data_ptr(), self.layout.nbytes, 0)
 
     def describe(self) -> dict[str, Any]:
-        return {"handle": self.handle, "layout": self.layout.to_dict()}
+        return {"layout": self.layout.to_dict()}
 
     def close(self) -> None:
         self.inputs, self.outputs = [], []
@@ -199,8 +205,10 @@ class SharedPool:
             self.fd = None
 
 
-def open_pool(description: dict[str, Any]) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
-    """The worker's side: map the judge's pool and return (input slots, output slots), in host memory."""
+def open_pool(description: dict[str, Any], fd: int) -> tuple[list[list[torch.Tensor]], list[list[torch.Tensor]]]:
+    """The worker's side: map the judge's pool (``fd``, received with the request) and return (input
+    slots, output slots), in host memory."""
     layout = description["layout"]
-    mapped = mmap.mmap(int(description["handle"]["fd"]), int(layout["nbytes"]))
+    mapped = mmap.mmap(fd, int(layout["nbytes"]))
+    os.close(fd)  # the mapping keeps the memory
     return views(torch.frombuffer(mapped, dtype=torch.uint8), layout)

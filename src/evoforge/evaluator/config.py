@@ -53,6 +53,9 @@ class EvalConfig:
     pool_slots: int = 48
     # Outputs of each timed block that the judge compares with its reference.
     samples_per_block: int = 2
+    # Keep baseline workers (PyTorch's own code) alive for the next evaluation of the same task, instead of
+    # starting them again; candidates always get a fresh worker.
+    keep_baselines: bool = True
     # Workers started and loaded at once (their imports and compiles overlap); None: one per CPU core.
     parallel_workers: int | None = None
     # How much unreported time per call the judge's clock tolerates beyond the baselines' overhead

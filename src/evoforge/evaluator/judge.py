@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import math
 import os
 import random
@@ -55,7 +56,7 @@ from evoforge.evaluator import guards, sandbox
 from evoforge.evaluator.channel import Layout, SharedPool
 from evoforge.evaluator.compare import compare, nondeterminism, worst
 from evoforge.evaluator.config import EvalConfig, EvalReport, EvaluatorError
-from evoforge.evaluator.process import WorkerLost, WorkerProcess, worker_env
+from evoforge.evaluator.process import KEPT, WorkerLost, WorkerProcess, worker_env
 from evoforge.evaluator.result import STATUSES, CaseCheck, EvalResult
 from evoforge.evaluator.scoring import fitness_mode, score
 from evoforge.shapes import combine, is_multi, shape_specs
@@ -254,9 +255,13 @@ class _Session:
 
     def close(self) -> None:
         for entry in self.entries:
-            if entry.worker is not None:
+            if entry.worker is None:
+                continue
+            if entry.role == "baseline" and entry.alive and entry.worker.alive and self.cfg.keep_baselines:
+                KEPT.give(self._keep_key(entry), entry.worker)
+            else:
                 entry.worker.close()
-                entry.worker = None
+            entry.worker = None
         if self.pool is not None:
             self.pool.close()
             self.pool = None
@@ -332,7 +337,11 @@ class _Session:
         self.init = init_inputs(self.task)
         self.ref_dtype = torch.float64 if self.device.type == "cpu" else torch.float32
         where = spec.origin
-        torch.manual_seed(self.seed)
+        # Weights come from a seed of the task's own (reference and every entry build the same ones), so a
+        # baseline worker kept from the last evaluation of this task holds the right ones; the inputs' seed
+        # is fresh and secret.
+        self.init_seed = int(hashlib.sha256(spec.source.encode()).hexdigest()[:8], 16)
+        torch.manual_seed(self.init_seed)
         try:
             base = self.task.model_cls(*self.init)
         except Exception as exc:
@@ -478,25 +487,31 @@ class _Session:
         env = worker_env(cfg)
         warm_bytecode(env, self.progress)  # a trusted import run; sandboxed workers only read what it wrote
         todo = self._alive()
-        self.progress(f"starting {len(todo)} worker(s)")
+        assert self.pool is not None
+        fresh = []
+        for entry in todo:
+            entry.started = time.monotonic()
+            if entry.role == "baseline" and self._rebind(entry):
+                continue
+            fresh.append(entry)
+        self.progress(f"starting {len(fresh)} worker(s)" + (f", {len(todo) - len(fresh)} kept" if len(fresh) < len(todo) else ""))
         # Started from this thread: a worker dies with the thread that forked it (PR_SET_PDEATHSIG), and
         # the loading threads below come and go.
-        fds = (self.pool.fd,) if self.pool is not None and self.pool.fd is not None else ()
-        for entry in todo:
-            entry.worker = WorkerProcess(cfg, env, self.network, self.writes, self.ev.cancel, fds)
-            entry.started = time.monotonic()
+        for entry in fresh:
+            entry.worker = WorkerProcess(cfg, env, self.network, self.writes, self.ev.cancel)
             try:
                 entry.worker.start()
             except OSError as exc:
                 raise EvaluatorError(f"could not start an evaluation worker: {exc}") from None
             self.workers_started += 1
         parallel = max(1, min(len(todo), cfg.parallel_workers or (os.cpu_count() or 1)))
-        assert self.pool is not None
         self.slot_locks = [threading.Lock() for _ in range(self.pool.layout.slots)]
+        loading = {id(e) for e in fresh}
 
         def load_and_check(index_entry: tuple[int, _Entry]) -> None:
             index, entry = index_entry
-            self._load(entry)
+            if id(entry) in loading:
+                self._load(entry)
             if entry.alive:
                 self.progress(f"checking {entry.name}")
                 self._check(entry, index % self.pool.layout.slots)  # type: ignore[union-attr]
@@ -505,6 +520,34 @@ class _Session:
             list(pool.map(load_and_check, enumerate(todo)))
         if self.ev.cancel is not None and self.ev.cancel.is_set():
             raise EvaluatorError("evaluation cancelled")
+
+    def _keep_key(self, entry: _Entry) -> str:
+        """What a kept baseline worker must share with this evaluation to serve it."""
+        cfg = self.cfg
+        parts = [self.ev.task.source, entry.candidate.hash, entry.candidate.source, cfg.device, str(cfg.visible_gpu()),
+                 cfg.sandbox, str(cfg.cpu_threads), str(cfg.timing.flush_bytes), str(cfg.memory_limit_mb),
+                 str(cfg.max_tasks), str(self.init), str(self.template)]
+        return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+    def _rebind(self, entry: _Entry) -> bool:
+        """Hand a kept baseline worker this evaluation's pool; False (it is closed) if there is none or it
+        failed."""
+        assert self.pool is not None and self.pool.fd is not None
+        worker = KEPT.take(self._keep_key(entry))
+        if worker is None:
+            return False
+        worker.cancel = self.ev.cancel
+        try:
+            reply = worker.request({"op": "rebind", "pool": self.pool.describe(), "args": self.template},
+                                   self.cfg.timeout_s, "load", fds=(self.pool.fd,))
+        except WorkerLost:
+            worker.close()
+            return False
+        if reply.get("failure"):
+            worker.close()
+            return False
+        entry.worker = worker
+        return True
 
     def _load(self, entry: _Entry) -> None:
         """Wait for the worker to come up, then have it import and construct the entry's model."""
@@ -518,9 +561,9 @@ class _Session:
             reply = worker.request({
                 "op": "load", "device": _worker_device(cfg), "task": self.ev.task.to_dict(), "entry": entry.job(),
                 "pool": self.pool.describe(), "args": self.template, "init_inputs": [encode(x) for x in self.init],
-                "init_seed": self.seed, "sandbox": cfg.sandbox, "cpu_threads": cfg.cpu_threads,
+                "init_seed": self.init_seed, "sandbox": cfg.sandbox, "cpu_threads": cfg.cpu_threads,
                 "flush_bytes": cfg.timing.flush_bytes, "compile_timeout_s": cfg.compile_timeout_s,
-            }, limit, stage)
+            }, limit, stage, fds=(self.pool.fd,) if self.pool.fd is not None else ())
         except WorkerLost as lost:
             self._lost(entry, lost)
             return

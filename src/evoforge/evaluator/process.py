@@ -13,6 +13,7 @@ against the entry that worker held.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import resource
@@ -50,9 +51,8 @@ class WorkerProcess:
     """One sandboxed worker and the judge's end of its channel."""
 
     def __init__(self, config: EvalConfig, env: dict[str, str], network: bool, writes: bool,
-                 cancel: threading.Event | None = None, fds: tuple[int, ...] = ()) -> None:
+                 cancel: threading.Event | None = None) -> None:
         self.config = config
-        self.fds = fds  # file descriptors the worker inherits (the CPU pool's memfd)
         self.env = dict(env)
         # Its own token: what carries it is this worker's to kill, and no sibling's.
         self.env[sandbox.WORKER_TOKEN] = uuid.uuid4().hex
@@ -93,7 +93,7 @@ class WorkerProcess:
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "evoforge.evaluator.worker"], cwd=self.workdir, stdout=out, stderr=err,
-                stdin=subprocess.DEVNULL, env=env, start_new_session=True, pass_fds=(theirs.fileno(), *self.fds),
+                stdin=subprocess.DEVNULL, env=env, start_new_session=True, pass_fds=(theirs.fileno(),),
                 preexec_fn=self._limits(),
             )
         theirs.close()
@@ -182,13 +182,13 @@ class WorkerProcess:
                           self.env.get(sandbox.WORKER_TOKEN, ""))
 
     # ---------------------------------------------------------------- talk
-    def request(self, message: dict[str, Any], timeout_s: float, stage: str) -> dict[str, Any]:
-        """Send one request and wait for its reply; raise WorkerLost if the worker dies, is killed, or
-        outlives ``timeout_s``."""
+    def request(self, message: dict[str, Any], timeout_s: float, stage: str, fds: tuple[int, ...] = ()) -> dict[str, Any]:
+        """Send one request (with ``fds``, if any) and wait for its reply; raise WorkerLost if the worker
+        dies, is killed, or outlives ``timeout_s``."""
         assert self.channel is not None and self.proc is not None
         self.stage = stage
         try:
-            self.channel.send(message)
+            self.channel.send(message, fds)
             return self.channel.receive(timeout_s)
         except ChannelTimeout:
             self.killed = self.killed or "timeout"
@@ -240,6 +240,10 @@ class WorkerProcess:
         limit = limit or self.config.log_limit_chars
         out, err = _log_tail(self.out_path, limit // 2), _log_tail(self.err_path, limit // 2)
         return (out + ("\n" if out and err else "") + err).strip()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None and self.killed is None
 
     def close(self) -> None:
         """Ask the worker to leave, then make sure it and everything it started are gone."""
@@ -352,3 +356,45 @@ def _cpu_build_of_torch() -> bool:
     import torch
 
     return torch.version.cuda is None and getattr(torch.version, "hip", None) is None
+
+
+class KeptWorkers:
+    """Baseline workers kept alive from one evaluation to the next of the same task.
+
+    Baselines are PyTorch's own code, timed beside every generation's candidates: starting a process for
+    each of them every generation cost more than their timing on the H200 machines (a worker's start
+    grows with the number started at once there). A kept worker is handed the next evaluation's pool and
+    inputs (``rebind``) and keeps only its model; candidates are never kept (one process per candidate).
+    Bounded; closed at exit."""
+
+    def __init__(self, limit: int = 12) -> None:
+        self.limit = limit
+        self.lock = threading.Lock()
+        self.workers: dict[str, WorkerProcess] = {}
+
+    def take(self, key: str) -> WorkerProcess | None:
+        with self.lock:
+            worker = self.workers.pop(key, None)
+        if worker is not None and not worker.alive:
+            worker.close()
+            return None
+        return worker
+
+    def give(self, key: str, worker: WorkerProcess) -> None:
+        with self.lock:
+            old = self.workers.pop(key, None)
+            self.workers[key] = worker
+            evicted = list(self.workers)[: max(len(self.workers) - self.limit, 0)]
+            dropped = [self.workers.pop(k) for k in evicted]
+        for w in [w for w in (old, *dropped) if w is not None and w is not worker]:
+            w.close()
+
+    def close_all(self) -> None:
+        with self.lock:
+            workers, self.workers = list(self.workers.values()), {}
+        for worker in workers:
+            worker.close()
+
+
+KEPT = KeptWorkers()
+atexit.register(KEPT.close_all)

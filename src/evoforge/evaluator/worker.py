@@ -115,7 +115,6 @@ class Worker:
     def op_load(self, request: dict[str, Any]) -> dict[str, Any]:
         torch = self.torch
         from evoforge.evaluator import guards
-        from evoforge.evaluator.channel import open_pool
         from evoforge.task import TaskSpec, load_task
 
         self.guards = guards
@@ -129,16 +128,7 @@ class Worker:
         # The task's module, as "evoforge_task": the task_model baselines subclass its Model.
         load_task(TaskSpec.from_dict(request["task"]), check_inputs=False, module_name="evoforge_task",
                   directory=here)
-        self.host_inputs, self.outputs = open_pool(request["pool"])
-        if self.device.type == "cuda":  # a device copy of every slot's inputs, made once, filled per block
-            for slot in self.host_inputs:
-                for t in slot:
-                    with contextlib.suppress(Exception):  # pinned copies are faster; pageable ones work too
-                        torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
-            self.inputs = [[t.to(self.device) for t in slot] for slot in self.host_inputs]
-        else:
-            self.inputs = self.host_inputs
-        self.args_template = request["args"]
+        self._bind(request)
         init = [_decode(x) for x in request["init_inputs"]]
         from evoforge import timing
 
@@ -182,6 +172,35 @@ class Worker:
             status, detail = self._classify(exc, "compile_error")
             raise Failure(status, f"constructing ModelNew raised: {detail}",
                           traceback=_tail(traceback.format_exc())) from None
+        self._guard()
+        return {"loaded": True}
+
+    def _bind(self, request: dict[str, Any]) -> None:
+        """Map this evaluation's pool (its fd came with the request) and make the slots' device copies."""
+        from evoforge.evaluator.channel import open_pool
+
+        torch = self.torch
+        if not self.channel.fds:
+            raise Failure("crashed", "the judge's pool did not arrive with the request")
+        fd = self.channel.fds.pop()
+        self.host_inputs, self.outputs = open_pool(request["pool"], fd)
+        if self.device.type == "cuda":  # a device copy of every slot's inputs, made once, filled per block
+            for slot in self.host_inputs:
+                for t in slot:
+                    with contextlib.suppress(Exception):  # pinned copies are faster; pageable ones work too
+                        torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
+            self.inputs = [[t.to(self.device) for t in slot] for slot in self.host_inputs]
+        else:
+            self.inputs = self.host_inputs
+        self.args_template = request["args"]
+        self.graph = None
+        self.history = None
+
+    def op_rebind(self, request: dict[str, Any]) -> dict[str, Any]:
+        """A kept baseline worker, handed the next evaluation's pool: same model, new slots."""
+        if self.model is None:
+            raise Failure("runtime_error", "nothing loaded to rebind")
+        self._bind(request)
         self._guard()
         return {"loaded": True}
 
