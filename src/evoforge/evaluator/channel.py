@@ -122,7 +122,8 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 class Layout:
     """K slots, each an input set (the task's input tensors) and an output set (the reference's
-    output tensors, in the dtypes the task's own Model returns), packed into one byte range."""
+    output tensors, in the dtypes the task's own Model returns), packed into one byte range: every slot's
+    inputs first, then every slot's outputs, so consecutive slots' inputs are one range (one copy)."""
 
     ALIGN = 256
 
@@ -141,8 +142,19 @@ class Layout:
 
         for _ in range(slots):
             self.inputs.append([place(s, d) for s, d in inputs])
+        self.inputs_bytes = offset
+        for _ in range(slots):
             self.outputs.append([place(s, d) for s, d in outputs])
         self.nbytes = max(offset, self.ALIGN)
+
+    def input_range(self, first: int, last: int) -> tuple[int, int]:
+        """Byte range of the inputs of slots first..last (inclusive)."""
+        per_slot = self.inputs_bytes // max(self.slots, 1)
+        return first * per_slot, (last + 1) * per_slot
+
+    def output_range(self, first: int, last: int) -> tuple[int, int]:
+        per_slot = (self.nbytes - self.inputs_bytes) // max(self.slots, 1)
+        return self.inputs_bytes + first * per_slot, self.inputs_bytes + (last + 1) * per_slot
 
     @staticmethod
     def slot_bytes(inputs: list[tuple[tuple[int, ...], torch.dtype]],
@@ -185,11 +197,6 @@ class SharedPool:
         self._map = mmap.mmap(self.fd, layout.nbytes)
         self.base = torch.frombuffer(self._map, dtype=torch.uint8)
         self.inputs, self.outputs = views(self.base, layout.to_dict())
-
-    def pin(self) -> None:
-        """Page-lock the pool for this process's GPU copies (faster than pageable ones); best effort."""
-        with contextlib.suppress(Exception):
-            torch.cuda.cudart().cudaHostRegister(self.base.data_ptr(), self.layout.nbytes, 0)
 
     def describe(self) -> dict[str, Any]:
         return {"layout": self.layout.to_dict()}

@@ -53,7 +53,7 @@ import torch
 from evoforge.cache import warm_bytecode
 from evoforge.candidate import Candidate
 from evoforge.evaluator import guards, sandbox
-from evoforge.evaluator.channel import Layout, SharedPool
+from evoforge.evaluator.channel import Layout, SharedPool, views
 from evoforge.evaluator.compare import compare, nondeterminism, worst
 from evoforge.evaluator.config import EvalConfig, EvalReport, EvaluatorError
 from evoforge.evaluator.process import KEPT, WorkerLost, WorkerProcess, worker_env
@@ -374,8 +374,10 @@ class _Session:
         self.layout_inputs = [(tuple(x.shape), x.dtype) for x in first if isinstance(x, torch.Tensor)]
         slots = self._pool_slots(self.layout_inputs, outputs)
         self.pool = SharedPool(Layout(self.layout_inputs, outputs, slots), self.device)
-        if self.device.type == "cuda":
-            self.pool.pin()
+        # Fresh inputs are drawn on the judge's device into a staging copy of the pool's input region, and
+        # a block's slots reach the pool in one copy.
+        self.stage = torch.empty(self.pool.layout.inputs_bytes, dtype=torch.uint8, device=self.device)
+        self.stage_inputs = views(self.stage, {**self.pool.layout.to_dict(), "outputs": []})[0]
         # Graph mode: up to 4 graphs of up to 10 calls each, every call on a slot of its own, replayed
         # back to back in a block; the first replay of a block follows the switch from the judge's (or
         # another worker's) GPU work and is a warm-up, not a sample.
@@ -413,12 +415,13 @@ class _Session:
 
     def _pool_slots(self, inputs: list[tuple[tuple[int, ...], torch.dtype]],
                     outputs: list[tuple[tuple[int, ...], torch.dtype]]) -> int:
-        """As many slots as the configuration asks, within a share of the memory: a fifth of the GPU's free
-        memory (the candidates need the rest), or 1 GiB of host memory."""
+        """As many slots as the configuration asks, within a share of the memory. On a GPU every worker
+        keeps a device copy of every slot's inputs (and the judge a staging copy), so together they take
+        at most a quarter of the free memory; on a CPU the pool takes at most 1 GiB."""
         per_slot = Layout.slot_bytes(inputs, outputs)
         if self.device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(self.device)
-            room = free // 5
+            room = free // (4 * (len(self.entries) + 1))
         else:
             room = 2**30
         return max(1, min(int(self.cfg.pool_slots), room // max(per_slot, 1)))
@@ -711,8 +714,7 @@ class _Session:
         assert self.pool is not None
         if mode == "graph":
             groups = self._graph_groups()
-            for s in (s for g in groups for s in g):
-                self._fill(s, self._fresh_tensors())
+            self._fresh_block([s for g in groups for s in g])
             self._sync()
             try:
                 reply = entry.worker.request({"op": "graph_prepare", "groups": groups},
@@ -738,6 +740,23 @@ class _Session:
         g = self.graph_calls
         return [list(range(i * g, (i + 1) * g)) for i in range(self.graph_groups)]
 
+    def _fresh_block(self, slots: list[int]) -> dict[int, list[torch.Tensor]]:
+        """Fresh inputs for these slots, drawn into the staging buffer and copied to the pool in one copy
+        per run of consecutive slots; the slots' outputs poisoned. Returns the judge's copies (valid until
+        the next block)."""
+        assert self.pool is not None
+        sets = {}
+        for s in slots:
+            for dst, x in zip(self.stage_inputs[s], self._fresh_tensors(), strict=True):
+                dst.copy_(x)
+            sets[s] = self.stage_inputs[s]
+        for first, last in _runs(sorted(slots)):
+            a, b = self.pool.layout.input_range(first, last)
+            self.pool.base[a:b].copy_(self.stage[a:b])
+            a, b = self.pool.layout.output_range(first, last)
+            self.pool.base[a:b].fill_(255)  # NaN in every float dtype; -1 in the integer ones
+        return sets
+
     def _fresh_tensors(self) -> list[torch.Tensor]:
         """A fresh input set for a timed call: the task's get_inputs() on the judge's device, drawn from the
         judge's RNG stream as it stands (seeded per evaluation from a secret seed; not reseeded per draw,
@@ -753,15 +772,15 @@ class _Session:
         assert self.pool is not None
         done = 0
         while done < n and entry.alive and mode not in entry.timing_errors:
+            k = self.pool.layout.slots
             if mode == "graph":
                 slots = [s for g in self._graph_groups() for s in g]
-            else:
-                slots = self.rng.sample(range(self.pool.layout.slots), min(n - done, self.pool.layout.slots))
+            else:  # a run of consecutive slots from a random start, so their inputs are one copy
+                start = self.rng.randrange(k)
+                count = min(n - done, k)
+                slots = [(start + i) % k for i in range(count)]
             t0 = time.monotonic()
-            sets = {}
-            for s in slots:
-                sets[s] = self._fresh_tensors()
-                self._fill(s, sets[s])
+            sets = self._fresh_block(slots)
             self._sync()
             t0 = self._stage("time.draw", t0)
             message = {"op": "graph"} if mode == "graph" else {"op": "run", "slots": slots}
@@ -922,6 +941,17 @@ def encode(value: Any) -> Any:
         return value
     raise TaskError(f"a task argument of type {type(value).__name__} can't be passed to a worker "
                     "(numbers, strings, lists and tensors can)")
+
+
+def _runs(values: list[int]) -> list[tuple[int, int]]:
+    """Sorted integers as (first, last) runs of consecutive values."""
+    runs: list[tuple[int, int]] = []
+    for v in values:
+        if runs and v == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], v)
+        else:
+            runs.append((v, v))
+    return runs
 
 
 def _poison(out: torch.Tensor) -> None:

@@ -184,11 +184,10 @@ class Worker:
             raise Failure("crashed", "the judge's pool did not arrive with the request")
         fd = self.channel.fds.pop()
         self.host_inputs, self.outputs = open_pool(request["pool"], fd)
-        if self.device.type == "cuda":  # a device copy of every slot's inputs, made once, filled per block
-            for slot in self.host_inputs:
-                for t in slot:
-                    with contextlib.suppress(Exception):  # pinned copies are faster; pageable ones work too
-                        torch.cuda.cudart().cudaHostRegister(t.data_ptr(), t.numel() * t.element_size(), 0)
+        # A device copy of every slot's inputs, made once, filled per block. The pool stays pageable:
+        # page-locking it (cudaHostRegister) leaves a sticky "already mapped" error when a range is
+        # registered twice, which the next kernel launch then raises.
+        if self.device.type == "cuda":
             self.inputs = [[t.to(self.device) for t in slot] for slot in self.host_inputs]
         else:
             self.inputs = self.host_inputs
