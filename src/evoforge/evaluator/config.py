@@ -59,8 +59,8 @@ class EvalConfig:
     # Workers started and loaded at once (their imports and compiles overlap); None: one per CPU core.
     parallel_workers: int | None = None
     # How much unreported time per call the judge's clock tolerates beyond the baselines' overhead
-    # (besides a share of the reported latency, a quarter on a GPU and twice it on a CPU, and three times
-    # the baselines' spread); None: 2 us on a GPU, 2 ms on a CPU, where scheduling noise is larger.
+    # (besides a share of the reported latency and three times the baselines' spread); None: per device
+    # and mode, see judge._ABSOLUTE (GPU graph 2 us, GPU eager 20 us, CPU 2 ms).
     clock_tolerance_us: float | None = None
     sandbox: str = "basic"  # none | basic | strict (see evaluator/sandbox.py)
     keep_workdir: bool = False

@@ -75,6 +75,14 @@ from evoforge.task import (
 from evoforge.timing import TimingConfig, round_orders, summarize
 
 _FAILURES = set(STATUSES) - {"ok"}
+# The judge's clock check: unreported time per call tolerated beyond the baselines' overhead, in us and as
+# a share of the reported latency, by (on a GPU, mode). An eager rep's overhead (flush, two device
+# synchronisations, the output's copy to the host) is large and noisy under the H200 machines' gVisor: an
+# honest candidate measured more than 2 us over the baselines there, so eager allows 20 us or half the
+# latency. A graph block's overhead is spread over its 40 calls: 2 us or a quarter held for every
+# candidate of the H200 runs.
+_ABSOLUTE = {(True, "graph"): 2.0, (True, "eager"): 20.0, (False, "graph"): 2000.0, (False, "eager"): 2000.0}
+_RELATIVE = {(True, "graph"): 0.25, (True, "eager"): 0.5, (False, "graph"): 2.0, (False, "eager"): 2.0}
 _REPORTED = {}  # sandbox layers already announced by this process: once per process is enough
 
 
@@ -91,7 +99,7 @@ class _Entry:
     timing_errors: dict[str, str] = field(default_factory=dict)
     kernels: list[dict[str, Any]] = field(default_factory=list)
     started: float = field(default_factory=time.monotonic)
-    outputs_seen: list[list[torch.Tensor]] = field(default_factory=list)
+    outputs_seen: list[tuple[Any, ...]] = field(default_factory=list)  # fingerprints of correct outputs
 
     @property
     def name(self) -> str:
@@ -185,7 +193,8 @@ class Evaluator:
         try:
             worker.start()
             worker.ready(self.config.startup_timeout_s)
-            reply = worker.request({"op": "precompile", "task": self.task.to_dict(), "device": _worker_device(self.config),
+            reply = worker.request({"op": "precompile", "task": self.task.to_dict(),
+                                    "device": _worker_device(self.config),
                                     "init_inputs": [encode(x) for x in init], "inputs": [encode(x) for x in inputs],
                                     "entries": [_Entry(c, "candidate").job() for c in triton],
                                     "compile_timeout_s": self.config.compile_timeout_s},
@@ -292,7 +301,8 @@ class _Session:
         env = dict(self.env)
         env["sandbox"] = {"mode": self.cfg.sandbox, "network_isolated": self.network, "writes_restricted": self.writes,
                           "process_cap": "watchdog" if sandbox.process_cap_unavailable() else "cgroup",
-                          "missing": sandbox.missing_layers() if self.cfg.sandbox != "none" else ["all (--sandbox none)"]}
+                          "missing": sandbox.missing_layers() if self.cfg.sandbox != "none"
+                          else ["all (--sandbox none)"]}
         env["judge"] = {"pool_slots": self.pool.layout.slots if self.pool else 0, "graph_calls": self.graph_calls,
                         "graph_groups": self.graph_groups,
                         "samples_per_block": self.cfg.samples_per_block, "cpu_threads": self.cfg.cpu_threads}
@@ -351,7 +361,8 @@ class _Session:
         first = self._draw(self.seed)
         self._layout_args(first)
         n_random = int(cfg.n_random)
-        draws = [(f"random seed={self.seed + i}", first if i == 0 else self._draw(self.seed + i)) for i in range(n_random)]
+        draws = [(f"random seed={self.seed + i}", first if i == 0 else self._draw(self.seed + i))
+                 for i in range(n_random)]
         if cfg.edge_cases:
             draws += [(name, self._on_device(x)) for name, x in edge_inputs(self.task, self.seed + n_random)]
         if self.device.type == "cuda":
@@ -493,34 +504,50 @@ class _Session:
         assert self.pool is not None
         fresh = []
         for entry in todo:
-            entry.started = time.monotonic()
             if entry.role == "baseline" and self._rebind(entry):
                 continue
             fresh.append(entry)
-        self.progress(f"starting {len(fresh)} worker(s)" + (f", {len(todo) - len(fresh)} kept" if len(fresh) < len(todo) else ""))
+        kept = len(todo) - len(fresh)
+        self.progress(f"starting {len(fresh)} worker(s)" + (f", {kept} kept" if kept else ""))
+        for entry in todo:
+            entry.started = time.monotonic()
         # Started from this thread: a worker dies with the thread that forked it (PR_SET_PDEATHSIG), and
-        # the loading threads below come and go.
-        for entry in fresh:
-            entry.worker = WorkerProcess(cfg, env, self.network, self.writes, self.ev.cancel)
-            try:
-                entry.worker.start()
-            except OSError as exc:
-                raise EvaluatorError(f"could not start an evaluation worker: {exc}") from None
-            self.workers_started += 1
+        # the loading threads below come and go. At most `parallel` workers start, load and check at once,
+        # so a worker's load stage is not slowed by a crowd of others importing torch.
         parallel = max(1, min(len(todo), cfg.parallel_workers or (os.cpu_count() or 1)))
         self.slot_locks = [threading.Lock() for _ in range(self.pool.layout.slots)]
-        loading = {id(e) for e in fresh}
+        free = threading.Semaphore(parallel)
+        index = {id(e): i for i, e in enumerate(todo)}
 
-        def load_and_check(index_entry: tuple[int, _Entry]) -> None:
-            index, entry = index_entry
-            if id(entry) in loading:
-                self._load(entry)
-            if entry.alive:
-                self.progress(f"checking {entry.name}")
-                self._check(entry, index % self.pool.layout.slots)  # type: ignore[union-attr]
+        def load_and_check(entry: _Entry, fresh_worker: bool) -> None:
+            try:
+                if fresh_worker:
+                    self._load(entry)
+                if entry.alive:
+                    self.progress(f"checking {entry.name}")
+                    self._check(entry, index[id(entry)] % self.pool.layout.slots)  # type: ignore[union-attr]
+            finally:
+                free.release()
 
         with ThreadPoolExecutor(max_workers=parallel) as pool:
-            list(pool.map(load_and_check, enumerate(todo)))
+            futures = []
+            for entry in todo:
+                free.acquire()
+                if self.ev.cancel is not None and self.ev.cancel.is_set():
+                    free.release()
+                    break
+                fresh_worker = entry.worker is None
+                if fresh_worker:
+                    entry.worker = WorkerProcess(cfg, env, self.network, self.writes, self.ev.cancel)
+                    try:
+                        entry.worker.start()
+                    except OSError as exc:
+                        free.release()
+                        raise EvaluatorError(f"could not start an evaluation worker: {exc}") from None
+                    self.workers_started += 1
+                futures.append(pool.submit(load_and_check, entry, fresh_worker))
+            for future in futures:
+                future.result()
         if self.ev.cancel is not None and self.ev.cancel.is_set():
             raise EvaluatorError("evaluation cancelled")
 
@@ -632,12 +659,11 @@ class _Session:
         if record:
             entry.checks.append(check)
         if not check["ok"]:
-            for earlier in entry.outputs_seen:
-                if len(earlier) == len(outs) and all(guards.same_bits(a, b) for a, b in zip(earlier, outs, strict=True)):
-                    return "rejected", f"{case['name']}: returned the result of an earlier call (result reuse)"
+            if _fingerprint(outs) in entry.outputs_seen:
+                return "rejected", f"{case['name']}: returned the result of an earlier call (result reuse)"
             return "incorrect", f"{case['name']}: {check['detail']}"
         if record:
-            entry.outputs_seen.append(outs)
+            entry.outputs_seen.append(_fingerprint(outs))
         return None
 
     # ---------------------------------------------------------------- checks
@@ -682,7 +708,8 @@ class _Session:
             kernels = reply.get("kernels")
             entry.kernels = [k for k in kernels if isinstance(k, dict)][:10] if isinstance(kernels, list) else []
             if reply.get("unavailable"):  # fail closed: a guard that can't run leaves the entry unverified
-                self._fail(entry, "rejected", f"unverified: the side-stream guard could not run ({reply['unavailable']})")
+                self._fail(entry, "rejected",
+                           f"unverified: the side-stream guard could not run ({reply['unavailable']})")
             elif reply.get("side_stream"):
                 self._fail(entry, "rejected", str(reply["side_stream"]))
 
@@ -874,7 +901,8 @@ class _Session:
         for mode in {m for _, m in timed}:
             honest = [statistics.median(e.overheads[m]) for e, m in timed
                       if m == mode and e.role == "baseline" and e.overheads.get(m)]
-            spread = [_iqr(e.overheads[m]) for e, m in timed if m == mode and e.role == "baseline" and e.overheads.get(m)]
+            spread = [_iqr(e.overheads[m]) for e, m in timed
+                      if m == mode and e.role == "baseline" and e.overheads.get(m)]
             if not honest:
                 pool = [statistics.median(e.overheads[m]) for e, m in timed if m == mode and e.overheads.get(m)]
                 honest = [min(pool)] if pool else []
@@ -887,18 +915,18 @@ class _Session:
                     continue
                 extra = statistics.median(entry.overheads[m]) - base
                 reported = statistics.median(entry.samples[m]) if entry.samples.get(m) else 0.0
-                relative = 0.25 if self.device.type == "cuda" else 2.0
-                allowed = max(self._clock_tolerance_us(), relative * reported, 3 * noise)
+                allowed = max(self._clock_tolerance_us(mode), _RELATIVE[self.device.type == "cuda", mode] * reported,
+                              3 * noise)
                 if extra > allowed:
                     self._fail(entry, "rejected", (
                         f"its {mode} timings disagree with the judge's clock: {extra:.1f} us per call more than "
                         f"the baselines' overhead went unreported (reported {reported:.1f} us per call; "
                         f"allowed {allowed:.1f} us)"))
 
-    def _clock_tolerance_us(self) -> float:
+    def _clock_tolerance_us(self, mode: str) -> float:
         if self.cfg.clock_tolerance_us is not None:
             return float(self.cfg.clock_tolerance_us)
-        return 2.0 if self.device.type == "cuda" else 2000.0
+        return _ABSOLUTE[self.device.type == "cuda", mode]
 
     # ---------------------------------------------------------------- results
     def _base_result(self, entry: _Entry, status: str, detail: str = "") -> EvalResult:
@@ -941,6 +969,12 @@ def encode(value: Any) -> Any:
         return value
     raise TaskError(f"a task argument of type {type(value).__name__} can't be passed to a worker "
                     "(numbers, strings, lists and tensors can)")
+
+
+def _fingerprint(outs: list[torch.Tensor]) -> tuple[Any, ...]:
+    """Enough of a call's outputs to recognise them again (result reuse), without keeping them."""
+    return tuple((tuple(t.shape), str(t.dtype), float(t.double().sum()), float(t.double().abs().sum()),
+                  float(t.flatten()[: 64].double().sum()) if t.numel() else 0.0) for t in outs)
 
 
 def _runs(values: list[int]) -> list[tuple[int, int]]:

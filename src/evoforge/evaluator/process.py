@@ -182,7 +182,8 @@ class WorkerProcess:
                           self.env.get(sandbox.WORKER_TOKEN, ""))
 
     # ---------------------------------------------------------------- talk
-    def request(self, message: dict[str, Any], timeout_s: float, stage: str, fds: tuple[int, ...] = ()) -> dict[str, Any]:
+    def request(self, message: dict[str, Any], timeout_s: float, stage: str,
+                fds: tuple[int, ...] = ()) -> dict[str, Any]:
         """Send one request (with ``fds``, if any) and wait for its reply; raise WorkerLost if the worker
         dies, is killed, or outlives ``timeout_s``."""
         assert self.channel is not None and self.proc is not None

@@ -25,7 +25,8 @@ def score(results: list[EvalResult], mode: str) -> None:
     for r in results:
         if r.ok and r.role == "candidate" and mode not in r.timing:
             why = r.timing_errors.get(mode, "not timed")
-            r.status, r.detail = "runtime_error", f"could not be timed in {mode} mode, the mode this run ranks by: {why}"
+            r.status = "runtime_error"
+            r.detail = f"could not be timed in {mode} mode, the mode this run ranks by: {why}"
             r.timing = {}
     baselines = [r for r in results if r.role == "baseline" and r.ok]
     for r in results:

@@ -21,7 +21,6 @@ early rejections whose only power is to fail the entry.
 
 from __future__ import annotations
 
-import contextlib
 import faulthandler
 import io
 import os
@@ -88,6 +87,10 @@ class Worker:
         import torch
 
         self.torch = torch
+        # torch._dynamo wraps a few torch functions when imported: import it before the guards' snapshot,
+        # and here, under the startup stage's limit rather than the candidate's load stage.
+        import torch._dynamo
+
         self.channel.send({"ready": True, "pid": os.getpid()})
         while True:
             request = self.channel.receive()
@@ -133,8 +136,6 @@ class Worker:
         from evoforge import timing
 
         self.clock = timing.make_clock(self.device, request.get("flush_bytes"))
-        import torch._dynamo
-
         self.patch_state = guards.patch_snapshot()
         self.flag_state = guards.flags_snapshot()
         if request["sandbox"] != "none":
@@ -179,7 +180,6 @@ class Worker:
         """Map this evaluation's pool (its fd came with the request) and make the slots' device copies."""
         from evoforge.evaluator.channel import open_pool
 
-        torch = self.torch
         if not self.channel.fds:
             raise Failure("crashed", "the judge's pool did not arrive with the request")
         fd = self.channel.fds.pop()
@@ -243,7 +243,7 @@ class Worker:
         for slot in slots:
             holder: list[list[Any]] = []
             try:
-                times.append(clock.rep(lambda s=slot: holder.append(self._call(s)), "eager"))
+                times.append(clock.rep(lambda s=slot, h=holder: h.append(self._call(s)), "eager"))
             except Failure:
                 raise
             except BaseException as exc:
@@ -272,7 +272,8 @@ class Worker:
                 kept = False
             if not kept:
                 raise Failure("rejected", "a later call overwrote the output returned by an earlier call")
-            if len(earlier) == len(outs) and all(a.data_ptr() == b.data_ptr() for a, b in zip(earlier, outs, strict=True)):
+            if len(earlier) == len(outs) and all(a.data_ptr() == b.data_ptr()
+                                                 for a, b in zip(earlier, outs, strict=True)):
                 raise Failure("rejected", "returned the result of an earlier call again (result reuse)")
         self.history = (outs, [t.clone() for t in outs])
 
@@ -402,7 +403,8 @@ class Worker:
         if "compilationerror" in kind.lower() or "ptxas" in lowered or "error building extension" in lowered:
             return "compile_error", text
         device = getattr(self, "device", None)
-        if device is not None and device.type == "cuda" and (_cuda_broken(self.torch, device) or "cuda error" in lowered):
+        if device is not None and device.type == "cuda" \
+                and (_cuda_broken(self.torch, device) or "cuda error" in lowered):
             return "crashed", f"CUDA error: {text}"
         if isinstance(exc, SystemExit):
             return "crashed", f"called exit ({exc.code})"
