@@ -77,7 +77,7 @@ class Channel:
         line, self.buffer = self.buffer.split(b"\n", 1)
         try:
             message = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the parser's depth
             raise ChannelClosed("a reply that is not JSON") from None
         if not isinstance(message, dict):
             raise ChannelClosed("a reply that is not a JSON object")

@@ -72,7 +72,7 @@ from evoforge.task import (
     needs_cuda,
     tensor_bytes,
 )
-from evoforge.timing import TimingConfig, round_orders, summarize
+from evoforge.timing import TimingConfig, cpu_l2_bytes, round_orders, summarize
 
 _FAILURES = set(STATUSES) - {"ok"}
 # The judge's clock check: unreported time per call tolerated beyond the baselines' overhead, in us and as
@@ -205,7 +205,8 @@ class Evaluator:
         finally:
             worker.close()
         compiled = sum(r.get("status") == "compiled" for r in records)
-        return {"kernels": sum(int(r.get("kernels", 0)) for r in records), "compiled": compiled,
+        kernels = sum(r["kernels"] for r in records if isinstance(r.get("kernels"), int))
+        return {"kernels": kernels, "compiled": compiled,
                 "failed": len(triton) - compiled, "skipped": len(candidates) - len(triton),
                 "worker_seconds": {"precompile": time.monotonic() - started}, "clean": clean and bool(records)}
 
@@ -314,19 +315,21 @@ class _Session:
     def _alive(self) -> list[_Entry]:
         return [e for e in self.entries if e.alive]
 
-    def _fail(self, entry: _Entry, status: str, detail: str, logs: str = "") -> None:
+    def _fail(self, entry: _Entry, status: str, detail: str, logs: str = "", collect: bool = True) -> None:
+        """Record an entry's failure and end its worker, keeping what the worker printed (``collect``)."""
         status = status if status in _FAILURES else "runtime_error"
         entry.result = self._base_result(entry, status, detail[:2000])
-        if logs:
-            entry.logs.append(logs)
         if entry.worker is not None:
+            if collect:
+                entry.logs.append(entry.worker.logs())
             entry.worker.close()
             entry.worker = None
+        if logs:
+            entry.logs.append(logs)
 
     def _lost(self, entry: _Entry, lost: WorkerLost) -> None:
         self.progress(f"{entry.name}: {lost.status} ({lost.detail})")
-        self._fail(entry, lost.status, lost.detail)
-        entry.logs.append(lost.logs)
+        self._fail(entry, lost.status, lost.detail, lost.logs, collect=False)
 
     # ---------------------------------------------------------------- inputs and references
     def _prepare(self) -> None:
@@ -604,13 +607,11 @@ class _Session:
 
     def _failed_reply(self, entry: _Entry, reply: dict[str, Any]) -> bool:
         """Record a failure the worker reported (it can only fail its own entry)."""
-        failure = reply.get("failure")
-        if not failure:
+        failure = _failure_of(reply)
+        if failure is None:
             return False
-        status = str(failure[0]) if isinstance(failure, list) and failure else "runtime_error"
-        detail = str(failure[1]) if isinstance(failure, list) and len(failure) > 1 else "failed"
-        logs = "\n".join(str(reply[k]) for k in ("traceback", "build_log") if reply.get(k))
-        self._fail(entry, status, detail, logs)
+        logs = "\n".join(str(reply[k])[:20_000] for k in ("traceback", "build_log") if reply.get(k))
+        self._fail(entry, *failure, logs)
         return True
 
     def _ask(self, entry: _Entry, message: dict[str, Any], stage: str) -> dict[str, Any] | None:
@@ -751,8 +752,11 @@ class _Session:
                 return 0
             if reply is None:
                 return 0
-            if reply.get("failure"):
-                entry.timing_errors[mode] = str(reply["failure"][1] if len(reply["failure"]) > 1 else reply["failure"])
+            if (failure := _failure_of(reply)) is not None:
+                if failure[0] in ("incorrect", "rejected", "crashed"):
+                    self._failed_reply(entry, reply)
+                else:  # the mode can't be timed (a capture error): the ranking decides what that costs
+                    entry.timing_errors[mode] = failure[1]
                 return 0
         wall: list[float] = []  # the worker's wall time per call (the judge's own work left out)
         for _ in range(2):  # the graph's first replays, or the first eager calls, pay for lazy set-up
@@ -821,14 +825,11 @@ class _Session:
             t0 = self._stage("time.worker", t0)
             if reply is None:
                 return done
-            if reply.get("failure"):
-                failure = reply["failure"]
-                status = str(failure[0]) if isinstance(failure, list) and failure else "runtime_error"
-                if status in ("incorrect", "rejected", "crashed"):
+            if (failure := _failure_of(reply)) is not None:
+                if failure[0] in ("incorrect", "rejected", "crashed"):
                     self._failed_reply(entry, reply)
                 else:
-                    entry.timing_errors[mode] = str(failure[1] if isinstance(failure, list) and len(failure) > 1
-                                                    else failure)
+                    entry.timing_errors[mode] = failure[1]
                 return done
             samples = self._samples(reply, mode, len(slots))
             if samples is None:
@@ -947,7 +948,8 @@ class _Session:
         result.kernels = entry.kernels
         if result.ok:
             clock = "cuda_event" if self.device.type == "cuda" else "perf_counter_ns"
-            flush = self.cfg.timing.flush_bytes or 0
+            flush = self.cfg.timing.flush_bytes or 2 * (int(self.env.get("l2_bytes") or 0) if self.device.type == "cuda"
+                                                         else cpu_l2_bytes())
             result.timing = {m: summarize(v, mode=m, clock=clock, device=str(self.device), flush_bytes=flush)
                              for m, v in entry.samples.items() if v and m not in entry.timing_errors}
             result.timing_errors = dict(entry.timing_errors)
@@ -969,6 +971,17 @@ def encode(value: Any) -> Any:
         return value
     raise TaskError(f"a task argument of type {type(value).__name__} can't be passed to a worker "
                     "(numbers, strings, lists and tensors can)")
+
+
+def _failure_of(reply: dict[str, Any]) -> tuple[str, str] | None:
+    """(status, detail) of a failure a worker reported, whatever shape its reply has; None if none."""
+    failure = reply.get("failure")
+    if not failure:
+        return None
+    parts = failure if isinstance(failure, list) else [failure]
+    status = str(parts[0]) if parts and str(parts[0]) in _FAILURES else "runtime_error"
+    detail = str(parts[1])[:2000] if len(parts) > 1 else "failed"
+    return status, detail
 
 
 def _fingerprint(outs: list[torch.Tensor]) -> tuple[Any, ...]:

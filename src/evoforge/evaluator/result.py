@@ -2,8 +2,9 @@
 
 A failure is a status, never an exception: ``ok`` (correct, passed every guard, timed),
 ``compile_error`` (source or kernel did not build), ``runtime_error`` (raised when called),
-``incorrect`` (wrong values, shape or dtype, or NaN/Inf), ``rejected`` (a guard caught it cheating:
-inputs written, stale output reused, global flags or torch patched, work left on a side stream),
+``incorrect`` (wrong values, shape or dtype, or NaN/Inf), ``rejected`` (caught cheating: wrong on a
+timed call, latencies the judge's clock disagrees with, inputs written, stale output reused, global flags
+or torch patched, work left on a side stream; or unverified, where a guard could not run),
 ``timeout`` (a stage ran past its time limit), ``crashed`` (the worker process died: segfault,
 ``os._exit``, CUDA error, out of memory, output limit).
 """
