@@ -106,6 +106,13 @@ def _fmt_us(value: float | None) -> str:
     return f"{value:.1f}" if value < 1000 else f"{value / 1000:.2f} ms"
 
 
+def _fmt_latency(value: float | None) -> str:
+    """A latency in microseconds with its unit: "47.5 µs", or "15.09 ms" from a millisecond on (one unit only)."""
+    if value is None:
+        return "-"
+    return f"{value:.1f} µs" if value < 1000 else f"{value / 1000:.2f} ms"
+
+
 def _fmt_range(values: list[float | None]) -> str:
     xs = [v for v in values if v is not None]
     if not xs:
@@ -282,7 +289,7 @@ def _open_store(db: Path) -> Any:
 
 def _progress_line(p: Any, total: int) -> str:
     best = f"{p.best_fitness:.2f}×" if p.best_fitness else "-"
-    lat = f" ({_fmt_us(p.best_latency_us)} µs)" if p.best_latency_us else ""
+    lat = f" ({_fmt_latency(p.best_latency_us)})" if p.best_latency_us else ""
     eta = f", ETA {p.eta_s / 60:.1f} min" if p.eta_s else ""
     # executor throughput: per slot (GPU or CPU worker), batches waiting for a slot, share of slot time idle
     slots = (f" ({p.evals_per_min_per_slot:.1f}/min per slot × {p.slots}, queue {p.queue}, idle {p.idle_frac:.0%})"
@@ -337,7 +344,7 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
     else:
         out.print(f"stopped: {escape(str(final.stop_reason))}", highlight=False)
         out.print(f"best: {final.best_name} at {final.best_fitness:.3f}× over {final.best_baseline or '-'}, the "
-                  f"fastest other PyTorch path in its generation ({_fmt_us(final.best_latency_us)} µs); "
+                  f"fastest other PyTorch path in its generation ({_fmt_latency(final.best_latency_us)}); "
                   f"{final.valid}/{final.evaluated} valid", highlight=False)
         if calls:
             llm = summary["llm"]
