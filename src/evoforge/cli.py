@@ -289,6 +289,8 @@ def _open_store(db: Path) -> Any:
 
 def _progress_line(p: Any, total: int) -> str:
     best = f"{p.best_fitness:.2f}×" if p.best_fitness else "-"
+    if p.best_fitness > 1.0 and not getattr(p, "best_significant", True):
+        best += " (not significant)"
     lat = f" ({_fmt_latency(p.best_latency_us)})" if p.best_latency_us else ""
     eta = f", ETA {p.eta_s / 60:.1f} min" if p.eta_s else ""
     # executor throughput: per slot (GPU or CPU worker), batches waiting for a slot, share of slot time idle
@@ -331,7 +333,8 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
     summary = {"run": run_id, "stop_reason": final.stop_reason, "generations": final.generation + 1,
                "evaluated": final.evaluated, "valid": final.valid, "best": final.best_name,
                "best_fitness": final.best_fitness, "best_baseline": final.best_baseline,
-               "best_latency_us": final.best_latency_us}
+               "best_latency_us": final.best_latency_us, "best_significant": final.best_significant,
+               "best_claim": final.best_claim}
     calls = store.llm_calls(run_id)
     if calls:
         from evoforge.report import llm_bucket
@@ -343,15 +346,30 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
         out.print_json(json.dumps(summary))
     else:
         out.print(f"stopped: {escape(str(final.stop_reason))}", highlight=False)
-        out.print(f"best: {final.best_name} at {final.best_fitness:.3f}× over {final.best_baseline or '-'}, the "
-                  f"fastest other PyTorch path in its generation ({_fmt_latency(final.best_latency_us)}); "
-                  f"{final.valid}/{final.evaluated} valid", highlight=False)
+        out.print(_best_line(final), highlight=False, markup=False)
         if calls:
             llm = summary["llm"]
             out.print(f"llm: {llm['calls']} requests, {llm['with_code']} with code, {llm['tokens_in']} tokens in, "
                       f"{llm['tokens_out']} out, cost {llm['cost']:g}, {llm['retries']} retries", highlight=False)
         out.print(f"next: evoforge report {run_id}   ·   evoforge best {run_id} --export kernel.py", highlight=False)
     return 0 if final.valid else 1
+
+
+def _best_line(final: Any) -> str:
+    """The run's headline: the crowned (evolved) candidate, and whether its speedup is beyond noise."""
+    from evoforge.claims import PYTORCH_PATH
+
+    tail = f"{final.valid}/{final.evaluated} valid"
+    if not final.best_name:
+        return f"best: no valid candidate; {tail}"
+    line = (f"best: {final.best_name} at {final.best_fitness:.3f}× over {final.best_baseline or '-'}, the "
+            f"fastest other PyTorch path in its generation ({_fmt_latency(final.best_latency_us)}): "
+            f"{final.best_claim}; {tail}")
+    if final.best_claim == PYTORCH_PATH:
+        line += "; no evolved kernel was valid"
+    elif final.best_fitness > 1.0 and not final.best_significant:
+        line += "; nothing beat PyTorch beyond noise"
+    return line
 
 
 # ---- executor options (issue 7)

@@ -7,11 +7,13 @@ import base64
 import datetime as _dt
 import html
 import json
+import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from evoforge import __version__
+from evoforge import __version__, claims
 from evoforge.candidate import Candidate
 from evoforge.evaluator.result import EvalResult
 from evoforge.store import RunStore, StoreError
@@ -66,15 +68,21 @@ def llm_summary(calls: list[dict[str, Any]], rows: list[dict[str, Any]], task: s
 def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
     record = store.run(run_id)
     results = {r.hash: (r, g) for r, g in store.evaluations(record.id)}
+    baseline_results = store.evaluations(record.id, role="baseline")
+    baseline_hashes = {r.hash for r, _ in baseline_results}
     rows = []
     for cand, gen in store.candidates(record.id):
         result, _ = results.get(cand.hash, (None, gen))
+        pytorch_path = claims.is_pytorch_path(cand.language, cand.hash, cand.genome, baseline_hashes)
         rows.append({
             "name": cand.name, "hash": cand.hash, "generation": gen, "language": cand.language,
             "genome": cand.genome, "lineage": cand.lineage,
             "status": result.status if result else "pending", "detail": result.detail if result else "",
             "fitness": result.fitness if result else 0.0, "fitness_mode": result.fitness_mode if result else None,
             "significant": result.significant if result else False,
+            # an unchanged PyTorch path (never crowned the best) and what the run may say about it
+            "pytorch_path": pytorch_path,
+            "claim": claims.claim(result.fitness, result.significant, pytorch_path) if result and result.ok else "",
             "latency_us": {m: s.median_us for m, s in result.timing.items()} if result else {},
             "iqr_us": {m: s.iqr_us for m, s in result.timing.items()} if result else {},
             "max_abs_err": result.max_abs_err if result else None,
@@ -83,15 +91,19 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
             **({"shapes": result.shapes} if result and result.shapes else {}),  # multi-shape tasks: per shape
         })
     baselines: dict[str, dict[str, Any]] = {}
-    for result, gen in store.evaluations(record.id, role="baseline"):
+    for result, gen in baseline_results:
+        seen = baselines.get(result.name, {}).get("latency_us_by_generation", {})
+        for m, s in result.timing.items():
+            seen.setdefault(m, []).append(s.median_us)
         baselines[result.name] = {"generation": gen, "status": result.status,
                                   "latency_us": {m: s.median_us for m, s in result.timing.items()},
-                                  "where": result.where}
+                                  "latency_us_by_generation": seen, "where": result.where}
     generations: dict[int, dict[str, Any]] = {}
     best_so_far = 0.0
     for gen in sorted({row["generation"] for row in rows}):
         in_gen = [row for row in rows if row["generation"] == gen and row["status"] != "pending"]
-        best_gen = max((row["fitness"] for row in in_gen), default=0.0)
+        # the best (and best so far) of the evolved candidates: a PyTorch path's fitness is PyTorch's
+        best_gen = max((row["fitness"] for row in in_gen if not row["pytorch_path"]), default=0.0)
         best_so_far = max(best_so_far, best_gen)
         generations[gen] = {"evaluated": len(in_gen), "valid": sum(row["status"] == "ok" for row in in_gen),
                             "best_fitness": best_gen, "best_so_far": best_so_far}
@@ -103,7 +115,9 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
         validity[level]["generated"] += 1
         validity[level]["valid"] += row["status"] == "ok"
     evaluated = [row for row in rows if row["status"] != "pending"]
-    best = max((row for row in evaluated if row["status"] == "ok"), key=lambda r: r["fitness"], default=None)
+    # the run's best: the fittest evolved candidate; an unchanged PyTorch path only when nothing else is valid
+    best = claims.crown((row for row in evaluated if row["status"] == "ok"), lambda r: r["fitness"],
+                        lambda r: r["pytorch_path"])
     return {
         "tool": "evoforge", "version": __version__, "kind": "run-report",
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -154,6 +168,19 @@ def _throughput_html(data: dict[str, Any]) -> str:
             f"<th>evals/min</th><th>idle</th></tr>{rows}</table>")
 
 
+def headline(best: dict[str, Any] | None) -> str:
+    """The run's best in one line, as the console's ``best:`` line words it (evoforge.claims)."""
+    if not best:
+        return "no valid candidate"
+    if best.get("pytorch_path"):
+        return f"no evolved kernel was valid ({best['name']} is {claims.PYTORCH_PATH})"
+    line = (f"best: {best['name']}, fitness {best['fitness']:.3f} over {best.get('best_baseline') or '-'} "
+            f"({best['fitness_mode']} mode): {best.get('claim') or '-'}")
+    if best["fitness"] > 1.0 and not best.get("significant"):
+        line += "; nothing beat PyTorch beyond noise"
+    return line
+
+
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -168,32 +195,57 @@ def _plots(data: dict[str, Any], out: Path) -> list[Path]:
         return []
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     paths = []
     gens = sorted(data["generations"], key=int)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot([int(g) for g in gens], [data["generations"][g]["best_so_far"] for g in gens], marker="o",
-            label="best so far")
-    xs = [r["generation"] for r in data["candidates"] if r["status"] == "ok"]
-    ax.scatter(xs, [r["fitness"] for r in data["candidates"] if r["status"] == "ok"], s=12, alpha=0.5,
-               label="valid candidates")
+    fig, ax = plt.subplots(figsize=(7, 4.4))
+    # the line under the points, with no markers of its own: it must not hide the candidates
+    ax.plot([int(g) for g in gens], [data["generations"][g]["best_so_far"] for g in gens], color="#999",
+            linewidth=1.5, drawstyle="steps-post", zorder=1, label="best evolved so far")
+    valid = [r for r in data["candidates"] if r["status"] == "ok"]
+    groups = (("faster, significant", "#2a2", "o", lambda r: not r.get("pytorch_path") and r["fitness"] > 1
+               and r["significant"]),
+              ("evolved, not significantly faster", "#47a", "o", lambda r: not r.get("pytorch_path")
+               and not (r["fitness"] > 1 and r["significant"])),
+              ("unchanged PyTorch path", "#c60", "x", lambda r: bool(r.get("pytorch_path"))))
+    for label, color, marker, keep in groups:
+        mine = [r for r in valid if keep(r)]
+        if mine:
+            ax.scatter([r["generation"] for r in mine], [r["fitness"] for r in mine], s=18, alpha=0.7,
+                       color=color, marker=marker, zorder=3, label=label)
     ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="fastest PyTorch path")
     ax.set_xlabel("generation")
     ax.set_ylabel("fitness (speedup over the fastest baseline)")
-    ax.legend()
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title("\n".join(textwrap.wrap(headline(data.get("best")), 80)), fontsize=9)
+    ax.legend(fontsize=7, loc="best")
     paths.append(_save(plt, fig, out / "fitness.png"))
 
     mode = next((r["fitness_mode"] for r in data["candidates"] if r["fitness_mode"]), "eager")
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig, ax = plt.subplots(figsize=(8.5, 4.4))
     ok = [r for r in data["candidates"] if mode in r["latency_us"]]
-    ax.scatter([r["generation"] for r in ok], [r["latency_us"][mode] for r in ok], s=14, label="candidates")
-    for name, base in data["baselines"].items():
-        if mode in base["latency_us"]:
-            ax.axhline(base["latency_us"][mode], linestyle=":", linewidth=1)
-            ax.annotate(name, (0, base["latency_us"][mode]), fontsize=7)
+    ax.scatter([r["generation"] for r in ok], [r["latency_us"][mode] for r in ok], s=14, zorder=3,
+               color="black", label="candidates")
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (name, base) in enumerate(sorted(data["baselines"].items())):
+        samples = (base.get("latency_us_by_generation") or {}).get(mode) or (
+            [base["latency_us"][mode]] if mode in base["latency_us"] else [])
+        if not samples:
+            continue
+        color = colors[i % len(colors)]
+        # the median over every generation that timed it, and the band its timings spanned
+        ax.axhline(statistics.median(samples), color=color, linestyle=":", linewidth=1, zorder=1,
+                   label=f"{name} ({len(samples)} timing{'s' if len(samples) != 1 else ''})")
+        if len(samples) > 1:
+            ax.axhspan(min(samples), max(samples), color=color, alpha=0.08, zorder=0)
     ax.set_yscale("log")
     ax.set_xlabel("generation")
     ax.set_ylabel(f"{mode} latency, µs (median)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_title(f"{mode} latency of the candidates and PyTorch's paths (lines: median over generations)",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)  # labels never overlap
     paths.append(_save(plt, fig, out / "latency.png"))
 
     fig, ax = plt.subplots(figsize=(7, 3.5))
@@ -203,6 +255,7 @@ def _plots(data: dict[str, Any], out: Path) -> list[Path]:
     ax.bar(levels, generated, color="#ccc", label="generated")
     ax.bar(levels, valid, color="#4a4", label="valid")
     ax.set_ylabel("candidates")
+    ax.set_title("candidates generated and valid, by mutation level", fontsize=9)
     ax.legend()
     paths.append(_save(plt, fig, out / "validity.png"))
 
@@ -212,6 +265,7 @@ def _plots(data: dict[str, Any], out: Path) -> list[Path]:
         ax.axvline(1.0, color="gray", linestyle="--", linewidth=1, label="fastest PyTorch path")
         ax.set_xlabel("speedup of the LLM's valid candidates")
         ax.set_ylabel("candidates")
+        ax.set_title("speedups of the LLM's valid candidates", fontsize=9)
         ax.legend()
         paths.append(_save(plt, fig, out / "llm_speedups.png"))
     return paths
@@ -227,21 +281,21 @@ def _html(data: dict[str, Any], plots: list[Path], best_source: str | None) -> s
     ranked = sorted(data["candidates"], key=lambda r: -r["fitness"])
     body = "".join(
         f"<tr><td>{esc(r['name'])}</td><td>{r['generation']}</td><td>{esc(r['status'])}</td>"
-        f"<td>{r['fitness']:.3f}</td><td>{esc(', '.join(f'{m} {v:.1f}' for m, v in r['latency_us'].items()))}</td>"
-        f"<td>{esc(r['lineage'].get('mutation', ''))}</td><td>{esc(r['detail'][:120])}</td></tr>"
+        f"<td>{r['fitness']:.3f}</td><td>{esc(r.get('claim', ''))}</td>"
+        f"<td>{esc(', '.join(f'{m} {v:.1f}' for m, v in r['latency_us'].items()))}</td>"
+        f"<td>{esc(r['lineage'].get('mutation', ''))}</td><td class=detail>{esc(r['detail'])}</td></tr>"
         for r in ranked)
     dev = data.get("device") or {}
     best = data.get("best")
-    head = (f"best: {esc(best['name'])}, fitness {best['fitness']:.3f} ({esc(best['fitness_mode'])} mode)"
-            if best else "no valid candidate")
+    head = esc(headline(best))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>evoforge run {esc(data['run']['id'])}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}td,th{{padding:2px 8px;border-bottom:1px solid #ddd;
-font-size:13px}}img{{max-width:49%}}pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}</style></head>
+font-size:13px;vertical-align:top}}td.detail{{max-width:40em;overflow-wrap:anywhere}}img{{max-width:49%}}pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}</style></head>
 <body><h1>evoforge run {esc(data['run']['id'])}</h1>
 <p>task {esc(data['task'].get('name'))} on {esc(dev.get('device_name', '?'))}
 (torch {esc((dev.get('versions') or {}).get('torch'))}); {data['evaluated']} evaluated, {data['valid']} valid;
 stopped: {esc(data['run']['stop_reason'])}</p><p><b>{head}</b></p>{images}
-<h2>candidates</h2><table><tr><th>name</th><th>gen</th><th>status</th><th>fitness</th><th>latency µs</th>
+<h2>candidates</h2><table><tr><th>name</th><th>gen</th><th>status</th><th>fitness</th><th>claim</th><th>latency µs</th>
 <th>mutation</th><th>detail</th></tr>{body}</table>
 {_throughput_html(data)}
 {_llm_html(data.get("llm"), esc)}
@@ -306,13 +360,16 @@ def export_module(store: RunStore, run_id: str) -> str:
     params = data["task"].get("params", {})
     args = "q, k, v" if params.get("family") == "attention" else "*inputs"
     latency = best["latency_us"].get(best["fitness_mode"] or "", None)
-    header = f'''"""Evolved by evoforge {__version__} (run {data['run']['id']}).
+    what = (f"Exported by evoforge {__version__} (run {data['run']['id']}): {claims.PYTORCH_PATH}."
+            if best.get("pytorch_path") else f"Evolved by evoforge {__version__} (run {data['run']['id']}).")
+    verdict = best.get("claim") or claims.claim(best["fitness"], bool(best.get("significant")))
+    header = f'''"""{what}
 
 Task: {data['task'].get('name')} ({data['task'].get('origin')})
 Device: {dev.get('device_name', '?')}, torch {(dev.get('versions') or {}).get('torch')}, \
 triton {(dev.get('versions') or {}).get('triton')}
 Speedup: {best['fitness']:.3f}x over {best['best_baseline']} ({best['fitness_mode']} mode, \
-{latency if latency is None else f'{latency:.2f} us'} median), measured {data['run']['updated']}
+{latency if latency is None else f'{latency:.2f} us'} median), measured {data['run']['updated']}: {verdict}
 Exported: {data['date']}
 
 Use: `from this_module import evolved` and call evolved({args}); or EvolvedModel()({args}).

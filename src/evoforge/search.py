@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from evoforge import claims
 from evoforge.candidate import Candidate
 from evoforge.executor import Done, EvaluateFn, Executor, SerialExecutor
 from evoforge.mutators.base import Individual, Mutator
@@ -71,6 +72,10 @@ class Progress:
     in_flight: int = 0
     evals_per_min_per_slot: float = 0.0
     idle_frac: float = 0.0  # mean over slots of the share of time a slot had nothing to do
+    # The named best is the fittest *evolved* candidate (evoforge.claims.crown); whether its win is beyond
+    # noise, and the phrase every report uses for it (evoforge.claims.claim).
+    best_significant: bool = False
+    best_claim: str = ""
 
 
 class Search:
@@ -89,6 +94,7 @@ class Search:
         self.config, self.rng = config, rng
         self.on_progress = on_progress or (lambda p: None)
         self.history: list[Individual] = []
+        self.baseline_hashes: set[str] = set()  # the sources PyTorch's own paths run (claims.is_pytorch_path)
         self.best_by_generation: dict[int, float] = {}
         self.best_trace: list[float] = []  # best fitness so far after each completed batch (plateau)
         self.in_flight: dict[int, list[Candidate]] = {}  # submitted batches by generation
@@ -101,6 +107,7 @@ class Search:
         """Population and pending proposals (persisted, never evaluated: by generation) from the store."""
         record = self.store.run(self.run_id)
         results = {r.hash: r for r, _ in self.store.evaluations(self.run_id)}
+        self.baseline_hashes |= {r.hash for r, _ in self.store.evaluations(self.run_id, role="baseline")}
         pending: dict[int, list[Candidate]] = {}
         for cand, gen in self.store.candidates(self.run_id):
             if cand.hash in results:
@@ -124,6 +131,15 @@ class Search:
     def best(self) -> Individual | None:
         elites = self.elites()
         return elites[0] if elites else None
+
+    def is_pytorch_path(self, ind: Individual) -> bool:
+        cand = ind.candidate
+        return claims.is_pytorch_path(cand.language, cand.hash, cand.genome, self.baseline_hashes)
+
+    def crowned(self) -> Individual | None:
+        """The candidate reports name as the run's best: the fittest valid evolved one (selection still
+        uses :meth:`best`, PyTorch paths included); an unchanged PyTorch path only when nothing else is valid."""
+        return claims.crown((i for i in self.history if i.result.ok), lambda i: i.fitness, self.is_pytorch_path)
 
     def select_parents(self, n: int) -> list[Individual]:
         """Elites, plus tournament winners among all valid individuals (seeded RNG)."""
@@ -221,6 +237,7 @@ class Search:
         with self.store.transaction():
             for base in done.baselines:
                 self.store.add_evaluation(self.run_id, base, done.generation)
+                self.baseline_hashes.add(base.hash)
             for cand, result in zip(done.candidates, done.results, strict=True):
                 self.store.add_evaluation(self.run_id, result, done.generation)
                 self.history.append(Individual(cand, result))
@@ -325,7 +342,7 @@ class Search:
     def _progress(self, started: float, evaluated_now: int, batch_seconds: list[float],
                   reason: str | None) -> Progress:
         elapsed = max(time.monotonic() - started, 1e-9)
-        best = self.best()
+        best = self.crowned()
         latency = None
         if best is not None and best.result.fitness_mode:
             latency = best.result.latency(best.result.fitness_mode)
@@ -343,4 +360,6 @@ class Search:
             slots=slots, queue=self.executor.queued(), in_flight=self.executor.in_flight(),
             evals_per_min_per_slot=60.0 * evaluated_now / elapsed / slots,
             idle_frac=throughput["idle_frac"],
+            best_significant=bool(best and best.result.significant),
+            best_claim=claims.claim(best.fitness, best.result.significant, self.is_pytorch_path(best)) if best else "",
         )
