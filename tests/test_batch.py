@@ -31,8 +31,9 @@ def test_geomean_over_correct_problems() -> None:
 
 
 def test_summary_measures() -> None:
-    rows = [ProblemOutcome("a", "a.py", 1, "ok", vs_eager=2.0, vs_compile=1.1, fitness=1.1),
-            ProblemOutcome("b", "b.py", 1, "ok", vs_eager=1.2, vs_compile=0.6, fitness=0.6),
+    rows = [ProblemOutcome("a", "a.py", 1, "ok", vs_eager=2.0, vs_compile=1.1, fitness=1.1, significant=True,
+                           significant_vs_eager=True),
+            ProblemOutcome("b", "b.py", 1, "ok", vs_eager=1.2, vs_compile=0.6, fitness=0.6, significant_vs_eager=True),
             ProblemOutcome("c", "c.py", 1, "no valid candidate"),
             ProblemOutcome("d", "d.py", 1, "error", detail="bad")]
     m = BatchSummary(rows).measures()
@@ -82,3 +83,40 @@ def test_the_examples_are_at_their_levels() -> None:
     levels = {p.stem: lvl for p, lvl in discover(EXAMPLES)}
     assert levels == {"conv2d": 1, "layernorm": 1, "matmul": 1, "softmax": 1, "conv_relu_pool": 2,
                       "matmul_bias_gelu": 2, "transformer_block": 3}
+
+
+def test_fast_p_counts_only_wins_beyond_noise_and_never_a_pytorch_path() -> None:
+    # issue 23: a batch's fast_1 counted the task's own Model, re-measured, at "1.20x"
+    rows = [ProblemOutcome("model", "m.py", 1, "ok", vs_eager=1.2, vs_compile=1.3, fitness=1.2, significant=True,
+                           significant_vs_eager=True, pytorch_path=True),
+            ProblemOutcome("noisy", "n.py", 1, "ok", vs_eager=1.3, vs_compile=1.1, fitness=1.1),
+            ProblemOutcome("real", "r.py", 1, "ok", vs_eager=2.0, vs_compile=1.6, fitness=1.6, significant=True,
+                           significant_vs_eager=True)]
+    m = BatchSummary(rows).measures()
+    assert m["correct"] == 3 and m["evolved"] == 2
+    assert m["fast_1_vs_eager"] == pytest.approx(1 / 3) and m["fast_1_vs_best"] == pytest.approx(1 / 3)
+    assert m["geomean_vs_best"] == pytest.approx(math.sqrt(1.1 * 1.6))  # the PyTorch path stays out
+    assert fast_p([1.2, 2.0], 1.0, [False, True]) == 0.5
+
+
+def test_crowned_prefers_an_evolved_candidate_and_finds_its_eager_baseline() -> None:
+    from evoforge.batch import crowned
+    from evoforge.candidate import Candidate
+    from evoforge.timing import TimingStats
+
+    def t(median: float) -> dict[str, TimingStats]:
+        return {"eager": TimingStats("eager", "c", "cpu", 5, median, median, median - 1, median + 1, 2, median, 0)}
+
+    model = Candidate(name="task_model", source="class ModelNew:\n    pass\n", language="torch")
+    kernel = Candidate(name="k", source="class ModelNew:\n    x = 1\n", language="torch")
+    same = EvalResult(name="model-copy", hash=model.hash, status="ok", fitness=1.2, fitness_mode="eager",
+                      timing=t(10.0))
+    evolved = EvalResult(name="k", hash=kernel.hash, status="ok", fitness=0.9, fitness_mode="eager",
+                         timing=t(5.0))
+    eager0 = EvalResult(name="task_model", hash=model.hash, status="ok", role="baseline", timing=t(20.0))
+    eager1 = EvalResult(name="task_model", hash=model.hash, status="ok", role="baseline", timing=t(4.0))
+    best, eager, torch_path = crowned([(same, 0), (evolved, 1)], [model, kernel], [(eager0, 0), (eager1, 1)])
+    assert best is evolved and eager is eager1 and not torch_path
+    best, _, torch_path = crowned([(same, 0)], [model], [(eager0, 0)])
+    assert best is same and torch_path
+    assert crowned([], [], []) is None

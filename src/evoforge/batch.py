@@ -8,6 +8,11 @@ The summary uses the field's measures (KernelBench): ``fast_p`` is the fraction 
 best candidate is correct and more than ``p`` times faster than the reference; the geometric-mean
 speedup is over the problems that have a correct candidate. Each is given against the task's Model in
 eager mode (KernelBench's reference) and against the faster of eager and torch.compile (the fitness).
+
+A speedup counts towards ``fast_p`` only when it is beyond noise (evoforge.claims): the candidate's
+third-quartile latency below the baseline's first quartile, measured in the same batch. A problem whose
+only valid candidate is an unchanged PyTorch path (the task's own Model re-measured, say) has no evolved
+candidate: it counts as not fast and stays out of the geometric mean.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evoforge import claims
 from evoforge.task import TaskError
 from evoforge.tasks import COMPILED_BASELINE, EAGER_BASELINE
 
@@ -60,12 +66,14 @@ def discover(folder: Path, level: int | None = None) -> list[tuple[Path, int | N
     return found
 
 
-def fast_p(speedups: list[float | None], p: float) -> float:
+def fast_p(speedups: list[float | None], p: float, significant: list[bool] | None = None) -> float:
     """The fraction of problems whose best candidate is correct (a speedup, not None) and faster than the
-    reference by more than ``p``. Problems without a correct candidate count in the denominator."""
+    reference by more than ``p`` (and, where ``significant`` is given, beyond noise). Problems without a
+    correct candidate count in the denominator."""
     if not speedups:
         return 0.0
-    return sum(1 for s in speedups if s is not None and s > p) / len(speedups)
+    sig = significant if significant is not None else [True] * len(speedups)
+    return sum(1 for s, ok in zip(speedups, sig, strict=True) if s is not None and s > p and ok) / len(speedups)
 
 
 def geomean(speedups: list[float | None]) -> float | None:
@@ -90,17 +98,50 @@ class ProblemOutcome:
     vs_compile: float | None = None  # ... over the Model under torch.compile
     fitness: float | None = None  # ... over the faster of the two (what the search maximised)
     fitness_mode: str | None = None
+    significant: bool = False  # the fitness's win is beyond noise (its spread clears the best baseline's)
+    significant_vs_eager: bool = False  # ... and the win over the task's Model in eager mode
+    pytorch_path: bool = False  # the best valid candidate is an unchanged PyTorch path (no evolved one was valid)
+    claim: str = ""  # evoforge.claims.claim: what the summary may say about the fitness
     evaluated: int = 0
     valid: int = 0
     detail: str = ""
 
 
-def outcome_from_result(result: Any) -> dict[str, Any]:
-    """The speedups of a run's best candidate (an EvalResult) against the eager and compiled baselines."""
+def clears(result: Any, baseline: Any, mode: str | None) -> bool:
+    """``result`` is faster than ``baseline`` beyond noise in ``mode``: its third quartile below the
+    baseline's first (the rule of EvalResult.significant, against any one baseline)."""
+    if not mode or baseline is None or mode not in result.timing or mode not in baseline.timing:
+        return False
+    return bool(result.timing[mode].q3_us < baseline.timing[mode].q1_us)
+
+
+def outcome_from_result(result: Any, eager: Any = None, pytorch_path: bool = False) -> dict[str, Any]:
+    """The speedups of a run's best candidate (an EvalResult) against the eager and compiled baselines;
+    ``eager`` is the eager baseline's result from the same batch (for the significance of vs_eager)."""
     mode = result.fitness_mode
     ratios = result.speedup.get(mode, {}) if mode else {}
     return {"best": result.name, "vs_eager": ratios.get(EAGER_BASELINE), "vs_compile": ratios.get(COMPILED_BASELINE),
-            "fitness": result.fitness, "fitness_mode": mode}
+            "fitness": result.fitness, "fitness_mode": mode, "significant": result.significant,
+            "significant_vs_eager": clears(result, eager, mode), "pytorch_path": pytorch_path,
+            "claim": claims.claim(result.fitness, result.significant, pytorch_path)}
+
+
+def crowned(evaluated: list[tuple[Any, int]], candidates: list[Any],
+            baselines: list[tuple[Any, int]]) -> tuple[Any, Any, bool] | None:
+    """A run's best for the summary, from its (result, generation) evaluations, its candidates and its
+    (baseline, generation) evaluations: the fittest valid evolved candidate (an unchanged PyTorch path only
+    when nothing else is valid), the eager baseline of the same batch, and whether it is a PyTorch path."""
+    genomes = {c.hash: c.genome for c in candidates}
+    base_hashes = {b.hash for b, _ in baselines}
+
+    def torch_path(item: tuple[Any, int]) -> bool:
+        return claims.is_pytorch_path(item[0].language, item[0].hash, genomes.get(item[0].hash), base_hashes)
+
+    found = claims.crown([(r, g) for r, g in evaluated if r.ok], lambda item: item[0].fitness, torch_path)
+    if found is None:
+        return None
+    eager = next((b for b, g in reversed(baselines) if g == found[1] and b.name == EAGER_BASELINE and b.ok), None)
+    return found[0], eager, torch_path(found)
 
 
 def baseline_failures(results: list[Any]) -> str:
@@ -121,13 +162,15 @@ class BatchSummary:
     problems: list[ProblemOutcome] = field(default_factory=list)
 
     def measures(self) -> dict[str, Any]:
-        eager = [p.vs_eager if p.status == "ok" else None for p in self.problems]
-        best = [p.fitness if p.status == "ok" else None for p in self.problems]
+        evolved = [p.status == "ok" and not p.pytorch_path for p in self.problems]
+        eager = [p.vs_eager if ok else None for p, ok in zip(self.problems, evolved, strict=True)]
+        best = [p.fitness if ok else None for p, ok in zip(self.problems, evolved, strict=True)]
         out: dict[str, Any] = {"problems": len(self.problems),
-                               "correct": sum(p.status == "ok" for p in self.problems)}
-        for p in FAST_P:
-            out[f"fast_{p:g}_vs_eager"] = fast_p(eager, p)
-            out[f"fast_{p:g}_vs_best"] = fast_p(best, p)
+                               "correct": sum(p.status == "ok" for p in self.problems),
+                               "evolved": sum(evolved)}
+        for p in FAST_P:  # only wins beyond noise count
+            out[f"fast_{p:g}_vs_eager"] = fast_p(eager, p, [q.significant_vs_eager for q in self.problems])
+            out[f"fast_{p:g}_vs_best"] = fast_p(best, p, [q.significant for q in self.problems])
         out["geomean_vs_eager"] = geomean(eager)
         out["geomean_vs_best"] = geomean(best)
         return out

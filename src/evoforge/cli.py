@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -113,6 +114,11 @@ def _fmt_latency(value: float | None) -> str:
     return f"{value:.1f} µs" if value < 1000 else f"{value / 1000:.2f} ms"
 
 
+def _plural(n: int, word: str) -> str:
+    """ "1 repeat", "3 repeats"."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _fmt_range(values: list[float | None]) -> str:
     xs = [v for v in values if v is not None]
     if not xs:
@@ -154,7 +160,8 @@ def sweep(
         spec = resolve_task(task)
         chosen = select_variants(spec, [v.strip() for v in variants.split(",") if v.strip()] or None)
         config = _eval_config(device, timeout, budget_ms, seed, memory_mb, sandbox)
-        err.print(f"sweep: {spec.name}, {len(chosen)} variants, {repeats} repeat(s)", highlight=False)
+        err.print(f"sweep: {spec.name}, {_plural(len(chosen), 'variant')}, {_plural(repeats, 'repeat')}",
+                  highlight=False)
         with _progress(True) as say:
             outcome = run_sweep(spec, chosen, repeats=repeats, config=config, progress=say)
         path = write_evidence(outcome.evidence, output)
@@ -172,9 +179,10 @@ def _print_sweep(evidence: dict[str, Any]) -> None:
     dev = evidence["device"]
     versions = dev.get("versions", {})
     table = Table(title=f"{evidence['task']['name']} on {dev.get('device_name', '?')} "
-                        f"(torch {versions.get('torch')}, {evidence['repeats']} repeats)")
+                        f"(torch {versions.get('torch')}, {_plural(evidence['repeats'], 'repeat')})")
     for col in ("variant", "status", "max err", "eager µs", "graph µs", "fitness", "vs", "notes"):
-        table.add_column(col, justify="right" if col in ("max err", "eager µs", "graph µs", "fitness") else "left")
+        table.add_column(col, justify="right" if col in ("max err", "eager µs", "graph µs", "fitness") else "left",
+                         overflow="fold")  # notes wrap whole, never cut mid-word
     for row in sorted(evidence["variants"], key=lambda r: -(r["fitness_spread"] or {"median": 0})["median"]):
         statuses = row["statuses"]
         status = statuses[0] if len(set(statuses)) == 1 else "/".join(statuses)
@@ -184,7 +192,7 @@ def _print_sweep(evidence: dict[str, Any]) -> None:
             f"{fit['median']:.2f}×" + (f" [{fit['min']:.2f}–{fit['max']:.2f}]" if fit["min"] != fit["max"] else ""))
         notes = list(row["labels"])
         if not row["correct_all"]:
-            notes.append(next((d for d in row["details"] if d), "")[:70])
+            notes.append(next((d for d in row["details"] if d), ""))
         vs = next((b for b in row["best_baseline"] if b), "-")
         err_txt = "-" if row["max_abs_err"] is None else f"{row['max_abs_err']:.1e}"
         table.add_row(row["name"], status, err_txt, escape(_fmt_range(row["latency_us"].get("eager", []))),
@@ -237,6 +245,8 @@ def eval_cmd(
     from evoforge.tasks import baselines_for
 
     def body() -> int:
+        if candidate.is_dir():
+            raise _Fail(f"{candidate}: is a directory; give the candidate's .py file (it defines class ModelNew)", 2)
         if not candidate.is_file():
             raise _Fail(f"{candidate}: no such candidate file", 2)
         try:
@@ -265,17 +275,20 @@ def _print_eval(report: Any, task_name: str) -> None:
     env = report.env
     table = Table(title=f"{task_name} on {env.get('device_name', '?')}")
     for col in ("entry", "role", "status", "max err", "eager µs", "graph µs", "fitness", "detail"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # details wrap whole, never cut mid-word
     for r in report.results:
         status = f"[green]{r.status}[/green]" if r.ok else f"[red]{r.status}[/red]"
         err_txt = "-" if r.max_abs_err is None else f"{r.max_abs_err:.1e}"
         fit = f"{r.fitness:.2f}× vs {r.best_baseline}" if r.role == "candidate" and r.ok and r.best_baseline else ""
+        if fit and r.fitness > 1.0 and not r.significant:
+            fit += " (not significant)"
         table.add_row(r.name, r.role, status, err_txt, _fmt_us(r.latency("eager")), _fmt_us(r.latency("graph")),
-                      fit, escape(r.detail[:80]))
+                      escape(fit), escape(r.detail))
     out.print(table)
     cand = report.results[0]
     if cand.logs and not cand.ok:
-        out.print(f"[dim]{cand.name} logs (tail):[/dim]\n{cand.logs[-1500:]}", highlight=False, markup=False)
+        out.print(f"[dim]{escape(cand.name)} logs (tail):[/dim]", highlight=False)
+        out.print(cand.logs[-1500:], highlight=False, markup=False)
 
 
 DbOpt = typer.Option(Path(".evoforge/runs.db"), "--db", help="The run store (SQLite).")
@@ -452,7 +465,7 @@ def _batch(store: Any, config: Any, folder: Path, level: int | None, as_json: bo
     """One run per problem, then the summary: per problem the best candidate's speedups, and fast_p and the
     geometric mean over all. A problem that can't be used is a line in the table, not the end of the batch."""
     from evoforge import evolve
-    from evoforge.batch import BatchSummary, ProblemOutcome, baseline_failures, discover, outcome_from_result
+    from evoforge.batch import BatchSummary, ProblemOutcome, baseline_failures, crowned, discover, outcome_from_result
     from evoforge.evaluator import EvaluatorError
     from evoforge.store import StoreError
     from evoforge.task import TaskError
@@ -471,15 +484,18 @@ def _batch(store: Any, config: Any, folder: Path, level: int | None, as_json: bo
                 _search(store, run_id, prepared, evolve.RunConfig.from_dict(store.run(run_id).config), True)
             evaluated = store.evaluations(run_id)
             row.evaluated = len(evaluated)
-            valid = [r for r, _ in evaluated if r.ok]
+            valid = [(r, g) for r, g in evaluated if r.ok]
             row.valid = len(valid)
+            base = store.evaluations(run_id, role="baseline")
             if valid:
                 row.status = "ok"
-                for key, value in outcome_from_result(max(valid, key=lambda r: r.fitness)).items():
+                # the problem's best: its fittest evolved candidate, never an unchanged PyTorch path (claims)
+                best, eager, torch_path = crowned(valid, [c for c, _ in store.candidates(run_id)], base)
+                for key, value in outcome_from_result(best, eager, torch_path).items():
                     setattr(row, key, value)
             else:
                 row.status = "no valid candidate"
-            row.detail = baseline_failures([r for r, _ in store.evaluations(run_id, role="baseline")])
+            row.detail = baseline_failures([r for r, _ in base])
         except (TaskError, EvaluatorError, StoreError) as exc:
             if verbose:
                 traceback.print_exc()
@@ -512,19 +528,35 @@ def _print_batch(data: dict[str, Any], folder: Path) -> None:
     def x(value: float | None) -> str:
         return "-" if value is None else f"{value:.2f}×"
 
-    table = Table(title=f"batch over {folder}")
-    for col in ("problem", "level", "status", "best", "vs eager", "vs compile", "fitness", "valid", "run"):
-        table.add_column(col)
+    def fit(p: dict[str, Any]) -> str:
+        if p["fitness"] is None:
+            return "-"
+        if p.get("pytorch_path"):
+            return f"{x(p['fitness'])} (PyTorch path)"
+        return x(p["fitness"]) + (" (not significant)" if p["fitness"] > 1.0 and not p.get("significant") else "")
+
+    table = Table(title=f"batch over {folder}", box=box.SIMPLE_HEAD, collapse_padding=True)  # room for the run id
+    for col in ("problem", "level", "status", "best", "vs eager", "vs compile", "fitness", "valid"):
+        # names fold only where one is wider than its column; numbers never wrap
+        table.add_column(col, overflow="fold", min_width=12 if col == "fitness" else None)
+    # the full id, to copy into `evoforge report` (a column's min_width counts its padding)
+    widest = max((len(p["run"] or "-") for p in data["problems"]), default=3)
+    table.add_column("run", no_wrap=True, min_width=widest + 2)
+    notes: list[str] = []  # errors and baseline notes, in full under the table (a cell would cut or fold them)
     for p in data["problems"]:
-        status = p["status"] if p["status"] != "error" else f"error: {p['detail'][:60]}"
-        if p["status"] != "error" and p["detail"]:  # a baseline that was never valid: why its column is empty
-            status += f" ({p['detail'][:80]})"
-        table.add_row(p["problem"], str(p["level"] if p["level"] is not None else "-"), escape(status),
-                      p["best"] or "-", x(p["vs_eager"]), x(p["vs_compile"]), x(p["fitness"]),
-                      f"{p['valid']}/{p['evaluated']}", (p["run"] or "-")[:12])
+        status = p["status"]
+        if p["detail"]:  # an error, or a baseline that was never valid: why its column is empty
+            notes.append(f"[{len(notes) + 1}] {p['problem']}: {p['detail']}")
+            status += f" [{len(notes)}]"
+        table.add_row(escape(p["problem"]), str(p["level"] if p["level"] is not None else "-"), escape(status),
+                      escape(p["best"] or "-"), x(p["vs_eager"]), x(p["vs_compile"]), fit(p),
+                      f"{p['valid']}/{p['evaluated']}", p["run"] or "-")
     out.print(table)
+    for note in notes:
+        out.print(note, highlight=False, markup=False)
     m = data["summary"]
-    out.print(f"{m['correct']}/{m['problems']} problems with a correct candidate; "
+    out.print(f"{m['correct']}/{m['problems']} problems with a correct candidate "
+              "(fast_p counts wins beyond noise only); "
               f"fast_1 {m['fast_1_vs_eager']:.2f} / fast_1.5 {m['fast_1.5_vs_eager']:.2f} vs eager, "
               f"{m['fast_1_vs_best']:.2f} / {m['fast_1.5_vs_best']:.2f} vs the faster of eager and compile; "
               f"geomean {x(m['geomean_vs_eager'])} vs eager, {x(m['geomean_vs_best'])} vs the faster",
@@ -655,7 +687,7 @@ def doctor(as_json: bool = JsonOpt, device: str = DeviceOpt) -> None:
     out.print("versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), highlight=False)
     out.print("attention paths:")
     for name, state in report["backends"].items():
-        mark = "[green]runs[/green]" if state == "runs" else f"[yellow]{state}[/yellow]"
+        mark = "[green]runs[/green]" if state == "runs" else f"[yellow]{escape(state)}[/yellow]"
         out.print(f"  {name}: {mark}")
     out.print("sandbox (basic):")
     for line in report["sandbox"]["lines"]:

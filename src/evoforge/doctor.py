@@ -22,7 +22,7 @@ def _try(fn: Any) -> str:
         return "runs"
     except Exception as exc:  # doctor reports, it does not fail
         text = str(exc).strip().splitlines()
-        return "unavailable: " + (text[0][:120] if text else type(exc).__name__)
+        return "unavailable: " + (text[0] if text else type(exc).__name__)  # the whole first line, never cut
 
 
 def attention_backends(device: torch.device) -> dict[str, str]:

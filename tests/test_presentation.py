@@ -1,0 +1,72 @@
+"""What the console prints (issue 23, item 10): markup rendered, not shown; text wrapped, never cut mid-word;
+run ids whole; plurals right; a directory named as one."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from evoforge import cli
+from evoforge.evaluator.result import EvalResult
+from evoforge.timing import TimingStats
+
+
+@pytest.fixture
+def captured(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "out", Console(file=buf, width=100, color_system=None))
+    return buf
+
+
+def test_batch_table_keeps_run_ids_and_details_whole(captured: io.StringIO) -> None:
+    run_id = "20261130-072403-d5b7"
+    detail = "baseline task_model_compiled rejected: sandbox: refused at run time: walks the call stack"
+    problem = {"problem": "tanh_matmul", "level": 1, "status": "ok", "best": "generic-compile-max-autotune",
+               "vs_eager": 1.2, "vs_compile": 1.1, "fitness": 1.1, "significant": False, "pytorch_path": False,
+               "valid": 3, "evaluated": 3, "run": run_id, "detail": detail}
+    summary = {"problems": 1, "correct": 1, "fast_1_vs_eager": 0.0, "fast_1.5_vs_eager": 0.0,
+               "fast_1_vs_best": 0.0, "fast_1.5_vs_best": 0.0, "geomean_vs_eager": 1.2, "geomean_vs_best": 1.1}
+    cli._print_batch({"problems": [problem], "summary": summary}, Path("problems"))
+    text = captured.getvalue()
+    assert run_id in text  # copyable in full
+    assert f"[1] tanh_matmul: {detail}" in " ".join(text.split())  # the note whole, under the table
+    assert "significant)" in text.split() and "beyond noise" in text  # "(not significant)", never folded
+
+
+def test_eval_logs_heading_is_markup_not_text(captured: io.StringIO) -> None:
+    stats = TimingStats("eager", "perf_counter", "cpu", 5, 10.0, 9.0, 9.5, 10.5, 1.0, 10.0, 0)
+    cand = EvalResult(name="mine", hash="h", status="runtime_error", detail="x " * 80 + "the end",
+                      logs="[red]not markup[/red] Traceback...")
+    base = EvalResult(name="sdpa_flash", hash="b", status="ok", role="baseline", timing={"eager": stats})
+    report: Any = type("R", (), {"env": {"device_name": "CPU"}, "results": [cand, base]})()
+    cli._print_eval(report, "attention-tiny")
+    text = captured.getvalue()
+    assert "[dim]" not in text and "mine logs (tail):" in text
+    assert "[red]not markup[/red]" in text  # the candidate's own output, verbatim
+    assert "the end" in text  # the detail wraps, it is not cut
+
+
+def test_eval_of_a_directory_says_it_is_one(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli.app, ["eval", str(tmp_path), "--device", "cpu"])
+    assert result.exit_code == 2
+    assert "is a directory" in result.output and "no such candidate file" not in result.output
+
+
+def test_plural() -> None:
+    assert cli._plural(1, "repeat") == "1 repeat" and cli._plural(3, "repeat") == "3 repeats"
+
+
+def test_doctor_keeps_an_error_line_whole() -> None:
+    from evoforge.doctor import _try
+
+    long = "backend unavailable because " + "reason " * 40 + "end"
+
+    def fail() -> None:
+        raise RuntimeError(long + "\nsecond line")
+
+    assert _try(fail) == "unavailable: " + long
