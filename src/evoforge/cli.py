@@ -11,6 +11,7 @@ import json
 import os
 import statistics
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -313,7 +314,7 @@ def _progress_line(p: Any, total: int) -> str:
             f"{p.evals_per_min:.1f} evals/min{slots}{eta}")
 
 
-def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) -> int:
+def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool, started: float | None = None) -> int:
     from evoforge import evolve
 
     if prepared.device == "cpu":
@@ -342,7 +343,7 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool) 
             executor = evolve.make_executor(config, prepared)
             err.print(f"executor {executor.name}: {len(executor.slot_names)} slot(s) "
                       f"({', '.join(executor.slot_names)})", highlight=False)
-            final = evolve.search_for(store, run_id, prepared, config, on_progress, executor).run()
+            final = evolve.search_for(store, run_id, prepared, config, on_progress, executor, started).run()
     summary = {"run": run_id, "stop_reason": final.stop_reason, "generations": final.generation + 1,
                "evaluated": final.evaluated, "valid": final.valid, "best": final.best_name,
                "best_fitness": final.best_fitness, "best_baseline": final.best_baseline,
@@ -394,6 +395,8 @@ PrefetchOpt = typer.Option(None, "--prefetch", min=0, help="Batches proposed ahe
                            "compile overlaps the current timing (default 0).")
 PrecompileOpt = typer.Option(None, "--precompile/--no-precompile", help="Compile Triton kernels in a separate "
                              "process before timing (default: on with CUDA).")
+BatchSizeOpt = typer.Option(None, "--batch-size", min=1, help="Candidates per batch (default: a whole generation); "
+                            "smaller batches let --budget stop between them, each re-timing the baselines.")
 
 
 @app.command()
@@ -428,9 +431,11 @@ def run(
     config_file: Path | None = typer.Option(None, "--config", help="TOML config (default: ./evoforge.toml)."),
     executor: str | None = ExecutorOpt, address: str | None = AddressOpt, workers: int | None = WorkersOpt,
     prefetch: int | None = PrefetchOpt, precompile: bool | None = PrecompileOpt,
+    batch_size: int | None = BatchSizeOpt,
     db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
     """Evolve a kernel for a task: generate -> measure -> select -> mutate, stored as it goes."""
+    started = time.monotonic()  # --budget counts from here: loading the task, the baselines, generation 0
     from evoforge import evolve
 
     flags = {"task": task, "generations": generations, "population": population, "elites": elites,
@@ -441,6 +446,7 @@ def run(
              "llm_max_cost": llm_max_cost, "llm_prompts": prompts}
     flags.update({"executor": executor, "address": address, "workers": workers, "prefetch": prefetch,
                   "precompile": precompile})  # executor flags (issue 7)
+    flags["batch_size"] = batch_size  # issue 22
 
     def body() -> int:
         settings = evolve.load_config_file(config_file)
@@ -456,7 +462,7 @@ def run(
             return _batch(store, config, task_dir, level, as_json, verbose)
         run_id, prepared = evolve.start(config, store)
         config = evolve.RunConfig.from_dict(store.run(run_id).config)
-        return _search(store, run_id, prepared, config, as_json)
+        return _search(store, run_id, prepared, config, as_json, started)
 
     raise typer.Exit(_guarded(body, verbose))
 
@@ -577,6 +583,8 @@ def resume(
     """Continue a stopped run with its population and RNG state (refused while another process runs it)."""
     from evoforge import evolve
 
+    started = time.monotonic()
+
     def body() -> int:
         if budget:
             evolve.parse_duration(budget)
@@ -584,7 +592,7 @@ def resume(
         config, prepared, full_id = evolve.resume(
             store, run_id, {"generations": generations, "budget": budget, "max_evals": max_evals,
                             "executor": executor, "address": address, "workers": workers})
-        return _search(store, full_id, prepared, config, as_json)
+        return _search(store, full_id, prepared, config, as_json, started)
 
     raise typer.Exit(_guarded(body, verbose))
 

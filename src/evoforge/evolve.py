@@ -57,6 +57,7 @@ class RunConfig:
     address: str | None = None  # ray: "auto" (default) or HOST:PORT of a running cluster
     workers: int | None = None  # slots: CPU workers without a GPU (default 1); at most this many GPUs/Ray tasks
     prefetch: int = 0  # batches proposed ahead of a free slot (their compile overlaps the current timing)
+    batch_size: int | None = None  # candidates per batch (a generation goes as several; the budget can cut between)
     precompile: bool | None = None  # compile Triton kernels in a separate process first (default: on with CUDA)
     # The LLM mutator (``mutator = "llm"`` or ``"mixed"``); the key is read from the environment only.
     llm_model: str | None = None  # name[:weight][@price_in/price_out], comma-separated for an ensemble
@@ -90,7 +91,8 @@ class RunConfig:
         return SearchConfig(generations=self.generations, population=self.population, elites=self.elites,
                             budget_s=parse_duration(self.budget) if self.budget else None,
                             max_evals=self.max_evals, target_fitness=self.target_fitness,
-                            plateau=self.plateau, seed=self.seed, later_baselines=self.keep_baselines)
+                            plateau=self.plateau, seed=self.seed, later_baselines=self.keep_baselines,
+                            batch_size=self.batch_size)
 
 
 def parse_duration(text: str) -> float:
@@ -419,6 +421,8 @@ def check_executor(config: RunConfig) -> None:
         raise TaskError(f"workers = {config.workers}: need at least one")
     if config.prefetch < 0:
         raise TaskError(f"prefetch = {config.prefetch}: must be 0 or more")
+    if config.batch_size is not None and config.batch_size < 1:
+        raise TaskError(f"batch_size = {config.batch_size}: need at least one candidate per batch")
     if config.address and config.executor != "ray":
         raise TaskError("--address is for --executor ray")
     if config.executor == "ray" and importlib.util.find_spec("ray") is None:
@@ -438,9 +442,12 @@ def make_executor(config: RunConfig, prepared: Prepared) -> Executor:
 
 
 def search_for(store: RunStore, run_id: str, prepared: Prepared, config: RunConfig,
-               on_progress: Callable[[Progress], None] | None = None, executor: Executor | None = None) -> Search:
+               on_progress: Callable[[Progress], None] | None = None, executor: Executor | None = None,
+               started: float | None = None) -> Search:
+    """The search of this session; ``started`` (time.monotonic()) is when its ``--budget`` clock started
+    (the command's start, so loading the task and starting the executor count), default when it runs."""
     return Search(store, run_id, prepared.mutator, prepared.evaluate, config.search_config(), prepared.rng,
-                  on_progress, executor or make_executor(config, prepared))
+                  on_progress, executor or make_executor(config, prepared), started=started)
 
 
 def resume(store: RunStore, run_id: str, overrides: dict[str, Any],

@@ -33,12 +33,13 @@ class SearchConfig:
     population: int = 8  # new candidates per generation
     elites: int = 3
     tournament: int = 2
-    budget_s: float | None = None  # wall clock of this session of the run
+    budget_s: float | None = None  # wall clock of this session of the run (a hard deadline: see Search.run)
     max_evals: int | None = None
     target_fitness: float | None = None
     plateau: int | None = None  # stop after this many generations without a 1% gain
     seed: int = 0
     later_baselines: int = 3  # baselines a batch after generation 0 re-times (for the time-budget estimate)
+    batch_size: int | None = None  # candidates per batch: a larger generation goes as several batches, in order
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,7 +85,8 @@ class Search:
 
     def __init__(self, store: RunStore, run_id: str, mutator: Mutator, evaluate: EvaluateFn | None,
                  config: SearchConfig, rng: random.Random,
-                 on_progress: Callable[[Progress], None] | None = None, executor: Executor | None = None) -> None:
+                 on_progress: Callable[[Progress], None] | None = None, executor: Executor | None = None,
+                 started: float | None = None) -> None:
         if executor is None:
             if evaluate is None:
                 raise ValueError("Search needs an evaluate function or an executor")
@@ -97,7 +99,11 @@ class Search:
         self.baseline_hashes: set[str] = set()  # the sources PyTorch's own paths run (claims.is_pytorch_path)
         self.best_by_generation: dict[int, float] = {}
         self.best_trace: list[float] = []  # best fitness so far after each completed batch (plateau)
-        self.in_flight: dict[int, list[Candidate]] = {}  # submitted batches by generation
+        self.started = started  # the budget's clock (time.monotonic()); None: when run() starts
+        self.in_flight: dict[int, list[Candidate]] = {}  # submitted batches by batch key
+        self.in_flight_generation: dict[int, int] = {}  # batch key -> its generation
+        self._next_key = 0
+        self.cut: list[tuple[int, list[Candidate]]] = []  # batches cancelled at the budget's deadline
         self.resubmit: list[tuple[int, list[Candidate]]] = []  # persisted, unevaluated, not yet re-submitted
         self.next_generation = 0
         self.completed = -1  # the highest generation whose batch has come back
@@ -159,12 +165,14 @@ class Search:
         population as it stands whenever one completes. Each batch's proposals and the RNG state are
         persisted before it is submitted; each result is stored as it arrives; with one slot this is
         the generational loop (propose, evaluate, select) exactly."""
-        started = time.monotonic()
+        started = self.started if self.started is not None else time.monotonic()
+        deadline = started + self.config.budget_s if self.config.budget_s is not None else None
         last, pending = self._load()
         if not self.history and not pending:
             pending = {0: self._persist_proposals(self._distinct(self.mutator.seed(), 0), 0)}
             last = 0
-        self.resubmit = resubmit = sorted((g, self._unique_names(b)) for g, b in pending.items())
+        self.resubmit = resubmit = [(g, chunk) for g, b in sorted(pending.items())
+                                    for chunk in self._chunks(self._unique_names(b))]
         self.next_generation = last + 1
         self.completed = max((i.candidate.lineage.get("generation", 0) for i in self.history), default=-1)
         batch_seconds: list[float] = []
@@ -174,6 +182,11 @@ class Search:
             while True:
                 while reason is None and len(self.in_flight) < self.executor.capacity:
                     if resubmit:
+                        # the rest of a generation (or a resumed run's pending batches): not once the
+                        # budget says no further batch fits (they stay pending: a resume evaluates them)
+                        reason = self._budget_reason(started, batch_seconds) if self.history else None
+                        if reason:
+                            break
                         generation, batch = resubmit.pop(0)
                     else:
                         if not self.history:
@@ -200,16 +213,24 @@ class Search:
                             if reason:  # as in the generational loop, the generation it stopped in counts
                                 self.completed = max(self.completed, generation)
                             break
-                        batch = self._persist_proposals(fresh, generation)
+                        batch, *rest = self._chunks(self._persist_proposals(fresh, generation))
+                        resubmit[:0] = [(generation, chunk) for chunk in rest]
                     self.next_generation = max(self.next_generation, generation + 1)
-                    self.in_flight[generation] = batch
+                    self.in_flight[self._next_key] = batch
+                    self.in_flight_generation[self._next_key] = generation
+                    self._next_key += 1
                     self.executor.submit(generation, batch)
                 if not self.in_flight:
                     break
-                finished = self.executor.wait()
+                timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+                finished = self.executor.wait(timeout)
+                if not finished and deadline is not None and time.monotonic() >= deadline:
+                    reason = self._cut_at_deadline()
+                    self.on_progress(self._progress(started, evaluated_now, batch_seconds, reason))
+                    break
                 if not finished and not self.executor.in_flight():
                     raise RuntimeError(f"the {self.executor.name} executor holds none of the batches in flight "
-                                       f"(generations {sorted(self.in_flight)})")
+                                       f"(generations {sorted(set(self.in_flight_generation.values()))})")
                 for done in finished:
                     self._store(done)
                     evaluated_now += len(done.results)
@@ -231,9 +252,42 @@ class Search:
     def _in_flight_count(self) -> int:
         return sum(len(b) for b in self.in_flight.values())
 
+    def _chunks(self, batch: list[Candidate]) -> list[list[Candidate]]:
+        """``batch`` in batches of at most ``batch_size`` candidates (one batch without a batch size)."""
+        size = self.config.batch_size
+        if not size or len(batch) <= size:
+            return [batch]
+        return [batch[i:i + size] for i in range(0, len(batch), size)]
+
+    def _cut_at_deadline(self) -> str:
+        """The budget's deadline passed with batches in flight: give them up (``close`` cancels them, killing
+        their workers). Their candidates stay in the store unevaluated, so a resume evaluates them; every
+        batch that came back before the deadline is kept."""
+        self.cut = [(self.in_flight_generation.pop(k), b) for k, b in self.in_flight.items()]
+        self.in_flight.clear()
+        n = sum(len(b) for _, b in self.cut)
+        self.store.add_event(self.run_id, "budget_cut", batches=len(self.cut), candidates=n,
+                             generations=sorted({g for g, _ in self.cut}))
+        return (f"time budget of {self.config.budget_s:g} s reached: {len(self.cut)} batch(es) in flight cut, "
+                f"their {n} candidate(s) left pending for `evoforge resume`")
+
+    def _key_of(self, done: Done) -> int | None:
+        """The in-flight batch ``done`` is (the same list, else the same candidates)."""
+        for key, batch in self.in_flight.items():
+            if batch is done.candidates:
+                return key
+        hashes = [c.hash for c in done.candidates]
+        for key, batch in self.in_flight.items():
+            if [c.hash for c in batch] == hashes:
+                return key
+        return None
+
     def _store(self, done: Done) -> None:
         """One completed batch, in one transaction: its baselines, its results, its event."""
-        self.in_flight.pop(done.generation, None)
+        key = self._key_of(done)
+        if key is not None:
+            self.in_flight.pop(key)
+            self.in_flight_generation.pop(key, None)
         with self.store.transaction():
             for base in done.baselines:
                 self.store.add_evaluation(self.run_id, base, done.generation)
@@ -328,15 +382,25 @@ class Search:
             return f"reached {cfg.max_evals} evaluations"
         if cfg.target_fitness is not None and best >= cfg.target_fitness:
             return f"reached the target fitness {cfg.target_fitness:g}"
-        if cfg.budget_s is not None:
-            elapsed = time.monotonic() - started
-            next_batch = batch_seconds[-1] if batch_seconds else 0.0
-            if elapsed + next_batch > cfg.budget_s:
-                return f"time budget of {cfg.budget_s:g} s would be exceeded by another generation"
+        budget = self._budget_reason(started, batch_seconds)
+        if budget:
+            return budget
         if cfg.plateau and len(bests) > cfg.plateau:
             before = bests[-cfg.plateau - 1]
             if best <= before * (1 + PLATEAU_GAIN):
                 return f"no gain over 1% in {cfg.plateau} generations"
+        return None
+
+    def _budget_reason(self, started: float, batch_seconds: list[float]) -> str | None:
+        """Why no further batch may start: the latest batch's time (what the next one is expected to take)
+        would carry the session past its budget."""
+        cfg = self.config
+        if cfg.budget_s is None:
+            return None
+        elapsed = time.monotonic() - started
+        next_batch = batch_seconds[-1] if batch_seconds else 0.0
+        if elapsed + next_batch > cfg.budget_s:
+            return f"time budget of {cfg.budget_s:g} s would be exceeded by another generation"
         return None
 
     def _progress(self, started: float, evaluated_now: int, batch_seconds: list[float],
