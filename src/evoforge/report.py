@@ -293,13 +293,22 @@ def _html(data: dict[str, Any], plots: list[Path], best_source: str | None) -> s
 font-size:13px;vertical-align:top}}td.detail{{max-width:40em;overflow-wrap:anywhere}}img{{max-width:49%}}pre{{background:#f6f6f6;padding:1em;overflow:auto;font-size:12px}}</style></head>
 <body><h1>evoforge run {esc(data['run']['id'])}</h1>
 <p>task {esc(data['task'].get('name'))} on {esc(dev.get('device_name', '?'))}
-(torch {esc((dev.get('versions') or {}).get('torch'))}); {data['evaluated']} evaluated, {data['valid']} valid;
+(torch {esc((dev.get('versions') or {}).get('torch'))}{esc(_threads(dev))}); {data['evaluated']} evaluated, \
+{data['valid']} valid;
 stopped: {esc(data['run']['stop_reason'])}</p><p><b>{head}</b></p>{images}
 <h2>candidates</h2><table><tr><th>name</th><th>gen</th><th>status</th><th>fitness</th><th>claim</th><th>latency µs</th>
 <th>mutation</th><th>detail</th></tr>{body}</table>
 {_throughput_html(data)}
 {_llm_html(data.get("llm"), esc)}
 <h2>best kernel</h2><pre>{esc(best_source or '')}</pre></body></html>"""
+
+
+def _threads(dev: dict[str, Any]) -> str:
+    """", 1 CPU thread per worker" for a CPU run (the judge pins torch's intra-op threads), else ""."""
+    threads = (dev.get("judge") or {}).get("cpu_threads")
+    if dev.get("device_type") != "cpu" or not threads:
+        return ""
+    return f", {threads} CPU thread{'s' if threads != 1 else ''} per worker"
 
 
 def _llm_html(llm: dict[str, Any] | None, esc: Any) -> str:
