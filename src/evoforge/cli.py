@@ -467,27 +467,42 @@ def run(
     raise typer.Exit(_guarded(body, verbose))
 
 
-def _batch(store: Any, config: Any, folder: Path, level: int | None, as_json: bool, verbose: bool) -> int:
+def _batch(store: Any, config: Any, folder: Path, level: int | None, as_json: bool, verbose: bool,
+           record: Any = None) -> int:
     """One run per problem, then the summary: per problem the best candidate's speedups, and fast_p and the
-    geometric mean over all. A problem that can't be used is a line in the table, not the end of the batch."""
+    geometric mean over all. A problem that can't be used is a line in the table, not the end of the batch.
+    Each row is kept as it finishes (a BatchRecord); with ``record``, an interrupted batch continues."""
     from evoforge import evolve
-    from evoforge.batch import BatchSummary, ProblemOutcome, baseline_failures, crowned, discover, outcome_from_result
+    from evoforge.batch import ProblemOutcome, baseline_failures, crowned, discover, outcome_from_result
+    from evoforge.batch_store import BatchRecord
     from evoforge.evaluator import EvaluatorError
     from evoforge.store import StoreError
     from evoforge.task import TaskError
 
-    problems = discover(folder, level)
-    err.print(f"batch: {len(problems)} problem(s) from {folder}" + (f" at level {level}" if level is not None else ""),
+    if record is None:  # issue 22: the batch's rows are kept as each problem finishes
+        record = BatchRecord.create(store.path, folder, level, config.to_dict(), discover(folder, level))
+    record.claim()
+    problems = record.todo()
+    err.print(f"batch {record.id}: {len(problems)} problem(s) from {folder}"
+              + (f" at level {level}" if level is not None else "")
+              + (f" ({len(record.rows)} already finished)" if record.rows else "")
+              + f"; rows kept in {record.path} as they finish (`evoforge resume {record.id}` continues it)",
               highlight=False)
-    summary = BatchSummary()
     for path, lvl in problems:
+        started = time.monotonic()  # --budget is each problem's
         row = ProblemOutcome(problem=path.stem, path=str(path), level=lvl, status="error")
         try:
-            run_config = evolve.RunConfig.from_dict({**config.to_dict(), "task": str(path)})
-            run_id, prepared = evolve.start(run_config, store)
+            earlier = record.run_of(path)  # the run an interrupted session was in: continued, not restarted
+            if earlier:
+                run_config, prepared, run_id = evolve.resume(store, earlier, {"budget": config.budget})
+            else:
+                run_config = evolve.RunConfig.from_dict({**config.to_dict(), "task": str(path)})
+                run_id, prepared = evolve.start(run_config, store)
+                run_config = evolve.RunConfig.from_dict(store.run(run_id).config)
+            record.begin(path, run_id)
             row.run, row.problem = run_id, prepared.spec.name
             with _quiet_stdout():
-                _search(store, run_id, prepared, evolve.RunConfig.from_dict(store.run(run_id).config), True)
+                _search(store, run_id, prepared, run_config, True, started)
             evaluated = store.evaluations(run_id)
             row.evaluated = len(evaluated)
             valid = [(r, g) for r, g in evaluated if r.ok]
@@ -509,8 +524,10 @@ def _batch(store: Any, config: Any, folder: Path, level: int | None, as_json: bo
             if row.run:  # the run record says why it ended, as a finished run's does
                 store.update_run(row.run, status="failed", note=str(exc)[:500])
             err.print(f"[red]{path}:[/red] {escape(str(exc))}", highlight=False)
-        summary.problems.append(row)
-    data = summary.to_dict()
+        record.finish(row)
+    record.close()
+    summary = record.summary()
+    data = {"batch": record.id, **summary.to_dict()}
     if as_json:
         out.print_json(json.dumps(data))
     else:
@@ -571,7 +588,8 @@ def _print_batch(data: dict[str, Any], folder: Path) -> None:
 
 @app.command()
 def resume(
-    run_id: str = typer.Argument(..., help="The run to continue (an id or a unique prefix; see `evoforge runs`)."),
+    run_id: str = typer.Argument(..., help="The run to continue (an id or a unique prefix; see `evoforge runs`), "
+                                 "or a --task-dir batch's id (batch-...)."),
     generations: int | None = typer.Option(None, "--generations", "-g", min=1,
                                            help="Raise the run's generation limit to N (counting 0)."),
     budget: str | None = typer.Option(None, "--budget", help="Wall-clock budget for this session (an earlier "
@@ -589,12 +607,27 @@ def resume(
         if budget:
             evolve.parse_duration(budget)
         store = _open_store(db)
+        if run_id.startswith("batch-"):  # an interrupted --task-dir batch (issue 22)
+            return _resume_batch(store, run_id, {"generations": generations, "budget": budget,
+                                                 "max_evals": max_evals, "executor": executor,
+                                                 "address": address, "workers": workers}, as_json, verbose)
         config, prepared, full_id = evolve.resume(
             store, run_id, {"generations": generations, "budget": budget, "max_evals": max_evals,
                             "executor": executor, "address": address, "workers": workers})
         return _search(store, full_id, prepared, config, as_json, started)
 
     raise typer.Exit(_guarded(body, verbose))
+
+
+def _resume_batch(store: Any, batch_id: str, overrides: dict[str, Any], as_json: bool, verbose: bool) -> int:
+    """Continue a batch: problems with a row are not run again; the one it was in continues its run; a
+    setting given here (``--budget``: each problem's) replaces the batch's for the problems left."""
+    from evoforge import evolve
+    from evoforge.batch_store import BatchRecord
+
+    record = BatchRecord.load(store.path, batch_id)
+    config = evolve.RunConfig.from_dict({**record.config, **{k: v for k, v in overrides.items() if v is not None}})
+    return _batch(store, config, Path(record.folder), record.level, as_json, verbose, record)
 
 
 @app.command()
@@ -633,7 +666,7 @@ def runs(db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt) 
 
 @app.command()
 def report(
-    run_id: str = typer.Argument(..., help="The run to report on."),
+    run_id: str = typer.Argument(..., help="The run to report on, or a --task-dir batch's id (batch-...)."),
     output: Path | None = typer.Option(None, "--out", "-o", help="Folder (default: evidence/run-<id>)."),
     db: Path = DbOpt, verbose: bool = VerboseOpt,
 ) -> None:
@@ -642,6 +675,15 @@ def report(
 
     def body() -> int:
         store = _open_store(db)
+        if run_id.startswith("batch-"):  # a --task-dir batch (issue 22): its table, fast_p curves, geomeans
+            from evoforge.batch_store import BatchRecord, write_batch_report
+
+            batch = BatchRecord.load(store.path, run_id)
+            data = batch.to_dict()
+            _print_batch(data, Path(batch.folder))
+            for path in write_batch_report(batch, output or Path("evidence") / batch.id):
+                out.print(str(path), highlight=False)
+            return 0
         record = store.run(run_id)
         paths = write_report(store, record.id, output or Path("evidence") / f"run-{record.id}")
         for path in paths:

@@ -1,0 +1,111 @@
+"""Batches that survive (issue 22): each problem's row kept as it finishes (an atomically rewritten
+file), `evoforge resume <batch>` runs only what is left, `evoforge report <batch>` renders it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from evoforge.batch import BatchSummary, ProblemOutcome
+from evoforge.batch_store import CURVE_P, BatchRecord, batches_dir, fast_p_curve
+from evoforge.store import StoreError
+from tests.test_cli_run import TASKS, evoforge
+
+
+def test_a_record_keeps_rows_and_knows_what_is_left(tmp_path: Path) -> None:
+    db = tmp_path / ".evoforge" / "runs.db"
+    problems = [(tmp_path / "a.py", 1), (tmp_path / "b.py", 1), (tmp_path / "c.py", 2)]
+    record = BatchRecord.create(db, tmp_path, None, {"generations": 1}, problems)
+    assert record.path == batches_dir(db) / f"{record.id}.json" and record.id.startswith("batch-")
+    record.claim()
+    record.begin(problems[0][0], "run-a")
+    record.finish(ProblemOutcome("a", str(problems[0][0]), 1, "ok", run="run-a", vs_eager=2.0, fitness=1.5))
+    record.begin(problems[1][0], "run-b")  # killed here: b's run is remembered
+    again = BatchRecord.load(db, record.id[:16])  # a unique prefix is enough
+    assert [p for p, _ in again.todo()] == [problems[1][0], problems[2][0]]
+    assert again.run_of(problems[1][0]) == "run-b" and again.run_of(problems[2][0]) is None
+    data = json.loads(record.path.read_text())
+    assert data["rows"][0]["run"] == "run-a" and data["summary"]["problems"] == 1
+    assert not list(record.path.parent.glob("*.tmp"))  # written through a temporary file, renamed over
+    with pytest.raises(StoreError, match="is running in process"):  # a live process on this host runs it
+        subprocess_record = BatchRecord.load(db, record.id)
+        subprocess_record.pid = os.getppid()
+        subprocess_record.claim()
+    with pytest.raises(StoreError, match="no batch 'batch-nope'"):
+        BatchRecord.load(db, "batch-nope")
+
+
+def test_fast_p_curve_from_0_to_2() -> None:
+    rows = [ProblemOutcome("a", "a.py", 1, "ok", vs_eager=1.8, fitness=1.2, significant=True,
+                           significant_vs_eager=True),
+            ProblemOutcome("b", "b.py", 1, "ok", vs_eager=0.9, fitness=0.7),
+            ProblemOutcome("c", "c.py", 1, "ok", vs_eager=1.3, fitness=1.1),  # not beyond noise
+            ProblemOutcome("d", "d.py", 1, "error")]
+    curve = fast_p_curve(BatchSummary(rows))
+    assert curve["p"] == CURVE_P and curve["p"][0] == 0.0 and curve["p"][-1] == 2.0 and len(curve["p"]) == 41
+    at = {p: (e, b) for p, e, b in zip(curve["p"], curve["vs_eager"], curve["vs_best"], strict=True)}
+    assert at[0.0] == (0.75, 0.75)  # fast_0: the correctness rate
+    assert at[0.8] == (0.75, 0.5)
+    assert at[1.0] == (0.25, 0.25)  # from 1 on, wins beyond noise only (c's are not)
+    assert at[1.5] == (0.25, 0.0) and at[2.0] == (0.0, 0.0)
+
+
+def test_a_batch_killed_after_its_first_problem_resumes_and_finishes_the_rest(tmp_path: Path) -> None:
+    folder = tmp_path / "problems"
+    folder.mkdir()
+    (folder / "a_tanh.py").write_text((TASKS / "tanh_matmul.py").read_text())
+    (folder / "b_tanh.py").write_text((TASKS / "tanh_matmul.py").read_text())
+    (folder / "c_no_model.py").write_text((TASKS / "no_model.py").read_text())
+    args = ["--task-dir", "problems", "--generations", "1", "--population", "1", "--budget-ms", "5",
+            "--device", "cpu"]
+    proc = subprocess.Popen([sys.executable, "-m", "evoforge.cli", "run", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    batches = tmp_path / ".evoforge" / "batches"
+    deadline = time.monotonic() + 400
+    rows: list[dict] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        files = list(batches.glob("batch-*.json")) if batches.is_dir() else []
+        if files:
+            rows = json.loads(files[0].read_text())["rows"]
+            if rows:
+                time.sleep(3)  # into the second problem's run
+                break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    current = json.loads(next(batches.glob("batch-*.json")).read_text())["current"]
+    assert [r["path"].rsplit("/", 1)[-1] for r in rows] == ["a_tanh.py"], "killed after the first problem"
+    (batch_file,) = batches.glob("batch-*.json")
+    batch_id = batch_file.stem
+    first_run = rows[0]["run"]
+
+    resumed = evoforge("resume", batch_id, "--json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"batch {batch_id}: 2 problem(s)" in resumed.stderr and "(1 already finished)" in resumed.stderr
+    data = json.loads(resumed.stdout)
+    names = [p["path"].rsplit("/", 1)[-1] for p in data["problems"]]
+    assert names == ["a_tanh.py", "b_tanh.py", "c_no_model.py"]
+    assert data["problems"][0]["run"] == first_run and data["problems"][0]["status"] == "ok"
+    assert data["problems"][1]["status"] == "ok" and data["problems"][2]["status"] == "error"
+    db = sqlite3.connect(tmp_path / ".evoforge" / "runs.db")
+    tasks = [json.loads(t)["arg"].rsplit("/", 1)[-1] for (t,) in db.execute("SELECT task_json FROM runs")]
+    assert tasks.count("a_tanh.py") == 1  # a was not run again
+    if current.get("run"):  # b's run, cut by the kill, was continued rather than started again
+        assert data["problems"][1]["run"] == current["run"] and tasks.count("b_tanh.py") == 1
+    assert json.loads(batch_file.read_text())["status"] == "finished"
+
+    report = evoforge("report", batch_id[:18], "--out", "rep", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "a_tanh" in report.stdout and "geomean" in report.stdout
+    evidence = json.loads((tmp_path / "rep" / "batch.json").read_text())
+    assert evidence["batch"]["id"] == batch_id and evidence["batch"]["finished"] == 3
+    assert len(evidence["fast_p_curve"]["vs_eager"]) == 41 and evidence["summary"]["problems"] == 3
+    assert "fast_p" in (tmp_path / "rep" / "report.html").read_text()
