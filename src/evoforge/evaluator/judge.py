@@ -260,6 +260,7 @@ class _Session:
         self.slot_locks: list[threading.Lock] = []
         self.tmp = Path(tempfile.mkdtemp(prefix="evoforge-judge-"))
         self.profile: dict[str, float] = {}
+        self.profile_lock = threading.Lock()
         self.rng = random.SystemRandom()
         self.workers_started = 0
 
@@ -289,7 +290,7 @@ class _Session:
         self._prepare()
         t = self._stage("load", started)
         self._start_workers()  # each worker is checked as soon as it has loaded, several at once
-        t = self._stage("startup", t)
+        t = self._stage("startup", t)  # the wall time of starting, loading and checking every worker
         self._time()
         t = self._stage("time", t)
         for entry in self._alive():
@@ -528,7 +529,10 @@ class _Session:
                     self._load(entry)
                 if entry.alive:
                     self.progress(f"checking {entry.name}")
+                    started = time.monotonic()
                     self._check(entry, index[id(entry)] % self.pool.layout.slots)  # type: ignore[union-attr]
+                    with self.profile_lock:  # checks overlap: their seconds are summed, not a wall time
+                        self._stage("check", started)
             finally:
                 free.release()
 
