@@ -9,6 +9,8 @@ test_gpu.py."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from evoforge.candidate import Candidate
@@ -87,3 +89,17 @@ def test_with_the_basic_sandbox_the_guards_reject_early() -> None:
     assert report.by_name()["walks_memory"].status == "rejected"  # gc is refused before it runs
     assert report.by_name()["alias_tensor_method"].status in ("rejected", "incorrect")
     assert report.by_name()["good"].ok
+
+
+def test_baselines_compile_into_caches_no_candidate_may_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evoforge.evaluator import sandbox
+    from evoforge.evaluator.judge import _private_caches
+
+    monkeypatch.setenv("EVOFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    env = {"HOME": str(tmp_path / "home"), "EVOFORGE_CACHE_DIR": str(tmp_path / "cache")}
+    private = _private_caches(env)
+    candidate_writable = sandbox.worker_writable(tmp_path / "work", dict(env))
+    for name in ("TRITON_CACHE_DIR", "TORCHINDUCTOR_CACHE_DIR"):
+        path = private[name]
+        assert path != env.get(name)
+        assert not any(path == str(w) or path.startswith(str(w).rstrip("/") + "/") for w in candidate_writable), name

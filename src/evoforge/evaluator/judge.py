@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from evoforge.cache import warm_bytecode
+from evoforge.cache import cache_root, warm_bytecode
 from evoforge.candidate import Candidate
 from evoforge.evaluator import guards, sandbox
 from evoforge.evaluator.channel import Layout, SharedPool, views
@@ -504,6 +504,7 @@ class _Session:
                     self._fail(entry, "rejected", reason)
         env = worker_env(cfg)
         warm_bytecode(env, self.progress)  # a trusted import run; sandboxed workers only read what it wrote
+        baseline_env = _private_caches(env)
         todo = self._alive()
         assert self.pool is not None
         fresh = []
@@ -545,7 +546,8 @@ class _Session:
                     break
                 fresh_worker = entry.worker is None
                 if fresh_worker:
-                    entry.worker = WorkerProcess(cfg, env, self.network, self.writes, self.ev.cancel)
+                    entry.worker = WorkerProcess(cfg, baseline_env if entry.role == "baseline" else env,
+                                                 self.network, self.writes, self.ev.cancel)
                     try:
                         entry.worker.start()
                     except OSError as exc:
@@ -975,6 +977,20 @@ def encode(value: Any) -> Any:
         return value
     raise TaskError(f"a task argument of type {type(value).__name__} can't be passed to a worker "
                     "(numbers, strings, lists and tensors can)")
+
+
+def _private_caches(env: dict[str, str]) -> dict[str, str]:
+    """A baseline worker's environment: Triton's and Inductor's caches of its own, under evoforge's cache,
+    which a candidate's worker (confined to the shared ones where Landlock is available) can't write, so a
+    planted cache entry can't slow a baseline down."""
+    private = dict(env)
+    root = cache_root(env) / "baseline-caches"
+    for name, sub in (("TRITON_CACHE_DIR", "triton"), ("TORCHINDUCTOR_CACHE_DIR", "inductor")):
+        path = root / sub
+        with contextlib.suppress(OSError):
+            path.mkdir(parents=True, exist_ok=True)
+        private[name] = str(path)
+    return private
 
 
 def _failure_of(reply: dict[str, Any]) -> tuple[str, str] | None:
