@@ -25,6 +25,7 @@ import pytest
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, EvalReport, EvalResult, Evaluator, EvaluatorError, sandbox
 from evoforge.evaluator.precheck import precheck
+from evoforge.evaluator.process import WorkerProcess, cpu_time_limit_s
 from evoforge.evaluator.process import describe_exit as _describe_exit
 from evoforge.task import task_from_file
 from evoforge.timing import TimingConfig
@@ -215,7 +216,7 @@ def test_a_socket_to_localhost_is_stopped(basic: Run) -> None:
 
 def test_the_run_goes_on_after_every_hostile_candidate(basic: Run) -> None:
     assert basic["good"].ok and basic["good"].timing["eager"].reps >= 3
-    assert basic.report.workers == 2  # one more worker after the fork bomb's was killed
+    assert basic.report.workers == len(HOSTILE)  # one worker per candidate: the fork bomb's end cost no other
     sandbox_env = basic.report.env["sandbox"]
     assert sandbox_env["mode"] == "basic"
     assert sandbox_env["writes_restricted"] == (sandbox.write_restriction_unavailable() is None)
@@ -271,18 +272,23 @@ def test_the_redactor_blanks_the_forms_it_knows_and_nothing_else() -> None:
 
 # ---------------------------------------------------------------- limits and refusals
 def test_workers_get_cpu_file_and_open_file_limits() -> None:
-    evaluator = Evaluator(task_from_file(TASKS / "tanh_matmul.py"), EvalConfig(device="cpu", timeout_s=10,
-                                                                               startup_timeout_s=20))
-    expected = evaluator.cpu_time_limit_s(3)
-    assert expected == int((20 + 10 * 3 * (2 + len(evaluator.config.modes))) * (os.cpu_count() or 1))
+    config = EvalConfig(device="cpu", timeout_s=10, startup_timeout_s=20, compile_timeout_s=30)
+    expected = cpu_time_limit_s(config)
+    # one entry per worker: startup, a compile, and a stage limit for each of load, checks, recheck,
+    # profile and every timing mode, on every core
+    assert expected == int((20 + 30 + 10 * (4 + len(config.modes))) * (os.cpu_count() or 1))
     probe = ("import resource\n"
              "print(*[resource.getrlimit(getattr(resource, n))[0] for n in ('RLIMIT_CPU', 'RLIMIT_FSIZE', "
              "'RLIMIT_NOFILE', 'RLIMIT_CORE')])")
-    out = subprocess.run([sys.executable, "-c", probe], preexec_fn=evaluator._limits(3), capture_output=True,
-                         text=True, check=True).stdout.split()
+    worker = WorkerProcess(config, dict(os.environ), network=False, writes=False)
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], preexec_fn=worker._limits(), capture_output=True,
+                             text=True, check=True).stdout.split()
+    finally:
+        worker.close()
     assert [int(x) for x in out] == [expected, 512 * 2**20, min(4096, resource.getrlimit(resource.RLIMIT_NOFILE)[0]), 0]
     assert "CPU time limit" in _describe_exit(-signal.SIGXCPU, "check", "")
-    assert Evaluator(evaluator.task, EvalConfig(cpu_time_limit_s=7.5)).cpu_time_limit_s(100) == 7
+    assert cpu_time_limit_s(EvalConfig(cpu_time_limit_s=7.5)) == 7
 
 
 @needs_landlock

@@ -109,6 +109,10 @@ class Worker:
                 status, detail = self._classify(exc, "runtime_error")
                 reply = {"failure": [status, f"{request.get('what', op)}: {detail}"],
                          "traceback": _tail(traceback.format_exc())}
+            guards = getattr(self, "guards", None)
+            if reply.get("failure") and reply["failure"][0] != "crashed" and guards is not None \
+                    and (refused := guards.audit_violation()):
+                reply["failure"] = ["rejected", refused]  # what failed was the sandbox refusing it
             fatal = reply.get("failure", [""])[0] == "crashed"
             self.channel.send(reply)
             if fatal:  # out of memory, CUDA error, exit(): this process is suspect
