@@ -399,11 +399,14 @@ class _Session:
         self.graph_calls = min(10, max(slots // 4, 1))
         self.graph_groups = max(1, min(4, slots // self.graph_calls))
 
-    def _draw(self, seed: int) -> list[Any]:
-        """One fresh input set, made on the judge's device where the task's get_inputs() lets it."""
+    def _draw(self, seed: int | None) -> list[Any]:
+        """One input set, made on the judge's device where the task's get_inputs() lets it: drawn with
+        ``seed`` (the check cases, whose seeds the report records), or from the judge's RNG stream as it
+        stands (``None``: timed calls; seeded per evaluation from a secret seed, and not reseeded per draw,
+        which cost more than the draw)."""
         ctx = torch.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
         with ctx:
-            inputs = make_inputs(self.task, seed)
+            inputs = draw_inputs(self.task) if seed is None else make_inputs(self.task, seed)
         return self._on_device(inputs)
 
     def _on_device(self, inputs: list[Any]) -> list[Any]:
@@ -795,13 +798,8 @@ class _Session:
         return sets
 
     def _fresh_tensors(self) -> list[torch.Tensor]:
-        """A fresh input set for a timed call: the task's get_inputs() on the judge's device, drawn from the
-        judge's RNG stream as it stands (seeded per evaluation from a secret seed; not reseeded per draw,
-        which cost more than the draw)."""
-        ctx = torch.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
-        with ctx:
-            inputs = draw_inputs(self.task)
-        return [x.to(self.device).contiguous() for x in inputs if isinstance(x, torch.Tensor)]
+        """The tensors of a fresh input set for a timed call."""
+        return [x for x in self._draw(None) if isinstance(x, torch.Tensor)]
 
     def _block(self, entry: _Entry, mode: str, n: int, wall: list[float] | None = None) -> int:
         """Time ``n`` calls of one entry in one mode, in blocks of fresh inputs; returns the calls timed.
