@@ -152,10 +152,6 @@ class Layout:
         per_slot = self.inputs_bytes // max(self.slots, 1)
         return first * per_slot, (last + 1) * per_slot
 
-    def output_range(self, first: int, last: int) -> tuple[int, int]:
-        per_slot = (self.nbytes - self.inputs_bytes) // max(self.slots, 1)
-        return self.inputs_bytes + first * per_slot, self.inputs_bytes + (last + 1) * per_slot
-
     @staticmethod
     def slot_bytes(inputs: list[tuple[tuple[int, ...], torch.dtype]],
                    outputs: list[tuple[tuple[int, ...], torch.dtype]]) -> int:

@@ -641,8 +641,18 @@ class _Session:
         assert self.pool is not None
         for dst, x in zip(self.pool.inputs[slot], tensors, strict=True):
             dst.copy_(x)
+        self._poison(slot)
+
+    def _poison(self, slot: int) -> None:
+        """Fill a slot's outputs with what no honest call leaves there (NaN, or an extreme value)."""
+        assert self.pool is not None
         for out in self.pool.outputs[slot]:
-            _poison(out)
+            if out.is_floating_point() or out.is_complex():
+                out.fill_(float("nan"))
+            elif out.dtype == torch.bool:
+                out.fill_(True)
+            else:
+                out.fill_(torch.iinfo(out.dtype).min)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -753,19 +763,7 @@ class _Session:
             groups = self._graph_groups()
             self._fresh_block([s for g in groups for s in g])
             self._sync()
-            try:
-                reply = entry.worker.request({"op": "graph_prepare", "groups": groups},
-                                             self.cfg.timeout_s, f"time {mode}") if entry.worker else None
-            except WorkerLost as lost:
-                self._lost(entry, lost)
-                return 0
-            if reply is None:
-                return 0
-            if (failure := _failure_of(reply)) is not None:
-                if failure[0] in ("incorrect", "rejected", "crashed"):
-                    self._failed_reply(entry, reply)
-                else:  # the mode can't be timed (a capture error): the ranking decides what that costs
-                    entry.timing_errors[mode] = failure[1]
+            if self._time_request(entry, mode, {"op": "graph_prepare", "groups": groups}) is None:
                 return 0
         wall: list[float] = []  # the worker's wall time per call (the judge's own work left out)
         for _ in range(2):  # the graph's first replays, or the first eager calls, pay for lazy set-up
@@ -774,6 +772,24 @@ class _Session:
         per_call = max(wall[-1], 1e-3) if wall else 1e3  # the last: first calls pay for lazy set-up
         reps = int(tcfg.budget_ms * 1000.0 / per_call)
         return min(max(reps, tcfg.min_reps), tcfg.max_reps)
+
+    def _time_request(self, entry: _Entry, mode: str, message: dict[str, Any]) -> dict[str, Any] | None:
+        """One timing request; None when it failed. A wrong, rejected or crashed entry fails; any other
+        failure means the mode can't be timed (a capture error, say), noted for the ranking to judge."""
+        if entry.worker is None:
+            return None
+        try:
+            reply = entry.worker.request(message, self.cfg.timeout_s, f"time {mode}")
+        except WorkerLost as lost:
+            self._lost(entry, lost)
+            return None
+        if (failure := _failure_of(reply)) is None:
+            return reply
+        if failure[0] in ("incorrect", "rejected", "crashed"):
+            self._failed_reply(entry, reply)
+        else:
+            entry.timing_errors[mode] = failure[1]
+        return None
 
     def _graph_groups(self) -> list[list[int]]:
         """The slots of each captured graph: disjoint, one slot per call."""
@@ -793,8 +809,8 @@ class _Session:
         for first, last in _runs(sorted(slots)):
             a, b = self.pool.layout.input_range(first, last)
             self.pool.base[a:b].copy_(self.stage[a:b])
-            a, b = self.pool.layout.output_range(first, last)
-            self.pool.base[a:b].fill_(255)  # NaN in every float dtype; -1 in the integer ones
+        for s in slots:
+            self._poison(s)
         return sets
 
     def _fresh_tensors(self) -> list[torch.Tensor]:
@@ -820,20 +836,10 @@ class _Session:
             t0 = self._stage("time.draw", t0)
             message = {"op": "graph"} if mode == "graph" else {"op": "run", "slots": slots}
             started = time.perf_counter()
-            try:
-                reply = entry.worker.request(message, self.cfg.timeout_s, f"time {mode}") if entry.worker else None
-            except WorkerLost as lost:
-                self._lost(entry, lost)
-                return done
+            reply = self._time_request(entry, mode, message)
             wall_us = (time.perf_counter() - started) * 1e6
             t0 = self._stage("time.worker", t0)
             if reply is None:
-                return done
-            if (failure := _failure_of(reply)) is not None:
-                if failure[0] in ("incorrect", "rejected", "crashed"):
-                    self._failed_reply(entry, reply)
-                else:
-                    entry.timing_errors[mode] = failure[1]
                 return done
             samples = self._samples(reply, mode, len(slots))
             if samples is None:
@@ -1017,16 +1023,6 @@ def _runs(values: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((v, v))
     return runs
-
-
-def _poison(out: torch.Tensor) -> None:
-    """Fill an output slot with what no honest call leaves there (NaN, or an extreme value)."""
-    if out.is_floating_point() or out.is_complex():
-        out.fill_(float("nan"))
-    elif out.dtype == torch.bool:
-        out.fill_(True)
-    else:
-        out.fill_(torch.iinfo(out.dtype).min)
 
 
 def _native_err(ref: list[torch.Tensor], like: list[torch.Tensor]) -> list[float]:
