@@ -114,6 +114,9 @@ SHAPES = ["", "causal=1", "kv_heads=1,causal=1,q_len=16", "q_len=1,kv_heads=1", 
           "heads=4,kv_heads=2,q_len=5,causal=1"]
 
 
+# No NaN on the way either, not even in rows past the end whose stores are masked: the interpreter's numpy
+# warns on an invalid operation (-inf - -inf, 0 / 0), and here that fails the test.
+@pytest.mark.filterwarnings("error::RuntimeWarning")
 @pytest.mark.parametrize(("genome", "shape"), list(itertools.product(GENOMES, SHAPES)))
 def test_genome_matches_the_reference(genome: FlashGenome, shape: str, tmp_path: Path) -> None:
     pytest.importorskip("triton")

@@ -484,24 +484,26 @@ def _combine_tile(P_acc, P_m, P_l, O, start_m, bh, sob, soh, som, sod, n_heads, 
                   SPLITS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
                   EXP2: tl.constexpr, PACK_GQA: tl.constexpr):
     # Partials are read through L2 only (.cg): another program wrote them, and an SM's L1 may hold
-    # lines of the same scratch from an earlier call.
+    # lines of the same scratch from an earlier call. Rows past the end (never stored) read m = 0, l = 1
+    # and acc = 0 from every split, so they compute 0 instead of -inf - -inf and 0 / 0 (NaN): the same
+    # instructions, no NaN for the interpreter to warn about or for a debugger to trip on.
     b, kvh, head, pos, rows, row_ok, n_rows = _row_map(start_m, bh, n_heads, kv_group, n_q, BLOCK_M, PACK_GQA)
     offs_d = tl.arange(0, BLOCK_D)
     m = tl.full([BLOCK_M], float("-inf"), tl.float32)
     for s in tl.static_range(SPLITS):
-        m = tl.maximum(m, tl.load(P_m + (bh * SPLITS + s) * n_rows + rows, mask=row_ok, other=float("-inf"),
+        m = tl.maximum(m, tl.load(P_m + (bh * SPLITS + s) * n_rows + rows, mask=row_ok, other=0.0,
                                   cache_modifier=".cg"))
     l_sum = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
     for s in tl.static_range(SPLITS):
         base = (bh * SPLITS + s) * n_rows + rows
-        m_s = tl.load(P_m + base, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        m_s = tl.load(P_m + base, mask=row_ok, other=0.0, cache_modifier=".cg")
         if EXP2:
             w = tl.math.exp2(m_s - m)
         else:
             w = tl.exp(m_s - m)
         w = tl.where(m_s == float("-inf"), 0.0, w)
-        l_sum += w * tl.load(P_l + base, mask=row_ok, other=0.0, cache_modifier=".cg")
+        l_sum += w * tl.load(P_l + base, mask=row_ok, other=1.0, cache_modifier=".cg")
         acc += w[:, None] * tl.load(P_acc + base[:, None] * BLOCK_D + offs_d[None, :], mask=row_ok[:, None],
                                     other=0.0, cache_modifier=".cg")
     acc = acc / l_sum[:, None]
