@@ -37,6 +37,14 @@ def result(cand: Candidate, fitness: float, significant: bool, median: float) ->
                       speedup={"eager": {"sdpa_flash": fitness}})
 
 
+def test_the_claimed_fitness_counts_a_win_only_beyond_noise_and_never_pytorchs_own() -> None:
+    """What --target and --plateau read."""
+    assert claims.claimed_fitness(1.4, significant=True) == 1.4
+    assert claims.claimed_fitness(1.4, significant=False) == 1.0  # inside the noise: PyTorch's speed
+    assert claims.claimed_fitness(0.7, significant=False) == 0.7  # slower is slower, noise or not
+    assert claims.claimed_fitness(1.4, significant=True, pytorch_path=True) == 0.0
+
+
 def test_a_torch_candidate_with_a_baselines_source_is_a_pytorch_path() -> None:
     cand = Candidate(name="torch-sdpa_default", source=SDPA)
     assert claims.is_pytorch_path(cand.language, cand.hash, None, {cand.hash})

@@ -4,6 +4,7 @@ stop criteria, resume and seeded reproducibility."""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,83 @@ def test_repeated_seeds_are_dropped_and_names_made_unique(tmp_path: Path) -> Non
     assert store.events(run_id, "dedup")[0] == {**store.events(run_id, "dedup")[0], "generation": 0, "skipped": 1}
     names = [c.name for c, _ in store.candidates(run_id)]
     assert len(names) == len(set(names))
+
+
+class SignificanceEvaluator(FakeEvaluator):
+    """FakeEvaluator's fitness (x / 10), its wins marked beyond noise only where ``significant(x)`` says."""
+
+    def __init__(self, significant: Callable[[int], bool]) -> None:
+        super().__init__()
+        self.significant = significant
+
+    def __call__(self, cands: list[Candidate], generation: int) -> tuple[list[EvalResult], list[EvalResult]]:
+        results, bases = super().__call__(cands, generation)
+        for cand, result in zip(cands, results, strict=True):
+            result.significant = result.ok and result.fitness > 1.0 and self.significant(cand.genome["x"])
+        return results, bases
+
+
+class PyTorchPathMutator(StepMutator):
+    """Every proposal after the seeds is one of PyTorch's own paths (genome kind ``torch``)."""
+
+    def propose(self, parents: list[Individual], history: list[Individual], n: int) -> list[Candidate]:
+        out = super().propose(parents, history, n)
+        for cand in out:
+            cand.genome = {**cand.genome, "kind": "torch"}
+        return out
+
+
+def raw_best_by_generation(search: Search) -> list[float]:
+    gens = sorted({i.candidate.lineage["generation"] for i in search.history})
+    return [max(i.fitness for i in search.history if i.candidate.lineage["generation"] <= g) for g in gens]
+
+
+def test_a_win_within_noise_does_not_reach_the_target(tmp_path: Path) -> None:
+    config = SearchConfig(generations=12, population=4, target_fitness=1.2, seed=1)
+    search, _, _ = new_search(tmp_path, config, SignificanceEvaluator(lambda x: False))
+    final = search.run()
+    assert max(i.fitness for i in search.history) >= 1.2  # the raw ratio passed the target, within noise
+    assert final.stop_reason == "reached 12 generations"
+    assert final.best_claim == "not significant: the spreads overlap"
+
+
+def test_a_win_beyond_noise_reaches_the_target(tmp_path: Path) -> None:
+    config = SearchConfig(generations=12, population=4, target_fitness=1.2, seed=1)
+    search, _, _ = new_search(tmp_path, config, SignificanceEvaluator(lambda x: True))
+    final = search.run()
+    assert final.stop_reason == "an evolved candidate reached the target fitness 1.2 beyond noise"
+    assert final.best_fitness >= 1.2 and final.best_significant
+
+
+def test_a_pytorch_path_never_reaches_the_target(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    config = SearchConfig(generations=8, population=4, target_fitness=1.2, seed=1)
+    run_id = store.create_run({"name": "fake"}, config.to_dict())
+    search = Search(store, run_id, PyTorchPathMutator(random.Random(1)), SignificanceEvaluator(lambda x: True),
+                    config, random.Random(1))
+    final = search.run()
+    assert max(i.fitness for i in search.history) >= 1.2  # PyTorch's own paths, re-measured
+    assert final.stop_reason == "reached 8 generations"
+
+
+def test_a_climb_within_noise_is_a_plateau(tmp_path: Path) -> None:
+    """Wins above 1 that are not beyond noise count as 1.0: the raw best still climbing past 1 by more than
+    1% a generation does not keep the run off its plateau."""
+    config = SearchConfig(generations=30, population=4, plateau=3, seed=1)
+    search, _, _ = new_search(tmp_path, config, SignificanceEvaluator(lambda x: False))
+    final = search.run()
+    assert "no gain over 1% in 3 generations" in final.stop_reason
+    raw = raw_best_by_generation(search)
+    assert raw[-1] > raw[-4] * 1.01 > 1.0  # raw fitness gained in the plateau's generations
+
+
+def test_pytorch_paths_do_not_lift_a_plateau(tmp_path: Path) -> None:
+    store = RunStore(tmp_path / "runs.db")
+    config = SearchConfig(generations=30, population=4, plateau=3, seed=1)
+    run_id = store.create_run({"name": "fake"}, config.to_dict())
+    search = Search(store, run_id, PyTorchPathMutator(random.Random(1)), SignificanceEvaluator(lambda x: True),
+                    config, random.Random(1))
+    final = search.run()
+    assert final.stop_reason.startswith("no gain over 1% in 3 generations (best claimed fitness 0.100")
+    raw = raw_best_by_generation(search)
+    assert raw[-1] > raw[-4] * 1.01

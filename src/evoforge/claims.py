@@ -11,6 +11,10 @@ an exported module's docstring) words it through :func:`claim`, so they agree:
   crowned the run's evolved best, whatever its fitness. The scoring leaves a baseline with the candidate's
   own source out of its comparison, so such a candidate is ranked against the *other* PyTorch paths, and a
   noisy round can put it above 1.
+
+The run's own decisions follow the same rule: ``--target`` and ``--plateau`` read :func:`claimed_fitness`,
+so neither a noisy round nor a re-measured PyTorch path ends a run at its target or keeps it off a plateau.
+Selection still ranks by raw fitness (a parent is a parent, noise or not).
 """
 
 from __future__ import annotations
@@ -48,6 +52,17 @@ def claim(fitness: float, significant: bool, pytorch_path: bool = False) -> str:
 def beats_pytorch(fitness: float, significant: bool, pytorch_path: bool = False) -> bool:
     """Whether a speedup may be counted as a win (fast_p, a headline)."""
     return fitness > 1.0 and significant and not pytorch_path
+
+
+def claimed_fitness(fitness: float, significant: bool, pytorch_path: bool = False) -> float:
+    """The fitness a run may claim for a valid candidate, what its stop criteria read: its own where
+    :func:`claim` would back it; 1.0 (PyTorch's speed) for a win above 1 that is not beyond noise; 0 for an
+    unchanged PyTorch path, whose speed is PyTorch's, not the run's."""
+    if pytorch_path:
+        return 0.0
+    if fitness > 1.0 and not significant:
+        return 1.0
+    return fitness
 
 
 def crown(items: Iterable[T], fitness: Callable[[T], float], pytorch_path: Callable[[T], bool]) -> T | None:

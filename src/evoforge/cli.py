@@ -411,8 +411,10 @@ def run(
     elites: int | None = typer.Option(None, "--elites", min=1, help="Elites kept (top-K)."),
     budget: str | None = typer.Option(None, "--budget", help="Wall-clock budget: 90s, 10m, 1h."),
     max_evals: int | None = typer.Option(None, "--max-evals", min=1, help="Stop after this many evaluations."),
-    target: float | None = typer.Option(None, "--target", help="Stop once the best fitness reaches this."),
-    plateau: int | None = typer.Option(None, "--plateau", min=1, help="Stop after N generations without 1% gain."),
+    target: float | None = typer.Option(None, "--target", help="Stop once an evolved candidate's fitness reaches "
+                                        "this (above 1: beyond noise)."),
+    plateau: int | None = typer.Option(None, "--plateau", min=1, help="Stop after N generations without 1% gain "
+                                       "of the best evolved fitness (wins above 1 counted beyond noise only)."),
     mutator: str | None = typer.Option(None, "--mutator", help="template (built in, no network: the attention "
                                        "template for attention tasks, generic otherwise), generic, llm, or mixed."),
     model: str | None = typer.Option(None, "--model", help="LLM model(s): name[:weight][@in/out price], a,b."),
@@ -697,23 +699,31 @@ def report(
 
 @app.command()
 def best(
-    run_id: str = typer.Argument(..., help="The run whose best kernel to show or export."),
+    run_ids: list[str] = typer.Argument(..., metavar="RUN...", help="The run whose best kernel to show or export; "
+                                        "with --export, several attention runs make one dispatch table."),
     export: Path | None = typer.Option(None, "--export", help="Write a standalone module here."),
     db: Path = DbOpt, verbose: bool = VerboseOpt,
 ) -> None:
-    """Show the best kernel of a run, or export it as a module you can import."""
+    """Show the best kernel of a run, or export it (or several runs' best, as a dispatch table) as a module."""
+    from evoforge.export import ExportError
     from evoforge.report import best_candidate, export_module
 
     def body() -> int:
         store = _open_store(db)
         if export is None:
-            cand, info, _ = best_candidate(store, run_id)
+            if len(run_ids) > 1:
+                raise _Fail("best shows one run at a time; several runs go with --export (a dispatch table)", 2)
+            cand, info, _ = best_candidate(store, run_ids[0])
             out.print(f"# {cand.name}: fitness {info['fitness']:.3f} ({info['fitness_mode']}), "
                       f"latency {info['latency_us']}", highlight=False, markup=False)
             out.print(cand.source, highlight=False, markup=False)
             return 0
+        try:
+            text = export_module(store, run_ids)
+        except ExportError as exc:
+            raise _Fail(str(exc), 2) from None
         export.parent.mkdir(parents=True, exist_ok=True)
-        export.write_text(export_module(store, run_id))
+        export.write_text(text)
         out.print(f"wrote {export}", highlight=False)
         return 0
 

@@ -35,6 +35,8 @@ class SearchConfig:
     tournament: int = 2
     budget_s: float | None = None  # wall clock of this session of the run (a hard deadline: see Search.run)
     max_evals: int | None = None
+    # Both read the best *claimed* fitness (evoforge.claims.claimed_fitness): an evolved candidate's, a win
+    # above 1 counted only beyond noise, an unchanged PyTorch path never.
     target_fitness: float | None = None
     plateau: int | None = None  # stop after this many generations without a 1% gain
     seed: int = 0
@@ -97,8 +99,8 @@ class Search:
         self.on_progress = on_progress or (lambda p: None)
         self.history: list[Individual] = []
         self.baseline_hashes: set[str] = set()  # the sources PyTorch's own paths run (claims.is_pytorch_path)
-        self.best_by_generation: dict[int, float] = {}
-        self.best_trace: list[float] = []  # best fitness so far after each completed batch (plateau)
+        self.best_by_generation: dict[int, float] = {}  # best claimed fitness up to each generation
+        self.best_trace: list[float] = []  # best claimed fitness so far after each completed batch (target, plateau)
         self.started = started  # the budget's clock (time.monotonic()); None: when run() starts
         self.in_flight: dict[int, list[Candidate]] = {}  # submitted batches by batch key
         self.in_flight_generation: dict[int, int] = {}  # batch key -> its generation
@@ -125,8 +127,8 @@ class Search:
         return record.generation, pending
 
     def _record_best(self, generation: int) -> None:
-        best = max((i.fitness for i in self.history if i.candidate.lineage.get("generation", 0) <= generation),
-                   default=0.0)
+        best = max((self.claimed_fitness(i) for i in self.history
+                    if i.result.ok and i.candidate.lineage.get("generation", 0) <= generation), default=0.0)
         self.best_by_generation[generation] = best
         self.best_trace.append(max(best, self.best_trace[-1] if self.best_trace else 0.0))
 
@@ -141,6 +143,10 @@ class Search:
     def is_pytorch_path(self, ind: Individual) -> bool:
         cand = ind.candidate
         return claims.is_pytorch_path(cand.language, cand.hash, cand.genome, self.baseline_hashes)
+
+    def claimed_fitness(self, ind: Individual) -> float:
+        """What the stop criteria read (evoforge.claims.claimed_fitness): the run's claim, not the raw ratio."""
+        return claims.claimed_fitness(ind.fitness, ind.result.significant, self.is_pytorch_path(ind))
 
     def crowned(self) -> Individual | None:
         """The candidate reports name as the run's best: the fittest valid evolved one (selection still
@@ -381,14 +387,16 @@ class Search:
         if cfg.max_evals is not None and len(self.history) >= cfg.max_evals:
             return f"reached {cfg.max_evals} evaluations"
         if cfg.target_fitness is not None and best >= cfg.target_fitness:
-            return f"reached the target fitness {cfg.target_fitness:g}"
+            beyond = " beyond noise" if cfg.target_fitness > 1.0 else ""
+            return f"an evolved candidate reached the target fitness {cfg.target_fitness:g}{beyond}"
         budget = self._budget_reason(started, batch_seconds)
         if budget:
             return budget
         if cfg.plateau and len(bests) > cfg.plateau:
             before = bests[-cfg.plateau - 1]
             if best <= before * (1 + PLATEAU_GAIN):
-                return f"no gain over 1% in {cfg.plateau} generations"
+                return (f"no gain over 1% in {cfg.plateau} generations (best claimed fitness {best:.3f}: "
+                        "evolved candidates, wins above 1 beyond noise)")
         return None
 
     def _budget_reason(self, started: float, batch_seconds: list[float]) -> str | None:
