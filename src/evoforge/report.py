@@ -128,6 +128,7 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
         "evaluated": len(evaluated), "valid": sum(r["status"] == "ok" for r in evaluated),
         "best": best, "candidates": rows,
         "throughput": throughput(store, record.id),
+        "time_by_generation": time_by_generation(store.events(record.id, "profile")),
         "llm": llm_summary(store.llm_calls(record.id), rows, str(record.task.get("name"))),
         "events": store.events(record.id),
     }
@@ -153,6 +154,63 @@ def throughput(store: RunStore, run_id: str) -> dict[str, Any]:
         row["evals_per_busy_min"] = round(60.0 * row["evaluations"] / row["busy_s"], 3) if row["busy_s"] else None
     return {"sessions": sessions, "per_slot": per_slot, "requeued": len(store.events(run_id, "requeue")),
             "precompiled": [{k: v for k, v in e.items() if k != "kind"} for e in store.events(run_id, "precompile")]}
+
+
+# ---- where a generation's time goes ----------------------------------------------------------------
+# The judge's profile of a batch (its ``profile`` event), in the order the stages run. These are wall times
+# and add up to the batch's ``wall`` (the rest, "other", is scoring and bookkeeping).
+WALL_STAGES = (("load", "reference outputs"), ("startup", "workers: start, load, check"), ("time", "timing"),
+               ("recheck", "recheck"))
+# Stages several workers run at once: their seconds are summed over workers, so together they may exceed
+# the wall time they overlap in.
+SUMMED_STAGES = (("worker.ready", "worker start"), ("worker.load", "load"), ("check", "checks"))
+
+
+def time_by_generation(profiles: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
+    """Each generation's time split: the judge's stage seconds summed over the generation's batches (a
+    generation sent as several batches, or finished by a resume), with ``batches`` counting them. Numeric
+    entries only (a profile also names its slot)."""
+    out: dict[int, dict[str, float]] = {}
+    for event in profiles:
+        seconds = event.get("seconds")
+        if not isinstance(seconds, dict) or not isinstance(event.get("generation"), int):
+            continue
+        row = out.setdefault(event["generation"], {"batches": 0})
+        row["batches"] += 1
+        for key, value in seconds.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                row[key] = row.get(key, 0.0) + float(value)
+    return dict(sorted(out.items()))
+
+
+def _time_split_html(split: dict[Any, dict[str, float]]) -> str:
+    """The per-generation table: wall seconds by stage, then the summed worker stages, then anything else
+    the judge profiled (a stage this report does not know yet is shown by its own name, never dropped)."""
+    if not split:
+        return ""
+    known = {k for k, _ in WALL_STAGES + SUMMED_STAGES} | {"wall", "batches"}
+    extra = sorted({k for row in split.values() for k in row} - known)
+    cols = [label for _, label in WALL_STAGES] + ["other"] + [label for _, label in SUMMED_STAGES]
+
+    def cell(value: float | None) -> str:
+        return "<td>-</td>" if value is None else f"<td>{value:.1f}</td>"
+
+    body = []
+    for gen, row in sorted(split.items(), key=lambda kv: int(kv[0])):
+        wall = row.get("wall")
+        staged = sum(row.get(k, 0.0) for k, _ in WALL_STAGES)
+        other = max(wall - staged, 0.0) if wall is not None else None
+        cells = "".join(cell(row.get(k)) for k, _ in WALL_STAGES) + cell(other)
+        cells += "".join(cell(row.get(k)) for k, _ in SUMMED_STAGES)
+        more = ", ".join(f"{html.escape(k)} {row[k]:.3g}" for k in extra if k in row)
+        body.append(f"<tr><td>{html.escape(str(gen))}</td><td>{int(row.get('batches', 0))}</td>{cell(wall)}{cells}"
+                    f"<td>{more}</td></tr>")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    return ("<h2>time per generation</h2><p>Seconds. The judge's wall time per generation (its batches summed) "
+            "and where it went, stage by stage; <i>other</i> is scoring and bookkeeping. The last three columns "
+            "are summed over workers that run side by side, so they can exceed the wall time they overlap in."
+            "</p><table><tr><th>gen</th><th>batches</th><th>wall</th>" + head + "<th>more</th></tr>"
+            + "".join(body) + "</table>")
 
 
 def _throughput_html(data: dict[str, Any]) -> str:
@@ -298,6 +356,7 @@ font-size:13px;vertical-align:top}}td.detail{{max-width:40em;overflow-wrap:anywh
 stopped: {esc(data['run']['stop_reason'])}</p><p><b>{head}</b></p>{images}
 <h2>candidates</h2><table><tr><th>name</th><th>gen</th><th>status</th><th>fitness</th><th>claim</th><th>latency µs</th>
 <th>mutation</th><th>detail</th></tr>{body}</table>
+{_time_split_html(data.get("time_by_generation") or {})}
 {_throughput_html(data)}
 {_llm_html(data.get("llm"), esc)}
 <h2>best kernel</h2><pre>{esc(best_source or '')}</pre></body></html>"""
@@ -353,17 +412,22 @@ def best_candidate(store: RunStore, run_id: str) -> tuple[Candidate, dict[str, A
 
 _PLAIN_USE = "Use: `from this_module import evolved` and call evolved(q, k, v); or EvolvedModel()(q, k, v).\n"
 _GUARDED_USE = """Use: `from this_module import attention`: torch.nn.functional.scaled_dot_product_attention's
-signature, run by the evolved kernel where SPEC (below) says it was verified and by SDPA elsewhere (warned
+signature, run by the evolved kernel where TABLE (below) says it was verified and by SDPA elsewhere (warned
 once; strict=True raises instead). evolved(q, k, v) is the task's own call; check() says why a call falls
 back, stats() counts both; routed() (or evoforge.use("this_file.py")) sends SDPA calls here inside a block;
 register_transformers() adds attn_implementation="evoforge". Check it here: python this_file.py --selftest
 """
 
 
-def export_module(store: RunStore, run_id: str) -> str:
+def export_module(store: RunStore, run_id: str | list[str]) -> str:
     """The best kernel as a standalone module with a header saying what it was measured on. An attention
     kernel comes guarded (evoforge.export: checks, SDPA fallback, custom op, self-test); any other task's
-    gets its source, a plain function and an nn.Module with the task's signature."""
+    gets its source, a plain function and an nn.Module with the task's signature. Several runs (attention
+    only) make one module with a dispatch table of their best kernels."""
+    if isinstance(run_id, list):
+        if len(run_id) > 1:
+            return export_table(store, run_id)
+        run_id = run_id[0]
     cand, best, data = best_candidate(store, run_id)
     dev = data.get("device") or {}
     params = data["task"].get("params", {})
@@ -403,3 +467,35 @@ def evolved({args}):
     return _evolved_model({args})
 '''
     return header + cand.source.rstrip() + "\n" + footer
+
+
+def export_table(store: RunStore, run_ids: list[str]) -> str:
+    """One guarded module with a dispatch table: each run's best kernel is an entry, and a call runs the entry
+    whose class covers it (nearest verified shape where several do), SDPA elsewhere."""
+    from evoforge.export import ExportError, render_table
+
+    entries = [best_candidate(store, run_id) for run_id in run_ids]
+    lines = []
+    for n, (cand, best, data) in enumerate(entries, 1):
+        if (data["task"].get("params") or {}).get("family") != "attention":
+            raise ExportError(f"run {data['run']['id']} is not an attention task ({data['task'].get('name')}); "
+                              "only attention runs combine into a dispatch table")
+        dev = data.get("device") or {}
+        latency = best["latency_us"].get(best["fitness_mode"] or "", None)
+        verdict = best.get("claim") or claims.claim(best["fitness"], bool(best.get("significant")))
+        what = "an unchanged PyTorch path" if best.get("pytorch_path") else cand.name
+        lines.append(f"{n}. {data['task'].get('name')} (run {data['run']['id']}, {what}): {best['fitness']:.3f}x over "
+                     f"{best['best_baseline']} ({best['fitness_mode']} mode, "
+                     f"{latency if latency is None else f'{latency:.2f} us'} median) on {dev.get('device_name', '?')}, "
+                     f"measured {data['run']['updated']}: {verdict}")
+    date = entries[0][2]["date"]
+    header = f'''"""A dispatch table of {len(entries)} attention kernels evolved by evoforge {__version__}: each call
+runs the kernel whose verified class covers it (the one verified nearest its shape where several do).
+
+{chr(10).join(lines)}
+Exported: {date}
+
+{_GUARDED_USE.replace("the evolved kernel where TABLE (below) says it was verified",
+                      "the kernel of TABLE (below) that was verified for the call")}"""
+'''
+    return render_table(entries, header)
