@@ -119,8 +119,9 @@ def kernel(request: pytest.FixtureRequest, exported: Path, triton_export: Path) 
 
 def test_the_export_says_what_it_covers_and_runs_its_verified_shape(kernel: ModuleType) -> None:
     spec = kernel.SPEC
-    assert (spec["dtype"], spec["head_dim"], spec["causal"], spec["gqa_ratio"]) == ("float16", 32, False, 1)
-    assert spec["verified_shape"] == {"batch": 1, "heads": 2, "kv_heads": 2, "q_len": 64, "kv_len": 64}
+    assert (spec["dtype"], spec["head_dim"], spec["causal"], spec["gqa_ratios"]) == ("float16", 32, False, [1])
+    assert spec["verified_shapes"] == [{"batch": 1, "heads": 2, "kv_heads": 2, "q_len": 64, "kv_len": 64}]
+    assert len(kernel.TABLE) == 1 and kernel.TABLE[0] is spec
     assert spec["device_type"] == "cpu" and spec["general"]
     q, k, v = qkv()
     assert kernel.check(q, k, v) is None
@@ -304,7 +305,8 @@ def test_a_kernel_of_unknown_generality_covers_its_exact_shape_only(tmp_path: Pa
 
 def test_names_in_the_kernel_do_not_clash_with_the_runtime(exported: Path) -> None:
     text = exported.read_text()
-    assert "\nKERNEL_SOURCE = r'''\n" in text or '\nKERNEL_SOURCE = r"""\n' in text  # verbatim, readable
+    digest = load(exported).SPEC["hash"]
+    assert f"\nKERNEL_SOURCES['{digest}'] = r'''\n" in text or f'\nKERNEL_SOURCES[\'{digest}\'] = r"""\n' in text
     module = load(exported)
     # The built-in PyTorch candidates define their own attention(); the export's is another function.
     assert module.attention.__module__ == module.__name__

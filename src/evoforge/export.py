@@ -1,11 +1,13 @@
-"""Exported attention kernels: the module `evoforge best RUN --export kernel.py` writes, and `evoforge.use`.
+"""Exported attention kernels: the module `evoforge best RUN [RUN ...] --export kernel.py` writes, and
+`evoforge.use`.
 
 An attention export is a standalone module (torch, and triton for a Triton kernel; not evoforge): a header,
-the safety runtime of ``export_runtime.py`` with the kernel's SPEC (what it was evolved and verified for),
-and the evolved candidate's source, which runs in a namespace of its own. Its ``attention()`` follows SDPA's
-signature, runs the kernel where SPEC covers the call and SDPA otherwise (warned once, or an error with
-``strict=True``); it is a ``torch.library`` custom op under ``torch.compile``; ``python kernel.py --selftest``
-checks it against a float64 reference.
+the safety runtime of ``export_runtime.py`` with its TABLE (per run given, one entry: what that run's best
+kernel was evolved and verified for), and the evolved candidates' sources, each run in a namespace of its
+own. Its ``attention()`` follows SDPA's signature and runs, per call, the entry whose class covers it (the
+nearest verified shape where several do) and SDPA where none does (warned once, or an error with
+``strict=True``); it is a ``torch.library`` custom op under ``torch.compile``; ``python kernel.py
+--selftest`` checks every entry against a float64 reference.
 """
 
 from __future__ import annotations
@@ -26,11 +28,11 @@ from evoforge.candidate import Candidate
 from evoforge.tasks.attention import DTYPES
 
 RUNTIME = Path(__file__).with_name("export_runtime.py")
-_SPEC_LINE = "SPEC: dict[str, Any] = {}  # evoforge:spec (replaced by the export)\n"
-_SOURCE_LINE = 'KERNEL_SOURCE = ""  # evoforge:kernel-source (replaced by the export)\n'
+_TABLE_LINE = "TABLE: list[dict[str, Any]] = []  # evoforge:table (replaced by the export)\n"
+_SOURCES_LINE = "# evoforge:kernel-sources (the export puts each evolved candidate here, verbatim)\n"
 # Genomes whose rendered kernels take any batch, head count and sequence length (strides and masks come
 # from the call): the template mutator's Triton kernel and its PyTorch paths. Anything else (an LLM's
-# kernel, say) is exported for the exact shape it was verified on.
+# kernel, say) is exported for the exact shapes it was verified on.
 SHAPE_GENERAL = ("triton_flash", "torch")
 
 
@@ -38,17 +40,24 @@ class ExportError(Exception):
     """A kernel that cannot be exported, or an export that cannot be used. One line."""
 
 
+def _shape(p: dict[str, Any]) -> dict[str, int]:
+    heads, seq_len = int(p["heads"]), int(p["seq_len"])
+    return {"batch": int(p["batch"]), "heads": heads, "kv_heads": int(p.get("kv_heads") or heads),
+            "q_len": int(p.get("q_len") or seq_len), "kv_len": seq_len}
+
+
 def spec_for(cand: Candidate, best: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-    """What the exported kernel covers: the task's dtype, head dim, causality and grouped-query ratio, the
-    device it was verified on, and its shapes (any, for a template genome; else the verified one)."""
+    """What the exported kernel covers: the task's dtype, head dim, causality and grouped-query ratios, the
+    device it was verified on, and its shapes (the verified ones: every shape of a multi-shape task; a
+    template genome takes any batch, head count and length of that class)."""
     from evoforge.task import DEFAULT_TOLERANCES
 
     p = data["task"].get("params") or {}
     if p.get("family") != "attention":
-        raise ExportError("only attention tasks export a guarded module")
+        raise ExportError(f"run {data['run']['id']} is not an attention task ({data['task'].get('name')}); only "
+                          "attention tasks export a guarded module")
     dtype = DTYPES[p["dtype"]]
-    heads, kv_heads = int(p["heads"]), int(p.get("kv_heads") or p["heads"])
-    seq_len = int(p["seq_len"])
+    shapes = [_shape(s.get("params") or {}) for s in p["shapes"]] if p.get("shapes") else [_shape(p)]
     dev = data.get("device") or {}
     capability = dev.get("capability")
     genome = cand.genome or {}
@@ -63,10 +72,9 @@ def spec_for(cand: Candidate, best: dict[str, Any], data: dict[str, Any]) -> dic
         "head_dim": int(p["head_dim"]),
         "scale": 1.0 / math.sqrt(int(p["head_dim"])),
         "causal": bool(p.get("causal")),
-        "gqa_ratio": heads // kv_heads,
+        "gqa_ratios": sorted({s["heads"] // s["kv_heads"] for s in shapes}),
         "pack_gqa": bool(genome.get("pack_gqa")),
-        "verified_shape": {"batch": int(p["batch"]), "heads": heads, "kv_heads": kv_heads,
-                           "q_len": int(p.get("q_len") or seq_len), "kv_len": seq_len},
+        "verified_shapes": shapes,
         "general": genome.get("kind") in SHAPE_GENERAL,
         "max_seq_len": None,
         "device_type": dev.get("device_type", "cuda"),
@@ -91,20 +99,34 @@ def _literal(text: str) -> str:
     return repr("\n" + text)
 
 
-def render_module(cand: Candidate, best: dict[str, Any], data: dict[str, Any], header: str) -> str:
-    """The exported module's text: ``header`` (a docstring), the runtime with SPEC, the candidate's source."""
-    spec = spec_for(cand, best, data)
+Entry = tuple[Candidate, dict[str, Any], dict[str, Any]]  # a run's best: (candidate, best, evidence)
+
+
+def render_table(entries: list[Entry], header: str) -> str:
+    """The exported module's text: ``header`` (a docstring), the runtime with TABLE (one entry per run's
+    kernel, in the order given) and each candidate's source."""
+    if not entries:
+        raise ExportError("nothing to export: give at least one run")
+    runs = [data["run"]["id"] for _, _, data in entries]
+    if len(set(runs)) != len(runs):
+        raise ExportError(f"a run is given twice ({', '.join(runs)}); give each run once")
+    table = [spec_for(cand, best, data) for cand, best, data in entries]
     runtime = RUNTIME.read_text()
-    if runtime.count(_SPEC_LINE) != 1 or runtime.count(_SOURCE_LINE) != 1:
-        raise ExportError(f"{RUNTIME} lacks its SPEC or KERNEL_SOURCE line")
-    spec_text = pprint.pformat(spec, width=110, sort_dicts=True)
-    runtime = runtime.replace(_SPEC_LINE, f"SPEC: dict[str, Any] = {spec_text}\n")
-    source = cand.source.rstrip() + "\n"
-    runtime = runtime.replace(_SOURCE_LINE, "# The evolved candidate, as it was verified (run by _kernel_namespace).\n"
-                              f"KERNEL_SOURCE = {_literal(source)}\n")
-    text = header.rstrip() + "\n" + runtime
+    if runtime.count(_TABLE_LINE) != 1 or runtime.count(_SOURCES_LINE) != 1:
+        raise ExportError(f"{RUNTIME} lacks its TABLE or kernel-sources line")
+    table_text = pprint.pformat(table, width=110, sort_dicts=True)
+    runtime = runtime.replace(_TABLE_LINE, f"TABLE: list[dict[str, Any]] = {table_text}\n")
+    sources = {cand.hash: cand.source.rstrip() + "\n" for cand, _, _ in entries}
+    blocks = "".join(f"# The evolved candidate {digest}, as it was verified.\nKERNEL_SOURCES[{digest!r}] = "
+                     f"{_literal(source)}\n\n" for digest, source in sources.items())
+    text = header.rstrip() + "\n" + runtime.replace(_SOURCES_LINE, blocks)
     compile(text, "kernel.py", "exec")  # a broken export is our bug: fail here, not in the user's import
     return text
+
+
+def render_module(cand: Candidate, best: dict[str, Any], data: dict[str, Any], header: str) -> str:
+    """A one-kernel export: render_table with one entry."""
+    return render_table([(cand, best, data)], header)
 
 
 def load(path: str | Path) -> ModuleType:
@@ -126,7 +148,8 @@ def load(path: str | Path) -> ModuleType:
     except BaseException:
         del sys.modules[name]
         raise
-    if not callable(getattr(module, "routed", None)) or not getattr(module, "SPEC", None):
+    if not callable(getattr(module, "routed", None)) or not (getattr(module, "TABLE", None)
+                                                             or getattr(module, "SPEC", None)):
         raise ExportError(f"{path} is not an attention kernel exported by evoforge (re-export it with "
                           "`evoforge best RUN --export`)")
     return module

@@ -412,17 +412,22 @@ def best_candidate(store: RunStore, run_id: str) -> tuple[Candidate, dict[str, A
 
 _PLAIN_USE = "Use: `from this_module import evolved` and call evolved(q, k, v); or EvolvedModel()(q, k, v).\n"
 _GUARDED_USE = """Use: `from this_module import attention`: torch.nn.functional.scaled_dot_product_attention's
-signature, run by the evolved kernel where SPEC (below) says it was verified and by SDPA elsewhere (warned
+signature, run by the evolved kernel where TABLE (below) says it was verified and by SDPA elsewhere (warned
 once; strict=True raises instead). evolved(q, k, v) is the task's own call; check() says why a call falls
 back, stats() counts both; routed() (or evoforge.use("this_file.py")) sends SDPA calls here inside a block;
 register_transformers() adds attn_implementation="evoforge". Check it here: python this_file.py --selftest
 """
 
 
-def export_module(store: RunStore, run_id: str) -> str:
+def export_module(store: RunStore, run_id: str | list[str]) -> str:
     """The best kernel as a standalone module with a header saying what it was measured on. An attention
     kernel comes guarded (evoforge.export: checks, SDPA fallback, custom op, self-test); any other task's
-    gets its source, a plain function and an nn.Module with the task's signature."""
+    gets its source, a plain function and an nn.Module with the task's signature. Several runs (attention
+    only) make one module with a dispatch table of their best kernels."""
+    if isinstance(run_id, list):
+        if len(run_id) > 1:
+            return export_table(store, run_id)
+        run_id = run_id[0]
     cand, best, data = best_candidate(store, run_id)
     dev = data.get("device") or {}
     params = data["task"].get("params", {})
@@ -462,3 +467,35 @@ def evolved({args}):
     return _evolved_model({args})
 '''
     return header + cand.source.rstrip() + "\n" + footer
+
+
+def export_table(store: RunStore, run_ids: list[str]) -> str:
+    """One guarded module with a dispatch table: each run's best kernel is an entry, and a call runs the entry
+    whose class covers it (nearest verified shape where several do), SDPA elsewhere."""
+    from evoforge.export import ExportError, render_table
+
+    entries = [best_candidate(store, run_id) for run_id in run_ids]
+    lines = []
+    for n, (cand, best, data) in enumerate(entries, 1):
+        if (data["task"].get("params") or {}).get("family") != "attention":
+            raise ExportError(f"run {data['run']['id']} is not an attention task ({data['task'].get('name')}); "
+                              "only attention runs combine into a dispatch table")
+        dev = data.get("device") or {}
+        latency = best["latency_us"].get(best["fitness_mode"] or "", None)
+        verdict = best.get("claim") or claims.claim(best["fitness"], bool(best.get("significant")))
+        what = "an unchanged PyTorch path" if best.get("pytorch_path") else cand.name
+        lines.append(f"{n}. {data['task'].get('name')} (run {data['run']['id']}, {what}): {best['fitness']:.3f}x over "
+                     f"{best['best_baseline']} ({best['fitness_mode']} mode, "
+                     f"{latency if latency is None else f'{latency:.2f} us'} median) on {dev.get('device_name', '?')}, "
+                     f"measured {data['run']['updated']}: {verdict}")
+    date = entries[0][2]["date"]
+    header = f'''"""A dispatch table of {len(entries)} attention kernels evolved by evoforge {__version__}: each call
+runs the kernel whose verified class covers it (the one verified nearest its shape where several do).
+
+{chr(10).join(lines)}
+Exported: {date}
+
+{_GUARDED_USE.replace("the evolved kernel where TABLE (below) says it was verified",
+                      "the kernel of TABLE (below) that was verified for the call")}"""
+'''
+    return render_table(entries, header)
