@@ -33,7 +33,7 @@ import torch
 
 from evoforge.candidate import Candidate
 from evoforge.mutators.base import GenomeMutator, Individual
-from evoforge.task import LoadedTask, TaskSpec, init_inputs, load_task, make_inputs
+from evoforge.task import LoadedTask, TaskError, TaskSpec, init_inputs, load_task, make_inputs
 
 COMPILE_MODES_GPU = ("none", "default", "reduce-overhead", "max-autotune-no-cudagraphs")
 COMPILE_MODES_CPU = ("none", "default")
@@ -85,9 +85,19 @@ def _act_of(node: Any, modules: dict[str, Any]) -> str | None:
     return None
 
 
+def _shapes_of_inputs(task: LoadedTask) -> list[Any]:
+    """The task's inputs for their ranks, shapes and dtypes only: made on the meta device where the task allows
+    (no data: a KernelBench-size input set is gigabytes), else for real."""
+    try:
+        with torch.device("meta"):
+            return make_inputs(task, seed=0)
+    except TaskError:
+        return make_inputs(task, seed=0)
+
+
 def analyse(task: LoadedTask) -> TaskTraits:
     """Input ranks, and which Triton template (if any) computes the task's Model exactly."""
-    inputs = make_inputs(task, seed=0)
+    inputs = _shapes_of_inputs(task)
     traits = TaskTraits(input_ranks=[x.dim() for x in inputs if isinstance(x, torch.Tensor)])
     try:
         from torch import fx
