@@ -33,6 +33,9 @@ def test_round_trip(tmp_path: Path) -> None:
     assert record.env == {"device_name": "X"} and record.config == {"generations": 3}
     (loaded, gen), = again.candidates(run_id)
     assert loaded == cand and gen == 1
+    again.db.execute("UPDATE candidates SET hash = 'stored-hash' WHERE run_id = ?", (run_id,))
+    (loaded, _), = again.candidates(run_id)
+    assert loaded.hash == "stored-hash"  # the hash it was added under, not recomputed (reports stay fast)
     (back, _), = again.evaluations(run_id)
     assert back == result
     assert again.events(run_id, "generation")[0]["generation"] == 1

@@ -71,7 +71,19 @@ class Candidate:
 
     @property
     def hash(self) -> str:
-        return source_hash(self.source)
+        """The content hash, computed once per source (parsing and unparsing a large kernel takes tens of
+        milliseconds, and reports and the loop ask often); a new ``source`` gets a new hash."""
+        known = self.__dict__.get("_hash")
+        if known is None or known[0] is not self.source:
+            known = (self.source, source_hash(self.source))
+            self.__dict__["_hash"] = known
+        return known[1]
+
+    def with_hash(self, known: str) -> Candidate:
+        """This candidate, its hash taken as ``known`` (what the store recorded when it was added) instead of
+        recomputed: the hash it was evaluated under, whatever this Python's ``ast.unparse`` makes of it."""
+        self.__dict__["_hash"] = (self.source, known)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -372,10 +372,10 @@ class RunStore:
 
     def candidates(self, run_id: str, role: str = "candidate") -> list[tuple[Candidate, int]]:
         rows = self.db.execute(
-            "SELECT name, source, language, genome_json, lineage_json, generation FROM candidates "
+            "SELECT name, source, language, genome_json, lineage_json, generation, hash FROM candidates "
             "WHERE run_id = ? AND role = ? ORDER BY generation, created, rowid", (run_id, role))
         return [(Candidate(name=r[0], source=r[1], language=r[2], genome=json.loads(r[3]) if r[3] else None,
-                           lineage=json.loads(r[4])), r[5]) for r in rows]
+                           lineage=json.loads(r[4])).with_hash(r[6]), r[5]) for r in rows]
 
     def evaluations(self, run_id: str, role: str | None = "candidate") -> list[tuple[EvalResult, int]]:
         query = "SELECT result_json, generation FROM evaluations WHERE run_id = ?"
