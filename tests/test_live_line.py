@@ -1,8 +1,17 @@
-"""The live line and the run's last line print a latency with one unit (issue 22: "4.75 ms µs")."""
+"""The live line and the run's last line print a latency with one unit (issue 22: "4.75 ms µs"), and a long
+step says how long it has been running (issue 23, item 9)."""
 
 from __future__ import annotations
 
-from evoforge.cli import _fmt_latency, _progress_line
+import io
+import re
+import time
+
+import pytest
+from rich.console import Console
+
+from evoforge import cli
+from evoforge.cli import _fmt_latency, _progress_line, _with_elapsed
 from evoforge.search import Progress
 
 
@@ -25,3 +34,18 @@ def test_the_live_line_says_ms_or_us_never_both() -> None:
     assert "(47.5 µs)" in line and " ms" not in line
     line = _progress_line(_progress(None), 10)
     assert "µs" not in line and " ms" not in line
+
+
+def test_a_long_step_says_how_long_it_has_run() -> None:
+    assert _with_elapsed("starting 11 worker(s)", 0.4) == "starting 11 worker(s)"
+    assert _with_elapsed("starting 11 worker(s)", 72.4) == "starting 11 worker(s) (72 s)"
+
+
+def test_the_live_line_ticks_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no message for a while, the spinner's text still moves: the step and its seconds."""
+    buf = io.StringIO()
+    monkeypatch.setattr(cli, "err", Console(file=buf, force_terminal=True, width=120, color_system=None))
+    with cli._progress(True) as say:
+        say("computing reference outputs")
+        time.sleep(4.5)
+    assert re.search(r"computing reference outputs \([34] s\)", buf.getvalue())

@@ -75,17 +75,42 @@ def _guarded(fn: Callable[[], T], verbose: bool) -> T:
         raise typer.Exit(143 if exc.signame == "SIGTERM" else 129) from None
 
 
+def _with_elapsed(message: str, seconds: float) -> str:
+    """The live line's step with how long it has been running, once that is long enough to wonder."""
+    return message if seconds < 3 else f"{message} ({seconds:.0f} s)"
+
+
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
-    """A spinner with the evaluator's latest step on stderr (stdout stays clean for --json)."""
+    """A spinner with the evaluator's latest step on stderr (stdout stays clean for --json). On a terminal
+    the step shows how long it has been running, ticking every second, so a long one (a first run's
+    compiles, a worker that hangs until its time limit) never looks stuck without saying for how long."""
     if not enabled or not err.is_terminal:
         def plain(message: str) -> None:
             if enabled and not any(word in message for word in ("timing ", "checking ", "rechecking ")):
                 err.print(f"  {message}", highlight=False)
         yield plain
         return
+    import threading
+
+    step = {"message": "starting", "since": time.monotonic()}
+    done = threading.Event()
     with err.status("starting") as status:
-        yield lambda message: status.update(message)
+        def tick() -> None:
+            while not done.wait(1.0):
+                status.update(_with_elapsed(step["message"], time.monotonic() - step["since"]))
+
+        def say(message: str) -> None:
+            step.update(message=message, since=time.monotonic())
+            status.update(message)
+
+        ticker = threading.Thread(target=tick, name="evoforge-live-line", daemon=True)
+        ticker.start()
+        try:
+            yield say
+        finally:
+            done.set()
+            ticker.join()
 
 
 def _eval_config(device: str, timeout: float, budget_ms: float, seed: int | None, memory_mb: int | None,
