@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import os
 import resource
 import shutil
@@ -64,10 +65,10 @@ class WorkerProcess:
         self.channel: Channel | None = None
         self.cap: sandbox.ProcessCap | None = None
         self.ruleset: int | None = None
-        self._stop = threading.Event()
-        self._watchdog: threading.Thread | None = None
+        self._seen: set[int] = set()  # every descendant the watchdog saw (no cgroup): killed with it
         self.started = time.monotonic()
         self.stage = "startup"
+        self.is_ready = False  # its first message (ready) has been received
 
     # ---------------------------------------------------------------- start
     def start(self) -> None:
@@ -98,8 +99,7 @@ class WorkerProcess:
             )
         theirs.close()
         self.channel = Channel(ours)
-        self._watchdog = threading.Thread(target=self._watch, daemon=True)
-        self._watchdog.start()
+        WATCHDOG.watch(self)
 
     def _limits(self) -> Callable[[], None]:
         """The child's resource limits and confinement, decided here and applied between fork and exec."""
@@ -140,32 +140,30 @@ class WorkerProcess:
         return apply
 
     # ---------------------------------------------------------------- watch
-    def _watch(self) -> None:
-        cfg = self.config
-        proc = self.proc
-        assert proc is not None
-        seen: set[int] = set()
-        next_count = 0.0
-        while not self._stop.is_set() and proc.poll() is None:
-            killed = None
-            if self.cancel is not None and self.cancel.is_set():
-                killed = "cancelled"
-            elif _rss_mb(proc.pid) > cfg.memory_limit_mb:
-                killed = "memory"
-            elif self.cap is not None and self.cap.hit_limit():
+    def check(self, table: sandbox.ProcessTable | None) -> bool:
+        """The watchdog's look at this worker (``table``: this tick's scan of /proc, when some worker
+        has no cgroup); kills it and returns False when it broke a limit or was cancelled."""
+        cfg, proc = self.config, self.proc
+        if proc is None or proc.poll() is not None:
+            return False
+        killed = None
+        if self.cancel is not None and self.cancel.is_set():
+            killed = "cancelled"
+        elif (table.rss_bytes.get(proc.pid, 0) / 2**20 if table is not None else _rss_mb(proc.pid)) \
+                > cfg.memory_limit_mb:
+            killed = "memory"
+        elif self.cap is not None and self.cap.hit_limit():
+            killed = "processes"
+        elif self.cap is None and table is not None:
+            tree = table.below(proc.pid)
+            self._seen.update(tree)
+            if sum(tree.values()) > cfg.max_tasks:
                 killed = "processes"
-            elif self.cap is None and time.monotonic() >= next_count:
-                tree = sandbox.descendants(proc.pid)
-                seen.update(tree)
-                next_count = time.monotonic() + 0.25
-                if sum(tree.values()) > cfg.max_tasks:
-                    killed = "processes"
-            if killed:
-                self.killed = killed
-                self._kill(seen)
-                return
-            self._stop.wait(0.05)
-        self._seen = seen
+        if killed:
+            self.killed = killed
+            self._kill(self._seen)
+            return False
+        return True
 
     def _kill(self, seen: set[int] | None = None) -> None:
         proc = self.proc
@@ -178,7 +176,7 @@ class WorkerProcess:
         if self.cap is not None:
             self.cap.kill_all()
         else:
-            _kill_escaped(set(seen or ()) | set(getattr(self, "_seen", ())) - {proc.pid},
+            _kill_escaped(set(seen or ()) | set(self._seen) - {proc.pid},
                           self.env.get(sandbox.WORKER_TOKEN, ""))
 
     # ---------------------------------------------------------------- talk
@@ -202,10 +200,14 @@ class WorkerProcess:
             raise self._lost(timeout_s) from None
 
     def ready(self, timeout_s: float) -> None:
-        """Wait for the worker's first message (it has imported torch and opened its channel)."""
+        """Wait for the worker's first message (it has imported torch and opened its channel); at once if
+        it came already."""
         assert self.channel is not None and self.proc is not None
+        if self.is_ready:
+            return
         try:
             self.channel.receive(timeout_s)
+            self.is_ready = True
         except (ChannelTimeout, ChannelClosed) as exc:
             if isinstance(exc, ChannelTimeout):
                 self.killed = self.killed or "timeout"
@@ -248,7 +250,7 @@ class WorkerProcess:
 
     def close(self) -> None:
         """Ask the worker to leave, then make sure it and everything it started are gone."""
-        self._stop.set()
+        WATCHDOG.forget(self)
         if self.channel is not None and self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ChannelClosed, OSError):
                 self.channel.send({"op": "exit"})
@@ -258,8 +260,6 @@ class WorkerProcess:
         if self.proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout=10)
-        if self._watchdog is not None:
-            self._watchdog.join(timeout=5)
         if self.channel is not None:
             self.channel.close()
         if self.cap is not None:
@@ -270,6 +270,61 @@ class WorkerProcess:
             self.ruleset = None
         if not self.config.keep_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+class Watchdog:
+    """One thread watching every live worker: its resident memory, its processes and threads (a pids
+    cgroup, or a count from a scan of /proc), and cancellation.
+
+    One scan of /proc per tick serves every worker. A thread per worker, each scanning /proc for its own
+    descendants, cost the judge's timing loop most of its time on the H200 machines once a generation's
+    candidates, kept baselines and spares were alive together (a /proc scan is slow under gVisor, and the
+    scans' Python competed with the judge for the interpreter)."""
+
+    def __init__(self, tick_s: float = 0.05) -> None:
+        self.tick_s = tick_s
+        self.lock = threading.Lock()
+        self.workers: list[WorkerProcess] = []
+        self.thread: threading.Thread | None = None
+        self.wake = threading.Event()
+
+    def watch(self, worker: WorkerProcess) -> None:
+        with self.lock:
+            self.workers.append(worker)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._run, daemon=True, name="evoforge-watchdog")
+                self.thread.start()
+        self.wake.set()
+
+    def forget(self, worker: WorkerProcess) -> None:
+        with self.lock:
+            if worker in self.workers:
+                self.workers.remove(worker)
+
+    def _run(self) -> None:
+        next_scan = 0.0
+        while True:
+            with self.lock:
+                workers = list(self.workers)
+            if not workers:
+                self.wake.wait(1.0)
+                self.wake.clear()
+                continue
+            table = None
+            if any(w.cap is None for w in workers) and time.monotonic() >= next_scan:
+                table = sandbox.ProcessTable.scan()  # processes are counted every 0.25 s, as before
+                next_scan = time.monotonic() + 0.25
+            for worker in workers:
+                try:
+                    watching = worker.check(table)
+                except Exception:  # a watchdog that stops watching fails open: keep it going
+                    watching = True
+                if not watching:
+                    self.forget(worker)
+            time.sleep(self.tick_s)
+
+
+WATCHDOG = Watchdog()
 
 
 def worker_env(config: EvalConfig) -> dict[str, str]:
@@ -326,12 +381,13 @@ def _log_tail(path: Path, limit: int = 4000) -> str:
 
 def _rss_mb(pid: int) -> float:
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
+        with open(f"/proc/{pid}/statm", "rb") as f:  # size resident shared ...: pages
+            return int(f.read().split()[1]) * _PAGE / 2**20
     except (OSError, ValueError, IndexError):
-        pass
-    return 0.0
+        return 0.0
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _kill_escaped(pids: set[int], token: str) -> None:
@@ -397,5 +453,78 @@ class KeptWorkers:
             worker.close()
 
 
+class SpareWorkers:
+    """Candidate workers started ahead of the evaluation that will use them.
+
+    Starting a worker (a Python process importing torch, sandboxed) is most of an evaluation's start-up
+    on the H200 machines, so while one generation's workers load and check, the judge starts as many
+    blank workers for the next one. A spare has run nothing but the worker's own start-up: it gets its
+    entry, pool and task only when an evaluation takes it, exactly as a freshly started worker does, so
+    one process per candidate holds. Spares are keyed by everything their start depended on (config,
+    environment, sandbox layers), a few keys at most (one per GPU slot, say). The judge waits for its
+    spares to be ready before it times anything, so no process is starting while latencies are measured.
+    Closed at exit."""
+
+    def __init__(self, keys: int = 8) -> None:
+        self.limit = keys
+        self.lock = threading.Lock()
+        self.workers: dict[str, list[WorkerProcess]] = {}
+
+    def take(self, key: str) -> WorkerProcess | None:
+        """A live spare started for ``key``, or None."""
+        found, dead = None, []
+        with self.lock:
+            spares = self.workers.get(key, [])
+            while spares and found is None:
+                worker = spares.pop(0)
+                if worker.alive:
+                    found = worker
+                else:
+                    dead.append(worker)
+        for worker in dead:
+            worker.close()
+        return found
+
+    def top_up(self, key: str, count: int, make: Callable[[], WorkerProcess]) -> list[WorkerProcess]:
+        """Start workers (``make`` builds one) until ``count`` spares for ``key`` exist; returns the ones
+        started. Call it from a thread that outlives them: a worker dies with the thread that forked it."""
+        with self.lock:
+            spares = self.workers.pop(key, [])
+            self.workers[key] = spares  # most recently used last
+            evicted = list(self.workers)[: max(len(self.workers) - self.limit, 0)]
+            stale = [w for k in evicted for w in self.workers.pop(k)]
+            need = max(count - len(spares), 0)
+        for worker in stale:
+            worker.close()
+        started = []
+        for _ in range(need):
+            worker = make()
+            try:
+                worker.start()
+            except OSError:  # no spare is no failure: the evaluation starts its own
+                worker.close()
+                break
+            started.append(worker)
+        with self.lock:
+            self.workers.setdefault(key, []).extend(started)
+        return started
+
+    def close_all(self) -> None:
+        with self.lock:
+            workers = [w for spares in self.workers.values() for w in spares]
+            self.workers = {}
+        for worker in workers:
+            worker.close()
+
+
+def spare_key(config: EvalConfig, env: dict[str, str], network: bool, writes: bool) -> str:
+    """What a spare worker must share with an evaluation to serve it: how it was started."""
+    same = sorted((k, v) for k, v in env.items() if k != sandbox.WORKER_TOKEN)  # each worker gets its own
+    parts = [repr(config), repr(same), str(network), str(writes), str(os.getpid())]
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
+
+
 KEPT = KeptWorkers()
+SPARES = SpareWorkers()
 atexit.register(KEPT.close_all)
+atexit.register(SPARES.close_all)

@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from evoforge.cache import extensions_root
@@ -376,34 +377,53 @@ def process_cap_unavailable() -> str | None:
     return None
 
 
+@dataclass
+class ProcessTable:
+    """One scan of /proc: each process's parent, thread count and resident memory."""
+
+    children: dict[int, list[int]]
+    threads: dict[int, int]
+    rss_bytes: dict[int, int]
+
+    @classmethod
+    def scan(cls) -> ProcessTable:
+        table = cls({}, {}, {})
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return table
+        page = os.sysconf("SC_PAGE_SIZE")
+        for entry in entries:
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                parent, threads, rss = int(fields[1]), int(fields[17]), int(fields[21]) * page
+            except (OSError, IndexError, ValueError):
+                continue
+            pid = int(entry)
+            table.children.setdefault(parent, []).append(pid)
+            table.threads[pid] = threads
+            table.rss_bytes[pid] = rss
+        return table
+
+    def below(self, *roots: int) -> dict[int, int]:
+        """pid -> thread count for the ``roots`` and every process below them."""
+        found: dict[int, int] = {}
+        stack = [root for root in roots if root in self.threads]
+        while stack:
+            pid = stack.pop()
+            if pid in found:
+                continue
+            found[pid] = self.threads[pid]
+            stack.extend(self.children.get(pid, []))
+        return found
+
+
 def descendants(*roots: int) -> dict[int, int]:
     """pid -> thread count for the ``roots`` and every process below them, from one scan of /proc."""
-    children: dict[int, list[int]] = {}
-    threads: dict[int, int] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return {}
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(entry)
-        children.setdefault(int(fields[1]), []).append(pid)
-        threads[pid] = int(fields[17])
-    found: dict[int, int] = {}
-    stack = [root for root in roots if root in threads]
-    while stack:
-        pid = stack.pop()
-        if pid in found:
-            continue
-        found[pid] = threads[pid]
-        stack.extend(children.get(pid, []))
-    return found
+    return ProcessTable.scan().below(*roots)
 
 
 WORKER_TOKEN = "EVOFORGE_WORKER_TOKEN"  # in each worker's environment, unique to it
