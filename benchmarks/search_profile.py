@@ -4,7 +4,11 @@ compiling and checking every entry, time, recheck) beside the separate compile p
 the run's evaluations per minute.
 
 Usage: python benchmarks/search_profile.py [--task attention-long] [--generations 3] [--population 8]
-       [--seed 0] [--out results.json]
+       [--seed 0] [--budget 120] [--out results.json] [-- more evoforge run flags]
+
+Worker stages summed over a generation's workers include ``worker.ready`` (waiting for a worker to come
+up: about zero for one started ahead as a spare), ``worker.load`` and ``check``; ``spares_taken`` counts
+the candidates that ran in spare workers and ``spares.wait`` the judge's wait for the next spares.
 """
 
 from __future__ import annotations
@@ -26,13 +30,16 @@ def main() -> int:
     parser.add_argument("--generations", type=int, default=3)
     parser.add_argument("--population", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--budget", help="evoforge run --budget (e.g. 120): the run stops at it")
     parser.add_argument("--out", type=Path)
+    parser.add_argument("extra", nargs="*", help="more evoforge run flags, after --")
     args = parser.parse_args()
+    more = [*(["--budget", args.budget] if args.budget else []), *args.extra]
     with tempfile.TemporaryDirectory(prefix="evoforge-profile-") as tmp:
         started = time.monotonic()
         proc = subprocess.run([sys.executable, "-m", "evoforge.cli", "run", "--json", "--task", args.task,
                                "--generations", str(args.generations), "--population", str(args.population),
-                               "--seed", str(args.seed)], cwd=tmp, capture_output=True, text=True, check=False)
+                               "--seed", str(args.seed), *more], cwd=tmp, capture_output=True, text=True, check=False)
         wall = time.monotonic() - started
         if proc.returncode not in (0, 1):
             print(f"search_profile: evoforge run failed ({proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -54,7 +61,8 @@ def main() -> int:
                                 "compile_process_seconds": compiled.get("seconds"),
                                 "kernels_compiled": compiled.get("compiled")})
         (throughput,) = store.events(run_id, "throughput")
-    out = {"date": record.env.get("date"), "device": record.env, "task": args.task, "run_wall_s": round(wall, 1),
+    out = {"date": record.env.get("date"), "device": record.env, "task": args.task, "flags": more,
+           "run_wall_s": round(wall, 1),
            "evals_per_min": throughput["evals_per_min"], "evaluations": throughput["evaluations"],
            "generations": generations}
     for g in generations:

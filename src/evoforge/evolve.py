@@ -15,7 +15,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,10 @@ class Prepared:
     evaluate: GenerationEvaluator
     rng: random.Random
     device: str
+    # issue 22: the most candidates a batch may hold for the judge and every worker to fit in GPU memory (None:
+    # no limit), and why (evoforge.evaluator.memory.upfront)
+    batch_cap: int | None = None
+    memory_note: str = ""
 
 
 class GenerationEvaluator:
@@ -370,8 +374,11 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
         import torch
 
         limits = HardwareLimits.for_device(torch.cuda.get_device_properties(torch.device(device)))
+    # On a GPU, the next generation's candidate workers start while this one's load and check (their
+    # start is most of a generation's start-up there); a 2-core CPU machine has no cores to spare.
     eval_config = EvalConfig(device=device, timeout_s=config.timeout_s, sandbox=config.sandbox,
-                             timing=TimingConfig(budget_ms=config.budget_ms))
+                             timing=TimingConfig(budget_ms=config.budget_ms),
+                             spare_workers=None if device != "cpu" else 0)
     fastest = None
     for event in store.events(run_id, "baselines"):
         fastest = event["names"]
@@ -385,6 +392,9 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
 
     evaluate = GenerationEvaluator(spec, eval_config, baselines_for(spec), config.keep_baselines, fastest,
                                    progress, remember, profile)
+    batch_cap, memory_note = _fit_memory(config, spec, eval_config, device, len(evaluate.baselines))
+    if batch_cap is not None:
+        store.add_event(run_id, "memory", batch_cap=batch_cap, note=memory_note)
     mutator: Mutator
     if config.mutator == "llm":
         mutator = _llm_mutator(config, spec, device, store, run_id, rng)
@@ -394,7 +404,19 @@ def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
                                      (_llm_mutator(config, spec, device, store, run_id, rng), config.llm_share)])
     else:
         mutator = builtin_mutator(config.mutator, spec, params, rng, device, limits)
-    return Prepared(spec, mutator, evaluate, rng, device)
+    return Prepared(spec, mutator, evaluate, rng, device, batch_cap, memory_note)
+
+
+def _fit_memory(config: RunConfig, spec: TaskSpec, eval_config: EvalConfig, device: str,
+                baselines: int) -> tuple[int | None, str]:
+    """Before any work, whether a batch fits in GPU memory beside the baselines (issue 22): the largest batch
+    that does, or a TaskError saying what doesn't fit and what to change. Only where this machine runs the
+    batches (a Ray cluster's GPUs are not this machine's)."""
+    if device == "cpu" or config.executor == "ray":
+        return None, ""
+    from evoforge.evaluator import memory
+
+    return memory.upfront(spec, eval_config, device, baselines, config.batch_size or config.population)
 
 
 def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | None = None) -> tuple[str, Prepared]:
@@ -446,7 +468,11 @@ def search_for(store: RunStore, run_id: str, prepared: Prepared, config: RunConf
                started: float | None = None) -> Search:
     """The search of this session; ``started`` (time.monotonic()) is when its ``--budget`` clock started
     (the command's start, so loading the task and starting the executor count), default when it runs."""
-    return Search(store, run_id, prepared.mutator, prepared.evaluate, config.search_config(), prepared.rng,
+    search_config = config.search_config()
+    if prepared.batch_cap is not None:  # the judge and every worker of a batch must fit in GPU memory
+        search_config = replace(search_config, batch_size=min(search_config.batch_size or prepared.batch_cap,
+                                                              prepared.batch_cap))
+    return Search(store, run_id, prepared.mutator, prepared.evaluate, search_config, prepared.rng,
                   on_progress, executor or make_executor(config, prepared), started=started)
 
 

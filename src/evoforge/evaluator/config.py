@@ -56,6 +56,11 @@ class EvalConfig:
     # Keep baseline workers (PyTorch's own code) alive for the next evaluation of the same task, instead of
     # starting them again; candidates always get a fresh worker.
     keep_baselines: bool = True
+    # Candidate workers started ahead, while this evaluation's workers load and check, for the next
+    # evaluation of the same config to take (see process.SpareWorkers): 0 none, None as many as this
+    # evaluation started for its candidates. A search on a GPU turns it on; a single evaluation has no
+    # use for them.
+    spare_workers: int | None = 0
     # Workers started and loaded at once (their imports and compiles overlap); None: one per CPU core.
     parallel_workers: int | None = None
     # How much unreported time per call the judge's clock tolerates beyond the baselines' overhead

@@ -56,14 +56,13 @@ from evoforge.evaluator import guards, sandbox
 from evoforge.evaluator.channel import Layout, SharedPool, views
 from evoforge.evaluator.compare import compare, nondeterminism, worst
 from evoforge.evaluator.config import EvalConfig, EvalReport, EvaluatorError
-from evoforge.evaluator.process import KEPT, WorkerLost, WorkerProcess, worker_env
+from evoforge.evaluator.process import KEPT, SPARES, WorkerLost, WorkerProcess, spare_key, worker_env
 from evoforge.evaluator.result import STATUSES, CaseCheck, EvalResult
 from evoforge.evaluator.scoring import fitness_mode, score
 from evoforge.shapes import combine, is_multi, shape_specs
 from evoforge.task import (
     TaskError,
     TaskSpec,
-    check_fits,
     draw_inputs,
     edge_inputs,
     init_inputs,
@@ -433,29 +432,44 @@ class _Session:
 
     def _pool_slots(self, inputs: list[tuple[tuple[int, ...], torch.dtype]],
                     outputs: list[tuple[tuple[int, ...], torch.dtype]]) -> int:
-        """As many slots as the configuration asks, within a share of the memory. On a GPU every worker
-        keeps a device copy of every slot's inputs (and the judge a staging copy), so together they take
-        at most a quarter of the free memory; on a CPU the pool takes at most 1 GiB."""
+        """As many slots as the configuration asks, within the memory. On a GPU every worker keeps a device copy
+        of every slot (and the judge a staging copy of the inputs): the slots' copies take at most a quarter of
+        the device's memory, and the whole evaluation (evoforge.evaluator.memory: the judge, every worker with
+        its working set, the pool in host memory and in a worker's memory limit) must fit; on a CPU the pool
+        takes at most 1 GiB."""
+        from evoforge.evaluator import memory
+
         per_slot = Layout.slot_bytes(inputs, outputs)
-        if self.device.type == "cuda":
-            free, _ = torch.cuda.mem_get_info(self.device)
-            room = free // (4 * (len(self.entries) + 1))
-        else:
-            room = 2**30
-        return max(1, min(int(self.cfg.pool_slots), room // max(per_slot, 1)))
+        wanted = int(self.cfg.pool_slots)
+        if self.device.type != "cuda":
+            return max(1, min(wanted, 2**30 // max(per_slot, 1)))
+        budget = _device_budget(self.device)
+        quarter = max(1, budget // (4 * (len(self.entries) + 1) * max(per_slot, 1)))
+        fp = _with_outputs(self.footprint, per_slot - tensor_bytes(self.cases[0]["inputs"]), self.cases[0]["ref"])
+        cases = len(self.cases) + 1  # and the final recheck's
+        held_on_host = cases * fp.ref_outputs  # the references exist already: available memory excludes them
+        host = memory.host_available()
+        parallel = _parallel_checks(self.cfg)
+        slots = memory.fit(fp, free=budget, workers=len(self.entries), cases=cases, wanted=min(wanted, quarter),
+                           parallel=parallel, host_free=None if host is None else host + held_on_host,
+                           worker_limit=self.cfg.memory_limit_mb * 2**20)
+        if slots == 0:
+            _refuse_memory(self, memory.plan(fp, slots=1, workers=len(self.entries), cases=cases, parallel=parallel),
+                           budget, host, held_on_host)
+        return max(slots, 1)
 
     def _check_memory(self, inputs: list[Any], model: Any) -> None:
-        """Refuse, with the amount needed, a task whose inputs, outputs and weights can't fit on the GPU."""
-        per_set = tensor_bytes(inputs)
-        ref_size = torch.empty((), dtype=self.ref_dtype).element_size()
-        weights = sum(p.numel() * (p.element_size() + ref_size) for p in model.parameters())
-        free, _ = torch.cuda.mem_get_info(self.device)
-        # the judge's inputs in both precisions, the reference and native outputs, two pool slots, and the
-        # worker's own copy of a call's working set
-        needed = 6 * per_set + weights
-        check_fits(self.task.spec.origin, needed, free, torch.cuda.get_device_name(self.device),
-                   f"input sets of {per_set / 2**30:.2f} GiB in the judge, its pool and a worker, and the Model's "
-                   f"weights in both precisions ({weights / 2**30:.2f} GiB)")
+        """Refuse, in one line with the numbers and what to change, a task whose evaluation can't fit with one
+        slot: the judge and every worker on the device, the pool within a worker's memory limit, references and
+        pool in host memory. The footprint is traced on the meta device (evoforge.evaluator.memory)."""
+        from evoforge.evaluator import memory
+
+        self.footprint = memory.measure(model, inputs, self.ref_dtype)
+        budget = _device_budget(self.device)
+        cases = memory.cases_of(self.cfg.n_random, self.cfg.edge_cases)
+        p = memory.plan(self.footprint, slots=1, workers=len(self.entries), cases=cases,
+                        parallel=_parallel_checks(self.cfg))
+        _refuse_memory(self, p, budget, memory.host_available(), 0)
 
     def _reference(self, name: str, inputs: list[Any], repeat: bool = False) -> tuple[list[Any], list[Any]]:
         where = self.task.spec.origin
@@ -540,6 +554,8 @@ class _Session:
             finally:
                 free.release()
 
+        key = spare_key(cfg, env, self.network, self.writes)
+        candidates = 0
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = []
             for entry in todo:
@@ -548,7 +564,13 @@ class _Session:
                     free.release()
                     break
                 fresh_worker = entry.worker is None
-                if fresh_worker:
+                if fresh_worker and entry.role == "candidate":
+                    candidates += 1
+                    if (spare := SPARES.take(key)) is not None:
+                        spare.cancel = self.ev.cancel
+                        entry.worker = spare
+                        self.profile["spares_taken"] = self.profile.get("spares_taken", 0) + 1
+                if entry.worker is None:
                     entry.worker = WorkerProcess(cfg, baseline_env if entry.role == "baseline" else env,
                                                  self.network, self.writes, self.ev.cancel)
                     try:
@@ -556,12 +578,36 @@ class _Session:
                     except OSError as exc:
                         free.release()
                         raise EvaluatorError(f"could not start an evaluation worker: {exc}") from None
+                if fresh_worker:
                     self.workers_started += 1
                 futures.append(pool.submit(load_and_check, entry, fresh_worker))
+            spares = self._start_spares(key, env, candidates)
             for future in futures:
                 future.result()
+        self._spares_ready(spares)
         if self.ev.cancel is not None and self.ev.cancel.is_set():
             raise EvaluatorError("evaluation cancelled")
+
+    def _start_spares(self, key: str, env: dict[str, str], candidates: int) -> list[WorkerProcess]:
+        """Start the next evaluation's candidate workers while this one's load and check (from this
+        thread, which outlives them); returns those started."""
+        want = self.cfg.spare_workers
+        count = candidates if want is None else int(want)
+        if count <= 0 or (self.ev.cancel is not None and self.ev.cancel.is_set()):
+            return []
+        return SPARES.top_up(key, count, lambda: WorkerProcess(self.cfg, env, self.network, self.writes))
+
+    def _spares_ready(self, spares: list[WorkerProcess]) -> None:
+        """Wait until the spares started here have come up, so none is still starting while the judge
+        times; one that does not come up is dropped (the next evaluation starts its own)."""
+        started = time.monotonic()
+        for worker in spares:
+            try:
+                worker.ready(self.cfg.startup_timeout_s)
+            except (WorkerLost, EvaluatorError):
+                worker.close()
+        if spares:
+            self._stage("spares.wait", started)
 
     def _keep_key(self, entry: _Entry) -> str:
         """What a kept baseline worker must share with this evaluation to serve it."""
@@ -597,7 +643,10 @@ class _Session:
         assert self.pool is not None and entry.worker is not None
         worker = entry.worker
         try:
+            since = time.monotonic()
             worker.ready(cfg.startup_timeout_s)
+            with self.profile_lock:  # workers come up side by side: summed seconds, not a wall time
+                since = self._stage("worker.ready", since)
             limit = cfg.compile_timeout_s if entry.candidate.language == "cuda" else cfg.timeout_s
             stage = "compile" if entry.candidate.language == "cuda" else "load"
             reply = worker.request({
@@ -606,6 +655,8 @@ class _Session:
                 "init_seed": self.init_seed, "sandbox": cfg.sandbox, "cpu_threads": cfg.cpu_threads,
                 "flush_bytes": cfg.timing.flush_bytes, "compile_timeout_s": cfg.compile_timeout_s,
             }, limit, stage, fds=(self.pool.fd,) if self.pool.fd is not None else ())
+            with self.profile_lock:
+                self._stage("worker.load", since)
         except WorkerLost as lost:
             self._lost(entry, lost)
             return
@@ -1079,3 +1130,39 @@ def _redact(results: list[EvalResult], redact: Callable[[str], str]) -> None:
 def _one_line(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0][:400]}" if lines else type(exc).__name__
+
+
+def _device_budget(device: torch.device) -> int:
+    """Device bytes an evaluation may plan for: what is free, plus what the judge itself holds (its inputs and
+    staging, which a plan counts). Blocks the judge's allocator caches but no longer uses are released first:
+    workers, in other processes, can't use them."""
+    torch.cuda.empty_cache()
+    free, _ = torch.cuda.mem_get_info(device)
+    return int(free + torch.cuda.memory_allocated(device))
+
+
+def _with_outputs(fp: Any, outputs: int, refs: list[torch.Tensor]) -> Any:
+    """A footprint with the outputs the reference actually returned (the traced ones may be a guess)."""
+    import dataclasses
+
+    ref_outputs = sum(r.numel() * r.element_size() for r in refs)
+    return dataclasses.replace(fp, outputs=outputs, ref_outputs=ref_outputs,
+                               working=fp.working if fp.measured else max(fp.working, outputs))
+
+
+def _parallel_checks(cfg: EvalConfig) -> int:
+    """Checks the judge may run at once: one per worker loading at once (see _Session._start_workers)."""
+    return max(1, cfg.parallel_workers or (os.cpu_count() or 1))
+
+
+def _refuse_memory(session: Any, plan: Any, budget: int, host: int | None, held_on_host: int) -> None:
+    """Raise the one-line TaskError when ``plan`` does not fit the device, a worker's limit or the host."""
+    from evoforge.evaluator import memory
+
+    where = session.task.spec.origin
+    if plan.device > budget * (1 - memory.HEADROOM):
+        baselines = sum(e.role == "baseline" for e in session.entries)
+        raise TaskError(memory.refusal(where, plan, budget, torch.cuda.get_device_name(session.device), baselines))
+    limit = session.cfg.memory_limit_mb * 2**20
+    if message := memory.host_refusal(where, plan, (host if host is not None else 2**62) + held_on_host, limit):
+        raise TaskError(message)

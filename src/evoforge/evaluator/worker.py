@@ -311,10 +311,16 @@ class Worker:
         graphs, statics = [], []
         for group in groups:
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for s in group:
-                    flush.zero_()
-                    statics.append((s, self._call(s)))
+            try:
+                with torch.cuda.graph(graph):
+                    for s in group:
+                        flush.zero_()
+                        statics.append((s, self._call(s)))
+            except Exception as exc:
+                if "unjoined" in str(exc):  # cudaErrorStreamCaptureUnjoined: its work outlived the call
+                    raise Failure("rejected", "left GPU work running on a side stream after returning (the graph "
+                                  f"capture ended with work it never joined: {_one_line(exc)})") from None
+                raise
             graphs.append(graph)
         flushes = torch.cuda.CUDAGraph()
         with torch.cuda.graph(flushes):
