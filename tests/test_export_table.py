@@ -219,3 +219,13 @@ def test_best_refuses_what_it_cannot_combine(two_runs: tuple[Path, list[str]]) -
     assert not (cwd / "twice.py").exists()
     proc = evoforge_cli("best", *runs, cwd=cwd)
     assert proc.returncode == 2 and "several runs go with --export" in proc.stderr
+
+
+def test_the_table_is_one_custom_op_under_torch_compile(tmp_path: Path) -> None:
+    module = table(tmp_path, [entry("plain", SDPA_SOURCE), entry("d64", MATMUL_SOURCE, head_dim=64)])
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda q, k, v: module.attention(q, k, v) + 0, backend="aot_eager", fullgraph=True)
+    for d in (32, 64):
+        q, k, v = qkv(d=d, s=20)
+        close(compiled(q, k, v), reference(q, k, v))
+    assert module.stats()["entries"] == {"plain": 1, "d64": 1}
