@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evoforge.capture_hook import Recorder
 
 __version__ = "0.1.0"
 
@@ -16,3 +21,12 @@ def use(kernel: str | Path | ModuleType, *, strict: bool | None = None) -> Abstr
     from evoforge.export import use as _use
 
     return _use(kernel, strict=strict)
+
+
+def capture(path: str | os.PathLike[str] | None = None) -> AbstractContextManager[Recorder]:
+    """Record every torch.nn.functional.scaled_dot_product_attention call made inside a `with` block (SDPA
+    still computes it) and write them to ``path`` as a task file: `evoforge run --task path` then evolves
+    for exactly those calls. Yields the recorder; see evoforge.workload."""
+    from evoforge.workload import capture as _capture
+
+    return _capture(path)

@@ -755,6 +755,50 @@ def best(
     raise typer.Exit(_guarded(body, verbose))
 
 
+@app.command(context_settings={"ignore_unknown_options": True})
+def capture(
+    command: list[str] = typer.Argument(..., metavar="COMMAND", help="The program to run, after `--` "
+                                        "(a Python program, or anything that starts one)."),
+    output: Path = typer.Option(Path("captured.toml"), "--output", "-o", help="The task file to write."),
+    verbose: bool = VerboseOpt,
+) -> None:
+    """Run a program and record the attention calls it makes, as a task file for `evoforge run --task`."""
+    import shlex
+    import subprocess
+    import tempfile
+
+    from evoforge import capture_hook, workload
+
+    def body() -> int:
+        with tempfile.TemporaryDirectory(prefix="evoforge-capture-") as tmp:
+            hook_dir, calls = Path(tmp) / "hook", Path(tmp) / "calls.jsonl"
+            hook_dir.mkdir()
+            (hook_dir / "sitecustomize.py").write_text(Path(capture_hook.__file__).read_text())
+            env = {**os.environ, capture_hook.ENV_FILE: str(calls),
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(hook_dir), os.environ.get("PYTHONPATH")]))}
+            try:
+                code = subprocess.run(command, env=env, check=False).returncode
+            except OSError as exc:
+                raise _Fail(f"could not start {command[0]!r}: {exc.strerror or exc}", 2) from None
+            records = capture_hook.read_records(str(calls))
+        source = shlex.join(command)
+        if not records:
+            raise _Fail(f"`{source}` made no torch.nn.functional.scaled_dot_product_attention call (exit code "
+                        f"{code}); capture sees Python processes that import torch and call SDPA through that "
+                        "attribute (transformers: attn_implementation=\"sdpa\")", 1)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        found = workload.write(records, output, f"`{source}`")
+        for line in workload.summary_lines(found, str(output)):
+            out.print(line, highlight=False, markup=False)
+        out.print(f"wrote {output}", highlight=False)
+        if code:
+            err.print(f"note: `{source}` exited with code {code}; the calls it made before are recorded",
+                      highlight=False, markup=False)
+        return code if code >= 0 else 128 - code  # killed by a signal: the shell's convention
+
+    raise typer.Exit(_guarded(body, verbose))
+
+
 @app.command()
 def doctor(as_json: bool = JsonOpt, device: str = DeviceOpt) -> None:
     """GPU, driver, versions, and which attention backends run here."""

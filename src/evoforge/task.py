@@ -244,9 +244,15 @@ def task_from_file(path: str | Path) -> TaskSpec:
 def resolve_task(arg: str) -> TaskSpec:
     """A task from the command line: a built-in name (with optional ``:key=value,...``) or a file path;
     several of them joined by ``;`` (with an optional ``floor=X`` part) make a multi-shape task
-    (:mod:`evoforge.shapes`)."""
+    (:mod:`evoforge.shapes`); a ``.toml`` file (``FILE.toml:N`` for its class N) is a workload recorded by
+    `evoforge capture` (:mod:`evoforge.workload`)."""
     from evoforge.tasks import builtin_names, builtin_task
 
+    captured = re.fullmatch(r"(.+\.toml)(?::(\d+))?", arg.strip())
+    if captured:  # a workload recorded by `evoforge capture` (evoforge.workload)
+        from evoforge.workload import task_from_capture
+
+        return task_from_capture(Path(captured[1]), int(captured[2]) if captured[2] else None)
     if ";" in arg:
         from evoforge.shapes import multi_shape_task, parse_floor
 
