@@ -50,4 +50,5 @@ def test_report_shows_each_generations_time_split(tmp_path: Path) -> None:
         assert f"<th>{label}</th>" in table
     # generation 0: two batches, 39 s of wall time, 30 s starting workers; "other" is what no stage claimed
     assert "<tr><td>0</td><td>2</td><td>39.0</td><td>1.0</td><td>30.0</td><td>5.0</td><td>1.0</td><td>2.0</td>" in table
+    assert "timing: in the workers 2.5" in table  # a part of the timing stage, named
     assert "spares.wait 1.25" in table  # a stage the report has no column for is shown by its name

@@ -164,6 +164,9 @@ WALL_STAGES = (("load", "reference outputs"), ("startup", "workers: start, load,
 # Stages several workers run at once: their seconds are summed over workers, so together they may exceed
 # the wall time they overlap in.
 SUMMED_STAGES = (("worker.ready", "worker start"), ("worker.load", "load"), ("check", "checks"))
+# Parts of the timing stage, named in the table's last column.
+TIMING_PARTS = {"time.draw": "timing: inputs drawn", "time.worker": "timing: in the workers",
+                "time.verify": "timing: outputs checked"}
 
 
 def time_by_generation(profiles: list[dict[str, Any]]) -> dict[int, dict[str, float]]:
@@ -202,7 +205,7 @@ def _time_split_html(split: dict[Any, dict[str, float]]) -> str:
         other = max(wall - staged, 0.0) if wall is not None else None
         cells = "".join(cell(row.get(k)) for k, _ in WALL_STAGES) + cell(other)
         cells += "".join(cell(row.get(k)) for k, _ in SUMMED_STAGES)
-        more = ", ".join(f"{html.escape(k)} {row[k]:.3g}" for k in extra if k in row)
+        more = ", ".join(f"{html.escape(TIMING_PARTS.get(k, k))} {row[k]:.3g}" for k in extra if k in row)
         body.append(f"<tr><td>{html.escape(str(gen))}</td><td>{int(row.get('batches', 0))}</td>{cell(wall)}{cells}"
                     f"<td>{more}</td></tr>")
     head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
