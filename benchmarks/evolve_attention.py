@@ -20,6 +20,7 @@ import torch
 from evoforge import envinfo
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, Evaluator
+from evoforge.export import candidate_sources
 from evoforge.report import evidence
 from evoforge.store import RunStore
 from evoforge.task import resolve_task
@@ -66,9 +67,10 @@ def main() -> int:
     subprocess.run([sys.executable, "-m", "evoforge.cli", "report", summary["run"], "--out", str(work / "report")],
                    cwd=work, check=True, capture_output=True)
 
-    # Re-time the exported kernel in fresh worker processes, beside every baseline, 3 times.
+    # Re-time the exported kernel (the candidate the guarded module carries) in fresh worker processes, beside
+    # every baseline, 3 times.
     spec = resolve_task(args.task)
-    cand = Candidate(name="evolved", source=kernel_path.read_text())
+    cand = Candidate(name="evolved", source=candidate_sources(kernel_path.read_text())[0])
     retimes = []
     for _ in range(args.repeats):
         report = Evaluator(spec, EvalConfig(device="cuda" if torch.cuda.is_available() else "cpu")).evaluate(

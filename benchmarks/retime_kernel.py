@@ -1,7 +1,10 @@
 """Re-time one exported kernel in fresh evaluator processes beside every baseline of a task, as
 evolve_attention.py does after its search (for a row whose re-time must be repeated on its own).
 
-Usage: python benchmarks/retime_kernel.py --task attention-d128 --kernel K.py [--repeats 3] --out OUT.json
+Usage: python benchmarks/retime_kernel.py --task attention-d128 --kernel K.py [--entry 1] [--repeats 3] --out OUT.json
+
+A guarded attention export is re-timed as the evolved candidate it carries (``--entry N``: a table's Nth kernel),
+as its run evaluated it; the module's checks and fallback are not part of the timing (see export_overhead.py).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import torch
 
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, Evaluator
+from evoforge.export import candidate_sources
 from evoforge.task import resolve_task
 from evoforge.tasks import baselines_for
 
@@ -23,11 +27,15 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--task", required=True)
     parser.add_argument("--kernel", type=Path, required=True)
+    parser.add_argument("--entry", type=int, default=1, help="a dispatch table's entry to re-time (1-based)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     spec = resolve_task(args.task)
-    cand = Candidate(name="evolved", source=args.kernel.read_text())
+    sources = candidate_sources(args.kernel.read_text())
+    if not 1 <= args.entry <= len(sources):
+        parser.error(f"--entry {args.entry}: {args.kernel} carries {len(sources)} kernel(s)")
+    cand = Candidate(name="evolved", source=sources[args.entry - 1])
     device = "cuda" if torch.cuda.is_available() else "cpu"
     reports = [Evaluator(spec, EvalConfig(device=device)).evaluate([cand], baselines_for(spec)).to_dict()
                for _ in range(args.repeats)]

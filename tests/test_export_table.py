@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from evoforge.candidate import Candidate
-from evoforge.export import Entry, ExportError, load, render_table, spec_for
+from evoforge.export import Entry, ExportError, candidate_sources, load, render_table, spec_for
 from evoforge.kernels.flash_attention import FlashGenome, render
 from tests.test_export import FAST, close, evoforge_cli, qkv, reference
 
@@ -229,3 +229,13 @@ def test_the_table_is_one_custom_op_under_torch_compile(tmp_path: Path) -> None:
         q, k, v = qkv(d=d, s=20)
         close(compiled(q, k, v), reference(q, k, v))
     assert module.stats()["entries"] == {"plain": 1, "d64": 1}
+
+
+def test_a_retime_reads_the_candidates_an_export_carries(tmp_path: Path) -> None:
+    text = render_table([entry("plain", SDPA_SOURCE), entry("d64", MATMUL_SOURCE, head_dim=64)], '"""t"""')
+    assert candidate_sources(text) == [SDPA_SOURCE, MATMUL_SOURCE]
+    plain = "import torch.nn as nn\n\n\nclass ModelNew(nn.Module):\n    pass\n"
+    assert candidate_sources(plain) == [plain]  # a plain export is its own candidate
+    old = (tmp_path / "old.py")  # the first guarded format: SPEC and KERNEL_SOURCE
+    old.write_text("SPEC: dict = {'hash': 'abc'}\nKERNEL_SOURCE = r'''\n" + SDPA_SOURCE + "'''\n")
+    assert candidate_sources(old.read_text()) == [SDPA_SOURCE]

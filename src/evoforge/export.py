@@ -129,6 +129,35 @@ def render_module(cand: Candidate, best: dict[str, Any], data: dict[str, Any], h
     return render_table([(cand, best, data)], header)
 
 
+def candidate_sources(text: str) -> list[str]:
+    """The evolved candidates in an exported module's text, in TABLE's order (one for a one-kernel export), read
+    without importing it: what a re-time evaluates as a candidate (the export itself defines no ModelNew). A plain
+    export (any other task's, or one from before the guarded export) is its own candidate."""
+    table: list[dict[str, Any]] = []
+    sources: dict[str, str] = {}
+    single = None
+    for node in ast.parse(text).body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            if node.target.id == "TABLE":
+                table = ast.literal_eval(node.value)
+            elif node.target.id == "SPEC" and isinstance(node.value, ast.Dict) and not table:  # the first format
+                table = [ast.literal_eval(node.value)]
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Subscript) and isinstance(target.value, ast.Name) \
+                    and target.value.id == "KERNEL_SOURCES":
+                sources[ast.literal_eval(target.slice)] = ast.literal_eval(node.value)
+            elif isinstance(target, ast.Name) and target.id == "KERNEL_SOURCE":
+                single = ast.literal_eval(node.value)
+    if sources:
+        return [sources[s["hash"]].lstrip("\n") for s in table]
+    if single:
+        return [single.lstrip("\n")]
+    if table:
+        raise ExportError("an exported module whose TABLE names kernels it does not carry")
+    return [text]
+
+
 def load(path: str | Path) -> ModuleType:
     """Import an exported kernel module from its file (once per file and content)."""
     path = Path(path).resolve()
