@@ -25,7 +25,7 @@ from evoforge.executor import EXECUTORS, Executor, LocalExecutor, RayExecutor, l
 from evoforge.kernels.flash_attention import HardwareLimits
 from evoforge.mutators import GenericMutator, MixedMutator, Mutator, TemplateMutator
 from evoforge.search import Progress, Search, SearchConfig, restore_rng
-from evoforge.store import RunStore
+from evoforge.store import Store
 from evoforge.task import TaskError, TaskSpec, load_task, resolve_task
 from evoforge.tasks import attention_params, baselines_for
 from evoforge.tasks.attention import AttentionParams
@@ -199,7 +199,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 @contextmanager
-def session(store: RunStore, run_id: str) -> Iterator[None]:
+def session(store: Store, run_id: str) -> Iterator[None]:
     """One session of a run whose lease this process holds (``start`` or ``resume`` took it): a heartbeat
     while the body runs, then the lease given back with how the session ended: the search records
     ``finished`` itself; Ctrl-C and SIGTERM leave it ``interrupted``, an error ``failed``, each with a note."""
@@ -335,7 +335,7 @@ def _check_mutator(config: RunConfig) -> None:
             raise TaskError(f"llm_share must be in (0, 1], got {config.llm_share}")
 
 
-def _llm_mutator(config: RunConfig, spec: TaskSpec, device: str, store: RunStore, run_id: str,
+def _llm_mutator(config: RunConfig, spec: TaskSpec, device: str, store: Store, run_id: str,
                  rng: random.Random) -> Mutator:
     """The LLM mutator, its budget carried over from the calls this run already made."""
     from evoforge.llm.client import Budget, LLMClient, LLMConfig, parse_models
@@ -361,7 +361,7 @@ def _llm_mutator(config: RunConfig, spec: TaskSpec, device: str, store: RunStore
                       seed_generations=config.llm_seed_candidates)
 
 
-def prepare(config: RunConfig, store: RunStore, run_id: str, rng: random.Random,
+def prepare(config: RunConfig, store: Store, run_id: str, rng: random.Random,
             progress: Callable[[str], None] | None = None) -> Prepared:
     _check_mutator(config)
     device = resolve_device(config.device)
@@ -419,7 +419,7 @@ def _fit_memory(config: RunConfig, spec: TaskSpec, eval_config: EvalConfig, devi
     return memory.upfront(spec, eval_config, device, baselines, config.batch_size or config.population)
 
 
-def start(config: RunConfig, store: RunStore, progress: Callable[[str], None] | None = None) -> tuple[str, Prepared]:
+def start(config: RunConfig, store: Store, progress: Callable[[str], None] | None = None) -> tuple[str, Prepared]:
     """Check the config and task first, then create the run record and everything to search it."""
     _check_mutator(config)
     check_executor(config)
@@ -463,7 +463,7 @@ def make_executor(config: RunConfig, prepared: Prepared) -> Executor:
     return LocalExecutor(prepared.evaluate, devices, prefetch=config.prefetch, precompile=precompile)
 
 
-def search_for(store: RunStore, run_id: str, prepared: Prepared, config: RunConfig,
+def search_for(store: Store, run_id: str, prepared: Prepared, config: RunConfig,
                on_progress: Callable[[Progress], None] | None = None, executor: Executor | None = None,
                started: float | None = None) -> Search:
     """The search of this session; ``started`` (time.monotonic()) is when its ``--budget`` clock started
@@ -476,7 +476,7 @@ def search_for(store: RunStore, run_id: str, prepared: Prepared, config: RunConf
                   on_progress, executor or make_executor(config, prepared), started=started)
 
 
-def resume(store: RunStore, run_id: str, overrides: dict[str, Any],
+def resume(store: Store, run_id: str, overrides: dict[str, Any],
            progress: Callable[[str], None] | None = None) -> tuple[RunConfig, Prepared, str]:
     """Take the run's lease (refused while another process runs it) and prepare this session. The
     wall-clock budget is this session's: ``budget`` when given, else none (the budget of an earlier

@@ -16,7 +16,7 @@ from typing import Any
 from evoforge import __version__, claims
 from evoforge.candidate import Candidate
 from evoforge.evaluator.result import EvalResult
-from evoforge.store import RunStore, StoreError
+from evoforge.store import Store, StoreError
 
 
 def _mode(result: EvalResult) -> str | None:
@@ -65,7 +65,7 @@ def llm_summary(calls: list[dict[str, Any]], rows: list[dict[str, Any]], task: s
     return out
 
 
-def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
+def evidence(store: Store, run_id: str) -> dict[str, Any]:
     record = store.run(run_id)
     results = {r.hash: (r, g) for r, g in store.evaluations(record.id)}
     baseline_results = store.evaluations(record.id, role="baseline")
@@ -135,7 +135,7 @@ def evidence(store: RunStore, run_id: str) -> dict[str, Any]:
 
 
 # ---- executor throughput (issue 7) ------------------------------------------------------------------
-def throughput(store: RunStore, run_id: str) -> dict[str, Any]:
+def throughput(store: Store, run_id: str) -> dict[str, Any]:
     """Evaluations per minute per slot (GPU or CPU worker), idle share per slot and batches re-queued,
     from the run's events: each session's executor summary plus every batch's slot and busy time."""
     sessions = [{k: v for k, v in e.items() if k not in ("kind",)} for e in store.events(run_id, "throughput")]
@@ -391,7 +391,7 @@ def _llm_html(llm: dict[str, Any] | None, esc: Any) -> str:
     return f"<h2>LLM mutator</h2><table><tr><th></th>{head}</tr>{body}</table>"
 
 
-def write_report(store: RunStore, run_id: str, out: Path) -> list[Path]:
+def write_report(store: Store, run_id: str, out: Path) -> list[Path]:
     data = evidence(store, run_id)
     out.mkdir(parents=True, exist_ok=True)
     json_path = out / "evidence.json"
@@ -405,7 +405,7 @@ def write_report(store: RunStore, run_id: str, out: Path) -> list[Path]:
     return [json_path, *plots, page]
 
 
-def best_candidate(store: RunStore, run_id: str) -> tuple[Candidate, dict[str, Any], dict[str, Any]]:
+def best_candidate(store: Store, run_id: str) -> tuple[Candidate, dict[str, Any], dict[str, Any]]:
     data = evidence(store, run_id)
     if not data["best"]:
         raise StoreError(f"run {data['run']['id']} has no valid candidate yet")
@@ -422,7 +422,7 @@ register_transformers() adds attn_implementation="evoforge". Check it here: pyth
 """
 
 
-def export_module(store: RunStore, run_id: str | list[str]) -> str:
+def export_module(store: Store, run_id: str | list[str]) -> str:
     """The best kernel as a standalone module with a header saying what it was measured on. An attention
     kernel comes guarded (evoforge.export: checks, SDPA fallback, custom op, self-test); any other task's
     gets its source, a plain function and an nn.Module with the task's signature. Several runs (attention
@@ -472,7 +472,7 @@ def evolved({args}):
     return header + cand.source.rstrip() + "\n" + footer
 
 
-def export_table(store: RunStore, run_ids: list[str]) -> str:
+def export_table(store: Store, run_ids: list[str]) -> str:
     """One guarded module with a dispatch table: each run's best kernel is an entry, and a call runs the entry
     whose class covers it (nearest verified shape where several do), SDPA elsewhere."""
     from evoforge.export import ExportError, render_table

@@ -2,7 +2,7 @@
 
 The loop talks only to interfaces: a :class:`~evoforge.mutators.Mutator` proposes, an evaluate
 function measures (candidates and baselines of one generation, in one worker, so their ratio is
-honest), a :class:`~evoforge.store.RunStore` remembers. Everything a resume needs is written before
+honest), a :class:`~evoforge.store.Store` remembers. Everything a resume needs is written before
 the next step starts: the proposals of a generation and the RNG state after proposing land in one
 transaction, each evaluation as it is stored. A run killed at any point resumes with the same
 population and RNG state; candidates already evaluated are never evaluated again (dedup by hash).
@@ -20,7 +20,7 @@ from evoforge import claims
 from evoforge.candidate import Candidate
 from evoforge.executor import Done, EvaluateFn, Executor, SerialExecutor
 from evoforge.mutators.base import Individual, Mutator
-from evoforge.store import RunStore
+from evoforge.store import Store
 
 PLATEAU_GAIN = 0.01
 
@@ -85,7 +85,7 @@ class Search:
     """The loop. ``evaluate`` is a plain function (one batch at a time, in this thread) or, with
     ``executor``, batches run wherever the executor runs them and come back as they complete."""
 
-    def __init__(self, store: RunStore, run_id: str, mutator: Mutator, evaluate: EvaluateFn | None,
+    def __init__(self, store: Store, run_id: str, mutator: Mutator, evaluate: EvaluateFn | None,
                  config: SearchConfig, rng: random.Random,
                  on_progress: Callable[[Progress], None] | None = None, executor: Executor | None = None,
                  started: float | None = None) -> None:
