@@ -347,6 +347,8 @@ def _search(store: Any, run_id: str, prepared: Any, config: Any, as_json: bool, 
                   highlight=False)
     err.print(f"run {run_id}: {prepared.spec.name}, mutator {prepared.mutator.name}, up to {config.generations} "
               f"generations of {config.population}; store {store.path}", highlight=False)
+    if prepared.memory_note:  # issue 22: batches capped so the judge and every worker fit in GPU memory
+        err.print(prepared.memory_note, highlight=False, markup=False)
     shapes = prepared.spec.params.get("shapes") or []
     if shapes:
         floor = float(prepared.spec.params.get("floor", 0.0))

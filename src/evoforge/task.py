@@ -146,9 +146,21 @@ def load_task(spec: TaskSpec, *, check_inputs: bool = True, module_name: str = "
         bytes_moved=_number(module, "BYTES_MOVED", where),
     )
     if check_inputs:
+        check_calls(task)
+    return task
+
+
+def check_calls(task: LoadedTask) -> None:
+    """Call get_init_inputs() and get_inputs() once, to report a broken task before any work. On the meta
+    device where the task allows it (shapes and dtypes, no data): a KernelBench-size input set is gigabytes,
+    too much to make only to throw away. A task that can't make its inputs there is called for real."""
+    try:
+        with torch.device("meta"):
+            init_inputs(task)
+            make_inputs(task, seed=0)
+    except TaskError:
         init_inputs(task)
         make_inputs(task, seed=0)
-    return task
 
 
 def _number(module: types.ModuleType, attr: str, where: str) -> float | None:
