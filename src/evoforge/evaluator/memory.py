@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -250,20 +251,19 @@ def measure_task(spec: TaskSpec, ref_dtype: torch.dtype = torch.float32) -> Foot
     """A task's footprint before anything of its size exists: its Model and inputs made on the meta device.
     None where the task can't make them there (a get_inputs() that moves tensors to a device itself, say):
     the judge then measures the real first input set before any worker starts."""
-    task = load_task(spec, check_inputs=False, module_name=f"evoforge_memory_{uuid.uuid4().hex}")
+    name = f"evoforge_memory_{uuid.uuid4().hex}"
     try:
+        task = load_task(spec, check_inputs=False, module_name=name)
         with torch.device("meta"):
             init = init_inputs(task)
             model = task.model_cls(*init)
             inputs = make_inputs(task, seed=0)
         if not all(x.device.type == "meta" for x in inputs if isinstance(x, torch.Tensor)):
             return None
-    except (Exception, TaskError):
+    except Exception:  # a task that can't be made here (TaskError included): the judge measures it for real
         return None
     finally:
-        import sys
-
-        sys.modules.pop(task.module.__name__, None)
+        sys.modules.pop(name, None)
     return measure(model, inputs, ref_dtype)
 
 
