@@ -125,12 +125,26 @@ def test_upfront_caps_batches_or_refuses_before_any_work(monkeypatch: pytest.Mon
     cap, note = memory.upfront(spec, config, "cuda", baselines=2, batch=8)
     assert cap is not None and 1 <= cap < 8
     assert f"at most {cap} candidate(s) beside 2 baseline(s)" in note
+    # kept baseline workers would hold their last slots beside their new ones: not kept for this problem
+    assert not config.keep_baselines and "baseline workers are not kept" in note
     assert memory.upfront(spec, config, "cuda", baselines=2, batch=cap) == (None, "")
+    roomy = EvalConfig(device="cuda", parallel_workers=4, memory_limit_mb=32 * 1024)
+    fake_cuda(monkeypatch, 1000 * GIB)
+    assert memory.upfront(spec, roomy, "cuda", baselines=2, batch=8) == (None, "") and roomy.keep_baselines
     fake_cuda(monkeypatch, 40 * GIB)
     with pytest.raises(TaskError, match=r"softmax.py: the task does not fit in GPU memory: 1 candidate\(s\) beside "
                                          r"2 baseline\(s\) .*make get_inputs\(\) smaller"):
         memory.upfront(spec, config, "cuda", baselines=2, batch=8)
     assert memory.upfront(spec, config, "cpu", baselines=2, batch=8) == (None, "")
+
+
+def test_kept_baseline_workers_count_their_last_slots_too() -> None:
+    fp = _fp(6.0)
+    plain = memory.plan(fp, slots=1, workers=4, cases=5)
+    kept = memory.plan(fp, slots=1, workers=4, cases=5, kept=2)
+    assert kept.device == plain.device + 2 * fp.slot and "kept baselines 24.00 GiB" in memory.describe(kept)
+    free = int(139.8 * GIB)
+    assert memory.entries_that_fit(fp, free=free, cases=5, kept=2) < memory.entries_that_fit(fp, free=free, cases=5)
 
 
 def test_chunked_comparison_agrees_with_the_whole_tensor(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,13 +20,20 @@ class _Softmax(nn.Module):
         return torch.softmax(x, dim=1)
 
 
-def _session(entries: int, baselines: int = 2) -> judge._Session:
+session_spec = TaskSpec("softmax", SOFTMAX, "softmax.py")
+
+
+def _session(entries: int, baselines: int = 2, keep: bool = False) -> judge._Session:
     session = judge._Session.__new__(judge._Session)
-    session.cfg = EvalConfig(device="cuda", parallel_workers=4, memory_limit_mb=32 * 1024)
+    session.cfg = EvalConfig(device="cuda", parallel_workers=4, memory_limit_mb=32 * 1024, keep_baselines=keep)
+    session.ev = types.SimpleNamespace(task=session_spec)
+    session.init, session.template = [], []
     session.device = torch.device("cuda")
     session.ref_dtype = torch.float32
     session.task = types.SimpleNamespace(spec=TaskSpec("softmax", SOFTMAX, "softmax.py"))
-    session.entries = [types.SimpleNamespace(role="baseline" if i < baselines else "candidate") for i in range(entries)]
+    session.entries = [types.SimpleNamespace(role="baseline" if i < baselines else "candidate",
+                                             candidate=types.SimpleNamespace(hash=f"h{i}", source=f"s{i}"))
+                       for i in range(entries)]
     return session
 
 
@@ -58,3 +65,28 @@ def test_the_judge_picks_the_slots_that_fit(monkeypatch: pytest.MonkeyPatch) -> 
     session.footprint = memory.measure(_Softmax(), [torch.empty(64, 64)], torch.float32)
     session.cases = [{"inputs": [torch.empty(64, 64)], "ref": [torch.empty(64, 64)]}] * 4
     assert session._pool_slots(small, small) == session.cfg.pool_slots  # small problems keep every slot
+
+
+class _Worker:
+    alive = True
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_kept_baseline_workers_are_counted_and_other_tasks_ones_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_cuda(monkeypatch, 1000 * GIB)
+    monkeypatch.setattr(judge.KEPT, "workers", {})
+    session = _session(entries=4, keep=True)
+    mine, other = _Worker(), _Worker()
+    judge.KEPT.workers.update({session._keep_key(session.entries[0]): mine, "another task's": other})
+    assert judge._kept_here(session) == 1
+    assert judge._kept_here(_session(entries=4, keep=False)) == 0  # not kept: nothing to count
+    assert judge._close_other_kept(session) and other.closed and not mine.closed
+    assert list(judge.KEPT.workers) == [session._keep_key(session.entries[0])]
+    session._check_memory([torch.empty(64, 64)], _Softmax())  # fits: nothing more is closed
+    assert not mine.closed
+

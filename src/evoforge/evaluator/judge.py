@@ -443,19 +443,20 @@ class _Session:
         wanted = int(self.cfg.pool_slots)
         if self.device.type != "cuda":
             return max(1, min(wanted, 2**30 // max(per_slot, 1)))
-        budget = _device_budget(self.device)
-        quarter = max(1, budget // (4 * (len(self.entries) + 1) * max(per_slot, 1)))
         fp = _with_outputs(self.footprint, per_slot - tensor_bytes(self.cases[0]["inputs"]), self.cases[0]["ref"])
         cases = len(self.cases) + 1  # and the final recheck's
         held_on_host = cases * fp.ref_outputs  # the references exist already: available memory excludes them
         host = memory.host_available()
         parallel = _parallel_checks(self.cfg)
+        kept = _kept_here(self)
+        one = memory.plan(fp, slots=1, workers=len(self.entries), cases=cases, parallel=parallel, kept=kept)
+        budget = _device_budget(self.device) + kept * one.worker_device  # kept workers hold theirs already
+        quarter = max(1, budget // (4 * (len(self.entries) + 1) * max(per_slot, 1)))
         slots = memory.fit(fp, free=budget, workers=len(self.entries), cases=cases, wanted=min(wanted, quarter),
                            parallel=parallel, host_free=None if host is None else host + held_on_host,
-                           worker_limit=self.cfg.memory_limit_mb * 2**20)
+                           worker_limit=self.cfg.memory_limit_mb * 2**20, kept=kept)
         if slots == 0:
-            _refuse_memory(self, memory.plan(fp, slots=1, workers=len(self.entries), cases=cases, parallel=parallel),
-                           budget, host, held_on_host)
+            _refuse_memory(self, one, budget, host, held_on_host)
         return max(slots, 1)
 
     def _check_memory(self, inputs: list[Any], model: Any) -> None:
@@ -465,10 +466,13 @@ class _Session:
         from evoforge.evaluator import memory
 
         self.footprint = memory.measure(model, inputs, self.ref_dtype)
-        budget = _device_budget(self.device)
         cases = memory.cases_of(self.cfg.n_random, self.cfg.edge_cases)
+        kept = _kept_here(self)
         p = memory.plan(self.footprint, slots=1, workers=len(self.entries), cases=cases,
-                        parallel=_parallel_checks(self.cfg))
+                        parallel=_parallel_checks(self.cfg), kept=kept)
+        budget = _device_budget(self.device) + kept * p.worker_device  # kept workers hold theirs already
+        if p.device > budget * (1 - memory.HEADROOM) and _close_other_kept(self):  # a batch's earlier problems'
+            budget = _device_budget(self.device) + kept * p.worker_device
         _refuse_memory(self, p, budget, memory.host_available(), 0)
 
     def _reference(self, name: str, inputs: list[Any], repeat: bool = False) -> tuple[list[Any], list[Any]]:
@@ -1183,6 +1187,36 @@ def _with_outputs(fp: Any, outputs: int, refs: list[torch.Tensor]) -> Any:
 def _parallel_checks(cfg: EvalConfig) -> int:
     """Checks the judge may run at once: one per worker loading at once (see _Session._start_workers)."""
     return max(1, cfg.parallel_workers or (os.cpu_count() or 1))
+
+
+def _baseline_keys(session: Any) -> set[str]:
+    if not session.cfg.keep_baselines:
+        return set()
+    return {session._keep_key(e) for e in session.entries if e.role == "baseline"}
+
+
+def _kept_here(session: Any) -> int:
+    """This evaluation's baselines with a worker kept from the last evaluation: alive, so the device's free
+    memory already excludes what they hold, and about to make their new slots' copies beside their old ones."""
+    keys = _baseline_keys(session)
+    if not keys:
+        return 0
+    with KEPT.lock:
+        return len(keys & set(KEPT.workers))
+
+
+def _close_other_kept(session: Any) -> bool:
+    """Close the kept baseline workers of other tasks (a batch's earlier problems, which it does not return to):
+    the device memory they hold is this evaluation's. True when one was closed."""
+    keys = _baseline_keys(session)
+    with KEPT.lock:
+        others = [k for k in KEPT.workers if k not in keys]
+    closed = False
+    for key in others:
+        if (worker := KEPT.take(key)) is not None:
+            worker.close()
+            closed = True
+    return closed
 
 
 def _refuse_memory(session: Any, plan: Any, budget: int, host: int | None, held_on_host: int) -> None:

@@ -14,7 +14,9 @@ set are taken to be the size of the inputs, and the footprint says so (``measure
   one chunk of the comparison (:data:`evoforge.evaluator.compare.CHUNK` elements per temporary);
 - **each worker, on the device**: its CUDA runtime (:data:`RUNTIME_BYTES`, an allowance: context, cuBLAS
   workspace, the L2 flush buffer), the Model's weights, a device copy of every slot's inputs, the outputs of a
-  call per slot (graph mode captures one call per slot and keeps its outputs) and one call's working set;
+  call per slot (graph mode captures one call per slot and keeps its outputs) and one call's working set. A
+  baseline worker kept from the last evaluation (``kept``) makes the new slots' copies before it lets go of the
+  old ones, whose blocks its caching allocator keeps: it is counted with its slots twice;
 - **host memory**: the reference outputs of every case (the judge keeps them on the host) and the pool of slots,
   which every worker maps, so the pool also counts against a worker's memory limit (``--memory-mb``).
 
@@ -86,19 +88,22 @@ class Plan:
     worker_device: int
     host: int  # the judge's references and the pool
     pool: int
+    kept: int = 0  # kept baseline workers' previous slots' copies, still cached in their processes
+
 
     @property
     def device(self) -> int:
-        return self.judge_device + self.workers * self.worker_device
+        return self.judge_device + self.workers * self.worker_device + self.kept
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "device": self.device}
 
 
-def plan(fp: Footprint, *, slots: int, workers: int, cases: int, parallel: int = 1) -> Plan:
+def plan(fp: Footprint, *, slots: int, workers: int, cases: int, parallel: int = 1, kept: int = 0) -> Plan:
     """What the judge and ``workers`` workers hold with ``slots`` slots and ``cases`` check cases resident in the
-    judge; ``parallel``: checks the judge may run at once (one per slot at most)."""
-    slots, workers = max(int(slots), 1), max(int(workers), 0)
+    judge; ``parallel``: checks the judge may run at once (one per slot at most); ``kept``: how many of the workers
+    are baselines kept from the last evaluation (their last slots' copies still cached)."""
+    slots, workers, kept = max(int(slots), 1), max(int(workers), 0), min(max(int(kept), 0), max(int(workers), 0))
     checks = max(1, min(slots, int(parallel)))
     compare = COMPARE_TEMPORARIES * min(fp.ref_outputs, CHUNK * 8)
     judge = (cases * fp.inputs + slots * fp.inputs + int(fp.weights * (1 + fp.scale))
@@ -108,11 +113,11 @@ def plan(fp: Footprint, *, slots: int, workers: int, cases: int, parallel: int =
                 + int(2 * fp.working * fp.scale) + fp.working)
     worker = RUNTIME_BYTES + fp.weights + slots * fp.slot + fp.working
     pool = slots * fp.slot
-    return Plan(fp, slots, workers, cases, judge, worker, cases * fp.ref_outputs + pool, pool)
+    return Plan(fp, slots, workers, cases, judge, worker, cases * fp.ref_outputs + pool, pool, kept * slots * fp.slot)
 
 
 def fit(fp: Footprint, *, free: int, workers: int, cases: int, wanted: int, parallel: int = 1,
-        host_free: int | None = None, worker_limit: int | None = None) -> int:
+        host_free: int | None = None, worker_limit: int | None = None, kept: int = 0) -> int:
     """The most slots (at most ``wanted``) with which the judge and ``workers`` workers fit in ``free`` device
     bytes (less the headroom), the pool and references in ``host_free`` host bytes, and the pool within a
     worker's memory limit (``worker_limit`` bytes); 0 when not even one slot fits."""
@@ -121,7 +126,7 @@ def fit(fp: Footprint, *, free: int, workers: int, cases: int, wanted: int, para
     lo, hi = 1, max(int(wanted), 1)
     while lo <= hi:  # every term grows with the slots: bisect
         mid = (lo + hi) // 2
-        p = plan(fp, slots=mid, workers=workers, cases=cases, parallel=parallel)
+        p = plan(fp, slots=mid, workers=workers, cases=cases, parallel=parallel, kept=kept)
         ok = p.device <= room
         if host_free is not None:
             ok = ok and p.host <= int(host_free * (1 - HEADROOM))
@@ -134,22 +139,24 @@ def fit(fp: Footprint, *, free: int, workers: int, cases: int, wanted: int, para
     return best
 
 
-def entries_that_fit(fp: Footprint, *, free: int, cases: int, parallel: int = 1) -> int:
-    """How many workers (entries: candidates and baselines) fit on the device beside the judge, one slot each."""
+def entries_that_fit(fp: Footprint, *, free: int, cases: int, parallel: int = 1, kept: int = 0) -> int:
+    """How many workers (entries: candidates and baselines, ``kept`` of them kept baseline workers) fit on the
+    device beside the judge, one slot each."""
     room = int(free * (1 - HEADROOM))
-    one = plan(fp, slots=1, workers=1, cases=cases, parallel=parallel)
-    if one.judge_device >= room:
+    fixed = plan(fp, slots=1, workers=kept, cases=cases, parallel=parallel, kept=kept)
+    if fixed.device >= room:
         return 0
-    return (room - one.judge_device) // one.worker_device
+    return kept + (room - fixed.device) // fixed.worker_device
 
 
 def describe(p: Plan, where: str = "the GPU") -> str:
     """The plan's device bytes in words: judge and per worker."""
     fp = p.footprint
     guess = "" if fp.measured else " (the Model could not be traced on the meta device: outputs taken as inputs)"
+    kept = f", and kept baselines {_gib(p.kept)} of their last slots" if p.kept else ""
     return (f"input sets of {_gib(fp.inputs)}, outputs of {_gib(fp.outputs)}, one call's working set "
             f"{_gib(fp.working)}, weights {_gib(fp.weights)}{guess}: the judge holds {_gib(p.judge_device)} "
-            f"({p.cases} check cases resident, {p.slots} slot(s)) and each worker {_gib(p.worker_device)} "
+            f"({p.cases} check cases resident, {p.slots} slot(s)) and each worker {_gib(p.worker_device)}{kept} "
             f"on {where}")
 
 
@@ -158,8 +165,8 @@ def refusal(where: str, p: Plan, free: int, device_name: str, baselines: int, ca
     room = int(free * (1 - HEADROOM))
     n = candidates if candidates is not None else max(p.workers - baselines, 0)
     fix = "make get_inputs() smaller (or use a GPU with more memory)"
-    if p.judge_device < room:
-        k = (room - p.judge_device) // max(p.worker_device, 1)
+    if p.judge_device + p.kept < room:
+        k = (room - p.judge_device - p.kept) // max(p.worker_device, 1)
         if k > baselines:
             fix = f"at most {k} workers fit: run with --batch-size {k - baselines}"
         else:
@@ -204,7 +211,10 @@ def upfront(spec: TaskSpec, config: Any, device: str, baselines: int, batch: int
     against the free memory of every GPU the run may use. Returns the most candidates a batch may hold beside
     ``baselines`` baselines (None: ``batch`` fits, or the footprint can't be known here) and a note saying why;
     raises TaskError (one line: what doesn't fit, the numbers, what to change) when not even one candidate fits
-    beside the baselines, or one slot doesn't fit a worker's memory limit or the host."""
+    beside the baselines, or one slot doesn't fit a worker's memory limit or the host. Where keeping baseline
+    workers from one batch to the next is what doesn't fit, it turns ``config.keep_baselines`` off (``config`` is
+    this run's EvalConfig) and says so in the note; baseline workers kept by an earlier run in this process (a
+    batch's previous problem) are closed first."""
     if not device.startswith("cuda") or not torch.cuda.is_available():
         return None, ""
     fp = measure_task(spec)
@@ -212,21 +222,40 @@ def upfront(spec: TaskSpec, config: Any, device: str, baselines: int, batch: int
         return None, ""
     devices = [torch.device(device)] if ":" in device else [torch.device("cuda", i)
                                                              for i in range(torch.cuda.device_count())]
-    free, name = min((torch.cuda.mem_get_info(d)[0], torch.cuda.get_device_name(d)) for d in devices)
+
+    def least_free() -> tuple[int, str]:
+        return min((torch.cuda.mem_get_info(d)[0], torch.cuda.get_device_name(d)) for d in devices)
+
+    free, name = least_free()
     cases = cases_of(config.n_random, config.edge_cases)
     parallel = max(1, config.parallel_workers or (os.cpu_count() or 1))
     host = host_available()
-    one = plan(fp, slots=1, workers=baselines + 1, cases=cases, parallel=parallel)
+    kept = baselines if config.keep_baselines else 0
+    one = plan(fp, slots=1, workers=baselines + 1, cases=cases, parallel=parallel, kept=kept)
     if message := host_refusal(spec.origin, one, host if host is not None else 2**62, config.memory_limit_mb * 2**20):
         raise TaskError(message)
-    fits = entries_that_fit(fp, free=free, cases=cases, parallel=parallel)
+    fits = entries_that_fit(fp, free=free, cases=cases, parallel=parallel, kept=kept)
+    if fits < batch + baselines:
+        from evoforge.evaluator.process import KEPT
+
+        if KEPT.workers:  # baseline workers kept from an earlier run of this process (a batch's last problem)
+            KEPT.close_all()
+            free, name = least_free()
+            fits = entries_that_fit(fp, free=free, cases=cases, parallel=parallel, kept=kept)
+    unkept = ""
+    if fits < batch + baselines and kept and entries_that_fit(fp, free=free, cases=cases, parallel=parallel) > fits:
+        config.keep_baselines = False  # a kept worker's last slots stay cached beside its new ones: not worth it here
+        kept, unkept = 0, "; baseline workers are not kept from one batch to the next (their last slots stay cached)"
+        one = plan(fp, slots=1, workers=baselines + 1, cases=cases, parallel=parallel)
+        fits = entries_that_fit(fp, free=free, cases=cases, parallel=parallel)
     if fits >= batch + baselines:
-        return None, ""
-    if fits <= baselines:
-        raise TaskError(refusal(spec.origin, one, free, name, baselines, candidates=1))
+        return None, (f"memory: {describe(one, name)}{unkept}" if unkept else "")
+    if fits <= baselines:  # said of the smallest evaluation: one candidate, no baseline worker kept
+        least = plan(fp, slots=1, workers=baselines + 1, cases=cases, parallel=parallel)
+        raise TaskError(refusal(spec.origin, least, free, name, baselines, candidates=1))
     cap = fits - baselines
     return cap, (f"memory: {describe(one, name)}, {_gib(free)} free: {fits} workers fit, so batches hold at most "
-                 f"{cap} candidate(s) beside {baselines} baseline(s) (a batch of {batch} would not fit)")
+                 f"{cap} candidate(s) beside {baselines} baseline(s) (a batch of {batch} would not fit){unkept}")
 
 
 # ---------------------------------------------------------------- measuring a footprint
