@@ -21,9 +21,10 @@ from typing import Any
 
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, EvalReport, EvalResult, Evaluator
-from evoforge.executor import EXECUTORS, Executor, LocalExecutor, RayExecutor, local_slots
+from evoforge.executor import Executor, LocalExecutor, RayExecutor, local_slots
 from evoforge.kernels.flash_attention import HardwareLimits
 from evoforge.mutators import GenericMutator, MixedMutator, Mutator, TemplateMutator
+from evoforge.registry import EXECUTORS, MUTATORS, ExecutorContext, MutatorContext
 from evoforge.search import Progress, Search, SearchConfig, restore_rng
 from evoforge.store import Store
 from evoforge.task import TaskError, TaskSpec, load_task, resolve_task
@@ -31,8 +32,8 @@ from evoforge.tasks import attention_params, baselines_for
 from evoforge.tasks.attention import AttentionParams
 from evoforge.timing import TimingConfig
 
-# template: the built-in mutator (the attention template for attention tasks, generic for any other)
-MUTATORS = ("template", "generic", "llm", "mixed")
+# Mutators by name (evoforge.registry.MUTATORS): template, the built-in one (the attention template for
+# attention tasks, generic for any other); generic; llm; mixed; and any a plugin registers.
 
 
 @dataclass
@@ -318,9 +319,32 @@ def builtin_mutator(name: str, spec: TaskSpec, params: AttentionParams | None, r
     return GenericMutator.for_task(rng, spec, device)
 
 
+@MUTATORS.register("template")
+def _template(ctx: MutatorContext) -> Mutator:
+    return builtin_mutator("template", ctx.spec, ctx.params, ctx.rng, ctx.device, ctx.limits)
+
+
+@MUTATORS.register("generic")
+def _generic(ctx: MutatorContext) -> Mutator:
+    return builtin_mutator("generic", ctx.spec, ctx.params, ctx.rng, ctx.device, ctx.limits)
+
+
+@MUTATORS.register("llm")
+def _llm(ctx: MutatorContext) -> Mutator:
+    return _llm_mutator(ctx.config, ctx.spec, ctx.device, ctx.store, ctx.run_id, ctx.rng)
+
+
+@MUTATORS.register("mixed")
+def _mixed(ctx: MutatorContext) -> Mutator:
+    share = ctx.config.llm_share
+    return MixedMutator(ctx.rng, [(_template(ctx), 1.0 - share), (_llm(ctx), share)])
+
+
 def _check_mutator(config: RunConfig) -> None:
-    if config.mutator not in MUTATORS:
-        raise TaskError(f"unknown mutator {config.mutator!r} (available: {', '.join(MUTATORS)})")
+    try:
+        MUTATORS.get(config.mutator)
+    except LookupError as exc:
+        raise TaskError(str(exc)) from None
     if config.mutator in ("llm", "mixed"):
         from evoforge.llm.guide import GUIDES, LANGUAGE_NAMES
 
@@ -395,15 +419,7 @@ def prepare(config: RunConfig, store: Store, run_id: str, rng: random.Random,
     batch_cap, memory_note = _fit_memory(config, spec, eval_config, device, len(evaluate.baselines))
     if batch_cap is not None:
         store.add_event(run_id, "memory", batch_cap=batch_cap, note=memory_note)
-    mutator: Mutator
-    if config.mutator == "llm":
-        mutator = _llm_mutator(config, spec, device, store, run_id, rng)
-    elif config.mutator == "mixed":
-        builtin = builtin_mutator("template", spec, params, rng, device, limits)
-        mutator = MixedMutator(rng, [(builtin, 1.0 - config.llm_share),
-                                     (_llm_mutator(config, spec, device, store, run_id, rng), config.llm_share)])
-    else:
-        mutator = builtin_mutator(config.mutator, spec, params, rng, device, limits)
+    mutator = MUTATORS.get(config.mutator)(MutatorContext(config, spec, params, rng, device, limits, store, run_id))
     return Prepared(spec, mutator, evaluate, rng, device, batch_cap, memory_note)
 
 
@@ -437,8 +453,10 @@ def start(config: RunConfig, store: Store, progress: Callable[[str], None] | Non
 
 
 def check_executor(config: RunConfig) -> None:
-    if config.executor not in EXECUTORS:
-        raise TaskError(f"unknown executor {config.executor!r} (choose from {', '.join(EXECUTORS)})")
+    try:
+        EXECUTORS.get(config.executor)
+    except LookupError as exc:
+        raise TaskError(str(exc)) from None
     if config.workers is not None and config.workers < 1:
         raise TaskError(f"workers = {config.workers}: need at least one")
     if config.prefetch < 0:
@@ -451,16 +469,42 @@ def check_executor(config: RunConfig) -> None:
         raise TaskError("--executor ray needs Ray: pip install 'evoforge[ray]'")
 
 
-def make_executor(config: RunConfig, prepared: Prepared) -> Executor:
-    """The executor the config asks for: local slots (GPUs or CPU workers) or a Ray cluster."""
-    check_executor(config)
-    if config.executor == "ray":
-        return RayExecutor(prepared.evaluate, config.address or "auto", config.workers, config.prefetch,
-                           prepared.device)
+@EXECUTORS.register("local")
+def _local(ctx: ExecutorContext) -> Executor:
+    """Local slots: this machine's GPUs, or CPU workers."""
+    config, prepared = ctx.config, ctx.prepared
     devices = local_slots(prepared.device, config.workers)
     on_gpu = devices[0].startswith("cuda")
     precompile = on_gpu if config.precompile is None else config.precompile
+    if config.precompile is None and precompile and _large_inputs(prepared.spec):
+        precompile = False
     return LocalExecutor(prepared.evaluate, devices, prefetch=config.prefetch, precompile=precompile)
+
+
+@EXECUTORS.register("ray")
+def _ray(ctx: ExecutorContext) -> Executor:
+    """A Ray cluster's GPUs (or CPUs)."""
+    config, prepared = ctx.config, ctx.prepared
+    return RayExecutor(prepared.evaluate, config.address or "auto", config.workers, config.prefetch, prepared.device)
+
+
+def make_executor(config: RunConfig, prepared: Prepared) -> Executor:
+    """The executor the config asks for, from the registry (evoforge.registry.EXECUTORS)."""
+    check_executor(config)
+    return EXECUTORS.get(config.executor)(ExecutorContext(config, prepared))
+
+
+PRECOMPILE_INPUT_LIMIT = 256 * 2**20
+
+
+def _large_inputs(spec: TaskSpec) -> bool:
+    """Whether one input set is over PRECOMPILE_INPUT_LIMIT bytes: precompile sends a batch's inputs to its
+    compile worker as JSON (every element a number), which for a KernelBench-size input set (gigabytes) is
+    tens of gigabytes of Python objects, so it is off by default for such a problem (issue 22)."""
+    from evoforge.evaluator import memory
+
+    fp = memory.measure_task(spec)
+    return fp is not None and fp.inputs > PRECOMPILE_INPUT_LIMIT
 
 
 def search_for(store: Store, run_id: str, prepared: Prepared, config: RunConfig,

@@ -39,7 +39,6 @@ from evoforge.evaluator import EvalConfig, EvalReport, EvalResult, Evaluator, Ev
 from evoforge.task import TaskSpec
 
 EvaluateFn = Callable[[list[Candidate], int], tuple[list[EvalResult], list[EvalResult]]]
-EXECUTORS = ("local", "ray")
 MAX_ATTEMPTS = 3  # a batch whose worker is lost this many times ends the run (something is systematically wrong)
 
 
