@@ -21,7 +21,9 @@ records into the final one and works out the ratios against the targets. A devic
 so the parts go in several commands (each prints where its record is)::
 
     python3 benchmarks/scale.py measure $OUT/run-local-1.json --part run --executor local --gpus 1
-    python3 benchmarks/scale.py combine benchmarks/results/scale-h200x2.json part1.json part2.json ...
+    python3 benchmarks/scale.py measure $OUT/run-local-2.json --part run --executor local --gpus 2
+    python3 benchmarks/scale.py measure $OUT/batch-local-1.json --part batch --level 1 --max-evals 8 --gpus 1
+    python3 benchmarks/scale.py combine benchmarks/results/scale-h200x2.json run-local-1.json run-local-2.json ...
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT / "src") not in sys.path:  # run from a checkout without evoforge installed (the GPU machines)
+    sys.path.insert(0, str(ROOT / "src"))
 RUN_TARGET = 1.9  # evaluations per minute on 2 GPUs over 1 GPU, each executor
 BATCH_TARGET = 0.55  # a batch's wall time on 2 GPUs over 1 GPU
 
