@@ -23,7 +23,7 @@ from typing import Any
 
 from evoforge.candidate import Candidate
 from evoforge.evaluator.result import EvalResult
-from evoforge.store import HEARTBEAT_S, Lease, RunRecord, StoreError, _now, _proc_start
+from evoforge.store import HEARTBEAT_S, Lease, RunRecord, StoreError, _now, _proc_start, refuse_if_held
 
 
 @dataclass
@@ -91,10 +91,7 @@ class MemoryStore:
 
     def claim(self, run_id: str) -> None:
         with self._lock:
-            held = self.lease(run_id)
-            if held is not None and held.live and not held.mine:
-                raise StoreError(f"run {run_id} is already running ({held.describe()}); two sessions would "
-                                 "evaluate the same candidates twice: wait for it to stop, or stop it first")
+            refuse_if_held(run_id, self.lease(run_id))
             self._write_lease(run_id)
 
     def release(self, run_id: str, **fields: Any) -> None:

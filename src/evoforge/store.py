@@ -169,6 +169,13 @@ class Heartbeat:
         self._thread.join(timeout=self.interval + 5)
 
 
+def refuse_if_held(run_id: str, held: Lease | None) -> None:
+    """A claim's refusal (StoreError) while another live process holds the run's lease."""
+    if held is not None and held.live and not held.mine:
+        raise StoreError(f"run {run_id} is already running ({held.describe()}); two sessions would "
+                         "evaluate the same candidates twice: wait for it to stop, or stop it first")
+
+
 @dataclass
 class RunRecord:
     id: str
@@ -326,10 +333,7 @@ class RunStore:
     def claim(self, run_id: str) -> None:
         """Take the run's lease for this process, or refuse (StoreError) while another live process holds it."""
         with self.transaction():  # BEGIN IMMEDIATE: two claims can't both see the lease free
-            held = self.lease(run_id)
-            if held is not None and held.live and not held.mine:
-                raise StoreError(f"run {run_id} is already running ({held.describe()}); two sessions would "
-                                 "evaluate the same candidates twice: wait for it to stop, or stop it first")
+            refuse_if_held(run_id, self.lease(run_id))
             self._write_lease(run_id)
 
     def release(self, run_id: str, **fields: Any) -> None:
