@@ -456,13 +456,13 @@ class _Session:
                            parallel=parallel, host_free=None if host is None else host + held_on_host,
                            worker_limit=self.cfg.memory_limit_mb * 2**20, kept=kept)
         if slots == 0:
-            _refuse_memory(self, one, budget, host, held_on_host)
+            _refuse_memory(self, one, budget)
         return max(slots, 1)
 
     def _check_memory(self, inputs: list[Any], model: Any) -> None:
         """Refuse, in one line with the numbers and what to change, a task whose evaluation can't fit with one
-        slot: the judge and every worker on the device, the pool within a worker's memory limit, references and
-        pool in host memory. The footprint is traced on the meta device (evoforge.evaluator.memory)."""
+        slot: the judge and every worker on the device, or the pool within a worker's memory limit. The footprint
+        is traced on the meta device (evoforge.evaluator.memory)."""
         from evoforge.evaluator import memory
 
         self.footprint = memory.measure(model, inputs, self.ref_dtype)
@@ -473,7 +473,7 @@ class _Session:
         budget = _device_budget(self.device) + kept * p.worker_device  # kept workers hold theirs already
         if p.device > budget * (1 - memory.HEADROOM) and _close_other_kept(self):  # a batch's earlier problems'
             budget = _device_budget(self.device) + kept * p.worker_device
-        _refuse_memory(self, p, budget, memory.host_available(), 0)
+        _refuse_memory(self, p, budget)
 
     def _reference(self, name: str, inputs: list[Any], repeat: bool = False) -> tuple[list[Any], list[Any]]:
         where = self.task.spec.origin
@@ -1219,14 +1219,13 @@ def _close_other_kept(session: Any) -> bool:
     return closed
 
 
-def _refuse_memory(session: Any, plan: Any, budget: int, host: int | None, held_on_host: int) -> None:
-    """Raise the one-line TaskError when ``plan`` does not fit the device, a worker's limit or the host."""
+def _refuse_memory(session: Any, plan: Any, budget: int) -> None:
+    """Raise the one-line TaskError when ``plan`` does not fit the device (``budget`` bytes) or a worker's limit."""
     from evoforge.evaluator import memory
 
     where = session.task.spec.origin
     if plan.device > budget * (1 - memory.HEADROOM):
         baselines = sum(e.role == "baseline" for e in session.entries)
         raise TaskError(memory.refusal(where, plan, budget, torch.cuda.get_device_name(session.device), baselines))
-    limit = session.cfg.memory_limit_mb * 2**20
-    if message := memory.host_refusal(where, plan, (host if host is not None else 2**62) + held_on_host, limit):
+    if message := memory.host_refusal(where, plan, session.cfg.memory_limit_mb * 2**20):
         raise TaskError(message)

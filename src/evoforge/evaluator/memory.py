@@ -18,7 +18,8 @@ set are taken to be the size of the inputs, and the footprint says so (``measure
   baseline worker kept from the last evaluation (``kept``) makes the new slots' copies before it lets go of the
   old ones, whose blocks its caching allocator keeps: it is counted with its slots twice;
 - **host memory**: the reference outputs of every case (the judge keeps them on the host) and the pool of slots,
-  which every worker maps, so the pool also counts against a worker's memory limit (``--memory-mb``).
+  which every worker maps, so the pool also counts against a worker's memory limit (``--memory-mb``). The
+  available host memory bounds the slots; only a worker's limit is a reason to refuse (see :func:`host_refusal`).
 
 Workers of one evaluation are alive together (their timing is interleaved), so the device must hold the judge
 and every worker at once; the slots are what gives. :func:`fit` picks the most slots that fit, and
@@ -89,7 +90,6 @@ class Plan:
     host: int  # the judge's references and the pool
     pool: int
     kept: int = 0  # kept baseline workers' previous slots' copies, still cached in their processes
-
 
     @property
     def device(self) -> int:
@@ -176,16 +176,14 @@ def refusal(where: str, p: Plan, free: int, device_name: str, baselines: int, ca
             f"{_gib(p.device)} ({describe(p, device_name)}), {_gib(free)} free, {_gib(room)} usable; {fix}")
 
 
-def host_refusal(where: str, p: Plan, host_free: int, worker_limit: int) -> str | None:
-    """The one line that says the host can't hold the pool or the references with one slot, else None."""
+def host_refusal(where: str, p: Plan, worker_limit: int) -> str | None:
+    """The one line that says one slot can't fit a worker's memory limit (every worker maps the whole pool), else
+    None. Host memory itself only bounds the slots (:func:`fit`): MemAvailable is no limit to refuse on, since on
+    some machines (the lent GPU machines among them) memory starts small and grows as it is used."""
     if p.pool + WORKER_HOST_BYTES > worker_limit:
         return (f"{where}: the task does not fit in a worker's memory limit: one slot (an input set and its "
                 f"outputs) is {_gib(p.pool)}, plus about {_gib(WORKER_HOST_BYTES)} of the worker's own, against "
                 f"--memory-mb {worker_limit // 2**20}; raise --memory-mb or make get_inputs() smaller")
-    if p.host > host_free * (1 - HEADROOM):
-        return (f"{where}: the task does not fit in host memory: {p.cases} reference outputs of "
-                f"{_gib(p.footprint.ref_outputs)} and a pool of {_gib(p.pool)} need {_gib(p.host)}, "
-                f"{_gib(host_free)} available; make get_inputs() smaller")
     return None
 
 
@@ -229,10 +227,9 @@ def upfront(spec: TaskSpec, config: Any, device: str, baselines: int, batch: int
     free, name = least_free()
     cases = cases_of(config.n_random, config.edge_cases)
     parallel = max(1, config.parallel_workers or (os.cpu_count() or 1))
-    host = host_available()
     kept = baselines if config.keep_baselines else 0
     one = plan(fp, slots=1, workers=baselines + 1, cases=cases, parallel=parallel, kept=kept)
-    if message := host_refusal(spec.origin, one, host if host is not None else 2**62, config.memory_limit_mb * 2**20):
+    if message := host_refusal(spec.origin, one, config.memory_limit_mb * 2**20):
         raise TaskError(message)
     fits = entries_that_fit(fp, free=free, cases=cases, parallel=parallel, kept=kept)
     if fits < batch + baselines:
