@@ -421,7 +421,8 @@ WorkersOpt = typer.Option(None, "--workers", min=1, help="Slots: CPU workers wit
 PrefetchOpt = typer.Option(None, "--prefetch", min=0, help="Batches proposed ahead of a free slot, so their "
                            "compile overlaps the current timing (default 0).")
 PrecompileOpt = typer.Option(None, "--precompile/--no-precompile", help="Compile Triton kernels in a separate "
-                             "process before timing (default: on with CUDA).")
+                             "process before timing (default: on with CUDA, off where one input set is over "
+                             "256 MiB).")
 BatchSizeOpt = typer.Option(None, "--batch-size", min=1, help="Candidates per batch (default: a whole generation); "
                             "smaller batches let --budget stop between them, each re-timing the baselines.")
 
