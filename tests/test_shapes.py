@@ -14,7 +14,8 @@ import pytest
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, Evaluator
 from evoforge.evaluator.result import CaseCheck, EvalResult
-from evoforge.shapes import combine, is_multi, shape_specs
+from evoforge.fitness import combine
+from evoforge.shapes import is_multi, shape_specs
 from evoforge.task import TaskError, resolve_task
 from evoforge.tasks import attention_params, baselines_for
 from evoforge.timing import TimingConfig, TimingStats

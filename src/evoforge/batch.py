@@ -18,13 +18,13 @@ candidate: it counts as not fast and stays out of the geometric mean.
 from __future__ import annotations
 
 import ast
-import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from evoforge import claims
+from evoforge.fitness import geomean
 from evoforge.task import TaskError
 from evoforge.tasks import COMPILED_BASELINE, EAGER_BASELINE
 
@@ -74,14 +74,6 @@ def fast_p(speedups: list[float | None], p: float, significant: list[bool] | Non
         return 0.0
     sig = significant if significant is not None else [True] * len(speedups)
     return sum(1 for s, ok in zip(speedups, sig, strict=True) if s is not None and s > p and ok) / len(speedups)
-
-
-def geomean(speedups: list[float | None]) -> float | None:
-    """Geometric mean over the problems with a correct candidate (None when there is none)."""
-    xs = [s for s in speedups if s is not None and s > 0]
-    if not xs:
-        return None
-    return math.exp(sum(math.log(s) for s in xs) / len(xs))
 
 
 @dataclass

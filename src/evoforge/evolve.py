@@ -7,7 +7,6 @@ full resolved config is stored with the run, so ``resume`` continues exactly wha
 from __future__ import annotations
 
 import importlib.util
-import math
 import os
 import random
 import re
@@ -22,6 +21,7 @@ from typing import Any
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, EvalReport, EvalResult, Evaluator
 from evoforge.executor import Executor, LocalExecutor, RayExecutor, local_slots
+from evoforge.fitness import fastest_baselines, fitness_mode
 from evoforge.kernels.flash_attention import HardwareLimits
 from evoforge.mutators import GenericMutator, MixedMutator, Mutator, TemplateMutator
 from evoforge.registry import EXECUTORS, MUTATORS, ExecutorContext, MutatorContext
@@ -278,9 +278,8 @@ class GenerationEvaluator:
         if self.on_profile:
             self.on_profile(generation, {**report.profile, **({"slot": where["slot"]} if "slot" in where else {})})
         results, bases = report.results[:n], report.results[n:]
-        mode = "graph" if report.env.get("device_type") == "cuda" else "eager"
-        ranked = sorted((b for b in bases if b.ok), key=lambda b: b.latency(mode) or math.inf)
-        fastest = [b.name for b in ranked[: self.keep]] or [b.name for b in self.baselines[: self.keep]]
+        mode = fitness_mode(self.config.fitness_mode, report.env.get("device_type"), self.config.modes)
+        fastest = fastest_baselines(bases, mode, self.keep) or [b.name for b in self.baselines[: self.keep]]
         model = str(report.env.get("device_name") or report.env.get("device_type") or "?")
         self.fastest_by_model[model] = fastest
         if fastest != self.fastest:

@@ -4,7 +4,7 @@ A multi-shape task is written as its shapes joined by ``;`` (``attention:seq_len
 optionally with ``floor=X`` as one more part. It is a :class:`TaskSpec` whose ``params`` are the first
 shape's (so mutators that read the head size, causality or dtype see them) plus ``shapes`` (every shape's
 spec) and ``floor``. The evaluator checks and times each shape in a worker of its own, with the same
-candidates and baselines, and :func:`combine` folds the per-shape reports into one:
+candidates and baselines, and :func:`evoforge.fitness.combine` folds the per-shape reports into one:
 
 - a candidate is correct only if it is correct on every shape (else it carries the first failing
   shape's status and detail, prefixed with that shape);
@@ -16,15 +16,7 @@ candidates and baselines, and :func:`combine` folds the per-shape reports into o
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any
-
-from evoforge.batch import geomean
 from evoforge.task import TaskError, TaskSpec
-
-if TYPE_CHECKING:  # evoforge.evaluator imports this module
-    from evoforge.evaluator.result import EvalResult
 
 
 def is_multi(spec: TaskSpec) -> bool:
@@ -84,44 +76,3 @@ def multi_shape_task(arg: str, specs: list[TaskSpec], floor: float = 0.0) -> Tas
                     params={**specs[0].params, "shapes": [s.to_dict() for s in specs], "floor": floor})
 
 
-def _geomean(values: list[float]) -> float:
-    """The geometric mean, 0 when any value is 0 (a shape without a speedup sinks the whole)."""
-    return 0.0 if not values or min(values) <= 0 else geomean(values) or 0.0
-
-
-def combine(per_shape: list[list[EvalResult]], shape_names: list[str], floor: float) -> list[EvalResult]:
-    """Fold per-shape results (same entries in the same order on every shape) into one result per entry."""
-    combined = []
-    for i, first in enumerate(per_shape[0]):
-        rs = [results[i] for results in per_shape]
-        summary = [{"task": name, "status": r.status, "fitness": r.fitness, "best_baseline": r.best_baseline,
-                    "latency_us": {m: t.median_us for m, t in r.timing.items()},
-                    **({"detail": r.detail} if r.detail else {})} for name, r in zip(shape_names, rs, strict=True)]
-        checks = [replace(c, case=f"{name}: {c.case}")
-                  for name, r in zip(shape_names, rs, strict=True) for c in r.checks]
-        errs = [r.max_abs_err for r in rs if r.max_abs_err is not None]
-        rels = [r.max_rel_err for r in rs if r.max_rel_err is not None]
-        out = replace(first, checks=checks, shapes=summary, seconds=sum(r.seconds for r in rs),
-                      max_abs_err=max(errs) if errs else None, max_rel_err=max(rels) if rels else None,
-                      logs="\n".join(f"[{name}] {r.logs}" for name, r in zip(shape_names, rs, strict=True) if r.logs))
-        failed = next(((name, r) for name, r in zip(shape_names, rs, strict=True) if not r.ok), None)
-        if failed is not None:
-            name, r = failed
-            out = replace(out, status=r.status, detail=f"shape {name}: {r.detail}", fitness=0.0, significant=False)
-            combined.append(out)
-            continue
-        speedup: dict[str, dict[str, float]] = {}
-        for mode in first.speedup:
-            common = set.intersection(*(set(r.speedup.get(mode, {})) for r in rs))
-            speedup[mode] = {b: _geomean([r.speedup[mode][b] for r in rs]) for b in sorted(common)}
-        fitness = _geomean([r.fitness for r in rs])
-        detail = first.detail
-        low = [(name, r.fitness) for name, r in zip(shape_names, rs, strict=True) if r.fitness < floor]
-        if low and first.role == "candidate":
-            fitness = 0.0
-            detail = "below the floor of {:g}x on {}".format(floor, ", ".join(f"{n} ({f:.2f}x)" for n, f in low))
-        best: Any = Counter(r.best_baseline for r in rs if r.best_baseline).most_common(1)
-        combined.append(replace(out, speedup=speedup, fitness=fitness, detail=detail,
-                                significant=fitness > 1.0 and all(r.significant for r in rs),
-                                best_baseline=best[0][0] if best else None))
-    return combined

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from evoforge.evaluator.result import EvalResult
-from evoforge.evaluator.scoring import score as _score
+from evoforge.fitness import score as _score
 from evoforge.timing import summarize
 
 

@@ -22,7 +22,7 @@ An evaluation of one task (:class:`Evaluator`) goes like this, all in the driver
    ``rejected``. In graph mode the judge checks the captured graph itself: fresh inputs in its input
    slots, one replay, outputs compared.
 5. **Verdict.** Statistics are computed here from the raw latencies; fitness by
-   :func:`evoforge.evaluator.scoring.score`, every entry in the same mode.
+   :func:`evoforge.fitness.score`, every entry in the same mode.
 
 A worker's replies are data. A failure it reports can only fail its own entry; nothing it says can
 make an entry ``ok``.
@@ -58,8 +58,8 @@ from evoforge.evaluator.compare import compare, nondeterminism, worst
 from evoforge.evaluator.config import EvalConfig, EvalReport, EvaluatorError
 from evoforge.evaluator.process import KEPT, SPARES, WorkerLost, WorkerProcess, spare_key, worker_env
 from evoforge.evaluator.result import STATUSES, CaseCheck, EvalResult
-from evoforge.evaluator.scoring import fitness_mode, score
-from evoforge.shapes import combine, is_multi, shape_specs
+from evoforge.fitness import combine, fitness_mode, score
+from evoforge.shapes import is_multi, shape_specs
 from evoforge.task import (
     TaskError,
     TaskSpec,
@@ -141,7 +141,7 @@ class Evaluator:
             session.close()
 
     def _evaluate_shapes(self, candidates: list[Candidate], baselines: list[Candidate]) -> EvalReport:
-        """A multi-shape task: every shape evaluated on its own, folded by evoforge.shapes.combine."""
+        """A multi-shape task: every shape evaluated on its own, folded by evoforge.fitness.combine."""
         specs = shape_specs(self.task)
         reports = []
         for i, spec in enumerate(specs):
