@@ -103,3 +103,20 @@ def test_baselines_compile_into_caches_no_candidate_may_write(tmp_path: Path, mo
         path = private[name]
         assert path != env.get(name)
         assert not any(path == str(w) or path.startswith(str(w).rstrip("/") + "/") for w in candidate_writable), name
+
+
+def test_without_baselines_the_clock_check_has_the_tasks_model_as_its_reference() -> None:
+    # No baseline to rank against, so no candidate's overhead stands for the honest one (the smallest of
+    # several honest candidates' would reject the others): the task's Model is timed beside them, unreported.
+    spec = task_from_file(TASKS / "tanh_matmul.py")
+    candidates = [Candidate(name=n, source=(JUDGE / f"{n}.py").read_text()) for n in ("forges_timing",)]
+    candidates.append(Candidate(name="good", source=(CANDIDATES / "good.py").read_text()))
+    config = EvalConfig(device="cpu", timeout_s=60, sandbox="none", pool_slots=4,
+                        timing=TimingConfig(budget_ms=60, rounds=2, warmup=2, min_reps=8, max_reps=40))
+    report = Evaluator(spec, config).evaluate(candidates)
+    assert [r.name for r in report.results] == ["forges_timing", "good"]  # the reference is not reported
+    assert report.workers == 3
+    forged = report.by_name()["forges_timing"]
+    assert forged.status == "rejected" and "judge's clock" in forged.detail
+    good = report.by_name()["good"]
+    assert good.ok and good.best_baseline is None and good.fitness == 0.0  # nothing to rank it against
