@@ -114,7 +114,9 @@ def test_triton_matmul_epilogue_template_is_correct_on_cpu() -> None:
 @pytest.mark.parametrize("rel", ["level1/softmax.py", "level1/conv2d.py", "level2/matmul_bias_gelu.py"])
 def test_every_gpu_gene_is_correct_and_timed_in_graph_mode(rel: str) -> None:
     m = _mutator(rel, "cuda")
-    genomes = [m.genome(cuda_graph=True), m.genome(compile="reduce-overhead"),
+    # reduce-overhead's own CUDA graphs refuse the judge's capture, so it can't be ranked in graph mode: not offered
+    assert "reduce-overhead" not in m.compile_modes
+    genomes = [m.genome(cuda_graph=True),
                m.genome(compile="max-autotune-no-cudagraphs", cuda_graph=True), m.genome(layout="contiguous")]
     if m.traits.four_d:
         genomes.append(m.genome(layout="channels_last", compile="default"))
@@ -126,8 +128,7 @@ def test_every_gpu_gene_is_correct_and_timed_in_graph_mode(rel: str) -> None:
     report = Evaluator(task_from_file(PROBLEMS / rel), config).evaluate(cands + flags)
     for cand, result in zip(cands, report.results, strict=False):
         assert result.status == "ok", (cand.name, result.detail, result.logs[-1500:])
-        if cand.genome["compile"] != "reduce-overhead":  # its own CUDA graphs may refuse an outer capture
-            assert "graph" in result.timing, (cand.name, result.timing_errors)
+        assert "graph" in result.timing, (cand.name, result.timing_errors)
     for cand, result in zip(flags, report.results[len(cands):], strict=True):
         # TF32/bf16 may miss a float32 tolerance (then: incorrect), but never leaves a flag changed
         assert result.status in ("ok", "incorrect"), (cand.name, result.detail)
