@@ -80,6 +80,9 @@ def _with_elapsed(message: str, seconds: float) -> str:
     return message if seconds < 3 else f"{message} ({seconds:.0f} s)"
 
 
+_CHATTY = ("timing ", "checking ", "rechecking ", "loaded and checked ")  # steps a log need not keep
+
+
 @contextmanager
 def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
     """A spinner with the evaluator's latest step on stderr (stdout stays clean for --json). On a terminal
@@ -87,7 +90,7 @@ def _progress(enabled: bool) -> Iterator[Callable[[str], None]]:
     compiles, a worker that hangs until its time limit) never looks stuck without saying for how long."""
     if not enabled or not err.is_terminal:
         def plain(message: str) -> None:
-            if enabled and not any(word in message for word in ("timing ", "checking ", "rechecking ")):
+            if enabled and not any(word in message for word in _CHATTY):
                 err.print(f"  {message}", highlight=False)
         yield plain
         return

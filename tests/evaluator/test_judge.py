@@ -120,3 +120,18 @@ def test_without_baselines_the_clock_check_has_the_tasks_model_as_its_reference(
     assert forged.status == "rejected" and "judge's clock" in forged.detail
     good = report.by_name()["good"]
     assert good.ok and good.best_baseline is None and good.fitness == 0.0  # nothing to rank it against
+
+
+def test_progress_says_how_far_and_what_a_hang_is_waiting_on() -> None:
+    spec = task_from_file(TASKS / "tanh_matmul.py")
+    candidates = [Candidate(name=n, source=(CANDIDATES / f"{n}.py").read_text()) for n in ("hangs", "good")]
+    baseline = Candidate(name="task_model", source=TASK_MODEL_SOURCE, lineage={"baseline": True})
+    config = EvalConfig(device="cpu", timeout_s=4, sandbox="none", pool_slots=4,
+                        timing=TimingConfig(budget_ms=20, rounds=2, warmup=1, min_reps=4, max_reps=8))
+    said: list[str] = []
+    report = Evaluator(spec, config, progress=said.append).evaluate(candidates, [baseline])
+    assert report.by_name()["hangs"].status == "timeout"
+    # while it hung, what the judge was waiting on named it, and the stage
+    assert any("hangs (checking)" in m and m.startswith("loaded and checked ") for m in said), said
+    assert "loaded and checked 3/3" in said
+    assert any(m.startswith("timing round 2/2: good") for m in said), said

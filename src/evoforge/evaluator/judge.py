@@ -554,18 +554,33 @@ class _Session:
         self.slot_locks = [threading.Lock() for _ in range(self.pool.layout.slots)]
         free = threading.Semaphore(parallel)
         index = {id(e): i for i, e in enumerate(todo)}
+        waiting: dict[str, str] = {}  # entry -> its stage, while in flight: what a hang is waiting on
+        done = [0]
+
+        def say(entry: _Entry, stage: str | None) -> None:
+            with self.profile_lock:
+                if stage is None:
+                    waiting.pop(entry.name, None)
+                    done[0] += 1
+                else:
+                    waiting[entry.name] = stage
+                names = ", ".join(f"{n} ({s})" for n, s in list(waiting.items())[:4])
+                more = f" +{len(waiting) - 4} more" if len(waiting) > 4 else ""
+                self.progress(f"loaded and checked {done[0]}/{len(todo)}" + (f"; at {names}{more}" if names else ""))
 
         def load_and_check(entry: _Entry, fresh_worker: bool) -> None:
             try:
                 if fresh_worker:
+                    say(entry, "starting and loading")
                     self._load(entry)
                 if entry.alive:
-                    self.progress(f"checking {entry.name}")
+                    say(entry, "checking")
                     started = time.monotonic()
                     self._check(entry, index[id(entry)] % self.pool.layout.slots)  # type: ignore[union-attr]
                     with self.profile_lock:  # checks overlap: their seconds are summed, not a wall time
                         self._stage("check", started)
             finally:
+                say(entry, None)
                 free.release()
 
         key = spare_key(cfg, env, self.network, self.writes)
@@ -808,15 +823,16 @@ class _Session:
         active: list[tuple[_Entry, str, int]] = []
         for mode in modes:
             for entry in self._alive():
-                self.progress(f"timing {entry.name} ({mode})")
+                self.progress(f"timing warm-up of {entry.name} ({mode})")
                 reps = self._warm(entry, mode, tcfg)
                 if reps:
                     active.append((entry, mode, reps))
         rounds = max(tcfg.rounds, 1)
-        for order in round_orders(active, rounds):
+        for r, order in enumerate(round_orders(active, rounds), 1):
             for entry, mode, reps in order:
                 if not entry.alive or mode in entry.timing_errors:
                     continue
+                self.progress(f"timing round {r}/{rounds}: {entry.name} ({mode})")
                 self._block(entry, mode, math.ceil(reps / rounds))
         self._clock_check([(e, m) for e, m, _ in active])
 
