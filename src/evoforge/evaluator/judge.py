@@ -376,8 +376,10 @@ class _Session:
         n_random = int(cfg.n_random)
         draws = [(f"random seed={self.seed + i}", first if i == 0 else self._draw(self.seed + i))
                  for i in range(n_random)]
-        if cfg.edge_cases:
-            draws += [(name, self._on_device(x)) for name, x in edge_inputs(self.task, self.seed + n_random)]
+        if cfg.edge_cases:  # drawn on the judge's device, as the other cases (a large problem's, not on the CPU)
+            with torch.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+                edges = edge_inputs(self.task, self.seed + n_random)
+            draws += [(name, self._on_device(x)) for name, x in edges]
         if self.device.type == "cuda":
             self._check_memory(first, base)
         self.reference = copy.deepcopy(base).to(device=self.device, dtype=self.ref_dtype).eval()
