@@ -22,8 +22,8 @@ from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, Evaluator
 from evoforge.export import candidate_sources
 from evoforge.report import evidence
+from evoforge.resolve import resolve_task
 from evoforge.store import RunStore
-from evoforge.task import resolve_task
 from evoforge.tasks import baselines_for
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,7 +22,7 @@ import torch
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, Evaluator
 from evoforge.kernels.flash_attention import FlashGenome, render
-from evoforge.task import resolve_task
+from evoforge.resolve import resolve_task
 from evoforge.tasks import attention_params, baselines_for
 
 DEFAULT = [

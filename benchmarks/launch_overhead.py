@@ -21,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from evoforge.kernels.flash_attention import FlashGenome, render
-from evoforge.task import import_source, load_task, make_inputs, resolve_task
+from evoforge.resolve import resolve_task
+from evoforge.task import import_source, load_task, make_inputs
 from evoforge.tasks import attention_params
 
 JIT_ONLY = ("        if fast is not None and", "        if False and fast is not None and")

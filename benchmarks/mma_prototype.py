@@ -639,7 +639,7 @@ def main() -> int:
     from evoforge.envinfo import collect
     from evoforge.kernels.flash_attention import HardwareLimits, render
     from evoforge.mutators.template import TemplateMutator
-    from evoforge.task import resolve_task
+    from evoforge.resolve import resolve_task
     from evoforge.tasks import attention_params
     from evoforge.timing import TimingConfig, measure
 

@@ -336,7 +336,7 @@ def main() -> int:
 
     from evoforge.kernels.flash_attention import HardwareLimits, render
     from evoforge.mutators.template import TemplateMutator
-    from evoforge.task import resolve_task
+    from evoforge.resolve import resolve_task
     from evoforge.tasks import attention_params
 
     spec = resolve_task(args.task)

@@ -19,7 +19,7 @@ import torch
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, Evaluator
 from evoforge.export import candidate_sources
-from evoforge.task import resolve_task
+from evoforge.resolve import resolve_task
 from evoforge.tasks import baselines_for
 
 

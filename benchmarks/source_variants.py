@@ -35,7 +35,7 @@ import torch
 from evaluate_sources import print_rows, time_sources
 
 from evoforge.kernels.flash_attention import FlashGenome, render
-from evoforge.task import resolve_task
+from evoforge.resolve import resolve_task
 from evoforge.tasks import attention_params
 
 LOOP = "tl.range(lo, hi, BLOCK_N, num_stages=NUM_STAGES)"

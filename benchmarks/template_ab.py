@@ -20,7 +20,7 @@ from pathlib import Path
 from evaluate_sources import print_rows, time_sources
 
 from evoforge.kernels.flash_attention import FlashGenome, render
-from evoforge.task import resolve_task
+from evoforge.resolve import resolve_task
 
 # Generation 0's kernels for the seed shape, long sequences at D=64, D=128 (causal and not), and the
 # 64x64 D=128 alternative.

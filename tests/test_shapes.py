@@ -15,8 +15,9 @@ from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, Evaluator
 from evoforge.evaluator.result import CaseCheck, EvalResult
 from evoforge.fitness import combine
+from evoforge.resolve import resolve_task
 from evoforge.shapes import is_multi, shape_specs
-from evoforge.task import TaskError, resolve_task
+from evoforge.task import TaskError
 from evoforge.tasks import attention_params, baselines_for
 from evoforge.timing import TimingConfig, TimingStats
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evoforge.task import TaskError, edge_inputs, load_task, make_inputs, resolve_task, task_from_file
+from evoforge.resolve import resolve_task
+from evoforge.task import TaskError, edge_inputs, load_task, make_inputs, task_from_file
 from tests.conftest import TASKS
 
 

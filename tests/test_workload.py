@@ -16,8 +16,9 @@ import torch.nn.functional as F
 
 import evoforge
 from evoforge.export import load
+from evoforge.resolve import resolve_task
 from evoforge.shapes import shape_specs
-from evoforge.task import TaskError, load_task, resolve_task
+from evoforge.task import TaskError, load_task
 from evoforge.workload import read_toml
 from tests.test_export import FAST, close, evoforge_cli, qkv, reference
 

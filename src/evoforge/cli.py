@@ -182,8 +182,8 @@ def sweep(
     as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
     """The seed's attention sweep, done right: every variant checked and timed live against PyTorch."""
+    from evoforge.resolve import resolve_task
     from evoforge.sweep import run_sweep, select_variants, write_evidence
-    from evoforge.task import resolve_task
 
     def body() -> int:
         spec = resolve_task(task)
@@ -270,7 +270,8 @@ def eval_cmd(
     """Evaluate one candidate file: correctness, guards, latency, speedup over every baseline."""
     from evoforge.candidate import Candidate
     from evoforge.evaluator import Evaluator
-    from evoforge.task import load_task, resolve_task
+    from evoforge.resolve import resolve_task
+    from evoforge.task import load_task
     from evoforge.tasks import baselines_for
 
     def body() -> int:

@@ -19,15 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from evoforge.candidate import Candidate
-from evoforge.evaluator import EvalConfig, EvalReport, EvalResult, Evaluator
+from evoforge.evaluator import EvalConfig, EvalReport, Evaluator
 from evoforge.executor import Executor, LocalExecutor, RayExecutor, local_slots
 from evoforge.fitness import fastest_baselines, fitness_mode
 from evoforge.kernels.flash_attention import HardwareLimits
 from evoforge.mutators import GenericMutator, MixedMutator, Mutator, TemplateMutator
 from evoforge.registry import EXECUTORS, MUTATORS, ExecutorContext, MutatorContext
+from evoforge.resolve import resolve_task
+from evoforge.results import EvalResult
 from evoforge.search import Progress, Search, SearchConfig, restore_rng
 from evoforge.store import Store
-from evoforge.task import TaskError, TaskSpec, load_task, resolve_task
+from evoforge.task import TaskError, TaskSpec, load_task
 from evoforge.tasks import attention_params, baselines_for
 from evoforge.tasks.attention import AttentionParams
 from evoforge.timing import TimingConfig

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from evoforge.candidate import Candidate
-from evoforge.evaluator import EvalConfig, EvalReport, EvalResult, Evaluator, EvaluatorError
+from evoforge.evaluator import EvalConfig, EvalReport, Evaluator, EvaluatorError
+from evoforge.results import EvalResult
 from evoforge.task import TaskSpec
 
 EvaluateFn = Callable[[list[Candidate], int], tuple[list[EvalResult], list[EvalResult]]]

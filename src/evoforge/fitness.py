@@ -1,7 +1,7 @@
 """Fitness, in one place: how a ranking's mode is chosen, how an entry is scored against the baselines
 timed beside it, how a multi-shape task folds its shapes into one number, and which baselines a search keeps
 timing. Everything that turns latencies into the number the search selects on lives here; it reads results
-(:class:`evoforge.evaluator.result.EvalResult`) and imports nothing else of the package.
+(:class:`evoforge.results.EvalResult`) and imports nothing else of the package.
 
 - :func:`fitness_mode`: the configured mode, else graph on CUDA (the device's time) and eager elsewhere;
   every entry of one ranking is ranked in that one mode.
@@ -20,8 +20,8 @@ from collections import Counter
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # the evaluator imports this module
-    from evoforge.evaluator.result import EvalResult
+if TYPE_CHECKING:
+    from evoforge.results import EvalResult
 
 
 def geomean(speedups: list[float | None]) -> float | None:

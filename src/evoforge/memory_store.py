@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evoforge.candidate import Candidate
-from evoforge.evaluator.result import EvalResult
+from evoforge.results import EvalResult
 from evoforge.store import HEARTBEAT_S, Lease, RunRecord, StoreError, _now, _proc_start, refuse_if_held
 
 

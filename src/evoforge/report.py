@@ -15,7 +15,7 @@ from typing import Any
 
 from evoforge import __version__, claims
 from evoforge.candidate import Candidate
-from evoforge.evaluator.result import EvalResult
+from evoforge.results import EvalResult
 from evoforge.store import Store, StoreError
 
 

@@ -19,7 +19,8 @@ from typing import Any
 from evoforge import claims
 from evoforge.candidate import Candidate
 from evoforge.executor import Done, EvaluateFn, Executor, SerialExecutor
-from evoforge.mutators.base import Individual, Mutator
+from evoforge.mutators.base import Mutator
+from evoforge.results import Individual
 from evoforge.store import Store
 
 PLATEAU_GAIN = 0.01

@@ -17,6 +17,7 @@ candidates and baselines, and :func:`evoforge.fitness.combine` folds the per-sha
 from __future__ import annotations
 
 from evoforge.task import TaskError, TaskSpec
+from evoforge.tasks import attention_params, baselines_for
 
 
 def is_multi(spec: TaskSpec) -> bool:
@@ -46,8 +47,6 @@ def multi_shape_task(arg: str, specs: list[TaskSpec], floor: float = 0.0) -> Tas
     """One task over several shapes of the same operation. Its shapes must share what a candidate's
     source is specialised for (an attention task's head size, causality and dtype) and PyTorch's
     baselines, since the same candidates and baselines are evaluated on each."""
-    from evoforge.tasks import attention_params, baselines_for
-
     if len(specs) < 2:
         raise TaskError(f"task {arg!r}: a multi-shape task needs at least two shapes")
     if any(is_multi(s) for s in specs):

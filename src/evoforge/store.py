@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evoforge.candidate import Candidate
-from evoforge.evaluator.result import EvalResult
+from evoforge.results import EvalResult
 
 SCHEMA_VERSION = 3
 DEFAULT_PATH = Path(".evoforge/runs.db")

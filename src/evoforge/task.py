@@ -7,6 +7,10 @@ evaluates exactly what the driver validated. Optional module-level metadata a ta
 - ``ATOL`` / ``RTOL``: tolerances for every floating output, or ``TOLERANCES = {"float16": (atol, rtol)}``;
 - ``FLOPS`` / ``BYTES_MOVED``: work per call, for throughput and roofline figures;
 - ``get_edge_inputs()``: a list of extra input lists, or ``(name, inputs)`` pairs, checked as edge cases.
+
+This module knows the file format only and imports nothing else of the package: the built-in families
+(:mod:`evoforge.tasks`), multi-shape tasks (:mod:`evoforge.shapes`) and captured workloads
+(:mod:`evoforge.workload`) build on it, and :mod:`evoforge.resolve` turns a ``--task`` argument into any of them.
 """
 
 from __future__ import annotations
@@ -251,40 +255,6 @@ def task_from_file(path: str | Path) -> TaskSpec:
     except (OSError, UnicodeDecodeError) as exc:
         raise TaskError(f"{p}: cannot read the task file ({_one_line(exc)})") from None
     return TaskSpec(name=p.stem, source=source, origin=str(p), params={})
-
-
-def resolve_task(arg: str) -> TaskSpec:
-    """A task from the command line: a built-in name (with optional ``:key=value,...``) or a file path;
-    several of them joined by ``;`` (with an optional ``floor=X`` part) make a multi-shape task
-    (:mod:`evoforge.shapes`); a ``.toml`` file (``FILE.toml:N`` for its class N) is a workload recorded by
-    `evoforge capture` (:mod:`evoforge.workload`)."""
-    from evoforge.tasks import builtin_names, builtin_task
-
-    captured = re.fullmatch(r"(.+\.toml)(?::(\d+))?", arg.strip())
-    if captured:  # a workload recorded by `evoforge capture` (evoforge.workload)
-        from evoforge.workload import task_from_capture
-
-        return task_from_capture(Path(captured[1]), int(captured[2]) if captured[2] else None)
-    if ";" in arg:
-        from evoforge.shapes import multi_shape_task, parse_floor
-
-        shapes, floors = [], []
-        for part in (p.strip() for p in arg.split(";")):
-            floor = parse_floor(part) if part else None
-            if floor is not None:
-                floors.append(floor)
-            elif part:
-                shapes.append(resolve_task(part))
-        if len(floors) > 1:
-            raise TaskError(f"task {arg!r}: floor is given more than once")
-        return multi_shape_task(arg, shapes, floors[0] if floors else 0.0)
-    head = arg.split(":", 1)[0]
-    if head in builtin_names():
-        return builtin_task(arg)
-    if arg.endswith(".py") or "/" in arg or Path(arg).exists():
-        spec = task_from_file(arg)
-        return spec
-    raise TaskError(f"unknown task {arg!r}: not a built-in ({', '.join(builtin_names())}) and not a .py file")
 
 
 def task_display_name(task: LoadedTask) -> str:

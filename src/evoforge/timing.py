@@ -25,7 +25,8 @@ right after each of its neighbours as often as before it: on an H100 the entry t
 long-running one measured 3-4% slower than the same kernel timed first
 (``benchmarks/results/template-ab-*-h100.json``), and a fixed order gave that edge to the same entry
 every round. Statistics: median,
-min, first and third quartile, interquartile range, mean, all in microseconds.
+min, first and third quartile, interquartile range, mean, all in microseconds, as a
+:class:`~evoforge.results.TimingStats` (a plain result type, re-exported here).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
+
+from evoforge.results import TimingStats
 
 # Bound at import, before any candidate code runs: a candidate that patches torch or time later
 # cannot change what the harness measures with.
@@ -63,30 +66,6 @@ class TimingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class TimingStats:
-    """Latency statistics of one function in one mode, microseconds."""
-
-    mode: str
-    clock: str
-    device: str
-    reps: int
-    median_us: float
-    min_us: float
-    q1_us: float
-    q3_us: float
-    iqr_us: float
-    mean_us: float
-    flush_bytes: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TimingStats:
-        return cls(**data)
 
 
 def summarize(samples_us: list[float], *, mode: str, clock: str, device: str, flush_bytes: int) -> TimingStats:

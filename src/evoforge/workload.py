@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from evoforge.capture_hook import Recorder
+from evoforge.shapes import multi_shape_task
 from evoforge.task import TaskError, TaskSpec
+from evoforge.tasks import builtin_task
 
 MAX_SHAPES = 4
 _DTYPES = {"float16": "fp16", "bfloat16": "bf16", "float32": "fp32"}
@@ -265,9 +267,6 @@ def _int(table: dict[str, Any], key: str, where: str) -> int:
 def task_from_capture(path: Path, index: int | None) -> TaskSpec:
     """Class ``index`` (1-based; None: the only one) of a captured workload as a task: one shape, or a
     multi-shape task over the shapes marked evolve = true."""
-    from evoforge.shapes import multi_shape_task
-    from evoforge.tasks import builtin_task
-
     if not path.is_file():
         raise TaskError(f"{path}: no such captured workload (write one with `evoforge capture -- python ...`)")
     data = read_toml(path)

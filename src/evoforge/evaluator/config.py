@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from evoforge.evaluator.result import EvalResult
+from evoforge.results import EvalResult
 from evoforge.timing import MODES, TimingConfig
 
 

@@ -57,8 +57,8 @@ from evoforge.evaluator.channel import Layout, SharedPool, views
 from evoforge.evaluator.compare import compare, nondeterminism, worst
 from evoforge.evaluator.config import EvalConfig, EvalReport, EvaluatorError
 from evoforge.evaluator.process import KEPT, SPARES, WorkerLost, WorkerProcess, spare_key, worker_env
-from evoforge.evaluator.result import STATUSES, CaseCheck, EvalResult
 from evoforge.fitness import combine, fitness_mode, score
+from evoforge.results import STATUSES, CaseCheck, EvalResult
 from evoforge.shapes import is_multi, shape_specs
 from evoforge.task import (
     TaskError,

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from evoforge.mutators.base import Individual
+from evoforge.results import Individual
 
 GUIDES = ("free", "insight", "full")
 LANGUAGE_NAMES = {"triton": "Triton", "cuda": "CUDA C++", "torch": "PyTorch", "any": "PyTorch, Triton or CUDA C++"}

@@ -1,27 +1,17 @@
-"""The mutator interface: the search loop only ever talks to this."""
+"""The mutator interface: the search loop only ever talks to this. Mutators read the population as
+:class:`~evoforge.results.Individual` (a neutral result type, re-exported here)."""
 
 from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from evoforge.candidate import Candidate
-from evoforge.evaluator.result import EvalResult
+from evoforge.results import Individual  # what mutators read; re-exported here for code that takes it from here
 
-
-@dataclass
-class Individual:
-    """A candidate with its evaluation: what the population holds and mutators read."""
-
-    candidate: Candidate
-    result: EvalResult
-
-    @property
-    def fitness(self) -> float:
-        return self.result.fitness if self.result.ok else 0.0
+__all__ = ["GenomeMutator", "Individual", "Mutator"]
 
 
 class Mutator(ABC):

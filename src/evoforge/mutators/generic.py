@@ -32,7 +32,8 @@ from typing import Any
 import torch
 
 from evoforge.candidate import Candidate
-from evoforge.mutators.base import GenomeMutator, Individual
+from evoforge.mutators.base import GenomeMutator
+from evoforge.results import Individual
 from evoforge.task import LoadedTask, TaskError, TaskSpec, init_inputs, load_task, make_inputs
 
 # Not reduce-overhead: a run on a GPU ranks in graph mode, where the judge captures each call in a CUDA graph

@@ -20,7 +20,8 @@ from evoforge.llm.client import Completion, LLMClient
 from evoforge.llm.extract import extract
 from evoforge.llm.guide import GUIDES, TaskContext, feedback, insights
 from evoforge.llm.prompts import Prompts
-from evoforge.mutators.base import Individual, Mutator
+from evoforge.mutators.base import Mutator
+from evoforge.results import Individual
 
 REPAIR_RATE = 0.25
 CROSSOVER_RATE = 0.2

@@ -6,7 +6,8 @@ import random
 from collections.abc import Callable
 
 from evoforge.candidate import Candidate
-from evoforge.mutators.base import Individual, Mutator
+from evoforge.mutators.base import Mutator
+from evoforge.results import Individual
 
 
 class MixedMutator(Mutator):

@@ -48,7 +48,8 @@ from evoforge.kernels.flash_attention import (
     fits,
     render,
 )
-from evoforge.mutators.base import GenomeMutator, Individual
+from evoforge.mutators.base import GenomeMutator
+from evoforge.results import Individual
 from evoforge.tasks.attention import AttentionParams, variants
 
 LEVEL_WEIGHTS = {"algorithmic": 0.2, "implementation": 0.3, "hardware": 0.5}
