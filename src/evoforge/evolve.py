@@ -415,7 +415,7 @@ def prepare(config: RunConfig, store: Store, run_id: str, rng: random.Random,
     def profile(generation: int, seconds: dict[str, float]) -> None:
         store.add_event(run_id, "profile", generation=generation, seconds=seconds)
 
-    evaluate = GenerationEvaluator(spec, eval_config, baselines_for(spec), config.keep_baselines, fastest,
+    evaluate = GenerationEvaluator(spec, eval_config, baselines_for(spec, device), config.keep_baselines, fastest,
                                    progress, remember, profile)
     batch_cap, memory_note = _fit_memory(config, spec, eval_config, device, len(evaluate.baselines))
     if batch_cap is not None:
@@ -499,9 +499,10 @@ PRECOMPILE_INPUT_LIMIT = 256 * 2**20
 
 
 def _large_inputs(spec: TaskSpec) -> bool:
-    """Whether one input set is over PRECOMPILE_INPUT_LIMIT bytes: precompile sends a batch's inputs to its
-    compile worker as JSON (every element a number), which for a KernelBench-size input set (gigabytes) is
-    tens of gigabytes of Python objects, so it is off by default for such a problem (issue 22)."""
+    """Whether one input set is over PRECOMPILE_INPUT_LIMIT bytes. The compile worker gets the inputs' shapes
+    and makes them on the CPU, where each candidate's own torch work runs on them for real (only Triton
+    launches are compile-only): for a KernelBench-size input set (gigabytes) that is gigabytes of CPU memory
+    and seconds of CPU work per candidate, so precompile is off by default for such a problem (issue 22)."""
     from evoforge.evaluator import memory
 
     fp = memory.measure_task(spec)

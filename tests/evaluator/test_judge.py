@@ -135,3 +135,17 @@ def test_progress_says_how_far_and_what_a_hang_is_waiting_on() -> None:
     assert any("hangs (checking)" in m and m.startswith("loaded and checked ") for m in said), said
     assert "loaded and checked 3/3" in said
     assert any(m.startswith("timing round 2/2: good") for m in said), said
+
+
+def test_precompile_sends_input_shapes_not_values(tmp_path: Path) -> None:
+    from evoforge.evaluator.judge import _shapes_of
+    from evoforge.evaluator.worker import _decode
+    from evoforge.task import load_task
+
+    task = load_task(task_from_file(TASKS / "tanh_matmul.py"), module_name="evoforge_shapes_test", directory=tmp_path)
+    sent = _shapes_of(task)
+    assert sent == [{"empty": [32, 48], "dtype": "float32"}, {"empty": [48, 16], "dtype": "float32"}]
+    made = _decode(sent[0])
+    assert made.shape == (32, 48) and made.dtype.is_floating_point
+    index = _decode({"empty": [5], "dtype": "int64"})
+    assert index.tolist() == [0] * 5  # integers made zero: an index input stays in range

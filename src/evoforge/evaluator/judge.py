@@ -194,7 +194,7 @@ class Evaluator:
         started = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="evoforge-judge-") as tmp:
             task = load_task(self.task, module_name=f"evoforge_judge_{uuid.uuid4().hex}", directory=Path(tmp))
-            init, inputs = init_inputs(task), make_inputs(task, 0)
+            init, inputs = init_inputs(task), _shapes_of(task)
         env = worker_env(self.config)
         warm_bytecode(env, self.progress)
         worker = WorkerProcess(self.config, env, self.isolated_network(), self.restricted_writes(), self.cancel)
@@ -204,7 +204,7 @@ class Evaluator:
             worker.ready(self.config.startup_timeout_s)
             reply = worker.request({"op": "precompile", "task": self.task.to_dict(),
                                     "device": _worker_device(self.config),
-                                    "init_inputs": [encode(x) for x in init], "inputs": [encode(x) for x in inputs],
+                                    "init_inputs": [encode(x) for x in init], "inputs": inputs,
                                     "entries": [_Entry(c, "candidate").job() for c in triton],
                                     "compile_timeout_s": self.config.compile_timeout_s},
                                    self.config.compile_timeout_s * len(triton), "precompile")
@@ -1094,6 +1094,19 @@ def encode(value: Any) -> Any:
         return value
     raise TaskError(f"a task argument of type {type(value).__name__} can't be passed to a worker "
                     "(numbers, strings, lists and tensors can)")
+
+
+def _shapes_of(task: Any) -> list[Any]:
+    """A precompile worker's inputs: each tensor's shape and dtype (it makes uninitialised ones: compiling needs
+    no values), every other argument as it is. Drawn on the meta device where the task allows, so a problem's
+    gigabytes are never made, nor sent as numbers."""
+    try:
+        with torch.device("meta"):
+            inputs = make_inputs(task, 0)
+    except Exception:  # a get_inputs() that can't run on the meta device: draw it for real, once
+        inputs = make_inputs(task, 0)
+    return [{"empty": list(x.shape), "dtype": str(x.dtype).removeprefix("torch.")} if isinstance(x, torch.Tensor)
+            else encode(x) for x in inputs]
 
 
 def _private_caches(env: dict[str, str]) -> dict[str, str]:

@@ -428,6 +428,12 @@ def _decode(value: Any) -> Any:
         import torch
 
         return torch.tensor(value["tensor"], dtype=getattr(torch, value["dtype"]))
+    if isinstance(value, dict) and "empty" in value:  # a shape and dtype: values don't matter (precompile)
+        import torch
+
+        shape, dtype = [int(n) for n in value["empty"]], getattr(torch, value["dtype"])
+        # floats uninitialised (never touched unless used); integers zero, so an index input stays in range
+        return torch.empty(shape, dtype=dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
     if isinstance(value, list):
         return [_decode(v) for v in value]
     return value
