@@ -270,6 +270,7 @@ def eval_cmd(
     """Evaluate one candidate file: correctness, guards, latency, speedup over every baseline."""
     from evoforge.candidate import Candidate
     from evoforge.evaluator import Evaluator
+    from evoforge.evolve import resolve_device
     from evoforge.resolve import resolve_task
     from evoforge.task import load_task
     from evoforge.tasks import baselines_for
@@ -286,7 +287,7 @@ def eval_cmd(
         spec = resolve_task(task)
         load_task(spec)  # a broken task is reported before any worker starts
         cand = Candidate(name=candidate.stem, source=source)
-        base = baselines_for(spec) if baselines else []
+        base = baselines_for(spec, resolve_device(device)) if baselines else []
         base = [b for b in base if b.name != cand.name]
         config = _eval_config(device, timeout, budget_ms, seed, memory_mb, sandbox)
         with _progress(True) as say:

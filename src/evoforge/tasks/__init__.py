@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from evoforge.candidate import Candidate
 from evoforge.task import TaskError, TaskSpec
-from evoforge.tasks.attention import AttentionParams, render_task, variants
+from evoforge.tasks.attention import AttentionParams, fa4_variant, offers_fa4, render_task, variants
 
 
 @dataclass(frozen=True)
@@ -104,15 +104,18 @@ EAGER_BASELINE = "task_model"
 COMPILED_BASELINE = "task_model_compiled"
 
 
-def baselines_for(spec: TaskSpec) -> list[Candidate]:
-    """PyTorch's own ways to compute the task, timed live beside every candidate: for attention,
-    every SDPA backend, FlexAttention, the seed's 3-kernel path and its compiled form; for any
-    other task, its own Model in eager mode and under torch.compile."""
+def baselines_for(spec: TaskSpec, device: str = "cpu") -> list[Candidate]:
+    """PyTorch's own ways to compute the task on ``device``, timed live beside every candidate: for
+    attention, every SDPA backend, FlexAttention, the seed's 3-kernel path and its compiled form, and on
+    CUDA FlashAttention-4 where it is installed (``evoforge[fa4]``) and takes the dtype and head dim; for
+    any other task, its own Model in eager mode and under torch.compile."""
     out = [Candidate(name=EAGER_BASELINE, source=TASK_MODEL_SOURCE, language="torch",
                      lineage={"baseline": True, "description": "the task's own Model"})]
     params = attention_params(spec)
     if params is not None:
         out += [v for v in variants(params) if v.lineage.get("baseline")]
+        if offers_fa4(params, device):
+            out.append(fa4_variant(params))
     else:
         out.append(Candidate(name=COMPILED_BASELINE, source=TASK_MODEL_COMPILED_SOURCE, language="torch",
                              lineage={"baseline": True, "description": "the task's own Model under torch.compile"}))

@@ -2,13 +2,16 @@
 
 The task is rendered as a KernelBench-format source file, so it travels and evaluates exactly like a
 user's own problem file. The variants below are PyTorch's own ways to compute it (the baselines a
-candidate must beat) and the seed's sweep variants; each is ModelNew source text evaluated by the
-same evaluator as any candidate.
+candidate must beat) and the seed's sweep variants, plus FlashAttention-4 (``fa4``), a baseline on CUDA
+where the ``flash-attn-4`` package is installed; each is ModelNew source text evaluated by the same
+evaluator as any candidate.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
 from evoforge.candidate import Candidate
 
@@ -281,6 +284,61 @@ class ModelNew(nn.Module):
         mask = self._block_mask(q, k) if CAUSAL else None
         return _flex(q, k, v, block_mask=mask, scale=SCALE, enable_gqa=GQA)
 '''
+
+
+_FA4 = '''from flash_attn.cute.interface import flash_attn_func
+
+
+class ModelNew(nn.Module):
+    def forward(self, q, k, v):
+        # FlashAttention-4 takes and returns B·S·H·D: transposed views in and out, no copies. K and V keep
+        # their own head count (grouped-query is native); causal with fewer queries than keys is aligned to
+        # the bottom right, as the task's Model aligns it.
+        out = flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                              softmax_scale=SCALE, causal=CAUSAL)
+        if isinstance(out, tuple):  # (out, lse) in flash-attn-4 4.0; a bare tensor in other releases
+            out = out[0]
+        return out.transpose(1, 2)
+'''
+
+FA4_BASELINE = "fa4"
+# What flash_attn.cute.interface asserts before it compiles anything: fp16 or bf16, a head dim of at most 256
+# that is a multiple of 8 (16 bytes). Its documented sizes are 64, 96 and 128; a head dim inside these limits
+# that the kernel still refuses fails like any baseline that refuses a shape (its status says why, and
+# fitness is measured against the baselines that ran).
+FA4_DTYPES = ("float16", "bfloat16")
+FA4_MAX_HEAD_DIM = 256
+FA4_HEAD_DIM_MULTIPLE = 8
+
+
+def fa4_importable() -> bool:
+    """Whether flash-attn-4's ``flash_attn.cute.interface`` is installed. Found, not imported: importing
+    it loads CUTLASS's DSL and wants a GPU, and this runs in the judge's process."""
+    try:
+        spec = importlib.util.find_spec("flash_attn")
+    except (ImportError, ValueError):
+        return False
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    return any((Path(d) / "cute" / "interface.py").is_file() for d in spec.submodule_search_locations)
+
+
+def offers_fa4(p: AttentionParams, device: str) -> bool:
+    """FlashAttention-4 is a baseline on CUDA only, for the dtypes and head dims its interface accepts, and
+    only where it is installed; on a CPU nothing of flash_attn is looked for."""
+    if not device.startswith("cuda"):
+        return False
+    if p.torch_dtype not in FA4_DTYPES:
+        return False
+    if p.head_dim > FA4_MAX_HEAD_DIM or p.head_dim % FA4_HEAD_DIM_MULTIPLE:
+        return False
+    return fa4_importable()
+
+
+def fa4_variant(p: AttentionParams) -> Candidate:
+    """FlashAttention-4's forward (``flash_attn.cute.interface.flash_attn_func``, the ``flash-attn-4``
+    package), a PyTorch-side path a user would pick instead: a baseline like SDPA's backends."""
+    return _variant(p, FA4_BASELINE, _FA4, description="FlashAttention-4 (flash-attn-4, CuTe DSL)")
 
 
 def _variant(p: AttentionParams, name: str, body: str, labels: list[str] | None = None,
