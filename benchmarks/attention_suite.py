@@ -53,7 +53,7 @@ def row(task: str, budget: str, repeats: int, out: Path, slug: str) -> dict:
                      "best_genome": data["search"]["best"]["genome"] if data["search"]["best"] else None}
     for mode in ("graph", "eager"):
         lat: dict[str, float | None] = {"evolved": _median(retime["latency_us"][mode])}
-        for name in (*SHOWN[1:], "compile_3kernel", "math_baseline", "task_model", "sdpa_math_only"):
+        for name in (*SHOWN[1:], "fa4", "compile_3kernel", "math_baseline", "task_model", "sdpa_math_only"):
             lat[name] = _median([b.get(name, {}).get(mode) for b in retime["baselines_us"]])
         torch_paths = {n: v for n, v in lat.items() if n != "evolved" and v}
         fastest = min(torch_paths, key=lambda n: torch_paths[n]) if torch_paths else None
@@ -63,6 +63,8 @@ def row(task: str, budget: str, repeats: int, out: Path, slug: str) -> dict:
             "fastest_torch": fastest,
             "speedup_vs_fastest": (torch_paths[fastest] / ev) if ev and fastest else None,
             "speedup_vs_flash2": (lat["sdpa_flash"] / ev) if ev and lat.get("sdpa_flash") else None,
+            # FlashAttention-4, where it is installed (evoforge[fa4]); it is also one of the torch paths above
+            "speedup_vs_fa4": (lat["fa4"] / ev) if ev and lat.get("fa4") else None,
             "tflops": {n: flops / (v * 1e-6) / 1e12 for n, v in lat.items() if v and flops},
         }
     return rowdata

@@ -72,9 +72,9 @@ def main() -> int:
     spec = resolve_task(args.task)
     cand = Candidate(name="evolved", source=candidate_sources(kernel_path.read_text())[0])
     retimes = []
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     for _ in range(args.repeats):
-        report = Evaluator(spec, EvalConfig(device="cuda" if torch.cuda.is_available() else "cpu")).evaluate(
-            [cand], baselines_for(spec))
+        report = Evaluator(spec, EvalConfig(device=device)).evaluate([cand], baselines_for(spec, device))
         retimes.append(report.to_dict())
     evolved = [r["results"][0] for r in retimes]
     result = {
