@@ -115,7 +115,7 @@ def test_without_baselines_the_clock_check_has_the_tasks_model_as_its_reference(
                         timing=TimingConfig(budget_ms=60, rounds=2, warmup=2, min_reps=8, max_reps=40))
     report = Evaluator(spec, config).evaluate(candidates)
     assert [r.name for r in report.results] == ["forges_timing", "good"]  # the reference is not reported
-    assert report.workers == 3
+    assert report.workers == 3 and report.env["judge"]["clock_reference"] == "clock-reference"
     forged = report.by_name()["forges_timing"]
     assert forged.status == "rejected" and "judge's clock" in forged.detail
     good = report.by_name()["good"]

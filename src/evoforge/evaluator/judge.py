@@ -133,7 +133,8 @@ class Evaluator:
         if candidates and not baselines:
             # The clock check needs an honest reference for the time a worker spends outside its reported
             # latencies (copies, synchronisation, the channel): with no baselines, the task's own Model,
-            # timed like one and left out of the report (the candidates are not ranked against it).
+            # timed like one and left out of the report (the candidates are not ranked against it); a worker of
+            # its own, started fresh and closed after, as a candidate's.
             from evoforge.tasks import TASK_MODEL_SOURCE
 
             reference = Candidate(name="clock-reference", source=TASK_MODEL_SOURCE, lineage={"baseline": True})
@@ -277,7 +278,8 @@ class _Session:
         for entry in self.entries:
             if entry.worker is None:
                 continue
-            if entry.role == "baseline" and entry.alive and entry.worker.alive and self.cfg.keep_baselines:
+            if entry.role == "baseline" and not entry.hidden and entry.alive and entry.worker.alive \
+                    and self.cfg.keep_baselines:
                 KEPT.give(self._keep_key(entry), entry.worker)
             else:
                 entry.worker.close()
@@ -316,7 +318,8 @@ class _Session:
                           else ["all (--sandbox none)"]}
         env["judge"] = {"pool_slots": self.pool.layout.slots if self.pool else 0, "graph_calls": self.graph_calls,
                         "graph_groups": self.graph_groups,
-                        "samples_per_block": self.cfg.samples_per_block, "cpu_threads": self.cfg.cpu_threads}
+                        "samples_per_block": self.cfg.samples_per_block, "cpu_threads": self.cfg.cpu_threads,
+                        "clock_reference": next((e.name for e in self.entries if e.hidden), None)}
         score(results, fitness_mode(self.cfg.fitness_mode, env.get("device_type"), self.cfg.modes))
         self.profile["wall"] = time.monotonic() - started
         return EvalReport(results=results, env=env, seeds=[self.seed], workers=self.workers_started,
@@ -542,7 +545,7 @@ class _Session:
         assert self.pool is not None
         fresh = []
         for entry in todo:
-            if entry.role == "baseline" and self._rebind(entry):
+            if entry.role == "baseline" and not entry.hidden and self._rebind(entry):
                 continue
             fresh.append(entry)
         kept = len(todo) - len(fresh)
