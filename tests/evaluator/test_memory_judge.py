@@ -32,6 +32,7 @@ def _session(entries: int, baselines: int = 2, keep: bool = False) -> judge._Ses
     session.ref_dtype = torch.float32
     session.task = types.SimpleNamespace(spec=TaskSpec("softmax", SOFTMAX, "softmax.py"))
     session.entries = [types.SimpleNamespace(role="baseline" if i < baselines else "candidate",
+                                             keeps_worker=i < baselines,
                                              candidate=types.SimpleNamespace(hash=f"h{i}", source=f"s{i}"))
                        for i in range(entries)]
     return session

@@ -102,6 +102,12 @@ class _Entry:
     hidden: bool = False  # the clock's reference of an evaluation without baselines: timed, not reported
 
     @property
+    def keeps_worker(self) -> bool:
+        """A baseline's worker is kept for the next evaluation of the task; the clock's hidden reference, like
+        a candidate, gets a fresh one that is closed after."""
+        return self.role == "baseline" and not self.hidden
+
+    @property
     def name(self) -> str:
         return self.candidate.name
 
@@ -278,8 +284,7 @@ class _Session:
         for entry in self.entries:
             if entry.worker is None:
                 continue
-            if entry.role == "baseline" and not entry.hidden and entry.alive and entry.worker.alive \
-                    and self.cfg.keep_baselines:
+            if entry.keeps_worker and entry.alive and entry.worker.alive and self.cfg.keep_baselines:
                 KEPT.give(self._keep_key(entry), entry.worker)
             else:
                 entry.worker.close()
@@ -545,7 +550,7 @@ class _Session:
         assert self.pool is not None
         fresh = []
         for entry in todo:
-            if entry.role == "baseline" and not entry.hidden and self._rebind(entry):
+            if entry.keeps_worker and self._rebind(entry):
                 continue
             fresh.append(entry)
         kept = len(todo) - len(fresh)
@@ -1236,7 +1241,7 @@ def _parallel_checks(cfg: EvalConfig) -> int:
 def _baseline_keys(session: Any) -> set[str]:
     if not session.cfg.keep_baselines:
         return set()
-    return {session._keep_key(e) for e in session.entries if e.role == "baseline"}
+    return {session._keep_key(e) for e in session.entries if e.keeps_worker}
 
 
 def _kept_here(session: Any) -> int:

@@ -334,7 +334,6 @@ def worker_env(config: EvalConfig) -> dict[str, str]:
     src = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
-    env[sandbox.WORKER_TOKEN] = uuid.uuid4().hex
     env.setdefault("PYTHONFAULTHANDLER", "1")
     worker_bytecode_env(env)
     gpu = config.visible_gpu()
@@ -519,8 +518,7 @@ class SpareWorkers:
 
 def spare_key(config: EvalConfig, env: dict[str, str], network: bool, writes: bool) -> str:
     """What a spare worker must share with an evaluation to serve it: how it was started."""
-    same = sorted((k, v) for k, v in env.items() if k != sandbox.WORKER_TOKEN)  # each worker gets its own
-    parts = [repr(config), repr(same), str(network), str(writes), str(os.getpid())]
+    parts = [repr(config), repr(sorted(env.items())), str(network), str(writes)]
     return hashlib.sha256("\x00".join(parts).encode()).hexdigest()
 
 
