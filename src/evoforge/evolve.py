@@ -24,7 +24,7 @@ from evoforge.executor import Executor, LocalExecutor, RayExecutor, local_slots
 from evoforge.fitness import fastest_baselines, fitness_mode
 from evoforge.kernels.flash_attention import HardwareLimits
 from evoforge.mutators import GenericMutator, MixedMutator, Mutator, TemplateMutator
-from evoforge.registry import EXECUTORS, MUTATORS, ExecutorContext, MutatorContext
+from evoforge.registry import EXECUTORS, MUTATORS, ExecutorContext, F, MutatorContext, Registry
 from evoforge.resolve import resolve_task
 from evoforge.results import EvalResult
 from evoforge.search import Progress, Search, SearchConfig, restore_rng
@@ -341,11 +341,16 @@ def _mixed(ctx: MutatorContext) -> Mutator:
     return MixedMutator(ctx.rng, [(_template(ctx), 1.0 - share), (_llm(ctx), share)])
 
 
-def _check_mutator(config: RunConfig) -> None:
+def _registered(registry: Registry[F], name: str) -> F:
+    """The part registered as ``name``; TaskError (one line naming the ones there are) if none is."""
     try:
-        MUTATORS.get(config.mutator)
+        return registry.get(name)
     except LookupError as exc:
         raise TaskError(str(exc)) from None
+
+
+def _check_mutator(config: RunConfig) -> None:
+    _registered(MUTATORS, config.mutator)
     if config.mutator in ("llm", "mixed"):
         from evoforge.llm.guide import GUIDES, LANGUAGE_NAMES
 
@@ -420,7 +425,8 @@ def prepare(config: RunConfig, store: Store, run_id: str, rng: random.Random,
     batch_cap, memory_note = _fit_memory(config, spec, eval_config, device, len(evaluate.baselines))
     if batch_cap is not None:
         store.add_event(run_id, "memory", batch_cap=batch_cap, note=memory_note)
-    mutator = MUTATORS.get(config.mutator)(MutatorContext(config, spec, params, rng, device, limits, store, run_id))
+    make_mutator = _registered(MUTATORS, config.mutator)
+    mutator = make_mutator(MutatorContext(config, spec, params, rng, device, limits, store, run_id))
     return Prepared(spec, mutator, evaluate, rng, device, batch_cap, memory_note)
 
 
@@ -454,10 +460,7 @@ def start(config: RunConfig, store: Store, progress: Callable[[str], None] | Non
 
 
 def check_executor(config: RunConfig) -> None:
-    try:
-        EXECUTORS.get(config.executor)
-    except LookupError as exc:
-        raise TaskError(str(exc)) from None
+    _registered(EXECUTORS, config.executor)
     if config.workers is not None and config.workers < 1:
         raise TaskError(f"workers = {config.workers}: need at least one")
     if config.prefetch < 0:
@@ -492,7 +495,7 @@ def _ray(ctx: ExecutorContext) -> Executor:
 def make_executor(config: RunConfig, prepared: Prepared) -> Executor:
     """The executor the config asks for, from the registry (evoforge.registry.EXECUTORS)."""
     check_executor(config)
-    return EXECUTORS.get(config.executor)(ExecutorContext(config, prepared))
+    return _registered(EXECUTORS, config.executor)(ExecutorContext(config, prepared))
 
 
 PRECOMPILE_INPUT_LIMIT = 256 * 2**20
