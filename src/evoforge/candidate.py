@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import re
+import threading
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -17,10 +18,21 @@ Language = Literal["torch", "triton", "cuda"]
 LANGUAGES: tuple[str, ...] = ("torch", "triton", "cuda")
 
 
+_PARSING = threading.Lock()
+
+
+def parse_source(source: str) -> ast.Module:
+    """``ast.parse``, one thread at a time: the driver hashes and pre-checks candidates from several threads
+    (the loop, an executor's slots, the precompile stage), and CPython 3.11's parser can fail under that with
+    "SystemError: AST constructor recursion depth mismatch" (seen in CI on 3.11.7)."""
+    with _PARSING:
+        return ast.parse(source)
+
+
 def normalise_source(source: str) -> str:
     """Return a canonical form of ``source`` (comments and layout removed) for hashing."""
     try:
-        return ast.unparse(ast.parse(source))
+        return ast.unparse(parse_source(source))
     except SyntaxError:
         # Not valid Python: hash what is there, minus trailing spaces and blank lines, so a broken
         # candidate still has a stable identity (and still fails with compile_error when evaluated).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 
+from evoforge.candidate import parse_source
 from evoforge.evaluator.sandbox import SECRET_NAME
 
 _FORBIDDEN_MODULES = {
@@ -141,7 +142,7 @@ def precheck(source: str) -> str | None:
     """The first reason to reject ``source`` (with its line), or None. Syntax errors are left to the
     compile stage, which reports them as ``compile_error``."""
     try:
-        tree = ast.parse(source)
+        tree = parse_source(source)
     except SyntaxError:
         return None
     finder = _Finder()
