@@ -41,9 +41,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("executors and stores", ["evoforge.executor", "evoforge.store", "evoforge.memory_store"]),
     # The loop.
     ("search", ["evoforge.search"]),
-    # What a command does: a run, a sweep, a batch of problems, reports, exports, the environment check.
+    # What a command does: a run, a sweep, a batch of problems, reports, exports, the environment check,
+    # the benchmarks (evoforge bench).
     ("commands", ["evoforge.evolve", "evoforge.sweep", "evoforge.batch", "evoforge.batch_store",
-                  "evoforge.report", "evoforge.export", "evoforge.doctor"]),
+                  "evoforge.report", "evoforge.export", "evoforge.doctor", "evoforge.bench"]),
     # The surfaces a user touches.
     ("interface", ["evoforge.cli", ROOT]),
 ]

@@ -1,0 +1,187 @@
+"""A Hopper (sm_90) flash-attention forward in Triton's Gluon dialect, rendered from a genome.
+
+The second kernel family of the template mutator (issue 20), beside the Triton one in
+:mod:`evoforge.kernels.flash_attention`. Its kernel, ``gluon_flash.tmpl.py`` beside this file, is an
+FA3-style forward written against Triton 3.6's Gluon (``triton.experimental.gluon``):
+
+- Q, K and V reach shared memory by TMA (host-side ``TensorDescriptor``s of the contiguous tensors viewed
+  as ``[rows, D]``), K and V through a ring of ``num_stages`` stages, each guarded by mbarriers;
+- with ``warp_spec``, a one-warp producer partition (``gl.warp_specialize``) streams the ring and one or
+  two consumer partitions (``consumers``, each its own ``block_m`` rows of Q, one or two warpgroups each:
+  ``consumer_warps``) hand every stage back on an "empty" mbarrier; without it, the consumer warps issue
+  the TMA loads themselves, ``num_stages`` blocks ahead;
+- ``warpgroup_mma`` (async wgmma) computes Q·Kᵀ from shared memory and P·V with P in registers;
+- online softmax in exp2 with the scale folded in (one FMA per score), fp32 accumulation;
+- causal: row tiles heaviest first, key blocks past the tile's diagonal never loaded, and with
+  ``causal_split`` the mask only on the blocks that cross the diagonal (else on every block);
+- the epilogue stores O from registers, or with ``tma_store`` through shared memory by TMA (where the
+  query length divides ``block_m``; else the register store).
+
+Genomes the GPU can't run are refused by :func:`fits` (shared memory, tile/warp combinations wgmma can't
+lay out, head sizes that are not a power of two from 16 to 256, fp32 inputs, and anywhere but sm_90 with
+Gluon importable from Triton 3.6): the mutator never proposes them. Gluon kernels don't run in Triton's
+interpreter; on a CPU this family is only rendered (and compiled for sm_90 by
+``benchmarks/gluon_compile_check.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from evoforge.kernels import holes
+from evoforge.kernels.flash_attention import HardwareLimits
+
+KIND = "gluon_flash"
+BLOCKS_M = (64, 128)  # query rows per consumer
+BLOCKS_N = (32, 64, 128, 256)  # keys per block (a wgmma N, and gl.arange wants a power of two)
+STAGES = (1, 2, 3, 4)  # K/V ring depth
+CONSUMERS = (1, 2)  # consumer partitions (warp_spec only)
+CONSUMER_WARPS = (4, 8)  # one or two warpgroups per consumer
+PRODUCER_REGS = (24, 32, 40)  # setmaxnreg of the producer warp's partition
+CONSUMER_REGS = (216, 232, 240)  # setmaxnreg of the second consumer's partition
+HEAD_DIMS = (16, 32, 64, 128, 256)
+CAPABILITY_MAJOR = 9  # sm_90 only: wgmma is Hopper's (Blackwell has tcgen05 instead)
+TRITON_VERSIONS = ((3, 6),)  # Gluon's API changes between releases: the versions this template is written for
+REGISTERS_PER_SM = 65536
+MAX_REGS_PER_THREAD = 255
+TEMPLATE = "gluon_flash.tmpl.py"
+
+
+@dataclass(frozen=True)
+class GluonGenome:
+    """One point of the Gluon kernel's search space (hashable; JSON both ways)."""
+
+    block_m: int = 128
+    block_n: int = 64
+    num_stages: int = 2
+    warp_spec: bool = True
+    consumers: int = 1
+    consumer_warps: int = 8
+    producer_regs: int = 24
+    consumer_regs: int = 240
+    causal_split: bool = True
+    tma_store: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GluonGenome:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def key(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+    def with_(self, **changes: Any) -> GluonGenome:
+        return replace(self, **changes)
+
+
+# Generation 0's Gluon genomes: the same for every shape (no per-shape tuning), the first that fits.
+# FA3's shape of kernel (a producer warp, two warpgroups splitting 128 rows, 64-key blocks, two stages),
+# then smaller ones for large heads.
+DEFAULTS = (
+    GluonGenome(),
+    GluonGenome(block_m=64, consumer_warps=4),
+    GluonGenome(block_m=64, block_n=32, consumer_warps=4, num_stages=1),
+)
+
+
+@functools.cache
+def gluon_importable() -> bool:
+    """Gluon's Hopper modules import here (Triton with ``triton.experimental.gluon``)."""
+    try:
+        from triton.experimental import gluon  # noqa: F401
+        from triton.experimental.gluon.language.nvidia import hopper  # noqa: F401
+        from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def offered(limits: HardwareLimits) -> bool:
+    """Whether this family is offered on this hardware: an sm_90 GPU (compute capability 9.x), Triton of a
+    version the template is written for, with Gluon importable."""
+    return (not limits.interpreter and limits.capability[0] == CAPABILITY_MAJOR
+            and limits.triton_version in TRITON_VERSIONS and gluon_importable())
+
+
+def warps_total(g: GluonGenome) -> int:
+    """Warps a program launches: the consumers', plus a warpgroup for the producer warp (registers are
+    allocated by warpgroup)."""
+    return g.consumers * g.consumer_warps + (4 if g.warp_spec else 0)
+
+
+def max_regs(g: GluonGenome) -> int:
+    """The launch's maxnreg, so that every thread's registers fit the SM (0: Triton's default, where they
+    fit anyway)."""
+    threads = warps_total(g) * 32
+    if threads * MAX_REGS_PER_THREAD <= REGISTERS_PER_SM:
+        return 0
+    return REGISTERS_PER_SM // threads // 8 * 8
+
+
+def shared_bytes(g: GluonGenome, head_dim: int, elem_bytes: int = 2) -> int:
+    """Shared memory a program allocates: Q per consumer (and O's tile for a TMA store), K and V per stage,
+    the mbarriers, and 1 KiB for the layout conversions' scratch."""
+    tiles = g.consumers * g.block_m * head_dim * (2 if g.tma_store else 1) + g.num_stages * 2 * g.block_n * head_dim
+    return elem_bytes * tiles + 8 * (g.consumers + 3 * g.num_stages) + 1024
+
+
+def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits, *, check_device: bool = True) -> \
+        str | None:
+    """Why the genome can't run on this hardware and task, or None if it fits. ``check_device=False`` leaves
+    out whether the family is offered here (for a compile check on a machine without the GPU)."""
+    if check_device and not offered(limits):
+        return "the Gluon family needs an sm_90 GPU and Triton 3.6 with Gluon"
+    if elem_bytes != 2:
+        return "the Gluon kernel takes fp16/bf16 inputs"
+    if head_dim not in HEAD_DIMS:
+        return f"the Gluon kernel's head size must be one of {HEAD_DIMS}"
+    if g.block_m not in BLOCKS_M or g.block_n not in BLOCKS_N or g.num_stages not in STAGES:
+        return "tile or stage count outside the gene space"
+    if g.consumers not in CONSUMERS or g.consumer_warps not in CONSUMER_WARPS:
+        return "consumer count or warps outside the gene space"
+    if g.producer_regs not in PRODUCER_REGS or g.consumer_regs not in CONSUMER_REGS:
+        return "register budget outside the gene space"
+    if g.consumers > 1 and not g.warp_spec:
+        return "two consumers are partitions of a warp-specialised kernel"
+    if g.block_m < 16 * g.consumer_warps:
+        return "wgmma needs 16 rows per warp: 8 warps need 128 rows"
+    if g.consumers * g.consumer_warps > 8:
+        return "at most two consumer warpgroups (registers)"
+    smem = shared_bytes(g, head_dim, elem_bytes)
+    if smem > limits.shared_memory_bytes:
+        return f"needs {smem} B of shared memory, the GPU has {limits.shared_memory_bytes}"
+    # Per consumer thread: the fp32 accumulator, the fp32 scores and P (half of that), plus ~24 for
+    # addresses and row statistics. A rough bound: over it, ptxas spills.
+    rows = g.block_m // (g.consumer_warps // 4)  # rows per warpgroup
+    regs = (rows * head_dim + rows * g.block_n * 3 // 2) // 128 + 24
+    budget = max_regs(g) or MAX_REGS_PER_THREAD
+    if g.warp_spec:
+        budget = min(MAX_REGS_PER_THREAD, g.consumer_regs if g.consumers > 1 else 248)
+    if regs > budget:
+        return f"needs about {regs} registers per consumer thread, the budget is {budget}"
+    return None
+
+
+def render(g: GluonGenome, *, causal: bool, head_dim: int) -> str:
+    """ModelNew source for genome ``g`` on an attention task with this causality and head size."""
+    return holes.fill(_template(), {
+        "genome_json": json.dumps(g.to_dict(), sort_keys=True),
+        "causal": bool(causal), "head_dim": head_dim, "block_m": g.block_m, "block_n": g.block_n,
+        "num_stages": g.num_stages, "warp_spec": bool(g.warp_spec),
+        "consumers": g.consumers if g.warp_spec else 1, "consumer_warps": g.consumer_warps,
+        "producer_regs": g.producer_regs, "consumer_regs": g.consumer_regs,
+        "causal_split": bool(g.causal_split and causal), "tma_store": bool(g.tma_store), "max_regs": max_regs(g),
+    })
+
+
+@functools.cache
+def _template() -> str:
+    return Path(__file__).with_name(TEMPLATE).read_text(encoding="utf-8")
