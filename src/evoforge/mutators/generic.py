@@ -13,26 +13,30 @@ so its weights are the reference's) and changes *how* it runs, by a genome:
   evaluator) and labelled on the candidate, since they change the task's numerics (GPU only);
 - ``cuda_graph``: capture the forward in a CUDA graph once per input signature and replay it, inputs
   copied into the captured buffers and outputs cloned (GPU only);
-- ``triton``: where the trace matches a pattern, a Triton template replaces the forward: a row softmax,
-  a row layer norm, or a matmul/linear with an elementwise epilogue (bias, GELU, ReLU, tanh, sigmoid)
-  fused, with its tile as a gene. On a CPU these are only proposed with ``triton_on_cpu`` (Triton's
-  interpreter is slow).
+- ``triton``: where the trace matches a pattern, a Triton template replaces the forward (see
+  :mod:`evoforge.mutators.generic_triton`): softmax, log-softmax, RMSNorm, LayerNorm, sum/mean/max/min over
+  a dim and cross-entropy, along any axis and for rows of any length (``block``, ``block_inner``, ``warps``,
+  ``stages``); a chain of elementwise ops on the one input fused into one pass (``block``, ``warps``); or a
+  matmul/linear with an elementwise epilogue (bias, GELU, ReLU, tanh, sigmoid) fused (``tile``, ``stages``).
+  On a CPU these are only proposed with ``triton_on_cpu`` (Triton's interpreter is slow).
 
 Mutation changes one gene (its level: ``algorithmic`` for the Triton template, ``implementation`` for
-layout and graphs, ``hardware`` for compile modes, precision and tiles); crossover mixes two genomes.
+layout and graphs, ``hardware`` for compile modes, precision, tiles, blocks, warps and stages); crossover
+mixes two genomes.
 """
 
 from __future__ import annotations
 
 import operator
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from evoforge.candidate import Candidate
+from evoforge.mutators import generic_triton as gt
 from evoforge.mutators.base import GenomeMutator
+from evoforge.mutators.generic_triton import AXIS_PATTERNS, TaskTraits
 from evoforge.results import Individual
 from evoforge.task import LoadedTask, TaskError, TaskSpec, init_inputs, load_task, make_inputs
 
@@ -47,23 +51,10 @@ PRECISIONS = ("highest", "high", "medium")
 PRECISION_LABELS = {"high": "tf32", "medium": "bf16 matmul"}
 TILES = ((32, 32, 32, 4), (64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8))
 ROW_WARPS = (1, 2, 4, 8)
-MAX_ROW = 16384  # the row templates hold one row in registers
 EPILOGUES = ("gelu", "gelu_tanh", "relu", "tanh", "sigmoid")
 
 
-@dataclass
-class TaskTraits:
-    """What the mutator knows about a task: its inputs' ranks and the Triton pattern its Model matches."""
-
-    input_ranks: list[int] = field(default_factory=list)
-    pattern: str | None = None  # row_softmax | layernorm | linear_epilogue | matmul_epilogue
-    module: str | None = None  # the submodule holding the weights (layernorm, linear)
-    epilogue: list[str] = field(default_factory=list)
-    n_cols: int | None = None
-
-    @property
-    def four_d(self) -> bool:
-        return 4 in self.input_ranks
+__all__ = ["GenericMutator", "TaskTraits", "analyse", "describe", "render"]
 
 
 # ---------------------------------------------------------------------------------------------- analysis
@@ -116,8 +107,13 @@ def analyse(task: LoadedTask) -> TaskTraits:
     nodes = [n for n in graph.nodes if n.op not in ("placeholder", "output")]
     places = [n for n in graph.nodes if n.op == "placeholder"]
     out = next(n for n in graph.nodes if n.op == "output")
-    if not nodes or not places or any(x.dtype not in (torch.float32, torch.float16, torch.bfloat16)
-                                      for x in inputs if isinstance(x, torch.Tensor)):
+    if not nodes or not places:
+        return traits
+    found = gt.match(nodes, places, out.args[0], modules, inputs)
+    if found:
+        return TaskTraits(traits.input_ranks, **found)
+    if any(x.dtype not in (torch.float32, torch.float16, torch.bfloat16)
+           for x in inputs if isinstance(x, torch.Tensor)):
         return traits
     first, rest = nodes[0], nodes[1:]
     # every node after the first is one activation of the previous node, and the last is returned
@@ -126,19 +122,6 @@ def analyse(task: LoadedTask) -> TaskTraits:
         return traits
     epilogue = [str(_act_of(n, modules)) for n in rest]
     x0 = inputs[0]
-    import torch.nn.functional as F
-
-    if len(places) == 1 and not epilogue and first.args and first.args[0] is places[0]:
-        cols = x0.shape[-1] if x0.dim() else 0
-        is_softmax = (first.op == "call_function" and first.target in (torch.softmax, F.softmax)) or \
-            (first.op == "call_method" and first.target == "softmax")
-        if is_softmax and 0 < cols <= MAX_ROW:
-            dim = first.kwargs.get("dim", first.args[1] if len(first.args) > 1 else None)
-            if dim in (-1, x0.dim() - 1) and first.kwargs.get("dtype") is None:
-                return TaskTraits(traits.input_ranks, "row_softmax", n_cols=int(cols))
-        mod = modules.get(first.target) if first.op == "call_module" else None
-        if isinstance(mod, torch.nn.LayerNorm) and len(mod.normalized_shape) == 1 and 0 < cols <= MAX_ROW:
-            return TaskTraits(traits.input_ranks, "layernorm", module=str(first.target), n_cols=int(cols))
     if first.op == "call_module" and len(places) == 1 and first.args and first.args[0] is places[0]:
         mod = modules.get(first.target)
         if isinstance(mod, torch.nn.Linear) and x0.dim() >= 2:
@@ -211,65 +194,6 @@ _ACT_CODE = {
     "tanh": "acc = 2.0 * tl.sigmoid(2.0 * acc) - 1.0",
     "sigmoid": "acc = tl.sigmoid(acc)",
 }
-
-_SOFTMAX_KERNEL = '''
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def _softmax_rows(x_ptr, y_ptr, n_cols, stride_x, stride_y, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < n_cols
-    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=-float("inf")).to(tl.float32)
-    x = x - tl.max(x, axis=0)
-    e = tl.exp(x)
-    y = e / tl.sum(e, axis=0)
-    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-def _run(model, x):
-    rows = x.reshape(-1, x.shape[-1]).contiguous()
-    out = torch.empty_like(rows)
-    _softmax_rows[(rows.shape[0],)](rows, out, rows.shape[1], rows.stride(0), out.stride(0),
-                                    BLOCK={block}, num_warps={warps})
-    return out.view(x.shape)
-'''
-
-_LAYERNORM_KERNEL = '''
-import triton
-import triton.language as tl
-
-
-@triton.jit
-def _layernorm_rows(x_ptr, w_ptr, b_ptr, y_ptr, n_cols, stride_x, stride_y, eps,
-                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < n_cols
-    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
-    mean = tl.sum(x, axis=0) / n_cols
-    d = tl.where(mask, x - mean, 0.0)
-    var = tl.sum(d * d, axis=0) / n_cols
-    y = d / tl.sqrt(var + eps)
-    if HAS_W:
-        y = y * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if HAS_B:
-        y = y + tl.load(b_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-def _run(model, x):
-    norm = model.get_submodule({module!r})
-    rows = x.reshape(-1, x.shape[-1]).contiguous()
-    out = torch.empty_like(rows)
-    w, b = norm.weight, norm.bias
-    _layernorm_rows[(rows.shape[0],)](rows, w if w is not None else rows, b if b is not None else rows, out,
-                                      rows.shape[1], rows.stride(0), out.stride(0), norm.eps,
-                                      HAS_W=w is not None, HAS_B=b is not None, BLOCK={block}, num_warps={warps})
-    return out.view(x.shape)
-'''
 
 _MATMUL_KERNEL = '''
 import triton
@@ -355,11 +279,8 @@ def render(genome: dict[str, Any], traits: TaskTraits, task_source: str) -> str:
         parts.append(_GRAPHED)
     template = g.get("triton")
     if template:
-        block = 1 << max(int(traits.n_cols or 1) - 1, 0).bit_length()
-        if template == "row_softmax":
-            parts.append(_SOFTMAX_KERNEL.format(block=block, warps=g["warps"]))
-        elif template == "layernorm":
-            parts.append(_LAYERNORM_KERNEL.format(block=block, warps=g["warps"], module=traits.module))
+        if template in AXIS_PATTERNS or template == "elementwise":
+            parts.append(gt.render(g, traits))
         else:
             bm, bn, bk, warps = g["tile"][:4]
             epilogue = "\n".join("    " + _ACT_CODE[a] for a in traits.epilogue) or "    pass"
@@ -408,8 +329,10 @@ def render(genome: dict[str, Any], traits: TaskTraits, task_source: str) -> str:
 def describe(g: dict[str, Any]) -> str:
     if g.get("triton"):
         bits = [f"Triton {g['triton']}"]
-        bits.append(f"tile {tuple(g['tile'])} stages {g['stages']}" if g["triton"].endswith("epilogue")
-                    else f"{g['warps']} warps")
+        if g["triton"].endswith("epilogue"):
+            bits.append(f"tile {tuple(g['tile'])} stages {g['stages']}")
+        else:
+            bits += gt.describe_bits(g)
         if g["triton"].endswith("epilogue") and g["precision"] != "highest":
             bits.append("tf32 dot")
     else:
@@ -445,6 +368,10 @@ class GenericMutator(GenomeMutator):
         self.precisions = PRECISIONS if self.gpu else PRECISIONS[:1]
         self.templates = [None] + ([traits.pattern] if traits.pattern and (self.gpu or triton_on_cpu) else [])
         self.tiles = TILES if self.gpu else TILES[:1]
+        blocked = traits.pattern in AXIS_PATTERNS or traits.pattern == "elementwise"
+        self.blocks = gt.block_options(traits) if blocked else [0]
+        self.inners = gt.inner_options(traits)
+        self.defaults = {"block": gt.default_block(traits) if blocked else 0, "block_inner": gt.default_inner(traits)}
 
     @classmethod
     def for_task(cls, rng: random.Random, spec: TaskSpec, device: str, triton_on_cpu: bool = False) -> GenericMutator:
@@ -453,22 +380,32 @@ class GenericMutator(GenomeMutator):
 
     def genome(self, **changes: Any) -> dict[str, Any]:
         g = {"kind": "generic", "compile": "none", "layout": "as_is", "precision": "highest",
-             "cuda_graph": False, "triton": None, "tile": list(self.tiles[0]), "stages": 2, "warps": 4}
+             "cuda_graph": False, "triton": None, "tile": list(self.tiles[0]), "stages": 2, "warps": 4,
+             **self.defaults}
         g.update(changes)
         return self._normalise(g)
 
     def _normalise(self, g: dict[str, Any]) -> dict[str, Any]:
         """Drop genes that don't apply, so equal programs have equal genomes (and equal hashes)."""
-        g = dict(g)
-        if g.get("triton"):
+        g = {**self.defaults, **g}  # a genome from before the block genes: their defaults
+        template = g.get("triton")
+        if template:
             g["compile"], g["layout"] = "none", "as_is"
-            if not g["triton"].endswith("epilogue"):
+            if not template.endswith("epilogue"):
                 g["precision"] = "highest"
-                g["tile"], g["stages"] = list(self.tiles[0]), 2
+                g["tile"] = list(self.tiles[0])
+                if template == "elementwise":
+                    g["block_inner"], g["stages"] = 0, 2
+                else:
+                    g["block"] = gt.clamp_tile(int(g["block"]), int(g["block_inner"]))
+                    if not (self.gpu and gt.loops(self.traits, g["block"])):
+                        g["stages"] = 2  # only a row walked in chunks pipelines its loads
             else:
                 g["warps"] = 4
+                g.update(self.defaults)
         else:
             g["tile"], g["stages"], g["warps"] = list(self.tiles[0]), 2, 4
+            g.update(self.defaults)
         if g["compile"] == "reduce-overhead":
             g["cuda_graph"] = False  # it captures its own graphs
         return g
@@ -505,6 +442,11 @@ class GenericMutator(GenomeMutator):
                     opts["precision"] = (["highest", "high"], "hardware")
             else:
                 opts["warps"] = (list(ROW_WARPS), "hardware")
+                opts["block"] = (list(self.blocks), "hardware")
+                if g["triton"] != "elementwise":
+                    opts["block_inner"] = (list(self.inners), "hardware")
+                    if self.gpu and gt.loops(self.traits, g["block"]):
+                        opts["stages"] = (list(gt.LOOP_STAGES), "hardware")
         else:
             opts["compile"] = (list(self.compile_modes), "hardware")
             opts["layout"] = (list(self.layouts), "implementation")

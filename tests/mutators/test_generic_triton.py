@@ -1,0 +1,207 @@
+"""The generic mutator's axis and elementwise Triton templates: which KernelBench-style Models they claim (and which
+they don't), and that the rendered candidates compute the Model's output (on the CPU, in Triton's interpreter)
+for every kind of genome: a row held in registers, a row walked in chunks, a strided axis."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from typing import Any
+
+import pytest
+import torch
+
+from evoforge.mutators.generic import GenericMutator, TaskTraits, analyse
+from evoforge.task import TaskSpec, import_source, load_task
+
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter, on masked-off lanes
+_COUNTER = iter(range(10**6))
+
+
+def _source(forward: str, shape: tuple[int, ...], init: str = "", init_inputs: str = "[]",
+            inputs: str | None = None, params: str = "x") -> str:
+    """A KernelBench-style task: ``forward``'s body on one input of ``shape`` (or ``inputs``)."""
+    body = textwrap.indent(textwrap.dedent(forward), " " * 8)
+    setup = textwrap.indent(textwrap.dedent(init) or "pass", " " * 8)
+    return (
+        "import math\nimport torch\nimport torch.nn as nn\nimport torch.nn.functional as F\n\n\n"
+        "class Model(nn.Module):\n"
+        "    def __init__(self, *args):\n"
+        "        super().__init__()\n"
+        f"{setup}\n\n"
+        f"    def forward(self, {params}):\n"
+        f"{body}\n\n\n"
+        f"def get_inputs():\n    return {inputs or f'[torch.randn{shape}]'}\n\n\n"
+        f"def get_init_inputs():\n    return {init_inputs}\n"
+    )
+
+
+def _traits(source: str) -> TaskTraits:
+    spec = TaskSpec(name="probe", source=source, origin="<test>")
+    return analyse(load_task(spec, module_name=f"generic_triton_probe_{next(_COUNTER)}"))
+
+
+def _check(source: str, pattern: str, genomes: list[dict[str, Any]], randomise: bool = False,
+           dtype: torch.dtype = torch.float32) -> GenericMutator:
+    """analyse() claims ``pattern`` and each genome's candidate matches the Model on the task's inputs."""
+    traits = _traits(source)
+    assert traits.pattern == pattern, traits
+    m = GenericMutator(random.Random(0), traits, source, "cpu", triton_on_cpu=True)
+    assert pattern in m.templates
+    for changes in [{}, *genomes]:
+        cand = m.build(m.genome(triton=pattern, **changes), {})
+        assert cand.language == "triton"
+        module = import_source(cand.source, f"generic_triton_cand_{next(_COUNTER)}", "<candidate>")
+        torch.manual_seed(1)
+        inputs = [x.to(dtype) if x.is_floating_point() else x for x in module.get_inputs()]
+        new = module.ModelNew(*module.get_init_inputs())
+        if randomise:
+            with torch.no_grad():
+                for p in new.model.parameters():
+                    p.copy_(torch.randn_like(p))
+        ref = new.model(*inputs)
+        out = new(*inputs)
+        tol = {torch.float32: 2e-5, torch.float16: 2e-3}[dtype]
+        assert out.dtype == ref.dtype and out.shape == ref.shape, (cand.genome, out.shape, ref.shape)
+        torch.testing.assert_close(out, ref, atol=tol, rtol=tol, msg=lambda s, g=cand.genome: f"{g}: {s}")
+    return m
+
+
+# ---------------------------------------------------------------------------------------------- row reductions
+def test_softmax_rows_held_or_walked_and_any_length() -> None:
+    src = _source("return torch.softmax(x, dim=1)", (4, 300))
+    m = _check(src, "row_softmax", [{"block": 64}, {"block": 128, "warps": 2}])
+    assert m.blocks == [64, 128, 256, 512] and m.genome()["block"] == 512  # 512: the whole row, read once
+    # KernelBench's published size: rows far longer than registers hold are still claimed, walked in chunks
+    big = _traits(_source("return torch.softmax(x, dim=1)", (4096, 393216)))
+    assert big.pattern == "row_softmax" and big.n_cols == 393216 and big.inner == 1
+    big_m = GenericMutator(random.Random(0), big, "", "cuda")
+    assert big_m.genome(triton="row_softmax")["block"] == 4096 and max(big_m.blocks) == 16384
+    assert "stages" in big_m._options(big_m.genome(triton="row_softmax"))
+
+
+def test_softmax_over_a_strided_axis() -> None:
+    src = _source("return F.softmax(x, dim=1)", (2, 9, 5))
+    traits = _traits(src)
+    assert (traits.dim, traits.n_cols, traits.inner) == (1, 9, 5)
+    _check(src, "row_softmax", [{"block": 4, "block_inner": 16}])
+
+
+def test_log_softmax_kernelbench() -> None:
+    src = _source("return torch.log_softmax(x, dim=self.dim)", (4, 300), init="self.dim = args[0]",
+                  init_inputs="[1]")
+    _check(src, "log_softmax", [{"block": 64}])
+    _check(_source("return x.log_softmax(0)", (7, 3)), "log_softmax", [{"block": 4, "block_inner": 16}])
+
+
+def test_rmsnorm_kernelbench_over_dim_1_of_4d() -> None:
+    src = _source("""\
+        rms = torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True) + self.eps)
+        return x / rms""", (2, 6, 3, 5), init="self.num_features = args[0]\nself.eps = 1e-5", init_inputs="[6]")
+    traits = _traits(src)
+    assert (traits.dim, traits.n_cols, traits.inner, traits.eps) == (1, 6, 15, 1e-5)
+    _check(src, "rmsnorm", [{"block": 4, "block_inner": 16}])
+    _check(src, "rmsnorm", [], dtype=torch.float16)
+    # over the last dim: rows
+    _check(_source("return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)", (3, 200)), "rmsnorm",
+           [{"block": 64}])
+
+
+def test_layernorm_over_several_trailing_dims_with_weights() -> None:
+    src = _source("return self.ln(x)", (2, 4, 5, 6), init="self.ln = nn.LayerNorm(normalized_shape=args[0])",
+                  init_inputs="[(4, 5, 6)]")
+    traits = _traits(src)
+    assert (traits.pattern, traits.n_cols, traits.module) == ("layernorm", 120, "ln")
+    _check(src, "layernorm", [{"block": 64}], randomise=True)
+    src = _source("return self.ln(x)", (3, 200), init="self.ln = nn.LayerNorm(200, eps=1e-3, elementwise_affine=False)")
+    _check(src, "layernorm", [{"block": 64}])
+
+
+@pytest.mark.parametrize(("forward", "pattern", "shape", "keep"), [
+    ("return torch.sum(x, dim=self.dim, keepdim=True)", "reduce_sum", (3, 7, 5), True),
+    ("return torch.mean(x, dim=self.dim)", "reduce_mean", (3, 7, 5), False),
+    ("return torch.max(x, dim=self.dim)[0]", "reduce_max", (3, 7, 5), False),
+    ("return torch.min(x, dim=self.dim)[0]", "reduce_min", (3, 7, 5), False),
+    ("return x.amax(dim=-1)", "reduce_max", (4, 100), False),
+    ("return x.sum(2, keepdim=True)", "reduce_sum", (2, 3, 100), True),
+    ("return torch.max(x, 0).values", "reduce_max", (6, 5), False),
+])
+def test_sum_mean_max_min_over_a_dim(forward: str, pattern: str, shape: tuple[int, ...], keep: bool) -> None:
+    src = _source(forward, shape, init="self.dim = args[0]", init_inputs="[1]")
+    traits = _traits(src)
+    assert traits.keepdim == keep
+    small = {"block": 4, "block_inner": 16} if traits.inner > 1 else {"block": 64}
+    _check(src, pattern, [small])
+
+
+def test_cross_entropy_kernelbench() -> None:
+    inputs = "[torch.randn(6, 100), torch.randint(0, 100, (6,))]"
+    src = _source("return torch.nn.functional.cross_entropy(x, t)", (), inputs=inputs, params="x, t")
+    _check(src, "cross_entropy", [{"block": 64}])
+    src = _source("return self.loss(x, t)", (), inputs=inputs, params="x, t",
+                  init="self.loss = nn.CrossEntropyLoss(reduction='sum', ignore_index=3)")
+    traits = _traits(src)
+    assert (traits.reduction, traits.ignore_index) == ("sum", 3)
+    _check(src, "cross_entropy", [{"block": 64}])
+
+
+# ---------------------------------------------------------------------------------------------- elementwise
+KERNELBENCH_ACTIVATIONS = [
+    "return torch.relu(x)",
+    "return torch.nn.functional.leaky_relu(x, negative_slope=self.negative_slope)",
+    "return torch.sigmoid(x)",
+    "return torch.tanh(x)",
+    "return x * torch.sigmoid(x)",
+    "return torch.nn.functional.gelu(x)",
+    "return torch.selu(x)",
+    "return torch.nn.functional.hardsigmoid(x)",
+    "return torch.nn.functional.softplus(x)",
+    "return x / (1 + torch.abs(x))",
+    "return F.elu(x, alpha=self.alpha)",
+    "return F.hardtanh(x, min_val=-1., max_val=1.)",
+    "return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))",
+    "return self.act(x)",
+    "return F.gelu(x, approximate='tanh') * 2.0 - x.clamp(min=-0.5) + F.hardswish(x) + F.silu(x) + F.mish(x)",
+]
+
+
+def test_elementwise_chains_become_one_kernel() -> None:
+    init = "self.negative_slope = 0.02\nself.alpha = 0.7\nself.act = nn.Sequential(nn.Softplus(beta=2.0), nn.ELU(0.5))"
+    for forward in KERNELBENCH_ACTIVATIONS:
+        src = _source(forward, (5, 70), init=init)
+        m = _check(src, "elementwise", [{"block": 256, "warps": 2}])
+        assert m.blocks == [256, 512] and "block_inner" not in m._options(m.genome(triton="elementwise"))
+    _check(_source(KERNELBENCH_ACTIVATIONS[12], (5, 70)), "elementwise", [], dtype=torch.float16)
+    cand = m.build(m.genome(triton="elementwise"), {})
+    assert "Triton elementwise, block 512, 4 warps" in cand.source
+
+
+# ---------------------------------------------------------------------------------------------- not claimed
+@pytest.mark.parametrize("forward", [
+    "return torch.softmax(x, dim=1, dtype=torch.float64)",  # another dtype
+    "return torch.softmax(x, dim=1) * 2.0",  # an extra op
+    "return torch.sum(x, dim=(1, 2))",  # two dims
+    "return torch.sum(x)",  # everything
+    "return torch.max(x, dim=1)[1]",  # the indices
+    "return torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True) + 1e-5)",  # not divided by
+    "return x / torch.sqrt(torch.mean(x ** 2, dim=1) + 1e-5)",  # no keepdim
+    "return x / torch.sqrt(torch.mean(x ** 3, dim=1, keepdim=True) + 1e-5)",  # not a square
+    "return x / torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True) + 1e-5) + 1.0",  # an extra op
+    "return torch.pow(x, 2.5)",  # a power not implemented
+    "return F.leaky_relu(x, 0.1, inplace=True)",  # in place
+    "return torch.relu(x) + self.w",  # a parameter
+    "return x.float()",  # a dtype change
+    "return torch.cumsum(x, dim=1)",  # not elementwise
+])
+def test_not_claimed(forward: str) -> None:
+    src = _source(forward, (2, 6, 3), init="self.w = nn.Parameter(torch.ones(3))")
+    assert _traits(src).pattern is None
+
+
+def test_cross_entropy_options_not_implemented_are_not_claimed() -> None:
+    inputs = "[torch.randn(6, 10), torch.randint(0, 10, (6,))]"
+    for forward in ["return F.cross_entropy(x, t, label_smoothing=0.1)",
+                    "return F.cross_entropy(x, t, weight=torch.ones(10))"]:
+        assert _traits(_source(forward, (), inputs=inputs, params="x, t")).pattern is None
+    probs = "[torch.randn(6, 10), torch.randn(6, 10).softmax(1)]"  # class probabilities, not indices
+    assert _traits(_source("return F.cross_entropy(x, t)", (), inputs=probs, params="x, t")).pattern is None
