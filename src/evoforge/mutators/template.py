@@ -1,8 +1,9 @@
 """The built-in template/genome mutator: no network, no key.
 
-Its space is the parameterised Triton flash-attention kernel (:mod:`evoforge.kernels.flash_attention`)
-plus PyTorch's own attention paths as genomes of their own. Mutation operators follow the seed's three
-levels:
+Its space is the parameterised Triton flash-attention kernel (:mod:`evoforge.kernels.flash_attention`),
+on an sm_90 GPU (compute capability 9.x, Triton 3.6 with Gluon importable) also the Gluon kernel family
+(:mod:`evoforge.kernels.gluon_flash`, genomes of kind ``gluon_flash``), plus PyTorch's own attention paths
+as genomes of their own. Mutation operators follow the seed's three levels (the Triton family's first):
 
 - **algorithmic**: move between a PyTorch path and the fused online-softmax kernel; split the keys
   across programs (split-KV) for short or few-head problems, their partials combined by a second kernel
@@ -23,8 +24,16 @@ levels:
   more per SM, each walking the tiles column by column, causal row blocks heaviest first) or one program
   per tile, for kernels without split-KV;
 
-plus uniform crossover of two kernel genomes. Genomes that don't fit the GPU (shared memory,
+plus uniform crossover of two kernel genomes of one family. Genomes that don't fit the GPU (shared memory,
 registers) are never proposed.
+
+The Gluon family (where offered) has its own genes, mutated within the family: **algorithmic**, a TMA
+producer warp (``gl.warp_specialize``) or not, one or two consumer partitions, the causal mask on the
+diagonal blocks only or on every block, and a switch of family (to the Triton kernel's generation-0 genome
+and back: ``family`` is a gene in effect); **implementation**, the epilogue by TMA store or from registers,
+the producer's and the second consumer's register budgets; **hardware**, BLOCK_M, BLOCK_N, the K/V ring's
+stages and warps per consumer. Generation 0 adds one Gluon kernel, the same for every shape (the first of
+``gluon_flash.DEFAULTS`` that fits), beside the Triton one.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from dataclasses import fields
 from typing import Any
 
 from evoforge.candidate import Candidate
+from evoforge.kernels import gluon_flash as gf
 from evoforge.kernels.flash_attention import (
     BLOCKS,
     BLOCKS_N,
@@ -73,6 +83,9 @@ class TemplateMutator(GenomeMutator):
         # Every sweep variant, the seed's semantic changes (bf16 compute, TF32) included: those are
         # judged against the same high-precision reference and keep their labels.
         self.torch_paths = {v.name: v for v in variants(params)}
+        # The Gluon family: only on sm_90 with Gluon importable, and where one of its defaults fits the task.
+        self.gluon_default = self._gluon_default() if gf.offered(limits) else None
+        self.gluon = self.gluon_default is not None
 
     # ---------------------------------------------------------------- genomes -> candidates
     def default_genome(self) -> FlashGenome:
@@ -110,7 +123,24 @@ class TemplateMutator(GenomeMutator):
                 return g
         return FlashGenome(block_m=16, block_n=16, num_warps=1, num_stages=1)
 
+    def _gluon_default(self) -> gf.GluonGenome | None:
+        """Generation 0's Gluon kernel: the first of ``gluon_flash.DEFAULTS`` that fits (not tuned per shape)."""
+        return next((g for g in gf.DEFAULTS if self._fits_gluon(g)), None)
+
+    def _fits_gluon(self, g: gf.GluonGenome) -> bool:
+        return gf.fits(g, self.params.head_dim, self.elem_bytes, self.limits) is None
+
+    def _admit(self, genome: dict[str, Any]) -> bool:
+        if genome["kind"] == gf.KIND:
+            return self.gluon and self._fits_gluon(gf.GluonGenome.from_dict(genome))
+        return genome["kind"] != "triton_flash" or self._fits(FlashGenome.from_dict(genome))
+
     def build(self, genome: dict[str, Any], lineage: dict[str, Any]) -> Candidate:
+        if genome["kind"] == gf.KIND:
+            gg = gf.GluonGenome.from_dict(genome)
+            source = gf.render(gg, causal=self.params.causal, head_dim=self.params.head_dim)
+            return Candidate(name=f"gluon-{gg.key()[:6]}", source=source, language="triton",
+                             genome=gg.to_dict(), lineage={**lineage, "mutator": self.name})
         if genome["kind"] == "torch":
             base = self.torch_paths[genome["variant"]]
             return Candidate(name=f"torch-{genome['variant']}", source=base.source, language="torch",
@@ -121,10 +151,13 @@ class TemplateMutator(GenomeMutator):
                          genome=g.to_dict(), lineage={**lineage, "mutator": self.name})
 
     def seed(self) -> list[Candidate]:
-        return [
+        seeds = [
             self.build({"kind": "torch", "variant": "math_baseline"}, {"mutation": "seed", "level": "seed"}),
             self.build(self.default_genome().to_dict(), {"mutation": "seed", "level": "seed"}),
         ]
+        if self.gluon_default is not None:
+            seeds.append(self.build(self.gluon_default.to_dict(), {"mutation": "seed", "level": "seed"}))
+        return seeds
 
     # ---------------------------------------------------------------- operators
     def _fits(self, g: FlashGenome) -> bool:
@@ -133,8 +166,12 @@ class TemplateMutator(GenomeMutator):
     def mutate(self, genome: dict[str, Any]) -> tuple[dict[str, Any], str, str]:
         """One mutation of ``genome``: (new genome, description, level)."""
         rng = self.rng
+        if genome["kind"] == gf.KIND:
+            return self._mutate_gluon(gf.GluonGenome.from_dict(genome))
         if genome["kind"] == "torch":
             if rng.random() < 0.6:
+                if self.gluon_default is not None and rng.random() < 0.5:
+                    return self.gluon_default.to_dict(), "fuse into the Gluon (sm_90) kernel", "algorithmic"
                 return self.default_genome().to_dict(), "fuse into the online-softmax Triton kernel", "algorithmic"
             other = rng.choice([n for n in self.torch_paths if n != genome["variant"]] or [genome["variant"]])
             return {"kind": "torch", "variant": other}, f"switch PyTorch path to {other}", "algorithmic"
@@ -142,9 +179,15 @@ class TemplateMutator(GenomeMutator):
         level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
         if level == "algorithmic":
             gqa = self.params.n_kv_heads < self.params.heads
-            what = rng.choices(["split_kv", "fused_combine", "pack_gqa", "causal_mask", "torch"],
-                               weights=[0.5, 0.3 if g.split_kv > 1 else 0.0, 0.35 if gqa else 0.0,
-                                        0.35 if self.params.causal else 0.0, 0.15])[0]
+            options = ["split_kv", "fused_combine", "pack_gqa", "causal_mask", "torch"]
+            weights = [0.5, 0.3 if g.split_kv > 1 else 0.0, 0.35 if gqa else 0.0,
+                       0.35 if self.params.causal else 0.0, 0.15]
+            if self.gluon_default is not None:
+                options.append("family")
+                weights.append(0.2)
+            what = rng.choices(options, weights=weights)[0]
+            if what == "family" and self.gluon_default is not None:
+                return self.gluon_default.to_dict(), "switch family: Triton -> Gluon (sm_90)", level
             if what == "pack_gqa":
                 return g.with_(pack_gqa=not g.pack_gqa).to_dict(), \
                     f"{'one query head' if g.pack_gqa else 'a K/V group'} per program's rows", level
@@ -204,7 +247,50 @@ class TemplateMutator(GenomeMutator):
         new = _step(space, old, rng)
         return g.with_(**{what: new}).to_dict(), f"{what} {old} -> {new}", level
 
+    def _mutate_gluon(self, g: gf.GluonGenome) -> tuple[dict[str, Any], str, str]:
+        """One mutation of a Gluon genome, within its family (or a switch to the Triton family's default)."""
+        rng = self.rng
+        level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
+        if level == "algorithmic":
+            what = rng.choices(["warp_spec", "consumers", "causal_split", "family", "torch"],
+                               weights=[0.4, 0.4, 0.35 if self.params.causal else 0.0, 0.15, 0.1])[0]
+            if what == "warp_spec":
+                return g.with_(warp_spec=not g.warp_spec, consumers=g.consumers if not g.warp_spec else 1).to_dict(), \
+                    f"TMA producer warp (warp specialisation) {'off' if g.warp_spec else 'on'}", level
+            if what == "consumers":
+                new = 2 if g.consumers == 1 else 1
+                return g.with_(consumers=new, warp_spec=True).to_dict(), \
+                    f"consumer partitions {g.consumers} -> {new}", level
+            if what == "causal_split":
+                now, then = ("diagonal blocks only", "every block")[::1 if g.causal_split else -1]
+                return g.with_(causal_split=not g.causal_split).to_dict(), f"causal mask: {now} -> {then}", level
+            if what == "family":
+                return self.default_genome().to_dict(), "switch family: Gluon -> Triton", level
+            variant = rng.choice(sorted(self.torch_paths))
+            return {"kind": "torch", "variant": variant}, f"replace the kernel with {variant}", level
+        if level == "implementation":
+            what = rng.choice(["tma_store", "producer_regs"] + (["consumer_regs"] if g.consumers > 1 else []))
+            if what == "tma_store":
+                return g.with_(tma_store=not g.tma_store).to_dict(), \
+                    f"epilogue {'from registers' if g.tma_store else 'by TMA store'}", level
+            space = gf.PRODUCER_REGS if what == "producer_regs" else gf.CONSUMER_REGS
+            old = getattr(g, what)
+            new = _step(space, old, rng)
+            return g.with_(**{what: new}).to_dict(), f"{what} {old} -> {new}", level
+        what = rng.choice(["block_m", "block_n", "num_stages", "consumer_warps"])
+        space = {"block_m": gf.BLOCKS_M, "block_n": gf.BLOCKS_N, "num_stages": gf.STAGES,
+                 "consumer_warps": gf.CONSUMER_WARPS}[what]
+        old = getattr(g, what)
+        new = _step(space, old, rng)
+        return g.with_(**{what: new}).to_dict(), f"{what} {old} -> {new}", level
+
     def crossover(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+        if a.get("kind") != b.get("kind"):
+            return dict(a)  # families don't cross: the parent itself, which the proposal loop drops as seen
+        if a.get("kind") == gf.KIND:
+            pa, pb = gf.GluonGenome.from_dict(a), gf.GluonGenome.from_dict(b)
+            genes = {f.name: getattr(pa if self.rng.random() < 0.5 else pb, f.name) for f in fields(gf.GluonGenome)}
+            return gf.GluonGenome(**genes).to_dict()
         ga, gb = FlashGenome.from_dict(a), FlashGenome.from_dict(b)
         picked = {f.name: getattr(ga if self.rng.random() < 0.5 else gb, f.name) for f in fields(FlashGenome)}
         return FlashGenome(**picked).to_dict()
@@ -213,7 +299,8 @@ class TemplateMutator(GenomeMutator):
         pool = parents or history
         if not pool:
             return self.seed()[:n]
-        kernels = [p for p in parents if p.candidate.genome and p.candidate.genome.get("kind") == "triton_flash"]
+        kernels = [p for p in parents
+                   if p.candidate.genome and p.candidate.genome.get("kind") in ("triton_flash", gf.KIND)]
         return self.breed(n, {ind.candidate.hash for ind in history}, kernels, pool,
                           lambda p: p.candidate.genome or {"kind": "torch", "variant": "math_baseline"},
-                          lambda g: g["kind"] != "triton_flash" or self._fits(FlashGenome.from_dict(g)))
+                          self._admit)
