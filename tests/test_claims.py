@@ -12,7 +12,7 @@ import pytest
 
 from evoforge import claims
 from evoforge.candidate import Candidate
-from evoforge.cli import _best_line, _progress_line
+from evoforge.cli.output import best_line, progress_line
 from evoforge.evaluator.result import EvalResult
 from evoforge.mutators.base import Individual, Mutator
 from evoforge.report import evidence, export_module, headline, write_report
@@ -148,12 +148,12 @@ def test_the_console_best_line_follows_the_crowned_candidate(noisy_run: tuple[Ru
     assert p.best_name == "kernel" and p.best_claim == "not faster than PyTorch"
     final = SimpleNamespace(best_name="kernel", best_fitness=1.1, best_baseline="sdpa_flash", best_latency_us=62.4,
                             best_significant=False, best_claim=claims.claim(1.1, False), valid=2, evaluated=2)
-    line = _best_line(final)
+    line = best_line(final)
     assert "not significant" in line and line.endswith("nothing beat PyTorch beyond noise")
     live = SimpleNamespace(generation=0, best_fitness=1.1, best_latency_us=62.4, best_name="kernel", valid=2,
                            evaluated=2, evals_per_min=1.0, slots=1, queue=0, idle_frac=0.0, eta_s=None,
                            best_significant=False)
-    assert "1.10× (not significant)" in _progress_line(live, 3)
+    assert "1.10× (not significant)" in progress_line(live, 3)
     only_torch = SimpleNamespace(**{**vars(final), "best_name": "torch-sdpa_default",
                                     "best_claim": claims.PYTORCH_PATH})
-    assert "no evolved kernel was valid" in _best_line(only_torch)
+    assert "no evolved kernel was valid" in best_line(only_torch)

@@ -10,8 +10,8 @@ import time
 import pytest
 from rich.console import Console
 
-from evoforge import cli
-from evoforge.cli import _fmt_latency, _progress_line, _with_elapsed
+from evoforge.cli import output
+from evoforge.cli.output import fmt_latency, progress_line, with_elapsed
 from evoforge.search import Progress
 
 
@@ -21,31 +21,31 @@ def _progress(latency_us: float | None) -> Progress:
 
 
 def test_a_latency_has_one_unit() -> None:
-    assert _fmt_latency(47.54) == "47.5 µs"
-    assert _fmt_latency(4750.0) == "4.75 ms"
-    assert _fmt_latency(15090.0) == "15.09 ms"
-    assert _fmt_latency(None) == "-"
+    assert fmt_latency(47.54) == "47.5 µs"
+    assert fmt_latency(4750.0) == "4.75 ms"
+    assert fmt_latency(15090.0) == "15.09 ms"
+    assert fmt_latency(None) == "-"
 
 
 def test_the_live_line_says_ms_or_us_never_both() -> None:
-    line = _progress_line(_progress(15090.0), 10)
+    line = progress_line(_progress(15090.0), 10)
     assert "(15.09 ms)" in line and "µs" not in line
-    line = _progress_line(_progress(47.5), 10)
+    line = progress_line(_progress(47.5), 10)
     assert "(47.5 µs)" in line and " ms" not in line
-    line = _progress_line(_progress(None), 10)
+    line = progress_line(_progress(None), 10)
     assert "µs" not in line and " ms" not in line
 
 
 def test_a_long_step_says_how_long_it_has_run() -> None:
-    assert _with_elapsed("starting 11 worker(s)", 0.4) == "starting 11 worker(s)"
-    assert _with_elapsed("starting 11 worker(s)", 72.4) == "starting 11 worker(s) (72 s)"
+    assert with_elapsed("starting 11 worker(s)", 0.4) == "starting 11 worker(s)"
+    assert with_elapsed("starting 11 worker(s)", 72.4) == "starting 11 worker(s) (72 s)"
 
 
 def test_the_live_line_ticks_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     """With no message for a while, the spinner's text still moves: the step and its seconds."""
     buf = io.StringIO()
-    monkeypatch.setattr(cli, "err", Console(file=buf, force_terminal=True, width=120, color_system=None))
-    with cli._progress(True) as say:
+    monkeypatch.setattr(output, "err", Console(file=buf, force_terminal=True, width=120, color_system=None))
+    with output.progress(True) as say:
         say("computing reference outputs")
         time.sleep(4.5)
     assert re.search(r"computing reference outputs \([34] s\)", buf.getvalue())

@@ -12,6 +12,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from evoforge import cli
+from evoforge.cli import batch, output, tools
 from evoforge.evaluator.result import EvalResult
 from evoforge.timing import TimingStats
 
@@ -19,7 +20,7 @@ from evoforge.timing import TimingStats
 @pytest.fixture
 def captured(monkeypatch: pytest.MonkeyPatch) -> io.StringIO:
     buf = io.StringIO()
-    monkeypatch.setattr(cli, "out", Console(file=buf, width=100, color_system=None))
+    monkeypatch.setattr(output, "out", Console(file=buf, width=100, color_system=None))
     return buf
 
 
@@ -31,7 +32,7 @@ def test_batch_table_keeps_run_ids_and_details_whole(captured: io.StringIO) -> N
                "valid": 3, "evaluated": 3, "run": run_id, "detail": detail}
     summary = {"problems": 1, "correct": 1, "fast_1_vs_eager": 0.0, "fast_1.5_vs_eager": 0.0,
                "fast_1_vs_best": 0.0, "fast_1.5_vs_best": 0.0, "geomean_vs_eager": 1.2, "geomean_vs_best": 1.1}
-    cli._print_batch({"problems": [problem], "summary": summary}, Path("problems"))
+    batch.print_batch({"problems": [problem], "summary": summary}, Path("problems"))
     text = captured.getvalue()
     assert run_id in text  # copyable in full
     assert f"[1] tanh_matmul: {detail}" in " ".join(text.split())  # the note whole, under the table
@@ -44,7 +45,7 @@ def test_eval_logs_heading_is_markup_not_text(captured: io.StringIO) -> None:
                       logs="[red]not markup[/red] Traceback...")
     base = EvalResult(name="sdpa_flash", hash="b", status="ok", role="baseline", timing={"eager": stats})
     report: Any = type("R", (), {"env": {"device_name": "CPU"}, "results": [cand, base]})()
-    cli._print_eval(report, "attention-tiny")
+    tools.print_eval(report, "attention-tiny")
     text = captured.getvalue()
     assert "[dim]" not in text and "mine logs (tail):" in text
     assert "[red]not markup[/red]" in text  # the candidate's own output, verbatim
@@ -58,7 +59,7 @@ def test_eval_of_a_directory_says_it_is_one(tmp_path: Path) -> None:
 
 
 def test_plural() -> None:
-    assert cli._plural(1, "repeat") == "1 repeat" and cli._plural(3, "repeat") == "3 repeats"
+    assert output.plural(1, "repeat") == "1 repeat" and output.plural(3, "repeat") == "3 repeats"
 
 
 def test_doctor_keeps_an_error_line_whole() -> None:

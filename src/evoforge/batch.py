@@ -1,5 +1,11 @@
 """Batch runs: one evolution run per KernelBench-format problem in a folder, and their summary.
 
+``run_batch`` is the orchestration behind `evoforge run --task-dir` and `evoforge resume batch-...`: for each
+problem of a ``batch_store.BatchRecord`` without a row it starts (or continues) a run through ``evoforge.evolve``,
+has the caller run its search (the CLI's, with its live line), and keeps the problem's row (a
+``ProblemOutcome``, from ``crowned`` and ``outcome_from_result``) in the record as it finishes. ``discover``
+finds the problems; ``BatchSummary`` holds the rows and their measures.
+
 A problem's level is its ``LEVEL = N`` attribute where the file sets one (read without importing the
 file), else the ``level<N>`` folder it sits in (KernelBench's layout, as in ``examples/problems/``),
 else none (it is then only picked when no ``--level`` is asked for).
@@ -19,14 +25,21 @@ from __future__ import annotations
 
 import ast
 import re
+import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from evoforge import claims
 from evoforge.fitness import geomean
 from evoforge.task import TaskError
 from evoforge.tasks import COMPILED_BASELINE, EAGER_BASELINE
+
+if TYPE_CHECKING:
+    from evoforge.batch_store import BatchRecord
+    from evoforge.evolve import Prepared, RunConfig
+    from evoforge.store import Store
 
 FAST_P = (1.0, 1.5)
 _LEVEL_DIR = re.compile(r"level[_-]?(\d+)$", re.IGNORECASE)
@@ -169,3 +182,72 @@ class BatchSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return {"summary": self.measures(), "problems": [asdict(p) for p in self.problems]}
+
+
+# search(run_id, prepared, run_config, started): run one problem's search to its end (the CLI's, with its live line)
+SearchFn = Callable[[str, "Prepared", "RunConfig", float], Any]
+
+
+def run_batch(store: Store, config: RunConfig, record: BatchRecord, search: SearchFn,
+              on_start: Callable[[list[tuple[Path, int | None]]], None] | None = None,
+              on_error: Callable[[Path, Exception], None] | None = None) -> BatchSummary:
+    """Run the problems of ``record`` (a new BatchRecord, or an interrupted one) that have no row yet, one
+    evolution run each, and return the batch's summary: per problem the best candidate's speedups.
+
+    Each row is kept in the record as its problem finishes, so an interrupted batch continues where it was
+    (``evoforge resume <batch id>``): the problem it was in continues its run rather than starting again.
+    ``config`` holds the run settings (``--budget`` is each problem's). ``on_start`` is told the problems
+    about to run (after the record is claimed); a problem that can't be used (a TaskError, EvaluatorError or
+    StoreError) becomes a row with its error as the detail, its run marked failed, and is passed to
+    ``on_error`` while it is being handled (so ``traceback.print_exc()`` there shows it), not the end of
+    the batch."""
+    record.claim()
+    problems = record.todo()
+    if on_start is not None:
+        on_start(problems)
+    for path, lvl in problems:
+        record.finish(_run_problem(store, config, record, path, lvl, search, on_error))
+    record.close()
+    return record.summary()
+
+
+def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Path, lvl: int | None,
+                 search: SearchFn, on_error: Callable[[Path, Exception], None] | None) -> ProblemOutcome:
+    from evoforge import evolve
+    from evoforge.evaluator import EvaluatorError
+    from evoforge.store import StoreError
+
+    started = time.monotonic()  # --budget is each problem's
+    row = ProblemOutcome(problem=path.stem, path=str(path), level=lvl, status="error")
+    try:
+        earlier = record.run_of(path)  # the run an interrupted session was in: continued, not restarted
+        if earlier:
+            run_config, prepared, run_id = evolve.resume(store, earlier, {"budget": config.budget})
+        else:
+            run_config = evolve.RunConfig.from_dict({**config.to_dict(), "task": str(path)})
+            run_id, prepared = evolve.start(run_config, store)
+            run_config = evolve.RunConfig.from_dict(store.run(run_id).config)
+        record.begin(path, run_id)
+        row.run, row.problem = run_id, prepared.spec.name
+        search(run_id, prepared, run_config, started)
+        evaluated = store.evaluations(run_id)
+        row.evaluated = len(evaluated)
+        valid = [(r, g) for r, g in evaluated if r.ok]
+        row.valid = len(valid)
+        base = store.evaluations(run_id, role="baseline")
+        if valid:
+            row.status = "ok"
+            # the problem's best: its fittest evolved candidate, never an unchanged PyTorch path (claims)
+            best, eager, torch_path = crowned(valid, [c for c, _ in store.candidates(run_id)], base)
+            for key, value in outcome_from_result(best, eager, torch_path).items():
+                setattr(row, key, value)
+        else:
+            row.status = "no valid candidate"
+        row.detail = baseline_failures([r for r, _ in base])
+    except (TaskError, EvaluatorError, StoreError) as exc:
+        row.detail = str(exc)
+        if row.run:  # the run record says why it ended, as a finished run's does
+            store.update_run(row.run, status="failed", note=str(exc)[:500])
+        if on_error is not None:
+            on_error(path, exc)
+    return row
