@@ -1,4 +1,17 @@
-"""evoforge: evolve fast GPU kernels for PyTorch operations, measured honestly."""
+"""evoforge: evolve fast GPU kernels for PyTorch operations, measured honestly.
+
+The package's public surface for a program (the command line is ``evoforge.cli``):
+
+- ``use(kernel)``: a ``with`` block in which torch.nn.functional.scaled_dot_product_attention runs a kernel
+  exported by `evoforge best RUN --export kernel.py` where it covers the call (``evoforge.export``).
+- ``capture(path)``: a ``with`` block that records the SDPA calls made inside it as a task file, for
+  `evoforge run --task path` (``evoforge.workload``).
+- ``__version__``.
+
+Both import their modules on first use, so ``import evoforge`` stays light. The data flow below them: cli ->
+evolve -> search -> mutators / executor / store -> evaluator -> tasks / kernels / timing (the layers are
+listed in tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

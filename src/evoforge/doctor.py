@@ -1,4 +1,13 @@
-"""``evoforge doctor``: what this machine can run, checked by running it."""
+"""``evoforge doctor``: what this machine can run, checked by running it.
+
+- ``diagnose(device)``: the report the command prints (``cli.tools.doctor``): the environment
+  (``envinfo.collect``), which attention paths run (``attention_backends``: each SDPA backend, FlexAttention
+  and Triton, once on a tiny fp16 problem), the sandbox's layers (``sandbox_report``), where workers get their
+  Python bytecode (``cache.bytecode_status``), and notes (no CUDA: CPU timings, Triton interpreted).
+- ``_try``: a check that fails is reported as ``unavailable: <its first line>``; doctor never fails itself.
+
+A command module: it sits above the evaluator (``evaluator.sandbox``) and the leaf mechanisms it asks.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,13 @@
-"""What machine and software a number was measured on: recorded with every result."""
+"""What machine and software a number was measured on: recorded with every result.
+
+- ``collect(device)``: device type and name, date, host, platform and ``versions()`` (Python, torch,
+  Triton, CUDA, cuDNN); on CUDA also compute capability, SM count, memory, L2 size and the driver (from
+  nvidia-smi). The evaluator attaches it to every report (``EvalReport.env``); sweeps, runs and reports
+  carry it into their evidence.
+- ``device_slug(name)``: a short name for result files (``"NVIDIA H100 80GB HBM3"`` -> ``"h100"``).
+
+A leaf mechanism: it imports nothing of the package, so every layer may use it.
+"""
 
 from __future__ import annotations
 

@@ -2,6 +2,18 @@
 
 Config comes from ``evoforge.toml`` (a ``[run]`` table) with command-line flags overriding it; the
 full resolved config is stored with the run, so ``resume`` continues exactly what was started.
+
+- ``RunConfig``: every setting of a run (``load_config_file``, ``parse_duration``, ``check_device``).
+- ``start(config, store)`` / ``resume(store, run_id, overrides)``: check the config and task, record the run
+  (or take a stopped run's lease) and ``prepare`` it: the task (``resolve``), the mutator (by name from
+  ``registry.MUTATORS``: template, generic, llm, mixed, or a plugin's), and the ``GenerationEvaluator``
+  that measures each batch beside the re-ranked baselines (``fitness``) through the ``evaluator``.
+- ``session(store, run_id)``: the lease's heartbeat, and how the session ended, around the search.
+- ``make_executor`` (by name from ``registry.EXECUTORS``: local or ray) and ``search_for``: the ``search.Search``
+  of this session.
+
+The command line (``cli.run``, ``cli.live``) and ``batch.run_batch`` call these in that order; this module
+sits above search, mutators, executors, stores and the evaluator, and below nothing but the interface.
 """
 
 from __future__ import annotations

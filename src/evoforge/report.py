@@ -1,5 +1,18 @@
-"""Reports on a stored run: evidence JSON, PNG plots, a self-contained HTML page, and the best
-kernel exported as a standalone module."""
+"""Reports on a stored run: evidence JSON, PNG plots, a self-contained HTML page, and the best kernel exported.
+
+- ``evidence(store, run_id)``: the run's evidence as data: its config, environment, per-generation fitness,
+  every evaluation, the best candidate and its claim (``evoforge.claims``), what LLM calls cost and were
+  worth (``llm_bucket``, ``llm_summary``), throughput per executor slot (``throughput``) and time per stage
+  (``time_by_generation``).
+- ``write_report(store, run_id, folder)``: ``evidence.json``, the plots (with matplotlib, the ``report``
+  extra) and ``report.html`` under ``evidence/run-<id>/``: what `evoforge report` writes.
+- ``best_candidate`` and ``export_module``: a run's best kernel, as `evoforge best` prints it or exports it as
+  a standalone module (several attention runs: one dispatch table, ``export_table``, via ``evoforge.export``).
+- ``headline(best)``: the one line a report leads with.
+
+A command module: it reads the run store (``evoforge.store``) and never evaluates anything; ``cli.run`` and
+``cli.live`` call it.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,16 @@
-"""The evaluator's configuration and report: plain data the judge, the CLI and the executors share."""
+"""The evaluator's configuration and report: plain data the judge, the CLI and the executors share.
+
+- ``EvalConfig``: how candidates are evaluated (device, random input sets and edge cases, timing modes and
+  settings, timeouts per stage, a worker's limits: memory, files, processes, CPU time; sandbox level, input
+  seed); defaults suit a GPU, tests shrink them.
+  The CLI builds it from its options (``cli.common.eval_config``), ``evolve`` from a run's RunConfig.
+- ``EvalReport``: what one evaluation produced: an ``EvalResult`` per entry (candidates and baselines),
+  the environment (``envinfo``), the input seeds, the worker count and a time profile per stage.
+- ``EvaluatorError``: the evaluator itself could not work (one line; the CLI exits 3).
+
+Imported by ``evaluator.judge`` (which takes an EvalConfig and returns an EvalReport) and re-exported by
+``evoforge.evaluator``.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,14 @@
-"""Building C++/CUDA candidates (``torch.utils.cpp_extension.load_inline``) inside a worker: where the
-build goes, which CUDA toolkit it uses, and how its compiler output is cut down for a result's logs."""
+"""Building C++/CUDA candidates (``torch.utils.cpp_extension.load_inline``) inside a worker.
+
+- ``cuda_toolkit()``: the CUDA toolkit's root (CUDA_HOME, CUDA_PATH, /usr/local/cuda or nvcc's), or None.
+- ``prepare_extension_build(hash, timeout)``: points torch's extension builder at the candidate's own build
+  directory under evoforge's cache (keyed by its content hash, so the same source reuses its objects); says
+  whether CUDA sources can only be compiled here (a CPU build of torch with a toolkit), not run.
+- ``compiler_errors`` and ``compiler_log``: a compiler's output cut down to its error lines, for a
+  result's detail and logs.
+
+Used by ``evaluator.worker`` when it loads a ``language="cuda"`` candidate; imports nothing of the package.
+"""
 
 from __future__ import annotations
 

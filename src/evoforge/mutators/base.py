@@ -1,5 +1,14 @@
-"""The mutator interface: the search loop only ever talks to this. Mutators read the population as
-:class:`~evoforge.results.Individual` (a neutral result type, re-exported here)."""
+"""The mutator interface: the search loop only ever talks to this.
+
+- ``Mutator``: the contract (``seed()`` gives generation 0, ``propose(parents, history, n)`` new candidates
+  with their lineage, randomness only from the loop's ``rng``, ``stop_reason`` to end the run, progress
+  messages through ``set_progress``); see the class for the full contract.
+- ``GenomeMutator``: a mutator over genomes (plain dicts): ``build``, ``mutate`` and ``crossover`` one genome,
+  and the shared proposal loop ``breed``.
+
+Mutators read the population as :class:`~evoforge.results.Individual` (a neutral result type, re-exported
+here) and return :class:`~evoforge.candidate.Candidate`; ``search`` drives them, ``registry.MUTATORS`` names them.
+"""
 
 from __future__ import annotations
 

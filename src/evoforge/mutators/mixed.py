@@ -1,4 +1,10 @@
-"""Several mutators in one run, each proposing its share of every generation."""
+"""Several mutators in one run, each proposing its share of every generation.
+
+``MixedMutator(rng, parts)`` takes (mutator, share) pairs: each proposal slot goes to a part drawn with the
+loop's RNG by share, generation 0 is every part's seed (deduplicated), and when one part must stop the run
+(the LLM's budget is spent) the whole run stops. ``evolve`` builds it for ``--mutator mixed`` (the built-in
+mutator plus the LLM, ``--llm-share``).
+"""
 
 from __future__ import annotations
 

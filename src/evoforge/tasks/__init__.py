@@ -1,5 +1,18 @@
-"""Built-in tasks. Each built-in is a named parameter set of a task family, rendered to a
-KernelBench-format source so it is evaluated exactly like a user's file."""
+"""Built-in tasks, and the baselines every task is timed against.
+
+- ``BUILTINS``: named parameter sets of the attention family (``attention``, ``attention-causal``,
+  ``attention-gqa``, ``attention-tiny``, ...), each rendered to a KernelBench-format source
+  (``tasks.attention.render_task``) so it is evaluated exactly like a user's file; ``builtin_task("name:key=
+  value,...")`` makes its ``TaskSpec``, ``attention_params(spec)`` reads the parameters back (None for any
+  other task).
+- ``baselines_for(spec, device)``: PyTorch's own ways to compute a task, timed live beside every candidate:
+  for attention every SDPA backend, FlexAttention, the seed's 3-kernel path and its compiled form (and
+  FlashAttention-4 on CUDA where installed); for any other task its Model in eager mode (``EAGER_BASELINE``)
+  and under torch.compile (``COMPILED_BASELINE``).
+
+Part of the "tasks" layer (with ``task``, ``shapes``, ``workload`` and ``resolve``, which turns ``--task``
+into a TaskSpec); the evaluator, mutators, evolve and sweep take their tasks and baselines from here.
+"""
 
 from __future__ import annotations
 
