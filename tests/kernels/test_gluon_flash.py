@@ -1,0 +1,296 @@
+"""The Gluon (sm_90) flash-attention family: genomes, the hardware filter, rendering, the mutator offering it
+only on sm_90, an ahead-of-time compile for sm_90 where Triton 3.6 is installed, and (``-m gpu``, on an
+sm_90 GPU) correctness against a float64 reference and through the evaluator."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import os
+import random
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from evoforge.candidate import Candidate
+from evoforge.evaluator.result import EvalResult
+from evoforge.kernels import gluon_flash as gf
+from evoforge.kernels.flash_attention import FlashGenome, HardwareLimits, fits
+from evoforge.mutators import Individual, TemplateMutator
+from evoforge.tasks.attention import AttentionParams
+
+ROOT = Path(__file__).resolve().parents[2]
+H200 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6))
+SPACE: dict[str, tuple[Any, ...]] = {
+    "block_m": gf.BLOCKS_M, "block_n": gf.BLOCKS_N, "num_stages": gf.STAGES, "warp_spec": (True, False),
+    "consumers": gf.CONSUMERS, "consumer_warps": gf.CONSUMER_WARPS, "producer_regs": gf.PRODUCER_REGS,
+    "consumer_regs": gf.CONSUMER_REGS, "causal_split": (True, False), "tma_store": (True, False)}
+
+
+@pytest.fixture
+def gluon_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gluon counts as importable (whatever Triton this machine has)."""
+    monkeypatch.setattr(gf, "gluon_importable", lambda: True)
+
+
+def every_genome() -> list[gf.GluonGenome]:
+    return [gf.GluonGenome(**dict(zip(SPACE, values, strict=True))) for values in itertools.product(*SPACE.values())]
+
+
+def ind(c: Candidate, fitness: float = 1.0) -> Individual:
+    return Individual(c, EvalResult(name=c.name, hash=c.hash, status="ok", fitness=fitness))
+
+
+def test_the_gene_space_is_the_genome() -> None:
+    assert set(SPACE) == {f.name for f in fields(gf.GluonGenome)}
+    g = gf.GluonGenome(block_n=128, consumers=2, consumer_warps=4, block_m=64)
+    assert gf.GluonGenome.from_dict(g.to_dict()) == g and g.to_dict()["kind"] == gf.KIND
+    assert g.key() != gf.GluonGenome().key()
+
+
+def test_the_filter_refuses_what_the_gpu_cannot_run(gluon_here: None) -> None:
+    ok = gf.GluonGenome()
+    assert gf.fits(ok, 64, 2, H200) is None and gf.fits(ok, 128, 2, H200) is None
+    assert "fp16/bf16" in gf.fits(ok, 64, 4, H200)
+    for head_dim in (8, 48, 96, 80, 512):
+        assert "head size" in gf.fits(ok, head_dim, 2, H200)
+    assert "16 rows per warp" in gf.fits(ok.with_(block_m=64, consumer_warps=8), 64, 2, H200)
+    assert "warp-specialised" in gf.fits(ok.with_(warp_spec=False, consumers=2), 64, 2, H200)
+    assert "two consumer warpgroups" in gf.fits(ok.with_(consumers=2), 64, 2, H200)
+    assert "shared memory" in gf.fits(ok.with_(block_n=256, num_stages=4), 128, 2, H200)
+    assert "registers" in gf.fits(ok.with_(consumer_warps=4, block_n=128, num_stages=1), 128, 2, H200)
+    assert "outside" in gf.fits(ok.with_(block_n=48), 64, 2, H200)
+    # Anywhere but sm_90 with Triton 3.6: not offered at all.
+    for limits in (HardwareLimits(capability=(8, 0), triton_version=(3, 6)),
+                   HardwareLimits(capability=(10, 0), triton_version=(3, 6)),
+                   HardwareLimits(capability=(9, 0), triton_version=(3, 9)),
+                   HardwareLimits(interpreter=True, triton_version=(3, 6))):
+        assert "sm_90" in gf.fits(ok, 64, 2, limits)
+        assert gf.fits(ok, 64, 2, limits, check_device=False) is None
+
+
+def test_shared_memory_estimate_and_launch_registers() -> None:
+    g = gf.GluonGenome()  # Q 128x64, two stages of 64x64 K and V, fp16
+    assert gf.shared_bytes(g, 64) == 2 * (128 * 64 + 2 * 2 * 64 * 64) + 8 * 7 + 1024
+    # 8 consumer warps + a producer warpgroup = 384 threads: 65536 registers / 384 = 170, rounded down to 8.
+    assert gf.warps_total(g) == 12 and gf.max_regs(g) == 168
+    assert gf.max_regs(g.with_(consumer_warps=4, block_m=64)) == 0  # 256 threads x 255 registers fit
+    assert gf.max_regs(g.with_(warp_spec=False)) == 0
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_every_valid_genome_renders_python_with_its_genes(head_dim: int) -> None:
+    valid = [g for g in every_genome() if gf.fits(g, head_dim, 2, H200, check_device=False) is None]
+    assert len(valid) > 100
+    for g in random.Random(head_dim).sample(valid, 24):
+        for causal in (False, True):
+            source = gf.render(g, causal=causal, head_dim=head_dim)
+            ast.parse(source)
+            assert "__" + "block_m__" not in source and "evoforge:" not in source
+            assert f"BLOCK_M, BLOCK_N, NUM_STAGES = {g.block_m}, {g.block_n}, {g.num_stages}" in source
+            assert f"WARP_SPEC = {g.warp_spec}" in source and f"HEAD_DIM = {head_dim}" in source
+            assert f"CONSUMERS = {g.consumers if g.warp_spec else 1}" in source
+            assert f"CAUSAL_SPLIT = {g.causal_split and causal}" in source
+            assert f"MAX_REGS = {gf.max_regs(g)}" in source
+            assert "class ModelNew" in source and "gl.warp_specialize" in source
+
+
+def test_the_defaults_fit_every_head_size_the_kernel_takes(gluon_here: None) -> None:
+    for head_dim in gf.HEAD_DIMS:
+        assert any(gf.fits(g, head_dim, 2, H200) is None for g in gf.DEFAULTS), head_dim
+    assert gf.fits(gf.DEFAULTS[0], 64, 2, H200) is None and gf.fits(gf.DEFAULTS[0], 128, 2, H200) is None
+
+
+@pytest.mark.parametrize("limits", [HardwareLimits(capability=(8, 0), triton_version=(3, 6)),
+                                    HardwareLimits(capability=(10, 0), triton_version=(3, 6)),
+                                    HardwareLimits(capability=(12, 0), triton_version=(3, 6)),
+                                    HardwareLimits(capability=(9, 0), triton_version=(3, 7)),
+                                    HardwareLimits(interpreter=True, triton_version=(3, 6))])
+def test_the_mutator_offers_gluon_only_on_sm90(gluon_here: None, limits: HardwareLimits) -> None:
+    m = TemplateMutator(random.Random(0), AttentionParams(), limits)
+    assert not m.gluon and [c.genome["kind"] for c in m.seed()] == ["torch", "triton_flash"]
+    history = [ind(c) for c in m.seed()]
+    for _ in range(5):
+        out = m.propose(history, history, 8)
+        assert all(c.genome["kind"] != gf.KIND for c in out)
+        history += [ind(c) for c in out]
+
+
+def test_no_gluon_without_gluon_even_on_sm90(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gf, "gluon_importable", lambda: False)
+    assert not TemplateMutator(random.Random(0), AttentionParams(), H200).gluon
+
+
+def test_no_gluon_for_fp32_or_odd_head_sizes(gluon_here: None) -> None:
+    assert not TemplateMutator(random.Random(0), AttentionParams(dtype="fp32"), H200).gluon
+    assert not TemplateMutator(random.Random(0), AttentionParams(head_dim=96), H200).gluon
+    assert TemplateMutator(random.Random(0), AttentionParams(dtype="bf16", head_dim=128), H200).gluon
+
+
+@pytest.mark.parametrize("params", [AttentionParams(), AttentionParams(head_dim=128, causal=True, dtype="bf16"),
+                                    AttentionParams(batch=2, heads=16, seq_len=4096, head_dim=128)])
+def test_generation_zero_is_shape_neutral(gluon_here: None, params: AttentionParams) -> None:
+    seeds = TemplateMutator(random.Random(0), params, H200).seed()
+    assert [c.genome["kind"] for c in seeds] == ["torch", "triton_flash", gf.KIND]
+    assert gf.GluonGenome.from_dict(seeds[2].genome) == gf.DEFAULTS[0]
+    assert seeds[2].language == "triton" and seeds[2].name.startswith("gluon-")
+
+
+@pytest.mark.parametrize("params", [AttentionParams(causal=True), AttentionParams(head_dim=128),
+                                    AttentionParams(head_dim=256, kv_heads=2, dtype="bf16")])
+def test_every_proposed_genome_is_valid_and_families_stay_apart(gluon_here: None, params: AttentionParams) -> None:
+    m = TemplateMutator(random.Random(11), params, H200)
+    assert m.gluon
+    history = [ind(c) for c in m.seed()]
+    kinds: set[str] = set()
+    for generation in range(8):
+        out = m.propose(history[-8:], history, 8)
+        assert out, generation
+        for c in out:
+            kind = c.genome["kind"]
+            kinds.add(kind)
+            if kind == gf.KIND:
+                assert gf.fits(gf.GluonGenome.from_dict(c.genome), params.head_dim, 2, H200) is None
+                assert c.name.startswith("gluon-") and "gl.warp_specialize" in c.source
+            elif kind == "triton_flash":
+                assert fits(FlashGenome.from_dict(c.genome), params.head_dim, 2, H200) is None
+            if c.lineage["mutation"] == "crossover":
+                parents = {i.candidate.hash: i.candidate.genome["kind"] for i in history}
+                assert {parents[h] for h in c.lineage["parents"]} == {kind}
+        history += [ind(c) for c in out]
+    assert gf.KIND in kinds and "triton_flash" in kinds
+
+
+def test_gluon_mutations_stay_in_the_family_unless_they_say_so(gluon_here: None) -> None:
+    m = TemplateMutator(random.Random(3), AttentionParams(causal=True), H200)
+    levels = set()
+    for _ in range(300):
+        genome, what, level = m.mutate(gf.DEFAULTS[0].to_dict())
+        levels.add(level)
+        if genome["kind"] != gf.KIND:
+            assert what.startswith(("switch family", "replace the kernel")), what
+    assert levels == {"algorithmic", "implementation", "hardware"}
+    a, b = gf.DEFAULTS[0].to_dict(), gf.DEFAULTS[1].to_dict()
+    children = [m.crossover(a, b) for _ in range(40)]
+    assert {c["block_m"] for c in children} == {64, 128} and all(c["kind"] == gf.KIND for c in children)
+    assert m.crossover(a, FlashGenome().to_dict()) == a  # no cross-family children
+
+
+def _triton_36() -> bool:
+    try:
+        import triton
+    except ImportError:
+        return False
+    return tuple(int(x) for x in triton.__version__.split(".")[:2]) in gf.TRITON_VERSIONS
+
+
+@pytest.mark.skipif(not _triton_36(), reason="the Gluon template is written for Triton 3.6")
+def test_compiles_for_sm90_ahead_of_time(tmp_path: Path) -> None:
+    """benchmarks/gluon_compile_check.py in a process of its own (it replaces Triton's launch and driver)."""
+    out = tmp_path / "check.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gluon_compile_check.py"), "--out", str(out),
+                          "--genomes", "default,ws-2x4-m64,pipe-1x4-m64", "--shapes", "seed-d64-fp16,d128-bf16-causal"],
+                         capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    import json
+
+    records = json.loads(out.read_text())["records"]
+    assert len(records) == 6 and all(r["status"] == "compiled" for r in records)
+    assert all(r["target"] == "sm_90a" and r["wgmma"] > 0 and r["spill_store_bytes"] == 0 for r in records)
+
+
+# ------------------------------------------------------------------ on an sm_90 GPU
+def _sm90() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == gf.CAPABILITY_MAJOR
+
+
+GPU_GENOMES = {
+    "default-ws-1x8": gf.DEFAULTS[0],
+    "ws-2x4-m64": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4),
+    "ws-1x4-n128-s3": gf.GluonGenome(block_m=64, consumer_warps=4, block_n=128, num_stages=3),
+    "ws-tma-store-mask-every": gf.GluonGenome(tma_store=True, causal_split=False),
+    "pipe-1x4-m64": gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4),
+    "pipe-1x8-s3": gf.GluonGenome(warp_spec=False, num_stages=3),
+}
+# (batch, heads, kv_heads, n_q, n_k, head_dim, dtype, causal)
+GPU_SHAPES = {
+    "seed-b1h8s512d64-fp16": (1, 8, 8, 512, 512, 64, torch.float16, False),
+    "b1h8s512d64-fp16-causal": (1, 8, 8, 512, 512, 64, torch.float16, True),
+    "b1h4s1024d128-bf16-causal": (1, 4, 4, 1024, 1024, 128, torch.bfloat16, True),
+    "b2h4s1000d64-fp16": (2, 4, 4, 1000, 1000, 64, torch.float16, False),
+    "b1h4s1000d128-fp16-causal": (1, 4, 4, 1000, 1000, 128, torch.float16, True),
+    "gqa-b2h8kv2s384d128-bf16": (2, 8, 2, 384, 384, 128, torch.bfloat16, False),
+    "q-shorter-b1h4q200s1000d64-fp16-causal": (1, 4, 4, 200, 1000, 64, torch.float16, True),
+}
+
+
+def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    q, k, v = q.double(), k.double(), v.double()
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    s = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
+    if causal:
+        n_q, n_k = s.shape[-2:]
+        keep = torch.ones(n_q, n_k, dtype=torch.bool, device=s.device).tril(n_k - n_q)
+        s = s.masked_fill(~keep, float("-inf"))
+    return torch.softmax(s, dim=-1) @ v
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _sm90() or not gf.gluon_importable() or not _triton_36(),
+                    reason="needs an sm_90 GPU and Triton 3.6 with Gluon")
+@pytest.mark.parametrize("shape", list(GPU_SHAPES))
+@pytest.mark.parametrize("genome", list(GPU_GENOMES))
+def test_gpu_matches_the_float64_reference(genome: str, shape: str, tmp_path: Path) -> None:
+    from evoforge.task import import_source
+
+    g = GPU_GENOMES[genome]
+    batch, heads, kv_heads, n_q, n_k, head_dim, dtype, causal = GPU_SHAPES[shape]
+    why = gf.fits(g, head_dim, 2, HardwareLimits.for_device(torch.cuda.get_device_properties(0)))
+    if why is not None:
+        pytest.skip(f"not proposed here: {why}")
+    name = f"gluon_{genome.replace('-', '_')}_{abs(hash(shape))}"
+    model = import_source(gf.render(g, causal=causal, head_dim=head_dim), name, name, tmp_path).ModelNew()
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(batch, heads, n_q, head_dim, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(batch, kv_heads, n_k, head_dim, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(batch, kv_heads, n_k, head_dim, device="cuda", dtype=dtype, generator=gen)
+    expected = reference(q, k, v, causal)
+    for _ in range(2):  # the compiled kernel's second launch too
+        got = model(q, k, v)
+        torch.cuda.synchronize()
+        assert got.shape == q.shape and got.dtype == dtype and torch.isfinite(got).all()
+        tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
+        torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _sm90() or not gf.gluon_importable() or not _triton_36(),
+                    reason="needs an sm_90 GPU and Triton 3.6 with Gluon")
+def test_gpu_the_evaluator_judges_gluon_candidates_correct() -> None:
+    """The judge's own path (sandboxed worker, precompile on CPU inputs, checks, graph timing) for two genomes
+    on the seed shape and its causal twin."""
+    from evoforge.evaluator import EvalConfig, Evaluator
+    from evoforge.tasks import builtin_task
+    from evoforge.timing import TimingConfig
+
+    for task in ("attention", "attention:causal=1"):
+        spec = builtin_task(task)
+        params = AttentionParams(**{k: v for k, v in spec.params.items() if k in {f.name for f in
+                                                                                    fields(AttentionParams)}})
+        limits = HardwareLimits.for_device(torch.cuda.get_device_properties(0))
+        m = TemplateMutator(random.Random(0), params, limits)
+        assert m.gluon, "the family is offered on this GPU"
+        cands = [m.build(g.to_dict(), {"mutation": "test", "level": "seed"})
+                 for g in (gf.DEFAULTS[0], GPU_GENOMES["pipe-1x4-m64"])]
+        config = EvalConfig(device="cuda", timeout_s=300, timing=TimingConfig(budget_ms=10, rounds=2))
+        report = Evaluator(spec, config).evaluate(cands, [])
+        for c in cands:
+            result = report.by_name()[c.name]
+            assert result.status == "ok", (task, c.name, result.status, result.detail, result.logs)
