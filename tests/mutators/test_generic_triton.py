@@ -70,14 +70,18 @@ def _check(source: str, pattern: str, genomes: list[dict[str, Any]], randomise: 
 # ---------------------------------------------------------------------------------------------- row reductions
 def test_softmax_rows_held_or_walked_and_any_length() -> None:
     src = _source("return torch.softmax(x, dim=1)", (4, 300))
-    m = _check(src, "row_softmax", [{"block": 64}, {"block": 128, "warps": 2}])
+    # split 4 over 300 columns in chunks of 64: segments of 128, the last program's empty
+    m = _check(src, "row_softmax", [{"block": 64}, {"block": 128, "warps": 2}, {"block": 64, "split": 4}])
     assert m.blocks == [64, 128, 256, 512] and m.genome()["block"] == 512  # 512: the whole row, read once
+    assert m.splits == [1, 2, 4]
+    assert m.genome(triton="row_softmax", block=512, split=4)["split"] == 1  # a row read once: one program
     # KernelBench's published size: rows far longer than registers hold are still claimed, walked in chunks
     big = _traits(_source("return torch.softmax(x, dim=1)", (4096, 393216)))
     assert big.pattern == "row_softmax" and big.n_cols == 393216 and big.inner == 1
     big_m = GenericMutator(random.Random(0), big, "", "cuda")
     assert big_m.genome(triton="row_softmax")["block"] == 4096 and max(big_m.blocks) == 16384
     assert "stages" in big_m._options(big_m.genome(triton="row_softmax"))
+    assert big_m.genome(triton="row_softmax")["split"] == 1 and big_m.splits == [1]  # 4096 rows fill the GPU
 
 
 def test_softmax_over_a_strided_axis() -> None:
@@ -90,7 +94,7 @@ def test_softmax_over_a_strided_axis() -> None:
 def test_log_softmax_kernelbench() -> None:
     src = _source("return torch.log_softmax(x, dim=self.dim)", (4, 300), init="self.dim = args[0]",
                   init_inputs="[1]")
-    _check(src, "log_softmax", [{"block": 64}])
+    _check(src, "log_softmax", [{"block": 64}, {"block": 64, "split": 2}])
     _check(_source("return x.log_softmax(0)", (7, 3)), "log_softmax", [{"block": 4, "block_inner": 16}])
 
 
@@ -104,15 +108,23 @@ def test_rmsnorm_kernelbench_over_dim_1_of_4d() -> None:
     _check(src, "rmsnorm", [], dtype=torch.float16)
     # over the last dim: rows
     _check(_source("return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6)", (3, 200)), "rmsnorm",
-           [{"block": 64}])
+           [{"block": 64}, {"block": 64, "split": 2}])
+    src = _source("return self.norm(x)", (3, 2, 100), init="self.norm = nn.RMSNorm([2, 100], eps=1e-4)")
+    traits = _traits(src)
+    assert (traits.n_cols, traits.inner, traits.eps, traits.module) == (200, 1, 1e-4, "norm")
+    _check(src, "rmsnorm", [{"block": 64, "split": 2}], randomise=True)
 
 
 def test_layernorm_over_several_trailing_dims_with_weights() -> None:
-    src = _source("return self.ln(x)", (2, 4, 5, 6), init="self.ln = nn.LayerNorm(normalized_shape=args[0])",
-                  init_inputs="[(4, 5, 6)]")
+    src = _source("return self.ln(x)", (2, 4, 6, 8), init="self.ln = nn.LayerNorm(normalized_shape=args[0])",
+                  init_inputs="[(4, 6, 8)]")
     traits = _traits(src)
-    assert (traits.pattern, traits.n_cols, traits.module) == ("layernorm", 120, "ln")
-    _check(src, "layernorm", [{"block": 64}], randomise=True)
+    assert (traits.pattern, traits.n_cols, traits.module, traits.outer) == ("layernorm", 192, "ln", 2)
+    _check(src, "layernorm", [{"block": 64}, {"block": 64, "split": 2}], randomise=True)
+    # KernelBench's: 16 rows of 64*256*256, walked in 4096-wide chunks by 64 programs per row
+    big = _traits(_source("return self.ln(x)", (16, 64, 256, 256), init="self.ln = nn.LayerNorm((64, 256, 256))"))
+    big_m = GenericMutator(random.Random(0), big, "", "cuda")
+    assert (big_m.genome(triton="layernorm")["block"], big_m.genome(triton="layernorm")["split"]) == (4096, 64)
     src = _source("return self.ln(x)", (3, 200), init="self.ln = nn.LayerNorm(200, eps=1e-3, elementwise_affine=False)")
     _check(src, "layernorm", [{"block": 64}])
 
@@ -122,16 +134,18 @@ def test_layernorm_over_several_trailing_dims_with_weights() -> None:
     ("return torch.mean(x, dim=self.dim)", "reduce_mean", (3, 7, 5), False),
     ("return torch.max(x, dim=self.dim)[0]", "reduce_max", (3, 7, 5), False),
     ("return torch.min(x, dim=self.dim)[0]", "reduce_min", (3, 7, 5), False),
-    ("return x.amax(dim=-1)", "reduce_max", (4, 100), False),
-    ("return x.sum(2, keepdim=True)", "reduce_sum", (2, 3, 100), True),
+    ("return x.amax(dim=-1)", "reduce_max", (4, 300), False),
+    ("return x.sum(2, keepdim=True)", "reduce_sum", (2, 3, 300), True),
+    ("return torch.mean(x, -1)", "reduce_mean", (3, 300), False),
+    ("return x.min(dim=1)[0]", "reduce_min", (3, 300), False),
     ("return torch.max(x, 0).values", "reduce_max", (6, 5), False),
 ])
 def test_sum_mean_max_min_over_a_dim(forward: str, pattern: str, shape: tuple[int, ...], keep: bool) -> None:
     src = _source(forward, shape, init="self.dim = args[0]", init_inputs="[1]")
     traits = _traits(src)
     assert traits.keepdim == keep
-    small = {"block": 4, "block_inner": 16} if traits.inner > 1 else {"block": 64}
-    _check(src, pattern, [small])
+    walked = [{"block": 4, "block_inner": 16}] if traits.inner > 1 else [{"block": 64}, {"block": 64, "split": 4}]
+    _check(src, pattern, walked)
 
 
 def test_cross_entropy_kernelbench() -> None:

@@ -371,7 +371,9 @@ class GenericMutator(GenomeMutator):
         blocked = traits.pattern in AXIS_PATTERNS or traits.pattern == "elementwise"
         self.blocks = gt.block_options(traits) if blocked else [0]
         self.inners = gt.inner_options(traits)
-        self.defaults = {"block": gt.default_block(traits) if blocked else 0, "block_inner": gt.default_inner(traits)}
+        self.splits = gt.split_options(traits)
+        self.defaults = {"block": gt.default_block(traits) if blocked else 0, "block_inner": gt.default_inner(traits),
+                         "split": gt.default_split(traits) if blocked else 1}
 
     @classmethod
     def for_task(cls, rng: random.Random, spec: TaskSpec, device: str, triton_on_cpu: bool = False) -> GenericMutator:
@@ -395,11 +397,14 @@ class GenericMutator(GenomeMutator):
                 g["precision"] = "highest"
                 g["tile"] = list(self.tiles[0])
                 if template == "elementwise":
-                    g["block_inner"], g["stages"] = 0, 2
+                    g["block_inner"], g["stages"], g["split"] = 0, 2, 1
                 else:
                     g["block"] = gt.clamp_tile(int(g["block"]), int(g["block_inner"]))
-                    if not (self.gpu and gt.loops(self.traits, g["block"])):
+                    looped = gt.loops(self.traits, g["block"])
+                    if not (self.gpu and looped):
                         g["stages"] = 2  # only a row walked in chunks pipelines its loads
+                    if not looped or g["split"] not in self.splits:
+                        g["split"] = 1  # a row read once is one program's
             else:
                 g["warps"] = 4
                 g.update(self.defaults)
@@ -445,6 +450,7 @@ class GenericMutator(GenomeMutator):
                 opts["block"] = (list(self.blocks), "hardware")
                 if g["triton"] != "elementwise":
                     opts["block_inner"] = (list(self.inners), "hardware")
+                    opts["split"] = (list(self.splits), "algorithmic")
                     if self.gpu and gt.loops(self.traits, g["block"]):
                         opts["stages"] = (list(gt.LOOP_STAGES), "hardware")
         else:

@@ -15,9 +15,13 @@ dtype); anything else is left to the compile and layout genes.
   scalars (a DAG: ``x * sigmoid(x)``, MinGPT's GELU, ``x / (1 + |x|)``) becomes one Triton kernel over the
   flattened input, ``BLOCK`` elements per program.
 
+Where rows are few and long (KernelBench's LayerNorm: 16 rows of 4M), ``split`` programs share a row: each computes
+its segment's partial statistics (a maximum and rescaled sum, a sum of squares, a count/mean/M2, a partial
+reduction), and a second kernel combines a row's partials and writes its segment.
+
 Genes: ``block`` (the axis chunk or the elementwise block), ``block_inner`` (the columns per program, strided axes
-only), ``warps`` and ``stages`` (GPU only, where a row is walked in a loop). Every kernel computes in float32 and
-stores the input's dtype.
+only), ``split`` (programs per row, few rows only), ``warps`` and ``stages`` (GPU only, where a row is walked in a
+loop). Every kernel computes in float32 and stores the input's dtype.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ INNER_BLOCKS = (16, 32, 64, 128, 256)  # columns of inner per program
 MAX_TILE = 16384  # BLOCK * BLOCK_I at most
 EW_BLOCKS = (256, 512, 1024, 2048, 4096, 8192)
 LOOP_STAGES = (1, 2, 3, 4)
+SPLITS = (1, 2, 4, 8, 16, 32, 64, 128)  # programs per row (rows only)
+FEW_ROWS = 2048  # fewer rows than this: a row may be split over several programs
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -56,6 +62,7 @@ class TaskTraits:
     n_cols: int | None = None  # the length of the axis reduced over (R), at the analysed shape
     dim: int | None = None  # the axis, non-negative (layernorm, a module's rmsnorm: the first normalised one)
     inner: int = 1  # elements after the axis (1: the last axis)
+    outer: int = 1  # rows: elements before the axis
     keepdim: bool = False
     eps: float | None = None
     expr: list[str] = field(default_factory=list)  # the elementwise program: lines from x to y
@@ -107,6 +114,23 @@ def default_block(traits: TaskTraits) -> int:
 def default_inner(traits: TaskTraits) -> int:
     opts = inner_options(traits)
     return 64 if 64 in opts else opts[-1]
+
+
+def split_options(traits: TaskTraits) -> list[int]:
+    """Programs per row: [1] unless the rows are few and long (then a row's statistics are computed in S
+    partial programs and combined, so a handful of rows still fills the GPU)."""
+    if traits.pattern not in AXIS_PATTERNS or traits.pattern == "cross_entropy" or traits.inner > 1 or \
+            traits.outer >= FEW_ROWS:
+        return [1]
+    return [s for s in SPLITS if s == 1 or (s <= (traits.n_cols or 1) // 64 and traits.outer * s <= 65536)]
+
+
+def default_split(traits: TaskTraits) -> int:
+    """Enough programs for about 1024 in all where there are fewer than 128 rows, else one per row."""
+    opts = split_options(traits)
+    if traits.outer >= 128:
+        return 1
+    return max(s for s in opts if s == 1 or traits.outer * s <= 1024)
 
 
 def clamp_tile(block: int, block_inner: int) -> int:
@@ -470,7 +494,7 @@ def _call(node: Any) -> tuple[Any, tuple, dict] | None:
 
 def _axis(pattern: str, shape: tuple[int, ...], dim: int, **extra: Any) -> dict[str, Any]:
     return {"pattern": pattern, "dim": dim, "n_cols": int(shape[dim]), "inner": int(math.prod(shape[dim + 1:])),
-            **extra}
+            "outer": int(math.prod(shape[:dim])), **extra}
 
 
 def _match_softmax(node: Any, x: Any, shape: tuple[int, ...], modules: dict[str, Any]) -> dict[str, Any] | None:
@@ -597,7 +621,7 @@ def _match_norm_module(node: Any, x: Any, shape: tuple[int, ...], modules: dict[
         return None
     dim = len(shape) - k
     return {"pattern": kind, "dim": dim, "n_cols": int(math.prod(shape[dim:])), "inner": 1, "eps": eps,
-            "module": str(node.target)}
+            "module": str(node.target), "outer": int(math.prod(shape[:dim]))}
 
 
 def _match_cross_entropy(node: Any, places: list[Any], inputs: list[Any],
@@ -629,6 +653,7 @@ def _match_cross_entropy(node: Any, places: list[Any], inputs: list[Any],
             isinstance(bound["ignore_index"], bool) or not isinstance(bound["ignore_index"], int):
         return None
     return {"pattern": "cross_entropy", "dim": 1, "n_cols": int(logits.shape[1]), "inner": 1,
+            "outer": int(logits.shape[0]),
             "reduction": bound["reduction"], "ignore_index": int(bound["ignore_index"])}
 
 
@@ -660,173 +685,178 @@ def match(nodes: list[Any], places: list[Any], out: Any, modules: dict[str, Any]
 
 
 # ---------------------------------------------------------------------------------------------- rendering
-_PROLOGUE_ROWS = """\
-    row = tl.program_id(0).to(tl.int64)
-    base = row * R
-    obase = row
-    r = tl.arange(0, BLOCK)
-    oofs = tl.arange(0, 1)
-    omsk = oofs < 1
-"""
-_PROLOGUE_COLS = """\
-    pid = tl.program_id(0)
-    o = (pid // n_iblocks).to(tl.int64)
-    cols = (pid % n_iblocks) * BLOCK_I + tl.arange(0, BLOCK_I)
-    cmask = cols < INNER
-    base = o * R * INNER
-    obase = o * INNER
-    r = tl.arange(0, BLOCK)
-    oofs = cols[None, :]
-    omsk = cmask[None, :]
-"""
-_CHUNK_ROWS = ("rr = {start} + r", "offs = rr", "msk = rr < R")
-_CHUNK_COLS = ("rr = {start} + r", "offs = rr[:, None] * INNER + cols[None, :]",
-               "msk = (rr[:, None] < R) & cmask[None, :]")
-
-_LOAD = "x = tl.load(x_ptr + base + offs, mask=msk, other={other}).to(tl.float32)"
-_STORE = "tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=msk)"
 _INF = '-float("inf")'
 
-_SOFTMAX_STATS = f"""\
-        m = tl.full(@STATE, {_INF}, tl.float32)
-        s = tl.zeros(@STATE, tl.float32)
-        for r0 in range(0, R, BLOCK):
-            @CHUNK(r0)
-            {_LOAD.format(other=_INF)}
-            m_new = tl.maximum(m, tl.max(x, axis=0, keep_dims=True))
-            m_safe = tl.where(m_new == {_INF}, 0.0, m_new)
-            s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0, keep_dims=True)
-            m = m_new
-"""
-_SOFTMAX_SINGLE = f"""\
-        @CHUNK(0)
-        {_LOAD.format(other=_INF)}
-        m = tl.max(x, axis=0, keep_dims=True)
-        e = tl.exp(x - m)
-        s = tl.sum(e, axis=0, keep_dims=True)
-"""
-_WRITE_LOOP = f"""\
-        for r0 in range(0, R, BLOCK):
-            @CHUNK(r0)
-            {_LOAD.format(other="0.0")}
-            @OUT
-            {_STORE}
-"""
 
-_BODIES = {
-    "row_softmax": f"""\
-    if SINGLE:
-{_SOFTMAX_SINGLE}\
-        y = e / s
-        {_STORE}
-    else:
-{_SOFTMAX_STATS}\
-        inv = 1.0 / s
-{_WRITE_LOOP.replace("@OUT", "y = tl.exp(x - m) * inv")}""",
-    "log_softmax": f"""\
-    if SINGLE:
-{_SOFTMAX_SINGLE}\
-        y = (x - m) - tl.log(s)
-        {_STORE}
-    else:
-{_SOFTMAX_STATS}\
-        lse = m + tl.log(s)
-{_WRITE_LOOP.replace("@OUT", "y = x - lse")}""",
-    "rmsnorm": f"""\
-    if SINGLE:
-        @CHUNK(0)
-        {_LOAD.format(other="0.0")}
-        rms = tl.sqrt(tl.sum(x * x, axis=0, keep_dims=True) / R + eps)
-        y = x / rms
-        @AFFINE
-        {_STORE}
-    else:
-        ss = tl.zeros(@STATE, tl.float32)
-        for r0 in range(0, R, BLOCK):
-            @CHUNK(r0)
-            {_LOAD.format(other="0.0")}
-            ss += tl.sum(x * x, axis=0, keep_dims=True)
-        rms = tl.sqrt(ss / R + eps)
-{_WRITE_LOOP.replace("@OUT", "y = x / rms").replace("            " + _STORE, "            @AFFINE" + chr(10)
-                                                     + "            " + _STORE)}""",
-    "layernorm": f"""\
-    if SINGLE:
-        @CHUNK(0)
-        {_LOAD.format(other="0.0")}
-        mean = tl.sum(x, axis=0, keep_dims=True) / R
-        d = tl.where(msk, x - mean, 0.0)
-        rstd = 1.0 / tl.sqrt(tl.sum(d * d, axis=0, keep_dims=True) / R + eps)
-        y = d * rstd
-        @AFFINE
-        {_STORE}
-    else:
-        mean = tl.zeros(@STATE, tl.float32)
-        m2 = tl.zeros(@STATE, tl.float32)
-        for r0 in range(0, R, BLOCK):
-            @CHUNK(r0)
-            {_LOAD.format(other="0.0")}
-            n_c = tl.sum(msk.to(tl.float32), axis=0, keep_dims=True)
-            c_mean = tl.sum(x, axis=0, keep_dims=True) / n_c
-            d = tl.where(msk, x - c_mean, 0.0)
-            delta = c_mean - mean
-            n_new = r0 + n_c
-            mean = mean + delta * (n_c / n_new)
-            m2 = m2 + tl.sum(d * d, axis=0, keep_dims=True) + delta * delta * (r0 * n_c / n_new)
-        rstd = 1.0 / tl.sqrt(m2 / R + eps)
-{_WRITE_LOOP.replace("@OUT", "y = (x - mean) * rstd").replace("            " + _STORE, "            @AFFINE"
-                                                              + chr(10) + "            " + _STORE)}""",
-    "cross_entropy": f"""\
-    if SINGLE:
-{_SOFTMAX_SINGLE}\
-    else:
-{_SOFTMAX_STATS}\
-    t = tl.load(t_ptr + row)
-    valid = t != ignore_index
-    tc = tl.where(valid & (t >= 0) & (t < R), t, 0)
-    xt = tl.load(x_ptr + base + tc).to(tl.float32)
-    loss = tl.where(valid, m + tl.log(s) - xt, 0.0)
-    tl.store(y_ptr + obase + oofs, loss, mask=omsk)
-""",
-}
-_REDUCE = {  # op: (initial value and masked lanes' value, how a chunk joins the accumulator)
-    "sum": ("0.0", "acc + tl.sum(x, axis=0, keep_dims=True)"),
-    "mean": ("0.0", "acc + tl.sum(x, axis=0, keep_dims=True)"),
-    "max": (_INF, "tl.maximum(acc, tl.max(x, axis=0, keep_dims=True))"),
-    "min": ('float("inf")', "tl.minimum(acc, tl.min(x, axis=0, keep_dims=True))"),
-}
-for _op, (_init, _join) in _REDUCE.items():
-    _BODIES[f"reduce_{_op}"] = f"""\
-    acc = tl.full(@STATE, {_init}, tl.float32)
-    for r0 in range(0, R, BLOCK):
-        @CHUNK(r0)
-        {_LOAD.format(other=_init)}
-        acc = {_join}
-{"    acc = acc / R" + chr(10) if _op == "mean" else ""}\
-    tl.store(y_ptr + obase + oofs, acc.to(y_ptr.dtype.element_ty), mask=omsk)
-"""
+@dataclass(frozen=True)
+class _Op:
+    """The pieces of an axis kernel for one pattern. Statistics are float32 blocks of shape [1] (a row) or
+    [1, BLOCK_I] (strided columns): ``init`` and ``step`` accumulate them over chunks ``x`` of [lo, hi);
+    ``single`` computes them from the whole row ``x`` in registers; ``partial`` names the three values a split
+    program stores (count, a, b) and ``combine`` rebuilds the statistics from the S partials of a row (vectors
+    ``pn``, ``pa``, ``pb``); ``final`` follows every way of computing them; ``out`` is y from x in the write pass
+    (None: a reduction, which stores ``acc``)."""
 
+    other: str
+    init: tuple[str, ...]
+    step: tuple[str, ...]
+    single: tuple[str, ...]
+    partial: tuple[str, str, str]
+    combine: tuple[str, ...]
+    final: tuple[str, ...] = ()
+    out: str | None = None
+    single_out: str | None = None
+    affine: bool = False  # weight and bias (HAS_W, HAS_B) on the output
+
+
+_SOFTMAX_PARTS = {
+    "other": _INF,
+    "init": (f"m = tl.full(@STATE, {_INF}, tl.float32)", "s = tl.zeros(@STATE, tl.float32)"),
+    "step": ("m_new = tl.maximum(m, tl.max(x, axis=0, keep_dims=True))",
+             f"m_safe = tl.where(m_new == {_INF}, 0.0, m_new)",
+             "s = s * tl.exp(m - m_safe) + tl.sum(tl.exp(x - m_safe), axis=0, keep_dims=True)",
+             "m = m_new"),
+    "single": ("m = tl.max(x, axis=0, keep_dims=True)", "e = tl.exp(x - m)", "s = tl.sum(e, axis=0, keep_dims=True)"),
+    "partial": ("0.0", "m", "s"),
+    "combine": ("m = tl.max(pa, axis=0, keep_dims=True)", f"m_safe = tl.where(m == {_INF}, 0.0, m)",
+                "s = tl.sum(pb * tl.exp(pa - m_safe), axis=0, keep_dims=True)"),
+}
+OPS: dict[str, _Op] = {
+    "row_softmax": _Op(**_SOFTMAX_PARTS, final=("inv = 1.0 / s",), out="tl.exp(x - m) * inv", single_out="e / s"),
+    "log_softmax": _Op(**_SOFTMAX_PARTS, final=("lse = m + tl.log(s)",), out="x - lse",
+                       single_out="(x - m) - tl.log(s)"),
+    "cross_entropy": _Op(**_SOFTMAX_PARTS),
+    "rmsnorm": _Op(other="0.0", init=("ss = tl.zeros(@STATE, tl.float32)",),
+                   step=("ss += tl.sum(x * x, axis=0, keep_dims=True)",),
+                   single=("ss = tl.sum(x * x, axis=0, keep_dims=True)",), partial=("0.0", "ss", "0.0"),
+                   combine=("ss = tl.sum(pa, axis=0, keep_dims=True)",), final=("rms = tl.sqrt(ss / R + eps)",),
+                   out="x / rms", single_out="x / rms", affine=True),
+    "layernorm": _Op(
+        other="0.0", init=("mean = tl.zeros(@STATE, tl.float32)", "m2 = tl.zeros(@STATE, tl.float32)"),
+        # Chan's merge of each chunk's mean and M2 into the running ones (r0 - lo values before this chunk)
+        step=("n_c = tl.sum(msk.to(tl.float32), axis=0, keep_dims=True)",
+              "c_mean = tl.sum(x, axis=0, keep_dims=True) / n_c",
+              "d = tl.where(msk, x - c_mean, 0.0)",
+              "delta = c_mean - mean",
+              "n_new = (r0 - lo) + n_c",
+              "mean = mean + delta * (n_c / n_new)",
+              "m2 = m2 + tl.sum(d * d, axis=0, keep_dims=True) + delta * delta * ((r0 - lo) * n_c / n_new)"),
+        single=("mean = tl.sum(x, axis=0, keep_dims=True) / R", "d = tl.where(msk, x - mean, 0.0)",
+                "m2 = tl.sum(d * d, axis=0, keep_dims=True)"),
+        partial=("tl.maximum(hi - lo, 0).to(tl.float32)", "mean", "m2"),
+        combine=("mean = tl.sum(pn * pa, axis=0, keep_dims=True) / R",
+                 "m2 = tl.sum(pb + pn * (pa - mean) * (pa - mean), axis=0, keep_dims=True)"),
+        final=("rstd = 1.0 / tl.sqrt(m2 / R + eps)",), out="(x - mean) * rstd", single_out="d * rstd",
+        affine=True),
+}
+for _op, _init, _join, _reduce in (("sum", "0.0", "acc + tl.sum(x, axis=0, keep_dims=True)", "tl.sum"),
+                                   ("mean", "0.0", "acc + tl.sum(x, axis=0, keep_dims=True)", "tl.sum"),
+                                   ("max", _INF, "tl.maximum(acc, tl.max(x, axis=0, keep_dims=True))", "tl.max"),
+                                   ("min", 'float("inf")', "tl.minimum(acc, tl.min(x, axis=0, keep_dims=True))",
+                                    "tl.min")):
+    OPS[f"reduce_{_op}"] = _Op(other=_init, init=(f"acc = tl.full(@STATE, {_init}, tl.float32)",),
+                               step=(f"acc = {_join}",), single=(), partial=("0.0", "acc", "0.0"),
+                               combine=(f"acc = {_reduce}(pa, axis=0, keep_dims=True)",),
+                               final=("acc = acc / R",) if _op == "mean" else ())
+
+_PROLOGUE = {
+    "rows": ("row = tl.program_id(0).to(tl.int64)", "base = row * R", "obase = row", "r = tl.arange(0, BLOCK)",
+             "oofs = tl.arange(0, 1)", "omsk = oofs < 1", "lo = 0", "hi = R"),
+    "cols": ("pid = tl.program_id(0)", "o = (pid // n_iblocks).to(tl.int64)",
+             "cols = (pid % n_iblocks) * BLOCK_I + tl.arange(0, BLOCK_I)", "cmask = cols < INNER",
+             "base = o * R * INNER", "obase = o * INNER", "r = tl.arange(0, BLOCK)", "oofs = cols[None, :]",
+             "omsk = cmask[None, :]", "lo = 0", "hi = R"),
+    "split": ("pid = tl.program_id(0)", "row = (pid // S).to(tl.int64)", "j = pid % S", "base = row * R",
+              "obase = row", "r = tl.arange(0, BLOCK)", "oofs = tl.arange(0, 1)", "omsk = oofs < 1",
+              "lo = j * SEG", "hi = tl.minimum(lo + SEG, R)"),
+}
+_CHUNK = {"rows": ("rr = {start} + r", "offs = rr", "msk = rr < hi"),
+          "cols": ("rr = {start} + r", "offs = rr[:, None] * INNER + cols[None, :]",
+                   "msk = (rr[:, None] < hi) & cmask[None, :]")}
 _AFFINE = ("if HAS_W:", "    y = y * tl.load(w_ptr + offs, mask=msk, other=0.0).to(tl.float32)",
            "if HAS_B:", "    y = y + tl.load(b_ptr + offs, mask=msk, other=0.0).to(tl.float32)")
+_CE_LOSS = ("t = tl.load(t_ptr + row)", "valid = t != ignore_index",
+            "tc = tl.where(valid & (t >= 0) & (t < R), t, 0)", "xt = tl.load(x_ptr + base + tc).to(tl.float32)",
+            "loss = tl.where(valid, m + tl.log(s) - xt, 0.0)", "tl.store(y_ptr + obase + oofs, loss, mask=omsk)")
+_STORE_ACC = ("tl.store(y_ptr + obase + oofs, acc.to(y_ptr.dtype.element_ty), mask=omsk)",)
 
 
-def axis_kernel_source(pattern: str, rows: bool) -> str:
-    """The @triton.jit kernel ``_axis_kernel`` of an axis pattern: rows (the last axis) or strided columns."""
-    out: list[str] = []
-    for line in _BODIES[pattern].splitlines():
-        indent = line[: len(line) - len(line.lstrip())]
-        stripped = line.strip()
-        if stripped.startswith("@CHUNK("):
-            start = stripped[len("@CHUNK("):-1]
-            out += [indent + x.format(start=start) for x in (_CHUNK_ROWS if rows else _CHUNK_COLS)]
-        elif stripped == "@AFFINE":
-            out += [indent + x for x in _AFFINE]
-        else:
-            out.append(line.replace("@STATE", "[1]" if rows else "[1, BLOCK_I]"))
-    head = ("@triton.jit\n"
-            "def _axis_kernel(x_ptr, y_ptr, w_ptr, b_ptr, t_ptr, R, INNER, n_iblocks, eps, ignore_index,\n"
+def _indent(lines: tuple[str, ...] | list[str], n: int) -> list[str]:
+    return [" " * n + line for line in lines]
+
+
+def _chunk(mode: str, start: str, other: str, n: int) -> list[str]:
+    lines = [x.format(start=start) for x in _CHUNK["cols" if mode == "cols" else "rows"]]
+    lines.append(f"x = tl.load(x_ptr + base + offs, mask=msk, other={other}).to(tl.float32)")
+    return _indent(lines, n)
+
+
+def _stats_loop(op: _Op, mode: str, n: int) -> list[str]:
+    state = "[1, BLOCK_I]" if mode == "cols" else "[1]"
+    return _indent([x.replace("@STATE", state) for x in op.init], n) + \
+        _indent(["for r0 in range(lo, hi, BLOCK):"], n) + _chunk(mode, "r0", op.other, n + 4) + \
+        _indent(op.step, n + 4)
+
+
+def _write(op: _Op, n: int, y: str | None) -> list[str]:
+    """Store y (the output of the chunk in x), with the weights where the op has them."""
+    lines = [f"y = {y}"]
+    if op.affine:
+        lines += list(_AFFINE)
+    lines.append("tl.store(y_ptr + base + offs, y.to(y_ptr.dtype.element_ty), mask=msk)")
+    return _indent(lines, n)
+
+
+def _write_loop(op: _Op, mode: str, n: int) -> list[str]:
+    return _indent(["for r0 in range(lo, hi, BLOCK):"], n) + _chunk(mode, "r0", "0.0", n + 4) + \
+        _write(op, n + 4, op.out)
+
+
+def _tail(pattern: str, op: _Op, mode: str, n: int) -> list[str]:
+    """What follows the statistics: the write pass, a reduction's store, or the cross-entropy loss."""
+    if pattern == "cross_entropy":
+        return _indent(_CE_LOSS, n)
+    if op.out is None:
+        return _indent(op.final + _STORE_ACC, n)
+    return _indent(op.final, n) + _write_loop(op, mode, n)
+
+
+_HEADS = {
+    "one": ("def _axis_kernel(x_ptr, y_ptr, w_ptr, b_ptr, t_ptr, R, INNER, n_iblocks, eps, ignore_index,\n"
             "                 BLOCK: tl.constexpr, BLOCK_I: tl.constexpr, SINGLE: tl.constexpr,\n"
-            "                 HAS_W: tl.constexpr, HAS_B: tl.constexpr):\n")
-    return head + (_PROLOGUE_ROWS if rows else _PROLOGUE_COLS) + "\n".join(out) + "\n"
+            "                 HAS_W: tl.constexpr, HAS_B: tl.constexpr):"),
+    "partials": "def _axis_partials(x_ptr, p_ptr, R, SEG, S: tl.constexpr, BLOCK: tl.constexpr):",
+    "apply": ("def _axis_apply(x_ptr, y_ptr, w_ptr, b_ptr, p_ptr, R, SEG, eps, S: tl.constexpr,\n"
+              "                BLOCK: tl.constexpr, HAS_W: tl.constexpr, HAS_B: tl.constexpr):"),
+}
+
+
+def axis_kernel_source(pattern: str, rows: bool, split: bool = False) -> str:
+    """The @triton.jit kernels of an axis pattern: ``_axis_kernel`` (one program per row, or per BLOCK_I strided
+    columns), and with ``split`` (rows only) ``_axis_partials`` and ``_axis_apply``, S programs per row."""
+    op, mode = OPS[pattern], "rows" if rows else "cols"
+    body = _indent(_PROLOGUE[mode], 4)
+    if op.out is not None or pattern == "cross_entropy":  # a normalisation: a row that fits is read once
+        single = _chunk(mode, "0", op.other, 8) + _indent(op.single, 8)
+        if op.single_out:
+            single += _indent(op.final, 8) + _write(op, 8, op.single_out)
+        body += ["    if SINGLE:", *single, "    else:", *_stats_loop(op, mode, 8)]
+        body += _tail(pattern, op, mode, 4) if pattern == "cross_entropy" else _tail(pattern, op, mode, 8)
+    else:
+        body += _stats_loop(op, mode, 4) + _tail(pattern, op, mode, 4)
+    out = ["@triton.jit", _HEADS["one"], *body]
+    if split:
+        n, a, b = op.partial
+        out += ["", "", "@triton.jit", _HEADS["partials"], *_indent(_PROLOGUE["split"], 4), *_stats_loop(op, "rows", 4),
+                "    pp = p_ptr + pid.to(tl.int64) * 3 + tl.arange(0, 1)",
+                f"    tl.store(pp, tl.zeros([1], tl.float32) + {n})",
+                f"    tl.store(pp + 1, {a})", f"    tl.store(pp + 2, {b})",
+                "", "", "@triton.jit", _HEADS["apply"],
+                *_indent(_PROLOGUE["split"] if op.out else _PROLOGUE["rows"][:6], 4),
+                "    pp = p_ptr + (row * S + tl.arange(0, S)) * 3",
+                "    pn = tl.load(pp)", "    pa = tl.load(pp + 1)", "    pb = tl.load(pp + 2)",
+                *_indent(op.combine, 4), *_tail(pattern, op, "rows", 4)]
+    return "\n".join(out) + "\n"
 
 
 _AXIS_RUN = '''
@@ -838,14 +868,27 @@ def _run(model, *args):
 {extent}
     outer = x.numel() // max(n * inner, 1)
 {setup}
-    n_iblocks = {n_iblocks}
-    _axis_kernel[(outer * n_iblocks,)](x, y, x if w is None else w, x if b is None else b, x if t is None else t,
-                                       n, inner, n_iblocks, eps, {ignore_index},
-                                       BLOCK={block}, BLOCK_I={block_inner}, SINGLE=n <= {block},
-                                       HAS_W=w is not None, HAS_B=b is not None,
-                                       num_warps={warps}, num_stages={stages})
+    w_, b_, t_ = (x if v is None else v for v in (w, b, t))
+{launch}
 {finish}
 '''
+_LAUNCH_ONE = """\
+    n_iblocks = {n_iblocks}
+    _axis_kernel[(outer * n_iblocks,)](x, y, w_, b_, t_, n, inner, n_iblocks, eps, {ignore_index},
+                                       BLOCK={block}, BLOCK_I={block_inner}, SINGLE=n <= {block},
+                                       HAS_W=w is not None, HAS_B=b is not None,
+                                       num_warps={warps}, num_stages={stages})"""
+_LAUNCH_SPLIT = """\
+    if n > {block}:  # {split} programs per row, each over a segment of whole chunks: partial statistics, then apply
+        seg = triton.cdiv(triton.cdiv(n, {split}), {block}) * {block}
+        part = torch.empty(outer * {split} * 3, dtype=torch.float32, device=x.device)
+        _axis_partials[(outer * {split},)](x, part, n, seg, S={split}, BLOCK={block},
+                                           num_warps={warps}, num_stages={stages})
+        _axis_apply[(outer * {apply_programs},)](x, y, w_, b_, part, n, seg, eps, S={split}, BLOCK={block},
+                                           HAS_W=w is not None, HAS_B=b is not None,
+                                           num_warps={warps}, num_stages={stages})
+    else:
+{one}"""
 
 
 def _axis_setup(traits: TaskTraits) -> tuple[str, str]:
@@ -904,16 +947,20 @@ def render(g: dict[str, Any], traits: TaskTraits) -> str:
     strided = traits.inner > 1
     block_inner = int(g.get("block_inner") or default_inner(traits)) if strided else 1
     block = clamp_tile(block, block_inner)
+    split = int(g.get("split") or 1) if not strided else 1
     setup, finish = _axis_setup(traits)
     if traits.pattern in ("layernorm", "rmsnorm") and traits.module:  # a module: over all the trailing dims
         extent = "    n, inner = math.prod(shape[dim:]), 1"
     else:
         extent = "    n, inner = shape[dim], math.prod(shape[dim + 1:])"
-    n_iblocks = f"triton.cdiv(inner, {block_inner})" if strided else "1"
-    run = _AXIS_RUN.format(dim=traits.dim, extent=extent, setup=setup, n_iblocks=n_iblocks, block_inner=block_inner,
-                           block=block, warps=g["warps"], stages=g.get("stages", 2),
-                           ignore_index=traits.ignore_index, finish=finish)
-    kernel = axis_kernel_source(str(traits.pattern), rows=not strided)
+    fill = {"n_iblocks": f"triton.cdiv(inner, {block_inner})" if strided else "1", "block_inner": block_inner,
+            "block": block, "warps": g["warps"], "stages": g.get("stages", 2), "ignore_index": traits.ignore_index,
+            "split": split, "apply_programs": split if OPS[str(traits.pattern)].out else 1}
+    launch = _LAUNCH_ONE.format(**fill)
+    if split > 1:
+        launch = _LAUNCH_SPLIT.format(**fill, one="\n".join("    " + line for line in launch.splitlines()))
+    run = _AXIS_RUN.format(dim=traits.dim, extent=extent, setup=setup, launch=launch, finish=finish)
+    kernel = axis_kernel_source(str(traits.pattern), rows=not strided, split=split > 1)
     return "\nimport math\n\nimport triton\nimport triton.language as tl\n\n\n" + kernel + run
 
 
@@ -923,4 +970,5 @@ def describe_bits(g: dict[str, Any]) -> list[str]:
     if g["triton"] == "elementwise":
         return [f"block {block}", f"{g['warps']} warps"]
     tile = f"block {block}x{g['block_inner']}" if g.get("block_inner") else f"block {block}"
-    return [tile, f"{g['warps']} warps", f"stages {g.get('stages', 2)}"]
+    split = [f"{g['split']} programs per row"] if g.get("split", 1) > 1 else []
+    return [tile, *split, f"{g['warps']} warps", f"stages {g.get('stages', 2)}"]
