@@ -219,3 +219,24 @@ def test_cross_entropy_options_not_implemented_are_not_claimed() -> None:
         assert _traits(_source(forward, (), inputs=inputs, params="x, t")).pattern is None
     probs = "[torch.randn(6, 10), torch.randn(6, 10).softmax(1)]"  # class probabilities, not indices
     assert _traits(_source("return F.cross_entropy(x, t)", (), inputs=probs, params="x, t")).pattern is None
+
+
+# ---------------------------------------------------------------------------------------------- matmul epilogue
+def test_matmul_epilogue_takes_any_elementwise_program() -> None:
+    """A level-2 'Gemm then elementwise ops' Model: the ops after the matmul run in its epilogue."""
+    src = _source("""\
+        x = self.linear(x)
+        x = x * self.scale
+        return F.leaky_relu(x, negative_slope=0.1) + torch.sigmoid(x).clamp(max=0.7)""", (8, 16),
+                  init="self.linear = nn.Linear(16, 24)\nself.scale = 1.5")
+    traits = _traits(src)
+    assert traits.epilogue == [] and traits.expr[-1].startswith("y = ")
+    _check(src, "linear_epilogue", [])
+    gpu = GenericMutator(random.Random(0), traits, src, "cuda")
+    assert {"tile", "stages"} <= set(gpu._options(gpu.genome(triton="linear_epilogue")))
+    src = _source("return F.hardtanh(torch.matmul(x, y) * 0.5, -0.25, 0.25)", (), params="x, y",
+                  inputs="[torch.randn(8, 16), torch.randn(16, 12)]")
+    _check(src, "matmul_epilogue", [])
+    # a residual reads the input again: not an epilogue of the matmul alone
+    src = _source("return self.linear(x) + x", (8, 16), init="self.linear = nn.Linear(16, 16)")
+    assert _traits(src).pattern is None

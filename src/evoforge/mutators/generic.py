@@ -116,19 +116,27 @@ def analyse(task: LoadedTask) -> TaskTraits:
            for x in inputs if isinstance(x, torch.Tensor)):
         return traits
     first, rest = nodes[0], nodes[1:]
-    # every node after the first is one activation of the previous node, and the last is returned
-    chain_ok = all(n.args and n.args[0] is prev and _act_of(n, modules) for prev, n in zip(nodes, rest, strict=False))
-    if out.args[0] is not nodes[-1] or not chain_ok:
+    if out.args[0] is not nodes[-1]:
         return traits
-    epilogue = [str(_act_of(n, modules)) for n in rest]
+    # every node after the first is one activation of the previous node (a named epilogue), or else the nodes
+    # after the first are elementwise ops of its output and scalars (an epilogue program)
+    chain_ok = all(n.args and n.args[0] is prev and _act_of(n, modules) for prev, n in zip(nodes, rest, strict=False))
+    epilogue = [str(_act_of(n, modules)) for n in rest] if chain_ok else []
+    expr: list[str] = []
+    if not chain_ok:
+        program = gt.elementwise_program(rest, first, out.args[0], modules)
+        if program is None:
+            return traits
+        expr = program
     x0 = inputs[0]
     if first.op == "call_module" and len(places) == 1 and first.args and first.args[0] is places[0]:
         mod = modules.get(first.target)
         if isinstance(mod, torch.nn.Linear) and x0.dim() >= 2:
-            return TaskTraits(traits.input_ranks, "linear_epilogue", module=str(first.target), epilogue=epilogue)
+            return TaskTraits(traits.input_ranks, "linear_epilogue", module=str(first.target), epilogue=epilogue,
+                              expr=expr)
     is_matmul = first.op == "call_function" and first.target in (operator.matmul, torch.matmul, torch.mm)
     if is_matmul and len(places) == 2 and tuple(first.args) == tuple(places) and traits.input_ranks == [2, 2]:
-        return TaskTraits(traits.input_ranks, "matmul_epilogue", epilogue=epilogue)
+        return TaskTraits(traits.input_ranks, "matmul_epilogue", epilogue=epilogue, expr=expr)
     return traits
 
 
@@ -283,7 +291,8 @@ def render(genome: dict[str, Any], traits: TaskTraits, task_source: str) -> str:
             parts.append(gt.render(g, traits))
         else:
             bm, bn, bk, warps = g["tile"][:4]
-            epilogue = "\n".join("    " + _ACT_CODE[a] for a in traits.epilogue) or "    pass"
+            lines = ["x = acc", *traits.expr, "acc = y"] if traits.expr else [_ACT_CODE[a] for a in traits.epilogue]
+            epilogue = "\n".join("    " + line for line in lines) or "    pass"
             dot_precision = "tf32" if g["precision"] != "highest" else "ieee"
             parts.append(_MATMUL_KERNEL.format(bm=bm, bn=bn, bk=bk, warps=warps, stages=g["stages"],
                                                epilogue=epilogue, dot_precision=dot_precision))
