@@ -37,6 +37,13 @@ def test_every_command_has_help() -> None:
         assert "Usage:" in invoke(command, "--help")
 
 
+def test_evoforge_bench_is_a_command_of_the_cli() -> None:
+    from evoforge.cli import app as cli_app
+
+    result = CliRunner().invoke(cli_app, ["bench", "--help"], catch_exceptions=False)
+    assert result.exit_code == 0 and all(command in result.output for command in COMMANDS), result.output
+
+
 @pytest.fixture(scope="module")
 def suite_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One suite row on the CPU, run as a user runs it (each row in a process of its own)."""

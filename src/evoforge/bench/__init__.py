@@ -22,12 +22,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from evoforge.bench.sources import evaluate_sources
-
 __all__ = ["app", "evaluate_sources"]
+
+
+def __getattr__(name: str) -> Any:
+    # evaluate_sources imports the evaluator (and torch): only when asked for, so `evoforge --help` stays fast
+    if name == "evaluate_sources":
+        from evoforge.bench.sources import evaluate_sources
+
+        return evaluate_sources
+    raise AttributeError(name)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Benchmarks: the attention suite, re-timing an exported kernel, timing calibration, search "

@@ -24,6 +24,7 @@ import sys
 import typer
 
 from evoforge import __version__
+from evoforge.bench import app as bench_app
 from evoforge.cli import output, run, tools
 
 app = typer.Typer(
@@ -43,9 +44,9 @@ app.command()(run.best)
 app.command(context_settings={"ignore_unknown_options": True})(tools.capture)  # its program's flags pass through
 app.command()(tools.doctor)
 
-# ---- sub-apps (groups of commands) are added here, after the commands, e.g. the coming `evoforge bench`:
-#     from evoforge.bench import app as bench_app
-#     app.add_typer(bench_app, name="bench")
+# ---- sub-apps (groups of commands) are added here, after the commands
+app.add_typer(bench_app, name="bench", help="Benchmarks: the attention suite, re-timing an exported kernel, timing "
+                                            "calibration, search throughput, re-rendering a recorded kernel.")
 
 
 @app.callback(invoke_without_command=True)
