@@ -240,3 +240,19 @@ def test_matmul_epilogue_takes_any_elementwise_program() -> None:
     # a residual reads the input again: not an epilogue of the matmul alone
     src = _source("return self.linear(x) + x", (8, 16), init="self.linear = nn.Linear(16, 16)")
     assert _traits(src).pattern is None
+
+
+def test_a_strided_template_passes_the_evaluator_on_cpu() -> None:
+    """Through the judge (float64 reference, edge-case inputs, the worker's checks): KernelBench's RMSNorm
+    formulation, its axis held in registers and walked in chunks."""
+    from evoforge.evaluator import EvalConfig, Evaluator
+    from evoforge.timing import TimingConfig
+
+    src = _source("""\
+        rms = torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True) + self.eps)
+        return x / rms""", (2, 6, 3, 5), init="self.eps = 1e-5")
+    m = GenericMutator(random.Random(0), _traits(src), src, "cpu", triton_on_cpu=True)
+    cands = [m.build(m.genome(triton="rmsnorm"), {}), m.build(m.genome(triton="rmsnorm", block=4), {})]
+    config = EvalConfig(device="cpu", timeout_s=300, n_random=1, timing=TimingConfig(budget_ms=1, rounds=1, min_reps=1))
+    report = Evaluator(TaskSpec(name="rmsnorm", source=src, origin="<test>"), config).evaluate(cands)
+    assert [r.status for r in report.results] == ["ok", "ok"], [(r.detail, r.logs[-1500:]) for r in report.results]

@@ -771,7 +771,8 @@ _PROLOGUE = {
               "lo = j * SEG", "hi = tl.minimum(lo + SEG, R)"),
 }
 _CHUNK = {"rows": ("rr = {start} + r", "offs = rr", "msk = rr < hi"),
-          "cols": ("rr = {start} + r", "offs = rr[:, None] * INNER + cols[None, :]",
+          # int64: an axis times its columns may pass 2**31 elements (a sum over dim 0 of everything)
+          "cols": ("rr = {start} + r", "offs = rr[:, None].to(tl.int64) * INNER + cols[None, :]",
                    "msk = (rr[:, None] < hi) & cmask[None, :]")}
 _AFFINE = ("if HAS_W:", "    y = y * tl.load(w_ptr + offs, mask=msk, other=0.0).to(tl.float32)",
            "if HAS_B:", "    y = y + tl.load(b_ptr + offs, mask=msk, other=0.0).to(tl.float32)")
