@@ -13,7 +13,7 @@ flushed before every rep), in one process:
 It prints each row's time and effective bandwidth (K and V bytes over the time), and the time a kernel
 would need for 1.2x over the fastest SDPA path, against the read floor.
 
-Usage: python benchmarks/bandwidth.py [--out results.json]   (CUDA only)
+Usage: python experiments/bandwidth.py [--out results.json]   (CUDA only)
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""Shared by the benchmark scripts: kernel sources evaluated through evoforge's evaluator (isolated worker,
-correctness checks, eager and graph timing) beside SDPA's default, cuDNN and flash backends, one fresh
-worker per repeat (source_variants.py, prototypes.py, template_ab.py); and, for scripts that time in
-their own process with ``timing.measure`` (floor.py, bandwidth.py, mma_prototype.py), a rendered
-kernel's ``ModelNew`` and SDPA's paths as callables."""
+"""Shared by the experiment scripts: kernel sources evaluated through evoforge's evaluator beside SDPA's default,
+cuDNN and flash backends, one fresh worker per repeat (``time_sources`` and ``print_rows``, from the public
+``evoforge.bench.sources``: source_variants.py, prototypes.py, template_ab.py); and, for scripts that time in
+their own process with ``timing.measure`` (floor.py, bandwidth.py, mma_prototype.py), a rendered kernel's
+``ModelNew`` and SDPA's paths as callables."""
 
 from __future__ import annotations
 
@@ -13,35 +13,10 @@ from typing import Any
 
 import torch
 
-from evoforge.candidate import Candidate
-from evoforge.evaluator import EvalConfig, Evaluator
-from evoforge.task import TaskSpec, import_source
-from evoforge.tasks import baselines_for
+from evoforge.bench.sources import Row, print_rows, time_sources
+from evoforge.task import import_source
 
-Row = tuple[str, float | None, float | None, float | None, str]  # status, graph us, eager us, max abs err, detail
-
-
-def time_sources(spec: TaskSpec, sources: dict[str, str], repeats: int) -> tuple[dict[str, Any], dict[str, list[Row]]]:
-    """The last repeat's environment and, per name (the sources' and the baselines'), one row per repeat."""
-    cands = [Candidate(name=n, source=s, language="triton") for n, s in sources.items()]
-    baselines = [b for b in baselines_for(spec) if b.name in ("sdpa_default", "sdpa_cudnn", "sdpa_flash")]
-    rows: dict[str, list[Row]] = {}
-    env: dict[str, Any] = {}
-    for _ in range(repeats):
-        report = Evaluator(spec, EvalConfig(device="cuda")).evaluate(cands, baselines).to_dict()
-        env = report["env"]
-        for r in report["results"]:
-            t = r.get("timing") or {}
-            rows.setdefault(r["name"], []).append(
-                (r["status"], (t.get("graph") or {}).get("median_us"), (t.get("eager") or {}).get("median_us"),
-                 r.get("max_abs_err"), (r.get("detail") or "")[:300]))
-    return env, rows
-
-
-def print_rows(rows: dict[str, list[Row]], width: int = 15) -> None:
-    for name, reps in rows.items():
-        print(f"{name:{width}}", " | ".join(f"{s} graph={g and round(g, 2)} eager={e and round(e, 1)} "
-                                            f"err={m and round(m, 5)} {d}" for s, g, e, m, d in reps))
+__all__ = ["Row", "load_model", "print_rows", "sdpa_paths", "time_sources"]
 
 
 def load_model(source: str, name: str) -> Any:

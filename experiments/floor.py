@@ -18,7 +18,7 @@ The differences between rows are the cost of each stage on the critical path at 
 what any faster kernel has to cut. Only ``kernel`` computes attention; the others are checked for
 nothing but running.
 
-Usage: python benchmarks/floor.py [--genome JSON] [--out results.json]   (CUDA only)
+Usage: python experiments/floor.py [--genome JSON] [--out results.json]   (CUDA only)
 """
 
 from __future__ import annotations

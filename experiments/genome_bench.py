@@ -5,7 +5,7 @@ Each genome is timed twice: as rendered (the cached direct launcher after the fi
 the launcher cache switched off (every call through Triton's JIT ``kernel[grid](...)``), so the
 launcher's effect on the eager number is measured, not assumed.
 
-Usage: python benchmarks/genome_bench.py [--task attention] [--genomes FILE.json] [--repeats 1]
+Usage: python experiments/genome_bench.py [--task attention] [--genomes FILE.json] [--repeats 1]
        [--out results.json]
 FILE.json holds a list of genome dicts (FlashGenome fields); without it a built-in list is used.
 """

@@ -1,5 +1,5 @@
 """What fresh inputs cost a graph-mode latency on the seed shape: SDPA's default path and the exported
-seed-shape kernel (``results/evolve-persistent-h100-kernel.py``), each timed by evoforge's graph clock in
+seed-shape kernel (``benchmarks/results/evolve-persistent-h100-kernel.py``), each timed by evoforge's graph clock in
 one plain process (no judge, no other process on the GPU), three ways:
 
 - ``same_inputs``: a graph of 10 [L2 flush, call] pairs that all read one input set (how evoforge timed
@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from evoforge import envinfo, timing
 
-KERNEL = Path(__file__).parent / "results" / "evolve-persistent-h100-kernel.py"
+KERNEL = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "evolve-persistent-h100-kernel.py"
 SHAPE = (1, 8, 512, 64)
 CALLS, REPS = 10, 200
 

@@ -3,7 +3,7 @@ as the evaluator times) with the seed's queries and 128 to 1024 keys, beside SDP
 ``q.clone()`` (one launch that reads and writes Q: the harness's floor for a kernel touching that data).
 The slope is the key loop's cost per block, the intercept everything outside the loop.
 
-Usage: python benchmarks/keys_scaling.py [--genome JSON] [--budget-ms 300]     (prints to stdout)
+Usage: python experiments/keys_scaling.py [--genome JSON] [--budget-ms 300]     (prints to stdout)
 """
 
 from __future__ import annotations

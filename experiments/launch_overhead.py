@@ -2,7 +2,7 @@
 the seed's attention costs per call, measured back to back (the GPU queue stays full, so this is the
 host's issue rate, not latency). Separates what a user's eager call pays on the host from kernel time.
 
-Usage: python benchmarks/launch_overhead.py [--task attention] [--genome JSON] [--calls 3000] [--guard]
+Usage: python experiments/launch_overhead.py [--task attention] [--genome JSON] [--calls 3000] [--guard]
 
 --guard measures every row twice: as a user's process runs it, then with the evaluator's sandbox audit
 hook installed (as the worker times candidates and baselines), to show what the hook costs per call.

@@ -2,7 +2,7 @@
 Triton and CUDA C++ kernels go through `evoforge run --mutator llm` (extraction, the store, the
 evaluator's compile, checks, guards and timing) beside the live baselines.
 
-Usage: python benchmarks/llm_replay.py [--task attention] [--out benchmarks/results]
+Usage: python experiments/llm_replay.py [--task attention] [--out benchmarks/results]
 Writes llm-replay-<device>.json: each candidate's status, latency and fitness, the LLM summary of
 the report, and where the generations' time went. Needs the `llm` extra (openai, jinja2); the CUDA
 reply needs nvcc and ninja.

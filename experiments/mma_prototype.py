@@ -22,7 +22,7 @@ with evoforge's own clock (evoforge.timing.measure: CUDA graphs, L2 flushed befo
 beside SDPA and generation 0's Triton kernel in the same process; correctness against an fp32
 reference on fresh inputs. Needs a CUDA GPU and nvcc.
 
-Usage: python benchmarks/mma_prototype.py [--kernel mma|wgmma] [--task attention] [--out results.json]
+Usage: python experiments/mma_prototype.py [--kernel mma|wgmma] [--task attention] [--out results.json]
 """
 
 from __future__ import annotations

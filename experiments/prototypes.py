@@ -20,9 +20,9 @@ without a second kernel or a cross-program combine (split-KV's costs at the seed
 (``triton.tools.tensor_descriptor``, as Triton's attention tutorial does on Hopper), where the
 template's ``tma`` option builds them on the device, in every program, before its loop.
 
-Usage: python benchmarks/prototypes.py --kernel kq|split3d|tma-host [--task attention] [--repeats 2]
+Usage: python experiments/prototypes.py --kernel kq|split3d|tma-host [--task attention] [--repeats 2]
            [--out results.json]
-       python benchmarks/prototypes.py --kernel kq|split3d|tma-host --check   (CPU: TRITON_INTERPRET=1, tiny shapes)
+       python experiments/prototypes.py --kernel kq|split3d|tma-host --check   (CPU: TRITON_INTERPRET=1, tiny shapes)
 """
 
 from __future__ import annotations

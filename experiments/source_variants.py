@@ -20,7 +20,7 @@ recorded here with its numbers. Sets of edits:
   and the exponent added to the bits, as FlashAttention-4 does), so the MUFU unit computes fewer:
   the odd key columns (the tile split in two by ``tl.split``), or every column.
 
-Usage: python benchmarks/source_variants.py --set loop|causal|rowsum|exp [--task attention] [--genome JSON]
+Usage: python experiments/source_variants.py --set loop|causal|rowsum|exp [--task attention] [--genome JSON]
        [--repeats 2] [--out results.json]
 """
 

@@ -5,7 +5,7 @@ beside SDPA's backends, so a refactor of the kernel's source is measured, not as
 The older template is a file: ``git show REV:src/evoforge/kernels/flash_attention.py > old_flash.py``.
 Genomes are rendered by the old template with the fields it knows (a newer field must be at its default).
 
-Usage: python benchmarks/template_ab.py --old old_flash.py [--repeats 2] [--out results.json]
+Usage: python experiments/template_ab.py --old old_flash.py [--repeats 2] [--out results.json]
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The helper kernels of benchmarks/floor.py and benchmarks/bandwidth.py do what their records say
+"""The helper kernels of experiments/floor.py and experiments/bandwidth.py do what their records say
 (Triton's interpreter on a CPU, the compiled kernels on a GPU; tiny shapes)."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.benchmarks import load_script
 from tests.conftest import triton_device
+from tests.experiments import load_script
 
 pytest.importorskip("triton")
 

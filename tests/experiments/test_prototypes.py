@@ -1,4 +1,4 @@
-"""The prototype kernels of benchmarks/prototypes.py compute attention correctly (CPU, Triton's
+"""The prototype kernels of experiments/prototypes.py compute attention correctly (CPU, Triton's
 interpreter, tiny shapes, causal and not): their recorded GPU timings are of correct kernels."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("triton")
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "prototypes.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "prototypes.py"
 
 
 @pytest.mark.parametrize("kernel", ["kq", "split3d", "tma-host"])
