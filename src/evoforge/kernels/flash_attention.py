@@ -217,5 +217,5 @@ def render(g: FlashGenome, *, causal: bool, head_dim: int) -> str:
 @functools.cache
 def _template() -> str:
     # Beside this file rather than through the package: a copy of an older version of this module
-    # (benchmarks/template_ab.py imports one from a file) then reads its own template, or fails.
+    # (experiments/template_ab.py imports one from a file) then reads its own template, or fails.
     return Path(__file__).with_name(TEMPLATE).read_text(encoding="utf-8")
