@@ -202,6 +202,7 @@ def test_best_exports_several_runs_as_one_dispatch_table(two_runs: tuple[Path, l
     module = load(cwd / "table.py")
     assert [s["causal"] for s in module.TABLE] == [False, True]
     assert module.TABLE[1]["verified_shapes"][1]["q_len"] == 1
+    module.set_only_faster(False)  # the CPU runs' kernels lost to SDPA (tested below): run them all the same
     module.reset_stats()
     q, k, v = qkv(s=30)
     close(module.attention(q, k, v), reference(q, k, v))
@@ -239,3 +240,49 @@ def test_a_retime_reads_the_candidates_an_export_carries(tmp_path: Path) -> None
     old = (tmp_path / "old.py")  # the first guarded format: SPEC and KERNEL_SOURCE
     old.write_text("SPEC: dict = {'hash': 'abc'}\nKERNEL_SOURCE = r'''\n" + SDPA_SOURCE + "'''\n")
     assert candidate_sources(old.read_text()) == [SDPA_SOURCE]
+
+
+def test_an_entry_leaves_to_sdpa_the_calls_nearest_a_shape_where_it_lost(tmp_path: Path) -> None:
+    """A multi-shape run's geometric mean can hide a shape where its kernel lost to PyTorch (decode, say): the
+    export keeps each verified shape's measured speedup, and calls nearest a losing shape run SDPA, with the
+    reason, unless set_only_faster(False); the export command says so, and the self-test still checks the
+    kernel there."""
+    prefill = {"batch": 1, "heads": 2, "kv_heads": 2, "q_len": 64, "seq_len": 64}
+    decode = {"batch": 1, "heads": 2, "kv_heads": 2, "q_len": 1, "seq_len": 64}
+    cand, best, data = entry("mixed", MATMUL_SOURCE, shapes=[prefill, decode])
+    best = {"fitness": 1.1, "shapes": [{"task": "mixed_0", "status": "ok", "fitness": 1.5},
+                                       {"task": "mixed_1", "status": "ok", "fitness": 0.4}]}
+    module = table(tmp_path, [(cand, best, data)])
+    assert module.TABLE[0]["shape_speedups"] == [1.5, 0.4]
+    q, k, v = qkv(s=50)
+    assert module.check(q, k, v) is None  # nearest the prefill shape, where the kernel won
+    close(module.attention(q, k, v), reference(q, k, v))
+    q1 = q[:, :, :1].contiguous()
+    reason = module.check(q1, k, v)
+    assert reason is not None and "0.40x" in reason and "SDPA runs this call" in reason
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        close(module.attention(q1, k, v), reference(q1, k, v))
+    assert module.stats()["kernel"] == 1 and module.stats()["fallback"] == 1
+    module.set_only_faster(False)
+    try:
+        assert module.check(q1, k, v) is None
+    finally:
+        module.set_only_faster(True)
+    lines: list[str] = []
+    assert module.selftest("cpu", out=lines.append), "\n".join(lines)
+    assert any("measured slower than PyTorch" in line for line in lines)
+    from evoforge.export import slower_note
+
+    note = slower_note(best, data)
+    assert note is not None and "1 of 2" in note and "mixed_1 0.40x" in note
+    assert slower_note({"fitness": 1.2}, data) is None
+
+
+def test_an_entry_that_lost_everywhere_runs_nowhere(tmp_path: Path) -> None:
+    cand, _, data = entry("slow", MATMUL_SOURCE)
+    module = table(tmp_path, [(cand, {"fitness": 0.5}, data)])
+    q, k, v = qkv()
+    assert "0.50x" in (module.check(q, k, v) or "")
+    with pytest.raises(module.UnsupportedCall, match=r"0\.50x"):
+        module.attention(q, k, v, strict=True)

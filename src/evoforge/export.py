@@ -33,7 +33,7 @@ _SOURCES_LINE = "# evoforge:kernel-sources (the export puts each evolved candida
 # Genomes whose rendered kernels take any batch, head count and sequence length (strides and masks come
 # from the call): the template mutator's Triton kernel and its PyTorch paths. Anything else (an LLM's
 # kernel, say) is exported for the exact shapes it was verified on.
-SHAPE_GENERAL = ("triton_flash", "torch")
+SHAPE_GENERAL = ("triton_flash", "gluon_flash", "torch")
 
 
 class ExportError(Exception):
@@ -82,10 +82,29 @@ def spec_for(cand: Candidate, best: dict[str, Any], data: dict[str, Any]) -> dic
         "capability": [int(x) for x in capability.split(".")] if capability else None,
         "tolerance": list(DEFAULT_TOLERANCES[dtype]),
         "speedup": best.get("fitness"),
+        # per verified shape (a multi-shape run measures each): the runtime leaves to SDPA the calls nearest a
+        # shape where the kernel lost
+        "shape_speedups": ([r.get("fitness") if r.get("status", "ok") == "ok" else 0.0 for r in best["shapes"]]
+                           if best.get("shapes") else [best.get("fitness")]),
         "baseline": best.get("best_baseline"),
         "fitness_mode": best.get("fitness_mode"),
         "versions": dev.get("versions") or {},
     }
+
+
+def slower_note(best: dict[str, Any], data: dict[str, Any]) -> str | None:
+    """One line for the user where an attention run's best lost to PyTorch on some of its shapes (the export
+    leaves the calls nearest those to SDPA), else None."""
+    if (data["task"].get("params") or {}).get("family") != "attention":
+        return None
+    shapes = best.get("shapes") or [{"task": data["task"].get("name"), "fitness": best.get("fitness")}]
+    lost = [s for s in shapes if (s.get("fitness") or 0.0) < 1.0]
+    if not lost:
+        return None
+    which = ", ".join(f"{s.get('task')} {s.get('fitness') or 0.0:.2f}x" for s in lost)
+    whole = "every one" if len(lost) == len(shapes) else f"{len(lost)} of {len(shapes)}"
+    return (f"run {data['run']['id']}'s kernel is slower than PyTorch's fastest path on {whole} of its shapes "
+            f"({which}): the export runs SDPA for the calls nearest those")
 
 
 def _literal(text: str) -> str:

@@ -39,13 +39,22 @@ class UnsupportedCall(ValueError):
 
 
 _state: dict[str, Any] = {"strict": os.environ.get("EVOFORGE_STRICT") == "1", "warned": False, "models": {},
-                          "broken": {}, "kernel": 0, "fallback": 0, "entries": {}, "reasons": {}}
+                          "broken": {}, "kernel": 0, "fallback": 0, "entries": {}, "reasons": {},
+                          "only_faster": os.environ.get("EVOFORGE_ONLY_FASTER", "1") != "0"}
 _capabilities: dict[int, tuple[int, int]] = {}
 
 
 def set_strict(strict: bool) -> None:
     """strict=True: a call no kernel covers raises UnsupportedCall instead of falling back."""
     _state["strict"] = bool(strict)
+
+
+def set_only_faster(only_faster: bool) -> None:
+    """only_faster=True (the default): an entry does not take the calls nearest a verified shape where its run
+    measured it slower than PyTorch's fastest path (SDPA runs them). False runs each entry wherever it is
+    verified, to check or time the kernel itself there (the self-test does)."""
+    _state["only_faster"] = bool(only_faster)
+    _verdicts.clear()
 
 
 def stats() -> dict[str, Any]:
@@ -161,26 +170,50 @@ def _entry_reason(i: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_
     return None
 
 
+def _nearest(s: dict[str, Any], batch: int, heads: int, n_q: int, n_k: int) -> tuple[float, int]:
+    """(distance, index) of the verified shape of entry ``s`` nearest to a call's: the distance is the sum of
+    |log2| of the ratios of the query length, the key length and batch x heads (so decode and prefill never
+    look alike); the first on a tie."""
+    return min((abs(math.log2(n_q / v["q_len"])) + abs(math.log2(n_k / v["kv_len"]))
+                + abs(math.log2(batch * heads / (v["batch"] * v["heads"]))), j)
+               for j, v in enumerate(s["verified_shapes"]))
+
+
 def _distance(i: int, q: torch.Tensor, k: torch.Tensor) -> float:
-    """How far a call's shape is from TABLE[i]'s nearest verified shape: the sum of |log2| of the ratios of
-    the query length, the key length and batch x heads (so decode and prefill never look alike)."""
-    batch, heads, n_q, _ = q.shape
-    n_k = k.shape[2]
-    return min(abs(math.log2(n_q / v["q_len"])) + abs(math.log2(n_k / v["kv_len"]))
-               + abs(math.log2(batch * heads / (v["batch"] * v["heads"]))) for v in TABLE[i]["verified_shapes"])
+    """How far a call's shape is from TABLE[i]'s nearest verified shape (see _nearest)."""
+    return _nearest(TABLE[i], q.shape[0], q.shape[1], q.shape[2], k.shape[2])[0]
+
+
+def _slower(s: dict[str, Any], batch: int, heads: int, n_q: int, n_k: int) -> str | None:
+    """Why entry ``s`` should not run a call it covers, or None: its run measured it slower than PyTorch's
+    fastest path (speedup below 1) at the verified shape nearest the call. A multi-shape run measures every
+    shape, and its geometric mean can hide a shape (decode, say) where the kernel loses; an export without
+    measured speedups (older ones) runs wherever it is verified."""
+    speedups = s.get("shape_speedups") or []
+    if not _state["only_faster"] or not speedups:
+        return None
+    j = _nearest(s, batch, heads, n_q, n_k)[1]
+    speedup = speedups[j] if j < len(speedups) else None
+    if speedup is None or speedup >= 1.0:
+        return None
+    return (f"the kernel measured {speedup:.2f}x of PyTorch's fastest path at its nearest verified shape "
+            f"({_shape_text(s['verified_shapes'][j])}), so SDPA runs this call")
 
 
 def select(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
            is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False, *,
            dropout_p: float = 0.0, causal_bottom_right: bool = False) -> tuple[int | None, str | None]:
     """(index into TABLE of the kernel that runs this call, None) or (None, why no kernel covers it). Where
-    several entries cover a call, the one whose verified shape is nearest runs it (the first on a tie)."""
+    several entries cover a call, the one whose verified shape is nearest runs it (the first on a tie); an
+    entry that measured slower than PyTorch at the verified shape nearest the call does not take it."""
     if not TABLE:
         return None, "an empty table (this module was not filled in by an export)"
     reason = _call_reason(q, k, v, attn_mask, enable_gqa, dropout_p, causal_bottom_right)
     if reason is not None:
         return None, reason
     reasons = [_entry_reason(i, q, k, v, is_causal, scale, causal_bottom_right) for i in range(len(TABLE))]
+    batch, heads, n_q, _ = q.shape
+    reasons = [r or _slower(TABLE[i], batch, heads, n_q, k.shape[2]) for i, r in enumerate(reasons)]
     covering = [i for i, r in enumerate(reasons) if r is None]
     if covering:
         return min(covering, key=lambda i: _distance(i, q, k)), None
@@ -267,13 +300,17 @@ def _cached_select(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask:
                       causal_bottom_right=causal_bottom_right)
     key = (q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype, v.dtype, q.device,
            k.device, v.device, is_causal, scale, enable_gqa, dropout_p, causal_bottom_right)
+    unaligned = (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15
     if key not in _verdicts:
+        verdict = select(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p=dropout_p,
+                         causal_bottom_right=causal_bottom_right)
+        if unaligned:  # the verdict may rest on this call's addresses: not one for the layout
+            return verdict
         if len(_verdicts) > 4096:
             _verdicts.clear()
-        _verdicts[key] = select(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p=dropout_p,
-                                causal_bottom_right=causal_bottom_right)
+        _verdicts[key] = verdict
     verdict = _verdicts[key]
-    if verdict[0] is not None and (q.data_ptr() | k.data_ptr() | v.data_ptr()) & 15:
+    if verdict[0] is not None and unaligned:
         return select(q, k, v, attn_mask, is_causal, scale, enable_gqa, dropout_p=dropout_p,
                       causal_bottom_right=causal_bottom_right)
     return verdict
@@ -514,7 +551,8 @@ def _kernel_expected(c: dict[str, Any], runs_here: list[bool]) -> bool:
         if (here and getattr(torch, s["dtype"]) == c["dtype"] and s["head_dim"] == c["d"]
                 and c["h"] // c["hk"] in s["gqa_ratios"]
                 and (causal == s["causal"] or (c["n_q"] == 1 and (c["mode"] != "top_left" or c["n_k"] == 1)))
-                and (s["general"] or (shape in s["verified_shapes"] and c["layout"] == "contiguous"))):
+                and (s["general"] or (shape in s["verified_shapes"] and c["layout"] == "contiguous"))
+                and _slower(s, c["b"], c["h"], c["n_q"], c["n_k"]) is None):
             return True
     return False
 
@@ -592,6 +630,15 @@ def selftest(device: str | None = None, out: Callable[[str], None] = print) -> b
             out(f"  {prefix}the kernel does not run here ({here}): checking that its calls fall back correctly")
     ok = True
     saved = {key: (dict(val) if isinstance(val, dict) else val) for key, val in _state.items()}
+    for s in TABLE:  # the kernel itself is checked everywhere it is verified, also where SDPA runs its calls
+        lost = [(sp, vs) for sp, vs in zip(s.get("shape_speedups") or [], s["verified_shapes"], strict=False)
+                if sp is not None and sp < 1.0]
+        if lost and _state["only_faster"]:
+            prefix = f"{s['name']}: " if len(TABLE) > 1 else ""
+            where = "; ".join(f"{_shape_text(vs)} ({sp:.2f}x)" for sp, vs in lost)
+            out(f"  {prefix}measured slower than PyTorch at {where}: calls nearest those run SDPA "
+                "(set_only_faster(False) runs the kernel there); checked here all the same")
+    set_only_faster(False)
     for s in TABLE:
         for c in _entry_cases(s):
             ran, err, speed = _run_case(c, dev, gen, _kernel_expected(c, runs_here))
@@ -602,6 +649,7 @@ def selftest(device: str | None = None, out: Callable[[str], None] = print) -> b
                 + (f": {err}" if err else ""))
             ok = ok and err is None
     _state.update(saved)
+    _verdicts.clear()
     out(f"{NAME}: self-test {'passed' if ok else 'FAILED'}")
     return ok
 

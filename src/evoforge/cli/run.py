@@ -216,7 +216,7 @@ def best(
     db: Path = DbOpt, verbose: bool = VerboseOpt,
 ) -> None:
     """Show the best kernel of a run, or export it (or several runs' best, as a dispatch table) as a module."""
-    from evoforge.export import ExportError
+    from evoforge.export import ExportError, slower_note
     from evoforge.report import best_candidate, export_module
 
     def body() -> int:
@@ -237,6 +237,10 @@ def best(
         export.parent.mkdir(parents=True, exist_ok=True)
         export.write_text(text)
         out.print(f"wrote {export}", highlight=False)
+        for run_id in run_ids:
+            note = slower_note(*best_candidate(store, run_id)[1:])
+            if note:
+                output.err.print(f"note: {note}", highlight=False, markup=False)
         return 0
 
     raise typer.Exit(guarded(body, verbose))
