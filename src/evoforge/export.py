@@ -107,6 +107,16 @@ def slower_note(best: dict[str, Any], data: dict[str, Any]) -> str | None:
             f"({which}): the export runs SDPA for the calls nearest those")
 
 
+def _without_docstring(source: str) -> str:
+    """A module's source less its leading docstring (the runtime's explains evoforge's side; the export
+    writes its own header first)."""
+    body = ast.parse(source).body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+            and isinstance(body[0].value.value, str):
+        return "".join(source.splitlines(True)[body[0].end_lineno:]).lstrip("\n")
+    return source
+
+
 def _literal(text: str) -> str:
     """A Python literal for ``text``, verbatim (a raw triple-quoted string) where it can be."""
     for quote in ("'''", '"""'):
@@ -130,7 +140,7 @@ def render_table(entries: list[Entry], header: str) -> str:
     if len(set(runs)) != len(runs):
         raise ExportError(f"a run is given twice ({', '.join(runs)}); give each run once")
     table = [spec_for(cand, best, data) for cand, best, data in entries]
-    runtime = RUNTIME.read_text()
+    runtime = _without_docstring(RUNTIME.read_text())
     if runtime.count(_TABLE_LINE) != 1 or runtime.count(_SOURCES_LINE) != 1:
         raise ExportError(f"{RUNTIME} lacks its TABLE or kernel-sources line")
     table_text = pprint.pformat(table, width=110, sort_dicts=True)

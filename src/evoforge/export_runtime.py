@@ -1,11 +1,26 @@
-# ---- evoforge export runtime ------------------------------------------------------------------------
-# This text is copied into every exported attention module (`evoforge best RUN [RUN ...] --export kernel.py`);
-# the export fills in TABLE (one entry per evolved kernel: what it was evolved and verified for) and
-# KERNEL_SOURCES (each evolved candidate, run in a namespace of its own so that its names never clash with
-# these). A call runs the entry whose class covers it (the nearest verified shape where several do), else
-# SDPA. The module needs torch (and triton for a Triton kernel), not evoforge. No `from __future__ import
-# annotations` here: the custom op reads its argument types from the annotations, and the module's first
-# lines are a docstring.
+"""The runtime of an exported attention module: the checks, the dispatch, the fallback and the self-test.
+
+This text is copied into every exported attention module (``evoforge best RUN [RUN ...] --export kernel.py``,
+see :mod:`evoforge.export`), without this docstring: the export puts its own header (what was measured,
+where) first. The export fills in ``TABLE`` (one entry per evolved kernel: what it was evolved and verified
+for, and the speedup measured on each verified shape) and ``KERNEL_SOURCES`` (each evolved candidate, run in
+a namespace of its own so that its names never clash with these).
+
+- ``attention(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False)``: SDPA's signature.
+  ``select`` picks the entry whose class covers the call (dtype, head dim, scale, causality, grouped-query
+  ratio, layout, alignment, device and capability; the nearest verified shape where several do), unless
+  the kernel measured slower than PyTorch there (``set_only_faster``); otherwise SDPA runs the call, with a
+  warning the first time, or ``UnsupportedCall`` is raised with ``strict``. ``check`` says why, ``stats``
+  counts; verdicts are remembered per call layout.
+- ``OP``: the same call as a ``torch.library`` custom op with a fake implementation, for ``torch.compile``
+  and CUDA graphs; ``routed()`` (``evoforge.use``) sends ``F.scaled_dot_product_attention`` here;
+  ``register_transformers()`` adds ``attn_implementation="evoforge"``.
+- ``selftest()`` (``python kernel.py --selftest``): every entry against a float64 reference on fresh inputs,
+  where its kernel must run and next to it, where the fallback must.
+
+The module needs torch (and triton for a Triton kernel), not evoforge. No ``from __future__ import
+annotations`` here: the custom op reads its argument types from the annotations.
+"""
 import contextlib
 import hashlib
 import linecache
