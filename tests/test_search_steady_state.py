@@ -12,7 +12,7 @@ from evoforge.candidate import Candidate
 from evoforge.executor import Done, Executor
 from evoforge.search import Search, SearchConfig, restore_rng
 from evoforge.store import RunStore
-from tests.test_search import FakeEvaluator, StepMutator
+from tests.test_search import FakeEvaluator, StepMutator, make
 
 
 class OutOfOrderExecutor(Executor):
@@ -26,6 +26,7 @@ class OutOfOrderExecutor(Executor):
         self.evaluate = FakeEvaluator()
         self.todo: list[tuple[int, list[Candidate]]] = []
         self.submitted: list[int] = []
+        self.sizes: list[int] = []  # candidates per submitted batch
         self.max_in_flight = 0
         self.die_after = die_after
         self.completed = 0
@@ -33,6 +34,7 @@ class OutOfOrderExecutor(Executor):
     def submit(self, generation: int, candidates: list[Candidate]) -> None:
         self.todo.append((generation, candidates))
         self.submitted.append(generation)
+        self.sizes.append(len(candidates))
         self._in_flight += 1
         self.max_in_flight = max(self.max_in_flight, self._in_flight)
 
@@ -63,14 +65,16 @@ def test_keeps_every_slot_busy_and_stores_every_batch(tmp_path: Path) -> None:
     search, store = _search(tmp_path, SearchConfig(generations=8, population=3, seed=1), executor)
     final = search.run()
     assert final.stop_reason == "reached 8 generations"
-    assert executor.max_in_flight == 3  # three batches in flight once generation 0 was back
-    assert sorted(executor.submitted) == list(range(8))  # "generation" = batch index, each once
+    assert executor.max_in_flight == 3
+    # generation 0 (two seeds, nothing to breed from yet) goes out split over the slots, at once; later
+    # generations are one batch each ("generation" = batch index)
+    assert executor.submitted[:2] == [0, 0] and sorted(executor.submitted[2:]) == list(range(1, 8))
     seen = executor.evaluate.seen
     assert len(seen) == len(set(seen))  # a candidate in flight is never proposed again
     stored = [r.hash for r, _ in store.evaluations(search.run_id)]
     assert sorted(stored) == sorted(seen)
     events = store.events(search.run_id, "generation")
-    assert sorted(e["generation"] for e in events) == list(range(8))
+    assert sorted(e["generation"] for e in events) == [0, *range(8)]
     assert all(e["slot"] in ("s0", "s1", "s2") and e["host"] == "h" for e in events)
     (summary,) = store.events(search.run_id, "throughput")
     assert summary["slots"] == 3 and summary["evaluations"] == len(seen)
@@ -115,3 +119,21 @@ def test_one_slot_is_the_generational_loop(tmp_path: Path) -> None:
     one = OutOfOrderExecutor(slots=1)
     _search(tmp_path, config, one)[0].run()
     assert one.evaluate.seen == serial_eval.seen
+
+
+def test_generation_0_is_split_over_the_slots(tmp_path: Path) -> None:
+    """Before any result there is nothing to breed from: the seeds are all the work, one batch per slot (in
+    near-equal parts), so no GPU waits for another's generation 0; one slot, or a batch size, keeps one batch."""
+
+    class FiveSeeds(StepMutator):
+        def seed(self) -> list[Candidate]:
+            return [make(x) for x in range(5)]
+
+    for slots, batch_size, expected in ((2, None, [3, 2]), (1, None, [5]), (3, 4, [4, 1]), (8, None, [1] * 5)):
+        executor = OutOfOrderExecutor(slots=slots)
+        config = SearchConfig(generations=1, population=5, seed=2, batch_size=batch_size)
+        store = RunStore(tmp_path / f"s{slots}-{batch_size}.db")
+        run_id = store.create_run({"name": "fake"}, config.to_dict())
+        rng = random.Random(2)
+        Search(store, run_id, FiveSeeds(rng), None, config, rng, executor=executor).run()
+        assert executor.submitted == [0] * len(expected) and executor.sizes == expected, (slots, batch_size)

@@ -178,8 +178,13 @@ class Search:
         if not self.history and not pending:
             pending = {0: self._persist_proposals(self._distinct(self.mutator.seed(), 0), 0)}
             last = 0
+        # Before any batch has come back there are no parents to propose from, so the pending batches are all
+        # the work there is: with several slots (GPUs) and no batch size, each is split over the slots, so that
+        # generation 0 keeps every GPU busy rather than one (issue 22: the seed-shape run on 2 H200s was 1.70x
+        # of one, its generation 0 on one GPU). Each part re-times the baselines on its own slot.
+        spread = len(self.executor.slot_names) if not self.history and not self.config.batch_size else 1
         self.resubmit = resubmit = [(g, chunk) for g, b in sorted(pending.items())
-                                    for chunk in self._chunks(self._unique_names(b))]
+                                    for chunk in self._chunks(self._unique_names(b), spread)]
         self.next_generation = last + 1
         self.completed = max((i.candidate.lineage.get("generation", 0) for i in self.history), default=-1)
         batch_seconds: list[float] = []
@@ -259,9 +264,12 @@ class Search:
     def _in_flight_count(self) -> int:
         return sum(len(b) for b in self.in_flight.values())
 
-    def _chunks(self, batch: list[Candidate]) -> list[list[Candidate]]:
-        """``batch`` in batches of at most ``batch_size`` candidates (one batch without a batch size)."""
+    def _chunks(self, batch: list[Candidate], parts: int = 1) -> list[list[Candidate]]:
+        """``batch`` in batches of at most ``batch_size`` candidates (one batch without a batch size); with
+        ``parts`` > 1 (and no batch size), in that many batches of near-equal size (fewer if it is smaller)."""
         size = self.config.batch_size
+        if not size and parts > 1 and len(batch) > 1:
+            size = -(-len(batch) // min(parts, len(batch)))
         if not size or len(batch) <= size:
             return [batch]
         return [batch[i:i + size] for i in range(0, len(batch), size)]
