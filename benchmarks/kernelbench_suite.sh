@@ -28,7 +28,8 @@ for p in d["problems"]:
           f"  fitness {x(p['fitness']):>7}{'' if p['significant'] else ' (n.s.)'}  {p['valid']}/{p['evaluated']}")
 print(f"level {sys.argv[2]} ({d['batch']}): {m['correct']}/{m['problems']} correct, {m['evolved']} evolved; "
       f"fast_1 {m['fast_1_vs_eager']:.2f} / fast_1.5 {m['fast_1.5_vs_eager']:.2f} vs eager, "
-      f"fast_1 {m['fast_1_vs_best']:.2f} / fast_1.5 {m['fast_1.5_vs_best']:.2f} vs the faster of eager and compile; "
+      f"fast_1 {m['fast_1_vs_best']:.2f} / fast_1.05 {m['fast_1.05_vs_best']:.2f} / fast_1.5 {m['fast_1.5_vs_best']:.2f} "
+      f"vs the faster of eager and compile; "
       f"geomean {x(m['geomean_vs_eager'])} vs eager, {x(m['geomean_vs_best'])} vs the faster")
 PY
 done
