@@ -6,7 +6,12 @@ it checks every entry against a float64 reference, then times it two ways: eager
 ``do_bench`` (the device's time; what evoforge's search ranks on CUDA). Entries: a list of Gluon genomes, the
 Triton family's generation-0 genome for the shape (the template mutator's ``default_genome()``, its best
 measured genome per shape class) and SDPA (PyTorch's default dispatch). A failing entry is recorded with
-its error and the run goes on. About two minutes on an H200.
+its error and the run goes on. Each Gluon genome runs in a process of its own (this script with the
+internal ``--worker``): an illegal memory access poisons the CUDA context of the process that launched the
+kernel, so a crash costs only that genome's later shapes, whose rows say so (status ``crashed`` on the shape
+that crashed, ``not run`` after it). The loop without warp specialisation is measured too, though the search
+is not offered it (``offered`` in each row; ``gluon_flash.PIPELINED_VERIFIED``). About three minutes on an
+H200.
 
     python3 benchmarks/gluon_bench.py --out benchmarks/results/gluon-bench-h200.json
     python3 benchmarks/gluon_bench.py --shapes seed --genomes default,pipe-1x4-m64     # a subset
@@ -21,6 +26,7 @@ import json
 import math
 import platform
 import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,15 +100,121 @@ def time_entry(fn: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> di
     return {"eager_us": eager * 1e3, "graph_us": graphed * 1e3}
 
 
+def inputs(p: AttentionParams) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The shape's q, k, v (seeded: every process draws the same) and their float64 attention."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    dtype = getattr(torch, p.torch_dtype)
+    q = torch.randn(p.batch, p.heads, p.n_q, p.head_dim, device="cuda", dtype=dtype, generator=gen)
+    k = torch.randn(p.batch, p.n_kv_heads, p.seq_len, p.head_dim, device="cuda", dtype=dtype, generator=gen)
+    v = torch.randn(p.batch, p.n_kv_heads, p.seq_len, p.head_dim, device="cuda", dtype=dtype, generator=gen)
+    return q, k, v, reference(q, k, v, p.causal)
+
+
+def measure(record: dict[str, Any], source: str | None, p: AttentionParams, data: tuple[torch.Tensor, ...],
+            tmp: Path) -> dict[str, Any]:
+    """Checks one entry against the reference and times it, into ``record`` (an exception is recorded)."""
+    q, k, v, expected = data
+    try:
+        if source is None:
+            fn = functools.partial(torch.nn.functional.scaled_dot_product_attention, is_causal=p.causal)
+        else:
+            fn = load(source, f"{record['entry']}_{record['shape']}".replace("-", "_"), tmp)
+        t0 = time.perf_counter()
+        got = fn(q, k, v)
+        torch.cuda.synchronize()
+        record["first_call_s"] = round(time.perf_counter() - t0, 3)
+        err = (got.double() - expected).abs().max().item()
+        tol = 2e-2 if q.dtype == torch.bfloat16 else 4e-3
+        record.update(max_abs_err=err, correct=bool(err <= tol + tol * expected.abs().max().item()))
+        record.update(time_entry(fn, q, k, v))
+        record["tflops_graph"] = p.flops / (record["graph_us"] * 1e-6) / 1e12
+        record["status"] = "ok" if record["correct"] else "incorrect"
+    except Exception as exc:  # recorded, the run goes on
+        text = f"{type(exc).__name__}: {str(exc)[-1200:]}"
+        # A CUDA error (an illegal memory access) poisons the process's context: a crash, not a wrong answer.
+        record.update(status="crashed" if "CUDA error" in text else "error", error=text)
+    return record
+
+
+def print_record(record: dict[str, Any]) -> None:
+    line = (f"{record['eager_us']:9.1f} us eager {record['graph_us']:9.1f} us graph "
+            f"{record['tflops_graph']:6.1f} TF/s err {record['max_abs_err']:.1e}") \
+        if "graph_us" in record else (record.get("error") or record.get("why", ""))[-200:]
+    print(f"{record['shape']:24} {record['entry']:24} {record['status']:12} {line}", flush=True)
+
+
+def gluon_worker(label: str, shapes: dict[str, AttentionParams], out: Path) -> int:
+    """One Gluon genome on every shape, in this (child) process: a JSON line per shape appended to ``out`` as
+    soon as it is measured. Stops at a crash (the CUDA context is poisoned; the parent records the rest)."""
+    g = GENOMES[label]
+    limits = HardwareLimits.for_device(torch.cuda.get_device_properties(0))
+    with tempfile.TemporaryDirectory() as tmpdir, out.open("a") as lines:
+        for shape, p in shapes.items():
+            record: dict[str, Any] = {"shape": shape, "params": p.to_dict(), "entry": f"gluon-{label}",
+                                      "genome": g.to_dict(), "offered": gf.fits(g, p.head_dim, 2, limits) is None}
+            # The loop without warp specialisation too, which the search is not offered (PIPELINED_VERIFIED).
+            why = gf.fits(g, p.head_dim, 2, limits, allow_pipelined=True)
+            if why is not None:
+                record.update(status="not proposed", why=why)
+            else:
+                measure(record, gf.render(g, causal=p.causal, head_dim=p.head_dim), p, inputs(p), Path(tmpdir))
+            lines.write(json.dumps(record) + "\n")
+            lines.flush()
+            if record["status"] == "crashed":
+                return 3
+            torch.cuda.empty_cache()
+    return 0
+
+
+def run_isolated(label: str, shapes: dict[str, AttentionParams], timeout_s: float) -> dict[str, dict[str, Any]]:
+    """Runs gluon_worker for one genome in a process of its own, so that a kernel's crash (an illegal memory
+    access poisons the CUDA context of the process that launched it) loses only that genome's later shapes.
+    Returns its records by shape; a shape it never recorded gets a row saying how the process ended."""
+    g = GENOMES[label]
+    with tempfile.TemporaryDirectory() as tmpdir:
+        out = Path(tmpdir) / "records.jsonl"
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", label, "--shapes", ",".join(shapes),
+               "--out", str(out)]
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, cwd=ROOT)
+            rc: int | None = run.returncode
+            stderr = run.stderr
+        except subprocess.TimeoutExpired as exc:
+            rc = None
+            stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        lines = out.read_text().splitlines() if out.exists() else []
+    records = {r["shape"]: r for r in map(json.loads, lines)}
+    ended = f"exit status {rc}" if rc is not None else f"timed out after {timeout_s:.0f} s"
+    crashed = next((shape for shape, r in records.items() if r["status"] == "crashed"), None)
+    for shape, p in shapes.items():
+        if shape in records:
+            continue
+        record: dict[str, Any] = {"shape": shape, "params": p.to_dict(), "entry": f"gluon-{label}",
+                                  "genome": g.to_dict(), "returncode": rc}
+        if crashed is None:  # the process died before it could record this shape: the crash is here
+            crashed = shape
+            record.update(status="crashed", error=f"the genome's process ended ({ended}) before recording this "
+                                                  f"shape; stderr: {stderr[-1200:]}")
+        else:
+            record.update(status="not run", error=f"the genome's process crashed on {crashed} ({ended})")
+        records[shape] = record
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="write the records as JSON here")
     ap.add_argument("--shapes", default="", help=f"comma-separated, of {', '.join(SHAPES)} (default: all)")
     ap.add_argument("--genomes", default="", help=f"comma-separated, of {', '.join(GENOMES)} (default: all)")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds for one Gluon genome's process")
+    ap.add_argument("--worker", choices=sorted(GENOMES), help=argparse.SUPPRESS)  # the child: one genome
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         print("skipped: no CUDA GPU")
         return 2
+    shapes = {k: p for k, p in SHAPES.items() if not args.shapes or k in args.shapes.split(",")}
+    if args.worker:
+        return gluon_worker(args.worker, shapes, args.out)
     import triton
 
     props = torch.cuda.get_device_properties(0)
@@ -113,57 +225,30 @@ def main(argv: list[str] | None = None) -> int:
            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     print(json.dumps(env))
     genomes = {k: g for k, g in GENOMES.items() if not args.genomes or k in args.genomes.split(",")}
-    shapes = {k: p for k, p in SHAPES.items() if not args.shapes or k in args.shapes.split(",")}
     records: list[dict[str, Any]] = []
     started = time.monotonic()
+    # Each Gluon genome in a process of its own, first (this process has launched nothing yet).
+    gluon: dict[str, dict[str, dict[str, Any]]] = {}
+    for label in genomes:
+        gluon[label] = run_isolated(label, shapes, args.timeout)
+        for r in gluon[label].values():
+            print_record(r)
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for shape, p in shapes.items():
-            gen = torch.Generator(device="cuda").manual_seed(0)
-            dtype = getattr(torch, p.torch_dtype)
-            q = torch.randn(p.batch, p.heads, p.n_q, p.head_dim, device="cuda", dtype=dtype, generator=gen)
-            k = torch.randn(p.batch, p.n_kv_heads, p.seq_len, p.head_dim, device="cuda", dtype=dtype, generator=gen)
-            v = torch.randn(p.batch, p.n_kv_heads, p.seq_len, p.head_dim, device="cuda", dtype=dtype, generator=gen)
-            expected = reference(q, k, v, p.causal)
+            data = inputs(p)
             triton_genome = TemplateMutator(random.Random(0), p, limits).default_genome()
-            # (entry, genome, candidate source; None for SDPA)
-            entries: list[tuple[str, dict[str, Any] | None, str | None]] = [
+            for entry, genome, source in [
                 ("sdpa", None, None),
                 ("triton-default", triton_genome.to_dict(),
                  render_triton(triton_genome, causal=p.causal, head_dim=p.head_dim)),
-            ]
-            for label, g in genomes.items():
-                why = gf.fits(g, p.head_dim, 2, limits)
-                if why is not None:
-                    records.append({"shape": shape, "entry": f"gluon-{label}", "genome": g.to_dict(),
-                                    "status": "not proposed", "why": why})
-                    continue
-                entries.append((f"gluon-{label}", g.to_dict(), gf.render(g, causal=p.causal, head_dim=p.head_dim)))
-            for entry, genome, source in entries:
-                record: dict[str, Any] = {"shape": shape, "params": p.to_dict(), "entry": entry, "genome": genome}
-                try:
-                    if source is None:
-                        fn = functools.partial(torch.nn.functional.scaled_dot_product_attention, is_causal=p.causal)
-                    else:
-                        fn = load(source, f"{entry}_{shape}".replace("-", "_"), tmp)
-                    t0 = time.perf_counter()
-                    got = fn(q, k, v)
-                    torch.cuda.synchronize()
-                    record["first_call_s"] = round(time.perf_counter() - t0, 3)
-                    err = (got.double() - expected).abs().max().item()
-                    tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
-                    record.update(max_abs_err=err, correct=bool(err <= tol + tol * expected.abs().max().item()))
-                    record.update(time_entry(fn, q, k, v))
-                    record["tflops_graph"] = p.flops / (record["graph_us"] * 1e-6) / 1e12
-                    record["status"] = "ok" if record["correct"] else "incorrect"
-                except Exception as exc:  # recorded, the run goes on
-                    record.update(status="error", error=f"{type(exc).__name__}: {str(exc)[-1200:]}")
+            ]:
+                record = measure({"shape": shape, "params": p.to_dict(), "entry": entry, "genome": genome},
+                                 source, p, data, tmp)
                 records.append(record)
-                line = (f"{record['eager_us']:9.1f} us eager {record['graph_us']:9.1f} us graph "
-                        f"{record['tflops_graph']:6.1f} TF/s err {record['max_abs_err']:.1e}") \
-                    if "graph_us" in record else record.get("error", "")[-200:]
-                print(f"{shape:24} {entry:24} {record['status']:10} {line}", flush=True)
-            del q, k, v, expected
+                print_record(record)
+            records += [gluon[label][shape] for label in genomes]
+            del data
             torch.cuda.empty_cache()
     # Speedup of each entry over SDPA on its shape (graph times).
     sdpa = {r["shape"]: r["graph_us"] for r in records if r["entry"] == "sdpa" and "graph_us" in r}

@@ -5,7 +5,9 @@ sm_90 GPU) correctness against a float64 reference and through the evaluator."""
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
+import json
 import os
 import random
 import subprocess
@@ -61,6 +63,11 @@ def test_the_filter_refuses_what_the_gpu_cannot_run(gluon_here: None) -> None:
         assert "head size" in gf.fits(ok, head_dim, 2, H200)
     assert "16 rows per warp" in gf.fits(ok.with_(block_m=64, consumer_warps=8), 64, 2, H200)
     assert "warp-specialised" in gf.fits(ok.with_(warp_spec=False, consumers=2), 64, 2, H200)
+    # The loop without warp specialisation crashed on an H200: not offered to the search, but the compile
+    # check, the GPU test and the benchmark still build it.
+    pipe = ok.with_(warp_spec=False, block_m=64, consumer_warps=4)
+    assert not gf.PIPELINED_VERIFIED and "illegal memory access" in gf.fits(pipe, 64, 2, H200)
+    assert gf.fits(pipe, 64, 2, H200, allow_pipelined=True) is None
     assert "two consumer warpgroups" in gf.fits(ok.with_(consumers=2), 64, 2, H200)
     assert "shared memory" in gf.fits(ok.with_(block_n=256, num_stages=4), 128, 2, H200)
     assert "registers" in gf.fits(ok.with_(consumer_warps=4, block_n=128, num_stages=1), 128, 2, H200)
@@ -85,7 +92,9 @@ def test_shared_memory_estimate_and_launch_registers() -> None:
 
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_every_valid_genome_renders_python_with_its_genes(head_dim: int) -> None:
-    valid = [g for g in every_genome() if gf.fits(g, head_dim, 2, H200, check_device=False) is None]
+    valid = [g for g in every_genome()
+             if gf.fits(g, head_dim, 2, H200, check_device=False, allow_pipelined=True) is None]
+    assert any(not g.warp_spec for g in valid)
     assert len(valid) > 100
     for g in random.Random(head_dim).sample(valid, 24):
         for causal in (False, True):
@@ -198,8 +207,6 @@ def test_compiles_for_sm90_ahead_of_time(tmp_path: Path) -> None:
                           "--genomes", "default,ws-2x4-m64,pipe-1x4-m64", "--shapes", "seed-d64-fp16,d128-bf16-causal"],
                          capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
-    import json
-
     records = json.loads(out.read_text())["records"]
     assert len(records) == 6 and all(r["status"] == "compiled" for r in records)
     assert all(r["target"] == "sm_90a" and r["wgmma"] > 0 and r["spill_store_bytes"] == 0 for r in records)
@@ -215,31 +222,42 @@ GPU_GENOMES = {
     "ws-2x4-m64": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4),
     "ws-1x4-n128-s3": gf.GluonGenome(block_m=64, consumer_warps=4, block_n=128, num_stages=3),
     "ws-tma-store-mask-every": gf.GluonGenome(tma_store=True, causal_split=False),
+    # The loop without warp specialisation: the search is not offered it (gluon_flash.PIPELINED_VERIFIED),
+    # it runs here so that a GPU run says whether it still crashes.
     "pipe-1x4-m64": gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4),
     "pipe-1x8-s3": gf.GluonGenome(warp_spec=False, num_stages=3),
 }
 # (batch, heads, kv_heads, n_q, n_k, head_dim, dtype, causal)
 GPU_SHAPES = {
-    "seed-b1h8s512d64-fp16": (1, 8, 8, 512, 512, 64, torch.float16, False),
-    "b1h8s512d64-fp16-causal": (1, 8, 8, 512, 512, 64, torch.float16, True),
-    "b1h4s1024d128-bf16-causal": (1, 4, 4, 1024, 1024, 128, torch.bfloat16, True),
-    "b2h4s1000d64-fp16": (2, 4, 4, 1000, 1000, 64, torch.float16, False),
-    "b1h4s1000d128-fp16-causal": (1, 4, 4, 1000, 1000, 128, torch.float16, True),
-    "gqa-b2h8kv2s384d128-bf16": (2, 8, 2, 384, 384, 128, torch.bfloat16, False),
-    "q-shorter-b1h4q200s1000d64-fp16-causal": (1, 4, 4, 200, 1000, 64, torch.float16, True),
+    "seed-b1h8s512d64-fp16": (1, 8, 8, 512, 512, 64, "float16", False),
+    "b1h8s512d64-fp16-causal": (1, 8, 8, 512, 512, 64, "float16", True),
+    "b1h4s1024d128-bf16-causal": (1, 4, 4, 1024, 1024, 128, "bfloat16", True),
+    "b2h4s1000d64-fp16": (2, 4, 4, 1000, 1000, 64, "float16", False),
+    "b1h4s1000d128-fp16-causal": (1, 4, 4, 1000, 1000, 128, "float16", True),
+    "gqa-b2h8kv2s384d128-bf16": (2, 8, 2, 384, 384, 128, "bfloat16", False),
+    "q-shorter-b1h4q200s1000d64-fp16-causal": (1, 4, 4, 200, 1000, 64, "float16", True),
 }
+WORKER = Path(__file__).with_name("gluon_gpu_worker.py")
 
 
-def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    q, k, v = q.double(), k.double(), v.double()
-    group = q.shape[1] // k.shape[1]
-    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
-    s = q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5
-    if causal:
-        n_q, n_k = s.shape[-2:]
-        keep = torch.ones(n_q, n_k, dtype=torch.bool, device=s.device).tril(n_k - n_q)
-        s = s.masked_fill(~keep, float("-inf"))
-    return torch.softmax(s, dim=-1) @ v
+@functools.cache
+def gpu_cases(genome: str, workdir: Path) -> tuple[dict[str, dict[str, str]], str]:
+    """Every GPU case of one genome, run by gluon_gpu_worker.py in a process of its own (a kernel's illegal
+    memory access poisons its process's CUDA context: here it fails this genome's cases only, never the rest
+    of the pytest process). Returns the records by shape, and how the process ended."""
+    out = workdir / f"{genome}.jsonl"
+    job = {"genome": GPU_GENOMES[genome].to_dict(), "shapes": GPU_SHAPES, "out": str(out)}
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    try:
+        run = subprocess.run([sys.executable, str(WORKER), json.dumps(job)], capture_output=True, text=True,
+                             timeout=800, env=env, cwd=ROOT)
+        ended = f"exit status {run.returncode}; stderr: {run.stderr[-3000:]}"
+    except subprocess.TimeoutExpired as exc:
+        stderr = exc.stderr.decode(errors="replace") if isinstance(exc.stderr, bytes) else exc.stderr or ""
+        ended = f"timed out after {exc.timeout} s; stderr: {stderr[-3000:]}"
+    records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    return {r["shape"]: r for r in records}, ended
 
 
 @pytest.mark.gpu
@@ -247,27 +265,23 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -
                     reason="needs an sm_90 GPU and Triton 3.6 with Gluon")
 @pytest.mark.parametrize("shape", list(GPU_SHAPES))
 @pytest.mark.parametrize("genome", list(GPU_GENOMES))
-def test_gpu_matches_the_float64_reference(genome: str, shape: str, tmp_path: Path) -> None:
-    from evoforge.task import import_source
-
-    g = GPU_GENOMES[genome]
-    batch, heads, kv_heads, n_q, n_k, head_dim, dtype, causal = GPU_SHAPES[shape]
-    why = gf.fits(g, head_dim, 2, HardwareLimits.for_device(torch.cuda.get_device_properties(0)))
-    if why is not None:
-        pytest.skip(f"not proposed here: {why}")
-    name = f"gluon_{genome.replace('-', '_')}_{abs(hash(shape))}"
-    model = import_source(gf.render(g, causal=causal, head_dim=head_dim), name, name, tmp_path).ModelNew()
-    gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(batch, heads, n_q, head_dim, device="cuda", dtype=dtype, generator=gen)
-    k = torch.randn(batch, kv_heads, n_k, head_dim, device="cuda", dtype=dtype, generator=gen)
-    v = torch.randn(batch, kv_heads, n_k, head_dim, device="cuda", dtype=dtype, generator=gen)
-    expected = reference(q, k, v, causal)
-    for _ in range(2):  # the compiled kernel's second launch too
-        got = model(q, k, v)
-        torch.cuda.synchronize()
-        assert got.shape == q.shape and got.dtype == dtype and torch.isfinite(got).all()
-        tol = 2e-2 if dtype == torch.bfloat16 else 4e-3
-        torch.testing.assert_close(got.double(), expected, atol=tol, rtol=tol)
+def test_gpu_matches_the_float64_reference(genome: str, shape: str, tmp_path_factory: pytest.TempPathFactory) -> \
+        None:
+    """The kernel against a float64 reference (the checks are gluon_gpu_worker.py's), each genome's shapes in
+    a process of its own."""
+    records, ended = gpu_cases(genome, tmp_path_factory.getbasetemp())
+    record = records.get(shape)
+    if record is None:
+        ran = ", ".join(f"{k}: {r['status']}" for k, r in records.items()) or "none"
+        record = {"status": "failed",
+                  "detail": f"{genome} never reached {shape} (shapes run: {ran}); its process ended: {ended}"}
+    if record["status"] == "skipped":
+        pytest.skip(record["detail"])
+    if record["status"] != "ok" and not GPU_GENOMES[genome].warp_spec and not gf.PIPELINED_VERIFIED:
+        # Known to crash (gluon_flash.PIPELINED_VERIFIED) and never proposed: reported, not failed.
+        last = record["detail"].strip().splitlines()[-1:] or [""]
+        pytest.xfail(f"the loop without warp specialisation, not offered to the search: {last[0][-500:]}")
+    assert record["status"] == "ok", record["detail"]
 
 
 @pytest.mark.gpu
@@ -275,7 +289,7 @@ def test_gpu_matches_the_float64_reference(genome: str, shape: str, tmp_path: Pa
                     reason="needs an sm_90 GPU and Triton 3.6 with Gluon")
 def test_gpu_the_evaluator_judges_gluon_candidates_correct() -> None:
     """The judge's own path (sandboxed worker, precompile on CPU inputs, checks, graph timing) for two genomes
-    on the seed shape and its causal twin."""
+    the search proposes, on the seed shape and its causal twin."""
     from evoforge.evaluator import EvalConfig, Evaluator
     from evoforge.tasks import builtin_task
     from evoforge.timing import TimingConfig
@@ -288,7 +302,7 @@ def test_gpu_the_evaluator_judges_gluon_candidates_correct() -> None:
         m = TemplateMutator(random.Random(0), params, limits)
         assert m.gluon, "the family is offered on this GPU"
         cands = [m.build(g.to_dict(), {"mutation": "test", "level": "seed"})
-                 for g in (gf.DEFAULTS[0], GPU_GENOMES["pipe-1x4-m64"])]
+                 for g in (gf.DEFAULTS[0], GPU_GENOMES["ws-2x4-m64"])]
         config = EvalConfig(device="cuda", timeout_s=300, timing=TimingConfig(budget_ms=10, rounds=2))
         report = Evaluator(spec, config).evaluate(cands, [])
         for c in cands:
