@@ -256,3 +256,24 @@ def test_a_strided_template_passes_the_evaluator_on_cpu() -> None:
     config = EvalConfig(device="cpu", timeout_s=300, n_random=1, timing=TimingConfig(budget_ms=1, rounds=1, min_reps=1))
     report = Evaluator(TaskSpec(name="rmsnorm", source=src, origin="<test>"), config).evaluate(cands)
     assert [r.status for r in report.results] == ["ok", "ok"], [(r.detail, r.logs[-1500:]) for r in report.results]
+
+
+# ---------------------------------------------------------------------------------------------- the search
+def test_the_search_moves_every_template_gene() -> None:
+    """Mutation and crossover reach block, split, warps and stages of a walked row, and never repeat a program."""
+    from evoforge.results import EvalResult, Individual
+
+    src = _source("return self.ln(x)", (16, 64, 256, 256), init="self.ln = nn.LayerNorm((64, 256, 256))")
+    m = GenericMutator(random.Random(5), _traits(src), src, "cuda")
+    seeds = m.seed()
+    assert any(c.genome["triton"] == "layernorm" and c.genome["split"] == 64 for c in seeds)
+    history = [Individual(c, EvalResult(name=c.name, hash=c.hash, status="ok", fitness=1.0)) for c in seeds]
+    moved: set[str] = set()
+    for _ in range(6):
+        for c in m.propose(history, history, 8):
+            history.append(Individual(c, EvalResult(name=c.name, hash=c.hash, status="ok", fitness=1.0)))
+            moved.add(c.lineage["mutation"].split(" ")[0])
+    assert {"block", "split", "warps", "stages"} <= moved, moved
+    assert len({i.candidate.hash for i in history}) == len(history)
+    named = [i.candidate for i in history if i.candidate.genome["triton"] == "layernorm"]
+    assert all("programs per row" in c.source or c.genome["split"] == 1 for c in named)
