@@ -15,14 +15,15 @@ so its weights are the reference's) and changes *how* it runs, by a genome:
   copied into the captured buffers and outputs cloned (GPU only);
 - ``triton``: where the trace matches a pattern, a Triton template replaces the forward (see
   :mod:`evoforge.mutators.generic_triton`): softmax, log-softmax, RMSNorm, LayerNorm, sum/mean/max/min over
-  a dim and cross-entropy, along any axis and for rows of any length (``block``, ``block_inner``, ``warps``,
-  ``stages``); a chain of elementwise ops on the one input fused into one pass (``block``, ``warps``); or a
-  matmul/linear with an elementwise epilogue (bias, GELU, ReLU, tanh, sigmoid) fused (``tile``, ``stages``).
+  a dim and cross-entropy, along any axis and for rows of any length (``block``, ``block_inner``, ``split``,
+  ``warps``, ``stages``); a chain of elementwise ops on the one input fused into one pass (``block``, ``warps``);
+  or a matmul/linear with its bias and the elementwise ops that follow it (a named activation chain, or any
+  elementwise program of its output and scalars) fused into the epilogue (``tile`` with its warps, ``stages``).
   On a CPU these are only proposed with ``triton_on_cpu`` (Triton's interpreter is slow).
 
-Mutation changes one gene (its level: ``algorithmic`` for the Triton template, ``implementation`` for
-layout and graphs, ``hardware`` for compile modes, precision, tiles, blocks, warps and stages); crossover
-mixes two genomes.
+Mutation changes one gene (its level: ``algorithmic`` for the Triton template and for splitting a row over
+programs, ``implementation`` for layout and graphs, ``hardware`` for compile modes, precision, tiles, blocks,
+warps and stages); crossover mixes two genomes.
 """
 
 from __future__ import annotations
