@@ -109,3 +109,36 @@ def test_a_batch_killed_after_its_first_problem_resumes_and_finishes_the_rest(tm
     assert evidence["batch"]["id"] == batch_id and evidence["batch"]["finished"] == 3
     assert len(evidence["fast_p_curve"]["vs_eager"]) == 41 and evidence["summary"]["problems"] == 3
     assert "fast_p" in (tmp_path / "rep" / "report.html").read_text()
+
+
+def test_a_budget_shorter_than_generation_0_says_so_in_the_row(tmp_path: Path) -> None:
+    """A problem whose --budget ends before any evaluation comes back is not 'no valid candidate' (nothing was
+    judged): its row says 'nothing evaluated' and why the run stopped. Between problems the batch closes the
+    kept and spare workers of the last one (they hold its inputs)."""
+    folder = tmp_path / "problems"
+    folder.mkdir()
+    (folder / "a_tanh.py").write_text((TASKS / "tanh_matmul.py").read_text())
+    proc = evoforge("run", "--task-dir", "problems", "--budget", "1s", "--population", "2", "--device", "cpu",
+                    "--json", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr  # no problem got a correct candidate
+    (row,) = json.loads(proc.stdout)["problems"]
+    assert row["status"] == "nothing evaluated" and row["evaluated"] == 0
+    assert row["detail"].startswith("run stopped: time budget of 1 s"), row["detail"]
+
+
+def test_release_workers_closes_kept_and_spare_workers() -> None:
+    from evoforge.evaluator import process
+
+    closed: list[str] = []
+
+    class Fake:
+        def __init__(self, name: str) -> None:
+            self.name = name
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    process.KEPT.workers["k"] = Fake("kept")  # type: ignore[assignment]
+    process.SPARES.workers.setdefault("s", []).append(Fake("spare"))  # type: ignore[arg-type]
+    process.release_workers()
+    assert sorted(closed) == ["kept", "spare"] and not process.KEPT.workers and not process.SPARES.workers

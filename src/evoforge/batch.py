@@ -241,13 +241,25 @@ def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Pat
             best, eager, torch_path = crowned(valid, [c for c, _ in store.candidates(run_id)], base)
             for key, value in outcome_from_result(best, eager, torch_path).items():
                 setattr(row, key, value)
+        elif not evaluated:  # nothing came back: say why the run ended (a budget shorter than generation 0)
+            row.status = "nothing evaluated"
         else:
             row.status = "no valid candidate"
         row.detail = baseline_failures([r for r, _ in base])
+        if not evaluated:
+            note = store.run(run_id).note or "the run ended before any evaluation came back"
+            row.detail = "; ".join(filter(None, [f"run stopped: {note}", row.detail]))
     except (TaskError, EvaluatorError, StoreError) as exc:
         row.detail = str(exc)
         if row.run:  # the run record says why it ended, as a finished run's does
             store.update_run(row.run, status="failed", note=str(exc)[:500])
         if on_error is not None:
             on_error(path, exc)
+    finally:
+        # This problem's kept baseline workers and spare workers (processes holding its inputs on the GPU)
+        # are of no use to the next problem, and would take device memory from it: on an H200 a batch's
+        # third problem saw 99 of 139 GiB free after the first one's (benchmarks/results/kernelbench-*-h200).
+        from evoforge.evaluator.process import release_workers
+
+        release_workers()
     return row

@@ -34,6 +34,7 @@ the task's Model. Plans keep :data:`HEADROOM` of the free memory unplanned for t
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import uuid
@@ -222,6 +223,10 @@ def upfront(spec: TaskSpec, config: Any, device: str, baselines: int, batch: int
                                                              for i in range(torch.cuda.device_count())]
 
     def least_free() -> tuple[int, str]:
+        # What this process's allocator caches but no longer uses (an earlier problem's references and check
+        # cases, in a batch) is free for the workers, which are other processes: release it before reading.
+        gc.collect()
+        torch.cuda.empty_cache()
         return min((torch.cuda.mem_get_info(d)[0], torch.cuda.get_device_name(d)) for d in devices)
 
     free, name = least_free()

@@ -526,3 +526,10 @@ KEPT = KeptWorkers()
 SPARES = SpareWorkers()
 atexit.register(KEPT.close_all)
 atexit.register(SPARES.close_all)
+
+
+def release_workers() -> None:
+    """Close every kept baseline worker and spare worker of this process (a batch between two problems: a
+    worker of one problem's evaluations serves no other, and holds device memory)."""
+    KEPT.close_all()
+    SPARES.close_all()
