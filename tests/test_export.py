@@ -344,3 +344,44 @@ def test_transformers_registration(tmp_path: Path) -> None:
         expected = theirs(step, past_key_values=expected.past_key_values, use_cache=True).logits
     torch.testing.assert_close(got.float(), expected.float(), atol=2e-2, rtol=2e-2)
     assert module.stats() == {"kernel": 4, "fallback": 0, "reasons": {}}  # one call per layer and step
+
+
+@pytest.mark.gpu
+def test_gpu_the_guarded_export_replays_in_a_cuda_graph_and_under_reduce_overhead(tmp_path: Path) -> None:
+    """On a GPU: the exported module's call (checks, dispatch, the Triton kernel) captured in a CUDA graph gives
+    the right answer on replay with new inputs, and torch.compile(mode="reduce-overhead") runs it as its custom
+    op, with no fallback."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    g = FlashGenome()
+    cand = Candidate(name="flash", source=render(g, causal=False, head_dim=64), genome=g.to_dict())
+    dev = torch.device("cuda")
+    data = {"task": {"name": "attention_gpu", "params": {
+        "family": "attention", "batch": 1, "heads": 8, "kv_heads": 8, "seq_len": 512, "head_dim": 64,
+        "causal": False, "q_len": None, "dtype": "fp16"}}, "run": {"id": "gpu"},
+        "device": {"device_type": "cuda", "device_name": torch.cuda.get_device_name(dev),
+                   "capability": ".".join(map(str, torch.cuda.get_device_capability(dev)))}}
+    path = tmp_path / "gpu_kernel.py"
+    path.write_text(render_module(cand, {"fitness": 1.2}, data, '"""A Triton kernel on this GPU."""'))
+    module = load(path)
+    module.reset_stats()
+    q, k, v = (torch.randn(1, 8, 512, 64, device=dev, dtype=torch.float16) for _ in range(3))
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        module.attention(q, k, v)  # warm-up (compiles the kernel) outside the capture
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = module.attention(q, k, v)
+    for t in (q, k, v):
+        t.copy_(torch.randn_like(t))
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = F.scaled_dot_product_attention(q.double(), k.double(), v.double())
+    torch.testing.assert_close(out.double(), expected, atol=2e-3, rtol=2e-3)
+    compiled = torch.compile(lambda q, k, v: module.attention(q, k, v), mode="reduce-overhead", fullgraph=True)
+    for _ in range(3):
+        got = compiled(q, k, v)
+    torch.testing.assert_close(got.double(), expected, atol=2e-3, rtol=2e-3)
+    assert module.stats()["fallback"] == 0 and module.stats()["kernel"] >= 3
