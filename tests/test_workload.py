@@ -157,6 +157,9 @@ def test_capture_run_export_the_three_lines_end_to_end(tmp_path: Path) -> None:
     proc = evoforge_cli("best", run_id, "--export", "kernel.py", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     module = load(tmp_path / "kernel.py")
+    lost = [sp for sp in module.SPEC["shape_speedups"] if sp is not None and sp < 1.0]
+    assert ("slower than PyTorch" in proc.stderr) == bool(lost)  # the export says where SDPA will run instead
+    module.set_only_faster(False)  # run the kernel itself (on a CPU it loses to SDPA: Triton's interpreter)
     assert module.SPEC["causal"] and sorted(module.SPEC["verified_shapes"], key=lambda s: s["q_len"]) == [
         {"batch": 1, "heads": 2, "kv_heads": 2, "q_len": 1, "kv_len": 51},
         {"batch": 1, "heads": 2, "kv_heads": 2, "q_len": 48, "kv_len": 48}]
