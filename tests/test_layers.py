@@ -27,9 +27,10 @@ LAYERS: list[tuple[str, list[str]]] = [
     # the claim rule, the plugin registries, the SDPA recorder, the exported runtime and the kernel templates.
     ("mechanisms", ["evoforge.timing", "evoforge.cache", "evoforge.envinfo", "evoforge.claims",
                     "evoforge.registry", "evoforge.capture_hook", "evoforge.export_runtime", "evoforge.kernels"]),
-    # What a problem is: the KernelBench format, the built-in families, multi-shape and captured tasks,
-    # and the --task argument that names any of them.
-    ("tasks", ["evoforge.task", "evoforge.tasks", "evoforge.shapes", "evoforge.workload", "evoforge.resolve"]),
+    # What a problem is: the KernelBench format, the task kinds' contract (evoforge.task_kinds) and the built-in
+    # kinds, multi-shape and captured tasks, and the --task argument that names any of them.
+    ("tasks", ["evoforge.task", "evoforge.task_kinds", "evoforge.tasks", "evoforge.shapes", "evoforge.workload",
+               "evoforge.resolve"]),
     # Latencies -> the number the search selects on.
     ("fitness", ["evoforge.fitness"]),
     # The judge and its untrusted workers.

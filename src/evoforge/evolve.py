@@ -5,9 +5,10 @@ full resolved config is stored with the run, so ``resume`` continues exactly wha
 
 - ``RunConfig``: every setting of a run (``load_config_file``, ``parse_duration``, ``check_device``).
 - ``start(config, store)`` / ``resume(store, run_id, overrides)``: check the config and task, record the run
-  (or take a stopped run's lease) and ``prepare`` it: the task (``resolve``), the mutator (by name from
-  ``registry.MUTATORS``: template, generic, llm, mixed, or a plugin's), and the ``GenerationEvaluator``
-  that measures each batch beside the re-ranked baselines (``fitness``) through the ``evaluator``.
+  (or take a stopped run's lease) and ``prepare`` it: the task (``resolve``; its kind's parameters and
+  baselines, ``tasks.kind_of``), the mutator (by name from ``registry.MUTATORS``: template, generic, llm,
+  mixed, or a plugin's), and the ``GenerationEvaluator`` that measures each batch beside the re-ranked
+  baselines (``fitness``) through the ``evaluator``.
 - ``session(store, run_id)``: the lease's heartbeat, and how the session ended, around the search.
 - ``make_executor`` (by name from ``registry.EXECUTORS``: local or ray) and ``search_for``: the ``search.Search``
   of this session.
@@ -42,8 +43,7 @@ from evoforge.results import EvalResult
 from evoforge.search import Progress, Search, SearchConfig, restore_rng
 from evoforge.store import Store
 from evoforge.task import TaskError, TaskSpec, load_task
-from evoforge.tasks import attention_params, baselines_for
-from evoforge.tasks.attention import AttentionParams
+from evoforge.tasks import baselines_for, kind_of
 from evoforge.timing import TimingConfig
 
 # Mutators by name (evoforge.registry.MUTATORS): template, the built-in one (the attention template for
@@ -315,19 +315,19 @@ def default_task(device: str) -> str:
     return "attention" if device.startswith("cuda") else "attention-tiny"
 
 
-def _load(task: str) -> tuple[TaskSpec, AttentionParams | None]:
-    """The task, loaded and checked, and its attention parameters (None for any other task). Every
-    mutator takes any task: the built-in one is the attention template for attention tasks and the
-    generic mutator for the others."""
+def _load(task: str) -> tuple[TaskSpec, Any]:
+    """The task, loaded and checked, and its kind's parameters (AttentionParams for the attention family, None
+    for a KernelBench file). Every mutator takes any task: the built-in one is the attention template where
+    the parameters are attention's and the generic mutator for the others."""
     spec = resolve_task(task)
     load_task(spec)
-    return spec, attention_params(spec)
+    return spec, kind_of(spec).params(spec)
 
 
-def builtin_mutator(name: str, spec: TaskSpec, params: AttentionParams | None, rng: random.Random,
+def builtin_mutator(name: str, spec: TaskSpec, params: Any, rng: random.Random,
                     device: str, limits: HardwareLimits | None) -> Mutator:
     """The built-in mutator: the attention template for attention tasks, generic otherwise."""
-    if name == "template" and params is not None and limits is not None:
+    if name == "template" and TemplateMutator.takes(params) and limits is not None:
         return TemplateMutator(rng, params, limits)
     return GenericMutator.for_task(rng, spec, device)
 

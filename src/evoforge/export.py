@@ -1,5 +1,5 @@
 """Exported attention kernels: the module `evoforge best RUN [RUN ...] --export kernel.py` writes, and
-`evoforge.use`.
+`evoforge.use`, for runs whose task kind exports guarded (``guarded_export``: the attention family).
 
 An attention export is a standalone module (torch, and triton for a Triton kernel; not evoforge): a header,
 the safety runtime of ``export_runtime.py`` with its TABLE (per run given, one entry: what that run's best
@@ -25,6 +25,7 @@ from types import ModuleType
 from typing import Any
 
 from evoforge.candidate import Candidate
+from evoforge.tasks import kind_of
 from evoforge.tasks.attention import DTYPES
 
 RUNTIME = Path(__file__).with_name("export_runtime.py")
@@ -53,7 +54,7 @@ def spec_for(cand: Candidate, best: dict[str, Any], data: dict[str, Any]) -> dic
     from evoforge.task import DEFAULT_TOLERANCES
 
     p = data["task"].get("params") or {}
-    if p.get("family") != "attention":
+    if not kind_of(p).guarded_export:
         raise ExportError(f"run {data['run']['id']} is not an attention task ({data['task'].get('name')}); only "
                           "attention tasks export a guarded module")
     dtype = DTYPES[p["dtype"]]
@@ -95,7 +96,7 @@ def spec_for(cand: Candidate, best: dict[str, Any], data: dict[str, Any]) -> dic
 def slower_note(best: dict[str, Any], data: dict[str, Any]) -> str | None:
     """One line for the user where an attention run's best lost to PyTorch on some of its shapes (the export
     leaves the calls nearest those to SDPA), else None."""
-    if (data["task"].get("params") or {}).get("family") != "attention":
+    if not kind_of(data["task"].get("params") or {}).guarded_export:
         return None
     shapes = best.get("shapes") or [{"task": data["task"].get("name"), "fitness": best.get("fitness")}]
     lost = [s for s in shapes if (s.get("fitness") or 0.0) < 1.0]

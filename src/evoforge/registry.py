@@ -1,7 +1,7 @@
-"""Registries of pluggable parts: mutators and executors, by name.
+"""Registries of pluggable parts: mutators, executors and task kinds, by name.
 
-A part is a factory registered under a name, by evoforge itself for its built-in parts, or by any
-installed package through an entry point (group ``evoforge.mutators`` or ``evoforge.executors``), the
+A part is registered under a name, by evoforge itself for its built-in parts, or by any installed package
+through an entry point (group ``evoforge.mutators``, ``evoforge.executors`` or ``evoforge.task_kinds``), the
 way pytest and optuna find plugins::
 
     # pyproject.toml of a package that adds a mutator
@@ -9,7 +9,9 @@ way pytest and optuna find plugins::
     annealing = "my_package.annealing:make"      # make(context: MutatorContext) -> Mutator
 
 or, in the same process, ``MUTATORS.register("annealing", make)``. ``--mutator annealing`` (and
-``--executor``) then find it; the names a registry knows are what the CLI's errors list. Entry points
+``--executor``) then find it; the names a registry knows are what the CLI's errors list. A mutator or an
+executor is a factory of its context; a task kind is the kind itself (:mod:`evoforge.task_kinds`), found by
+``--task`` through the names it resolves and by a spec through its ``family``. Entry points
 are read the first time a name is missing, so an installed plugin costs nothing until it is asked for.
 """
 
@@ -24,21 +26,23 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 if TYPE_CHECKING:
     from evoforge.executor import Executor
     from evoforge.mutators.base import Mutator
+    from evoforge.task_kinds import TaskKind
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
-class Registry(Generic[F]):
+class Registry(Generic[T]):
     """Factories by name, built-in ones registered at import, plugins found through entry points."""
 
     def __init__(self, kind: str, group: str) -> None:
         self.kind, self.group = kind, group
-        self._factories: dict[str, F] = {}
+        self._factories: dict[str, T] = {}
         self._scanned = False
 
-    def register(self, name: str, factory: F | None = None) -> Any:
+    def register(self, name: str, factory: T | None = None) -> Any:
         """Register ``factory`` under ``name`` (or use as a decorator). A name is taken once."""
-        def add(f: F) -> F:
+        def add(f: T) -> T:
             if name in self._factories and self._factories[name] is not f:
                 raise ValueError(f"{self.kind} {name!r} is registered already")
             self._factories[name] = f
@@ -58,7 +62,7 @@ class Registry(Generic[F]):
         self._scan()
         return list(self._factories)
 
-    def get(self, name: str) -> F:
+    def get(self, name: str) -> T:
         """The factory registered as ``name``; LookupError naming the ones there are."""
         if name not in self._factories:
             self._scan()
@@ -94,7 +98,7 @@ class MutatorContext:
 
     config: Any  # evoforge.evolve.RunConfig
     spec: Any  # evoforge.task.TaskSpec
-    params: Any  # evoforge.tasks.AttentionParams, or None for a task that is not attention
+    params: Any  # the task kind's typed parameters (evoforge.tasks.AttentionParams), or None
     rng: random.Random
     device: str
     limits: Any  # evoforge.mutators.template.HardwareLimits, or None
@@ -112,3 +116,4 @@ class ExecutorContext:
 
 MUTATORS: Registry[Callable[[MutatorContext], Mutator]] = Registry("mutator", "evoforge.mutators")
 EXECUTORS: Registry[Callable[[ExecutorContext], Executor]] = Registry("executor", "evoforge.executors")
+TASK_KINDS: Registry[TaskKind] = Registry("task kind", "evoforge.task_kinds")

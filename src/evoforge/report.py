@@ -7,7 +7,8 @@
 - ``write_report(store, run_id, folder)``: ``evidence.json``, the plots (with matplotlib, the ``report``
   extra) and ``report.html`` under ``evidence/run-<id>/``: what `evoforge report` writes.
 - ``best_candidate`` and ``export_module``: a run's best kernel, as `evoforge best` prints it or exports it as
-  a standalone module (several attention runs: one dispatch table, ``export_table``, via ``evoforge.export``).
+  a standalone module with its task kind's signature, guarded where the kind says so (attention; several
+  attention runs: one dispatch table, ``export_table``, via ``evoforge.export``).
 - ``headline(best)``: the one line a report leads with.
 
 A command module: it reads the run store (``evoforge.store``) and never evaluates anything; ``cli.run`` and
@@ -444,10 +445,12 @@ def export_module(store: Store, run_id: str | list[str]) -> str:
         if len(run_id) > 1:
             return export_table(store, run_id)
         run_id = run_id[0]
+    from evoforge.tasks import kind_of
+
     cand, best, data = best_candidate(store, run_id)
     dev = data.get("device") or {}
-    params = data["task"].get("params", {})
-    args = "q, k, v" if params.get("family") == "attention" else "*inputs"
+    kind = kind_of(data["task"].get("params") or {})  # its signature, and whether it exports guarded
+    args = kind.signature
     latency = best["latency_us"].get(best["fitness_mode"] or "", None)
     what = (f"Exported by evoforge {__version__} (run {data['run']['id']}): {claims.PYTORCH_PATH}."
             if best.get("pytorch_path") else f"Evolved by evoforge {__version__} (run {data['run']['id']}).")
@@ -464,7 +467,7 @@ Exported: {data['date']}
 Use: `from this_module import evolved` and call evolved({args}); or EvolvedModel()({args}).
 """
 '''
-    if params.get("family") == "attention":
+    if kind.guarded_export:
         from evoforge.export import render_module
 
         return render_module(cand, best, data, header.replace(_PLAIN_USE, _GUARDED_USE))
@@ -489,11 +492,12 @@ def export_table(store: Store, run_ids: list[str]) -> str:
     """One guarded module with a dispatch table: each run's best kernel is an entry, and a call runs the entry
     whose class covers it (nearest verified shape where several do), SDPA elsewhere."""
     from evoforge.export import ExportError, render_table
+    from evoforge.tasks import kind_of
 
     entries = [best_candidate(store, run_id) for run_id in run_ids]
     lines = []
     for n, (cand, best, data) in enumerate(entries, 1):
-        if (data["task"].get("params") or {}).get("family") != "attention":
+        if not kind_of(data["task"].get("params") or {}).guarded_export:
             raise ExportError(f"run {data['run']['id']} is not an attention task ({data['task'].get('name')}); "
                               "only attention runs combine into a dispatch table")
         dev = data.get("device") or {}

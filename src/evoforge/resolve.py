@@ -1,8 +1,9 @@
 """The ``--task`` argument, resolved to a :class:`~evoforge.task.TaskSpec`: the one place that knows every kind of
 task a user can name. It sits above the kinds it dispatches to, which never import it:
 
-- a built-in name, with optional ``:key=value,...`` (:mod:`evoforge.tasks`);
-- a KernelBench-format ``.py`` file (:func:`evoforge.task.task_from_file`);
+- a name that a task kind resolves (``registry.TASK_KINDS``, asked in turn by :func:`evoforge.tasks.task_kinds`):
+  a built-in attention name, with optional ``:key=value,...`` (:mod:`evoforge.tasks`), or a plugin kind's;
+- a KernelBench-format ``.py`` file (the file kind, asked last: :func:`evoforge.task.task_from_file`);
 - several of these joined by ``;``, with an optional ``floor=X`` part: a multi-shape task (:mod:`evoforge.shapes`);
 - a ``.toml`` workload recorded by `evoforge capture`, ``FILE.toml:N`` for its class N (:mod:`evoforge.workload`).
 """
@@ -13,8 +14,8 @@ import re
 from pathlib import Path
 
 from evoforge.shapes import multi_shape_task, parse_floor
-from evoforge.task import TaskError, TaskSpec, task_from_file
-from evoforge.tasks import builtin_names, builtin_task
+from evoforge.task import TaskError, TaskSpec
+from evoforge.tasks import task_kinds
 from evoforge.workload import task_from_capture
 
 
@@ -37,10 +38,12 @@ def resolve_task(arg: str) -> TaskSpec:
         if len(floors) > 1:
             raise TaskError(f"task {arg!r}: floor is given more than once")
         return multi_shape_task(arg, shapes, floors[0] if floors else 0.0)
-    head = arg.split(":", 1)[0]
-    if head in builtin_names():
-        return builtin_task(arg)
-    if arg.endswith(".py") or "/" in arg or Path(arg).exists():
-        spec = task_from_file(arg)
-        return spec
-    raise TaskError(f"unknown task {arg!r}: not a built-in ({', '.join(builtin_names())}) and not a .py file")
+    broken: list[str] = []
+    kinds = task_kinds(broken)
+    for kind in kinds:  # the built-in and plugin kinds' names, then a KernelBench file
+        spec = kind.resolve(arg)
+        if spec is not None:
+            return spec
+    names = [name for kind in kinds for name in kind.names()]
+    raise TaskError(f"unknown task {arg!r}: not a built-in ({', '.join(names)}) and not a .py file"
+                    + "".join(f"; {why}" for why in broken))

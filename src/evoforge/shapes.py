@@ -2,9 +2,10 @@
 
 A multi-shape task is written as its shapes joined by ``;`` (``attention:seq_len=512;attention-long``),
 optionally with ``floor=X`` as one more part. It is a :class:`TaskSpec` whose ``params`` are the first
-shape's (so mutators that read the head size, causality or dtype see them) plus ``shapes`` (every shape's
-spec) and ``floor``. The evaluator checks and times each shape in a worker of its own, with the same
-candidates and baselines, and :func:`evoforge.fitness.combine` folds the per-shape reports into one:
+shape's (so its kind, ``evoforge.tasks.kind_of``, is the first shape's, and mutators that read the head size,
+causality or dtype see them) plus ``shapes`` (every shape's spec) and ``floor``: a wrapper, not a task kind.
+The evaluator checks and times each shape in a worker of its own, with the same candidates and baselines,
+and :func:`evoforge.fitness.combine` folds the per-shape reports into one:
 
 - a candidate is correct only if it is correct on every shape (else it carries the first failing
   shape's status and detail, prefixed with that shape);
@@ -17,7 +18,7 @@ candidates and baselines, and :func:`evoforge.fitness.combine` folds the per-sha
 from __future__ import annotations
 
 from evoforge.task import TaskError, TaskSpec
-from evoforge.tasks import attention_params, baselines_for
+from evoforge.tasks import baselines_for, kind_of
 
 
 def is_multi(spec: TaskSpec) -> bool:
@@ -44,9 +45,9 @@ def parse_floor(part: str) -> float | None:
 
 
 def multi_shape_task(arg: str, specs: list[TaskSpec], floor: float = 0.0) -> TaskSpec:
-    """One task over several shapes of the same operation. Its shapes must share what a candidate's
-    source is specialised for (an attention task's head size, causality and dtype) and PyTorch's
-    baselines, since the same candidates and baselines are evaluated on each."""
+    """One task over several shapes of the same operation, of one kind. Its shapes must share what a candidate's
+    source is specialised for (the kind's ``shares``: an attention task's head size, causality and dtype) and
+    PyTorch's baselines, since the same candidates and baselines are evaluated on each."""
     if len(specs) < 2:
         raise TaskError(f"task {arg!r}: a multi-shape task needs at least two shapes")
     if any(is_multi(s) for s in specs):
@@ -54,17 +55,12 @@ def multi_shape_task(arg: str, specs: list[TaskSpec], floor: float = 0.0) -> Tas
     names = [s.name for s in specs]
     if len(set(names)) != len(names):
         raise TaskError(f"task {arg!r}: a shape is listed twice ({', '.join(names)})")
-    first = attention_params(specs[0])
+    kind = kind_of(specs[0])
     for spec in specs[1:]:
-        params = attention_params(spec)
-        if (first is None) != (params is None):
+        if kind_of(spec) is not kind:
             raise TaskError(f"task {arg!r}: {specs[0].name} and {spec.name} are different kinds of task")
-        if first is not None and params is not None:
-            for attr in ("head_dim", "causal", "dtype"):
-                if getattr(first, attr) != getattr(params, attr):
-                    raise TaskError(f"task {arg!r}: every shape must share {attr} ({specs[0].name}: "
-                                    f"{getattr(first, attr)}, {spec.name}: {getattr(params, attr)}); "
-                                    "the kernel is specialised for it")
+        if (why := kind.shares(specs[0], spec)) is not None:
+            raise TaskError(f"task {arg!r}: {why}")
         ours = [(b.name, b.source) for b in baselines_for(specs[0])]
         if [(b.name, b.source) for b in baselines_for(spec)] != ours:
             raise TaskError(f"task {arg!r}: {specs[0].name} and {spec.name} need different PyTorch baselines "

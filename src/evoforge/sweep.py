@@ -1,4 +1,4 @@
-"""``evoforge sweep``: the seed's attention sweep, done honestly.
+"""``evoforge sweep``: the seed's attention sweep, done honestly (a task kind's ``variants``).
 
 Every variant is a ModelNew source evaluated by the evaluator (its own worker process, fresh inputs,
 a float32/float64 reference, guards, both timing modes). Each repeat is a fresh worker with fresh
@@ -24,8 +24,7 @@ from evoforge import __version__
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig, EvalReport, Evaluator
 from evoforge.task import TaskError, TaskSpec
-from evoforge.tasks import attention_params
-from evoforge.tasks.attention import variants as attention_variants
+from evoforge.tasks import kind_of
 
 FITNESS_RULE = (
     "fitness = fastest correct baseline's median latency / the variant's median latency, in the fitness mode "
@@ -41,10 +40,9 @@ TIMING_METHOD = {
 
 
 def select_variants(spec: TaskSpec, names: list[str] | None = None) -> list[Candidate]:
-    params = attention_params(spec)
-    if params is None:
+    every = kind_of(spec).variants(spec)
+    if not every:  # a kind without a sweep: only the attention family has one today
         raise TaskError(f"{spec.origin}: the sweep needs a built-in attention task (see `evoforge tasks`)")
-    every = attention_variants(params)
     if not names:
         return every
     known = {v.name: v for v in every}

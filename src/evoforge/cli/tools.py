@@ -3,7 +3,8 @@
 - ``sweep``: the attention sweep (``evoforge.sweep``): every variant checked and timed against PyTorch's
   paths in fresh workers, ``--repeats`` times; its evidence JSON, and a table (``print_sweep``); exit 0 only
   when some variant beat every other PyTorch path beyond noise in every repeat.
-- ``tasks``: the built-in tasks (``evoforge.tasks.BUILTINS``).
+- ``tasks``: the built-in tasks (``evoforge.tasks.BUILTINS``), and the names of any other task kind registered
+  (``registry.TASK_KINDS``, a plugin's).
 - ``eval``: one candidate file through the evaluator (``evoforge.evaluator.Evaluator``) beside the task's
   baselines, as a table (``print_eval``) or JSON; exit 0 when it is correct.
 - ``capture``: runs a program with ``evoforge.capture_hook`` on its path and writes the attention calls it
@@ -110,12 +111,13 @@ def print_sweep(evidence: dict[str, Any]) -> None:
 
 def tasks(as_json: bool = JsonOpt) -> None:
     """List the built-in tasks."""
-    from evoforge.tasks import BUILTINS
+    from evoforge.tasks import BUILTINS, AttentionKind, task_kinds
 
     out = output.out
     rows = [{"name": b.name, "description": b.description, **b.params.to_dict()} for b in BUILTINS.values()]
+    others = [(name, kind.name) for kind in task_kinds() if kind.name != AttentionKind.name for name in kind.names()]
     if as_json:
-        out.print_json(json.dumps(rows))
+        out.print_json(json.dumps(rows + [{"name": name, "kind": kind} for name, kind in others]))
         return
     table = Table(title="built-in tasks (add :key=value,... to change a parameter, e.g. attention:seq_len=1024)")
     for col in ("name", "B", "H", "KV", "Q", "S", "D", "causal", "dtype", "description"):
@@ -125,6 +127,8 @@ def tasks(as_json: bool = JsonOpt) -> None:
         table.add_row(b.name, str(p.batch), str(p.heads), str(p.n_kv_heads), str(p.n_q), str(p.seq_len),
                       str(p.head_dim), "yes" if p.causal else "no", p.dtype, b.description)
     out.print(table)
+    if others:
+        out.print("other task kinds: " + ", ".join(f"{name} ({kind})" for name, kind in others), highlight=False)
     out.print("or give a KernelBench-format file: --task path/to/problem.py (Model, get_inputs, get_init_inputs)",
               highlight=False)
 

@@ -87,6 +87,11 @@ class TemplateMutator(GenomeMutator):
         self.gluon_default = self._gluon_default() if gf.offered(limits) else None
         self.gluon = self.gluon_default is not None
 
+    @staticmethod
+    def takes(params: Any) -> bool:
+        """Whether a task kind's parameters are the ones this mutator's genomes are rendered for (attention's)."""
+        return isinstance(params, AttentionParams)
+
     # ---------------------------------------------------------------- genomes -> candidates
     def default_genome(self) -> FlashGenome:
         """Generation 0's kernel: the best genome measured on an H100 for the task's kind of shape

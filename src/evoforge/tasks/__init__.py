@@ -1,26 +1,38 @@
-"""Built-in tasks, and the baselines every task is timed against.
+"""The built-in task kinds (:mod:`evoforge.task_kinds`), and the baselines every task is timed against.
 
 - ``BUILTINS``: named parameter sets of the attention family (``attention``, ``attention-causal``,
   ``attention-gqa``, ``attention-tiny``, ...), each rendered to a KernelBench-format source
   (``tasks.attention.render_task``) so it is evaluated exactly like a user's file; ``builtin_task("name:key=
   value,...")`` makes its ``TaskSpec``, ``attention_params(spec)`` reads the parameters back (None for any
   other task).
-- ``baselines_for(spec, device)``: PyTorch's own ways to compute a task, timed live beside every candidate:
-  for attention every SDPA backend, FlexAttention, the seed's 3-kernel path and its compiled form (and
-  FlashAttention-4 on CUDA where installed); for any other task its Model in eager mode (``EAGER_BASELINE``)
-  and under torch.compile (``COMPILED_BASELINE``).
+- ``AttentionKind`` (``attention``) and ``FileKind`` (``file``, a KernelBench-format file), registered in
+  ``registry.TASK_KINDS``; ``kind_of(spec)`` is a spec's kind (by its ``family``), ``task_kinds()`` every kind
+  in the order ``--task`` is resolved.
+- ``baselines_for(spec, device)``: PyTorch's own ways to compute a task (its kind's ``baselines``), timed live
+  beside every candidate: for attention every SDPA backend, FlexAttention, the seed's 3-kernel path and its
+  compiled form (and FlashAttention-4 on CUDA where installed); for any other task its Model in eager mode
+  (``EAGER_BASELINE``) and under torch.compile (``COMPILED_BASELINE``).
 
-Part of the "tasks" layer (with ``task``, ``shapes``, ``workload`` and ``resolve``, which turns ``--task``
-into a TaskSpec); the evaluator, mutators, evolve and sweep take their tasks and baselines from here.
+Part of the "tasks" layer (with ``task``, ``task_kinds``, ``shapes``, ``workload`` and ``resolve``, which turns
+``--task`` into a TaskSpec); everything downstream asks a task's kind here instead of "is this attention?".
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from evoforge.candidate import Candidate
+from evoforge.registry import TASK_KINDS
 from evoforge.task import TaskError, TaskSpec
-from evoforge.tasks.attention import AttentionParams, fa4_variant, offers_fa4, render_task, variants
+from evoforge.task_kinds import COMPILED_BASELINE as COMPILED_BASELINE  # the baselines' names and sources,
+from evoforge.task_kinds import EAGER_BASELINE as EAGER_BASELINE  # imported from here by their users
+from evoforge.task_kinds import FAMILY, FileKind, TaskKind, eager_baseline
+from evoforge.task_kinds import TASK_MODEL_COMPILED_SOURCE as TASK_MODEL_COMPILED_SOURCE
+from evoforge.task_kinds import TASK_MODEL_SOURCE as TASK_MODEL_SOURCE
+from evoforge.tasks.attention import AttentionParams, fa4_variant, offers_fa4, render_task
+from evoforge.tasks.attention import variants as attention_variants
 
 
 @dataclass(frozen=True)
@@ -55,12 +67,15 @@ def builtin_names() -> list[str]:
     return list(BUILTINS)
 
 
+def _shape(spec: TaskSpec) -> dict[str, Any]:
+    return {k: v for k, v in spec.params.items() if k not in (FAMILY, "shapes", "floor")}
+
+
 def attention_params(spec: TaskSpec) -> AttentionParams | None:
     """The attention parameters of a built-in attention task, None for any other task."""
-    if spec.params.get("family") != "attention":
+    if spec.params.get(FAMILY) != AttentionKind.name:
         return None
-    shape = {k: v for k, v in spec.params.items() if k not in ("family", "shapes", "floor")}
-    return AttentionParams(**shape)
+    return AttentionParams(**_shape(spec))
 
 
 def builtin_task(arg: str) -> TaskSpec:
@@ -76,60 +91,79 @@ def builtin_task(arg: str) -> TaskSpec:
         name=params.slug(),
         source=render_task(params),
         origin=f"builtin:{arg}",
-        params={"family": "attention", **params.to_dict()},
+        params={FAMILY: AttentionKind.name, **params.to_dict()},
     )
 
 
-TASK_MODEL_SOURCE = '''import sys
+class AttentionKind(FileKind):
+    """The attention family: its built-in names, its parameters, PyTorch's attention paths as baselines and the
+    sweep's variants; its shapes share head size, causality and dtype; its export is a guarded module."""
 
-import torch.nn as nn
+    name = "attention"
+    signature = "q, k, v"
+    guarded_export = True
 
-# The task's own Model, as a user would call it: the evaluator's worker imports the task as
-# the module "evoforge_task".
-Model = sys.modules["evoforge_task"].Model
+    def names(self) -> list[str]:
+        return builtin_names()
+
+    def resolve(self, arg: str) -> TaskSpec | None:
+        return builtin_task(arg) if arg.split(":", 1)[0] in BUILTINS else None
+
+    def params(self, spec: TaskSpec) -> AttentionParams | None:
+        return attention_params(spec)
+
+    def baselines(self, spec: TaskSpec, device: str) -> list[Candidate]:
+        params = AttentionParams(**_shape(spec))
+        out = [eager_baseline(), *(v for v in attention_variants(params) if v.lineage.get("baseline"))]
+        return [*out, fa4_variant(params)] if offers_fa4(params, device) else out
+
+    def variants(self, spec: TaskSpec) -> list[Candidate]:
+        return attention_variants(AttentionParams(**_shape(spec)))
+
+    def shares(self, first: TaskSpec, other: TaskSpec) -> str | None:
+        a, b = AttentionParams(**_shape(first)), AttentionParams(**_shape(other))
+        for attr in ("head_dim", "causal", "dtype"):
+            if getattr(a, attr) != getattr(b, attr):
+                return (f"every shape must share {attr} ({first.name}: {getattr(a, attr)}, {other.name}: "
+                        f"{getattr(b, attr)}); the kernel is specialised for it")
+        return None
 
 
-class ModelNew(Model):
-    pass
-'''
+FILE_KIND = FileKind()
+TASK_KINDS.register(AttentionKind.name, AttentionKind())
+TASK_KINDS.register(FileKind.name, FILE_KIND)
 
 
-TASK_MODEL_COMPILED_SOURCE = '''import sys
+def kind_of(task: TaskSpec | Mapping[str, Any]) -> TaskKind:
+    """The kind of a spec, or of a stored run's task params: the one its ``family`` names (the KernelBench file
+    kind where it names none, or a kind no longer installed)."""
+    params = task.params if isinstance(task, TaskSpec) else task
+    family = params.get(FAMILY)
+    if family:
+        try:
+            return TASK_KINDS.get(family)
+        except LookupError:
+            pass
+    return FILE_KIND
 
-import torch
-import torch.nn as nn
 
-# The task's own Model under torch.compile (default mode), as a user would write it.
-Model = sys.modules["evoforge_task"].Model
-
-
-class ModelNew(nn.Module):
-    def __init__(self, *args):
-        super().__init__()
-        self.model = Model(*args)
-        self.compiled = torch.compile(self.model, dynamic=False)
-
-    def forward(self, *args):
-        return self.compiled(*args)
-'''
-
-EAGER_BASELINE = "task_model"
-COMPILED_BASELINE = "task_model_compiled"
+def task_kinds(broken: list[str] | None = None) -> list[TaskKind]:
+    """Every registered kind (plugins' included), the file kind last: the order ``--task`` is resolved in. A
+    plugin that fails to load is left out (its one-line error added to ``broken``), not every task with it."""
+    kinds = []
+    for name in TASK_KINDS.names():
+        if name != FileKind.name:
+            try:
+                kinds.append(TASK_KINDS.get(name))
+            except LookupError as exc:
+                if broken is not None:
+                    broken.append(str(exc))
+    return [*kinds, FILE_KIND]
 
 
 def baselines_for(spec: TaskSpec, device: str = "cpu") -> list[Candidate]:
-    """PyTorch's own ways to compute the task on ``device``, timed live beside every candidate: for
-    attention, every SDPA backend, FlexAttention, the seed's 3-kernel path and its compiled form, and on
-    CUDA FlashAttention-4 where it is installed (``evoforge[fa4]``) and takes the dtype and head dim; for
-    any other task, its own Model in eager mode and under torch.compile."""
-    out = [Candidate(name=EAGER_BASELINE, source=TASK_MODEL_SOURCE, language="torch",
-                     lineage={"baseline": True, "description": "the task's own Model"})]
-    params = attention_params(spec)
-    if params is not None:
-        out += [v for v in variants(params) if v.lineage.get("baseline")]
-        if offers_fa4(params, device):
-            out.append(fa4_variant(params))
-    else:
-        out.append(Candidate(name=COMPILED_BASELINE, source=TASK_MODEL_COMPILED_SOURCE, language="torch",
-                             lineage={"baseline": True, "description": "the task's own Model under torch.compile"}))
-    return out
+    """PyTorch's own ways to compute the task on ``device``, timed live beside every candidate (its kind's
+    ``baselines``): for attention, the task's Model, every SDPA backend, FlexAttention, the seed's 3-kernel path
+    and its compiled form, and on CUDA FlashAttention-4 where it is installed (``evoforge[fa4]``) and takes the
+    dtype and head dim; for a KernelBench file, its own Model in eager mode and under torch.compile."""
+    return kind_of(spec).baselines(spec, device)
