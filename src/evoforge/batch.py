@@ -257,8 +257,10 @@ def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Pat
             on_error(path, exc)
     finally:
         # This problem's kept baseline workers and spare workers (processes holding its inputs on the GPU)
-        # are of no use to the next problem, and would take device memory from it: on an H200 a batch's
-        # third problem saw 99 of 139 GiB free after the first one's (benchmarks/results/kernelbench-*-h200).
+        # are of no use to the next problem, and would take device memory from it. On an H200 a batch's third
+        # problem saw 99 of 139 GiB free after the first one's (benchmarks/results/kernelbench-15s-level1-h200
+        # .stderr.txt): these workers, or the driver's cached blocks (released where the memory plan reads
+        # what is free); which of the two has not been measured.
         from evoforge.evaluator.process import release_workers
 
         release_workers()
