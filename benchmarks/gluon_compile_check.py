@@ -181,6 +181,12 @@ def check_one(genome: gf.GluonGenome, shape: tuple[Any, ...], compiled: list[Any
         record.update(shared_bytes=kernel.metadata.shared, num_warps=kernel.metadata.num_warps,
                       maxnreg=getattr(kernel.metadata, "maxnreg", None), cubin_bytes=len(asm.get("cubin", b"")),
                       predicted_shared_bytes=gf.shared_bytes(genome, head_dim))
+        if asm.get("cubin"):  # ptxas wrote no stale wgmma descriptor (benchmarks/wgmma_desc_check.py)
+            from wgmma_desc_check import check_cubin
+
+            stale = check_cubin(asm["cubin"])
+            if stale is not None:
+                record["stale_wgmma_descriptors"] = stale
         ptx = asm.get("ptx", "")
         record["wgmma"] = len(re.findall(r"wgmma\.mma_async", ptx))
         record["setmaxnreg"] = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)))
@@ -240,6 +246,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"{record.get('seconds')} s") if record["status"] == "compiled" else \
                 record.get("why") or record.get("error", "")[-300:]
             print(f"{label:18} {shape[0]:24} {record['status']:13} {extra}", flush=True)
+    for r in records:  # a miscompile ptxas made of the kernel: it would read shared memory it never meant to
+        if r.get("stale_wgmma_descriptors"):
+            r["status"] = "failed"
+            r["error"] = "stale wgmma descriptors in the SASS: " + "; ".join(r["stale_wgmma_descriptors"])[:1500]
+            print(f"{r['label']:18} {r['shape']:24} failed        {r['error'][:300]}", flush=True)
     failed = [r for r in records if r["status"] == "failed"]
     summary = {"compiled": sum(r["status"] == "compiled" for r in records), "failed": len(failed),
                "not_proposed": sum(r["status"] == "not proposed" for r in records)}

@@ -272,6 +272,28 @@ def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk
 
 
 @gluon.jit
+def _pipe_step(q_buf, k_bufs, v_bufs, k_ready, v_ready, k_desc, v_desc, kv_row, i, own, acc, m_i, l_i, pos, n_q, n_k,
+               qk_scale, MASKED: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+               NUM_STAGES: gl.constexpr, s_layout: gl.constexpr, o_layout: gl.constexpr):
+    # Key block i of the loop without warp specialisation: attend to it, then refill its stage with
+    # block i + NUM_STAGES once every warp has read it (a CTA barrier, then the TMA).
+    stage = i % NUM_STAGES
+    k_buf = k_bufs.index(stage)
+    v_buf = v_bufs.index(stage)
+    acc, m_i, l_i = _attend(q_buf, k_buf, v_buf, k_ready.index(stage), v_ready.index(stage), (i // NUM_STAGES) & 1,
+                            acc, m_i, l_i, i * BLOCK_N, pos, n_q, n_k, qk_scale, MASKED, CAUSAL, BLOCK_M, BLOCK_N,
+                            s_layout, o_layout)
+    nxt = i + NUM_STAGES
+    ok = nxt < own
+    gl.thread_barrier()  # every warp's wgmma has read this stage
+    mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes, pred=ok)
+    tma.async_copy_global_to_shared(k_desc, [kv_row + nxt * BLOCK_N, 0], k_ready.index(stage), k_buf, pred=ok)
+    mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes, pred=ok)
+    tma.async_copy_global_to_shared(v_desc, [kv_row + nxt * BLOCK_N, 0], v_ready.index(stage), v_buf, pred=ok)
+    return acc, m_i, l_i
+
+
+@gluon.jit
 def _pipelined(q_desc, k_desc, v_desc, o_desc, O, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, o_smem, bh,
                pos0, q_row, kv_row, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr,
                CAUSAL_SPLIT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
@@ -301,26 +323,20 @@ def _pipelined(q_desc, k_desc, v_desc, o_desc, O, q_smem, q_bars, k_bufs, v_bufs
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
     full, own = _block_range(pos0, n_q, n_k, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N)
     mbarrier.wait(q_bar, 0)
-    for i in range(0, own):
-        stage = i % NUM_STAGES
-        k_buf = k_bufs.index(stage)
-        v_buf = v_bufs.index(stage)
-        phase = (i // NUM_STAGES) & 1
-        if i < full:
-            acc, m_i, l_i = _attend(q_buf, k_buf, v_buf, k_ready.index(stage), v_ready.index(stage), phase, acc,
-                                    m_i, l_i, i * BLOCK_N, pos, n_q, n_k, qk_scale, False, CAUSAL, BLOCK_M, BLOCK_N,
-                                    s_layout, o_layout)
-        else:
-            acc, m_i, l_i = _attend(q_buf, k_buf, v_buf, k_ready.index(stage), v_ready.index(stage), phase, acc,
-                                    m_i, l_i, i * BLOCK_N, pos, n_q, n_k, qk_scale, True, CAUSAL, BLOCK_M, BLOCK_N,
-                                    s_layout, o_layout)
-        nxt = i + NUM_STAGES
-        ok = nxt < own
-        gl.thread_barrier()  # every warp's wgmma has read this stage
-        mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes, pred=ok)
-        tma.async_copy_global_to_shared(k_desc, [kv_row + nxt * BLOCK_N, 0], k_ready.index(stage), k_buf, pred=ok)
-        mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes, pred=ok)
-        tma.async_copy_global_to_shared(v_desc, [kv_row + nxt * BLOCK_N, 0], v_ready.index(stage), v_buf, pred=ok)
+    # Two loops, as in _consume, not one loop with `if i < full:` around two inlined _attend calls: for
+    # that, ptxas (CUDA 12.8, the Triton 3.6 wheel's) wrote the K and V wgmma descriptors of the k-steps
+    # after the first only in the unmasked copy, and the masked copy read those uniform registers unwritten
+    # (the PTX was right). A tile whose first block is masked (causal row tile 0; n_k not a multiple of
+    # BLOCK_N) gave wgmma a stale descriptor: "out-of-range shared address" on an H200. One wgmma site per
+    # loop body compiles right (the SASS checked by benchmarks/gluon_compile_check.py).
+    for i in range(0, full):
+        acc, m_i, l_i = _pipe_step(q_buf, k_bufs, v_bufs, k_ready, v_ready, k_desc, v_desc, kv_row, i, own, acc,
+                                   m_i, l_i, pos, n_q, n_k, qk_scale, False, CAUSAL, BLOCK_M, BLOCK_N, NUM_STAGES,
+                                   s_layout, o_layout)
+    for i in range(full, own):
+        acc, m_i, l_i = _pipe_step(q_buf, k_bufs, v_bufs, k_ready, v_ready, k_desc, v_desc, kv_row, i, own, acc,
+                                   m_i, l_i, pos, n_q, n_k, qk_scale, True, CAUSAL, BLOCK_M, BLOCK_N, NUM_STAGES,
+                                   s_layout, o_layout)
     _epilogue(acc, l_i, o_desc, O, o_smem.index(0), bh, pos0, n_q, BLOCK_M, HEAD_DIM, TMA_STORE, o_layout)
 
 
