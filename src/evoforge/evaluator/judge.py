@@ -11,7 +11,9 @@ An evaluation of one task (:class:`Evaluator`) goes like this, all in the driver
    all of them one pool of input/output slots (:mod:`evoforge.evaluator.channel`).
 3. **Checks.** For each check case the judge writes the inputs into a slot, poisons the slot's outputs
    (NaN), asks the worker to call the model on that slot, and compares what the slot then holds with
-   its reference. It also checks that the inputs are unchanged.
+   its reference. It also checks that the inputs are unchanged. A problem whose one input set is over
+   :data:`evoforge.evaluator.memory.RESIDENT_INPUT_LIMIT` keeps no case's inputs between checks: each case
+   keeps its seed, and its inputs are re-drawn (bitwise the same) on the device for the check, then freed.
 4. **Timing.** Blocks of calls, interleaved across entries in alternating order (see
    :func:`evoforge.timing.round_orders`). Before each block every slot the block uses gets fresh values
    from a fresh seed, and its outputs are poisoned; so no two calls of a block see the same input, and
@@ -279,6 +281,8 @@ class _Session:
         self.profile_lock = threading.Lock()
         self.rng = random.SystemRandom()
         self.workers_started = 0
+        self.redraw = False  # a large problem: no check case's inputs kept, each re-drawn when checked (_redraw)
+        self.draw_lock = threading.Lock()  # re-draws seed torch's RNG: one at a time
 
     def close(self) -> None:
         for entry in self.entries:
@@ -379,33 +383,53 @@ class _Session:
             if message := needs_cuda(where, "constructing Model", exc, self.device.type):
                 raise TaskError(message) from None
             raise TaskError(f"{where}: constructing Model raised {_one_line(exc)}") from None
+        from evoforge.evaluator import memory
+
         first = self._draw(self.seed)
         self._layout_args(first)
+        self.layout_inputs = [(tuple(x.shape), x.dtype) for x in first if isinstance(x, torch.Tensor)]
+        # A large problem keeps no case's inputs: each case keeps the recipe of its draw (its seed; an edge case's
+        # index among the task's edge sets too) and is re-drawn, bitwise the same, when it is checked.
+        self.redraw = memory.redraws(tensor_bytes(first))
         n_random = int(cfg.n_random)
-        draws = [(f"random seed={self.seed + i}", first if i == 0 else self._draw(self.seed + i))
-                 for i in range(n_random)]
-        if cfg.edge_cases:  # drawn on the judge's device, as the other cases (a large problem's, not on the CPU)
-            with torch.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
-                edges = edge_inputs(self.task, self.seed + n_random)
-            draws += [(name, self._on_device(x)) for name, x in edges]
+        edge_seed = self.seed + n_random
+        shapes = [x.to("meta") if isinstance(x, torch.Tensor) else x for x in first]  # what the memory check reads
+        held = [first]  # the generator below takes it, so that a re-drawn case's set is not kept by this frame
+        del first
+
+        def drawn() -> Any:
+            """(name, recipe, inputs) of every check case, drawn when asked for."""
+            for i in range(n_random):
+                seed = self.seed + i
+                yield f"random seed={seed}", ("random", seed), held.pop() if i == 0 else self._draw(seed)
+            if cfg.edge_cases:  # drawn on the judge's device, as the other cases (a large problem's, not on the CPU)
+                edges: list[Any] = self._edges(edge_seed)
+                for j in range(len(edges)):
+                    (name, x), edges[j] = edges[j], None
+                    yield name, ("edge", edge_seed, j), x
+                    del x
+
+        # Kept cases are all drawn before the memory is checked; re-drawn ones one at a time, each let go of once
+        # its reference is computed.
+        draws = drawn() if self.redraw else list(drawn())
         if self.device.type == "cuda":
-            self._check_memory(first, base)
+            self._check_memory(shapes, base)
         self.reference = copy.deepcopy(base).to(device=self.device, dtype=self.ref_dtype).eval()
         self.native = base.to(self.device).eval()
         self.cases = []
-        for i, (name, inputs) in enumerate(draws):
-            if not self._fits_layout(inputs):
-                continue
-            case = self._case(name, inputs, repeat=i == 0)
+        for i, (name, recipe, inputs) in enumerate(draws):
+            case = self._case(name, inputs, repeat=i == 0, recipe=recipe) if self._fits_layout(inputs) else None
+            del inputs
             if case is not None:
                 self.cases.append(case)
         if not self.cases:
             raise TaskError(f"{where}: Model's output has NaN/Inf on random inputs")
-        self.final_case = self._case("after timing", self._draw(self.seed + 2000))
+        if self.redraw:  # a get_inputs() that does not draw from torch's seeded RNG is refused here, not per check
+            self._redraw(self.cases[0]).clear()
+        self.final_case = self._case("after timing", self._draw(self.seed + 2000), recipe=("random", self.seed + 2000))
         if self.final_case is None:
             raise TaskError(f"{where}: Model's output has NaN/Inf on random inputs")
         outputs = [(tuple(shape), dtype) for shape, dtype in self.cases[0]["expect"]]
-        self.layout_inputs = [(tuple(x.shape), x.dtype) for x in first if isinstance(x, torch.Tensor)]
         slots = self._pool_slots(self.layout_inputs, outputs)
         self.pool = SharedPool(Layout(self.layout_inputs, outputs, slots), self.device)
         # Fresh inputs are drawn on the judge's device into a staging copy of the pool's input region, and
@@ -427,6 +451,47 @@ class _Session:
         with ctx:
             inputs = draw_inputs(self.task) if seed is None else make_inputs(self.task, seed)
         return self._on_device(inputs)
+
+    def _edges(self, seed: int) -> list[tuple[str, list[Any]]]:
+        """The edge-case input sets drawn with ``seed``, on the judge's device (a large problem's, not on the CPU)."""
+        with torch.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext():
+            edges = edge_inputs(self.task, seed)
+        return [(name, self._on_device(x)) for name, x in edges]
+
+    def _redraw(self, case: dict[str, Any]) -> list[torch.Tensor]:
+        """A re-drawn case's input tensors, made again from its recipe on the judge's device: the same seed gives
+        the same tensors bitwise (checked on a sample kept from the first draw). One draw at a time, and torch's
+        RNG is left as it was (the timed calls' inputs come from its stream)."""
+        kind, seed, *index = case["recipe"]
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with self.draw_lock, torch.random.fork_rng(devices=devices, device_type="cuda"):
+            if kind == "edge":
+                edges = self._edges(seed)
+                inputs = edges[index[0]][1]
+                del edges
+            else:
+                inputs = self._draw(seed)
+        tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
+        del inputs
+        if not _same_sample(_sample(tensors), case["sample"]):
+            raise TaskError(f"{self.task.spec.origin}: get_inputs() drew different inputs from the same seed "
+                            f"({case['name']}); its input sets are over {_resident_limit()}, so the judge re-draws "
+                            "each check case's inputs from its seed when it checks it: get_inputs() must draw from "
+                            "torch's RNG (seeded with torch.manual_seed)")
+        return tensors
+
+    @contextlib.contextmanager
+    def _inputs_of(self, case: dict[str, Any]) -> Any:
+        """A case's input tensors while they are used: kept ones as they are, re-drawn ones made now and let go
+        after (the list emptied, so no name the caller holds keeps them)."""
+        if "recipe" not in case:
+            yield case["inputs"]
+            return
+        tensors = self._redraw(case)
+        try:
+            yield tensors
+        finally:
+            tensors.clear()
 
     def _on_device(self, inputs: list[Any]) -> list[Any]:
         return [x.to(self.device).contiguous() if isinstance(x, torch.Tensor) else x for x in inputs]
@@ -463,7 +528,7 @@ class _Session:
         wanted = int(self.cfg.pool_slots)
         if self.device.type != "cuda":
             return max(1, min(wanted, 2**30 // max(per_slot, 1)))
-        fp = _with_outputs(self.footprint, per_slot - tensor_bytes(self.cases[0]["inputs"]), self.cases[0]["ref"])
+        fp = _with_outputs(self.footprint, per_slot - _spec_bytes(inputs), self.cases[0]["ref"])
         cases = len(self.cases) + 1  # and the final recheck's
         held_on_host = cases * fp.ref_outputs  # the references exist already: available memory excludes them
         host = memory.host_available()
@@ -517,9 +582,12 @@ class _Session:
                             "a reference must give the same output for the same inputs (no random ops in forward)")
         return ref, like
 
-    def _case(self, name: str, inputs: list[Any], repeat: bool = False) -> dict[str, Any] | None:
+    def _case(self, name: str, inputs: list[Any], repeat: bool = False,
+              recipe: tuple[Any, ...] | None = None) -> dict[str, Any] | None:
         """One input set with its reference (kept on the host) and the native output's dtypes. With
-        ``repeat`` the reference runs twice: a Model that is itself nondeterministic can't be a reference."""
+        ``repeat`` the reference runs twice: a Model that is itself nondeterministic can't be a reference.
+        A large problem's case (``self.redraw``) keeps, instead of its inputs, the ``recipe`` of their draw
+        (``("random", seed)`` or ``("edge", seed, index)``) and a sample of them to check its re-draws by."""
         ref, like = self._reference(name, inputs, repeat)
         where = self.task.spec.origin
         if not ref:
@@ -529,8 +597,10 @@ class _Session:
                 raise TaskError(f"{where}: Model's output has NaN/Inf on random inputs")
             return None  # an edge case the reference itself can't represent is no test
         native_err = _native_err(ref, like)
-        return {"name": name, "inputs": [x for x in inputs if isinstance(x, torch.Tensor)],
-                "ref": [r.cpu() for r in ref], "native_err": native_err,
+        tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
+        kept: dict[str, Any] = {"recipe": recipe, "sample": _sample(tensors)} if self.redraw and recipe else \
+            {"inputs": tensors}
+        return {"name": name, **kept, "ref": [r.cpu() for r in ref], "native_err": native_err,
                 "expect": [(tuple(t.shape), t.dtype) for t in like]}
 
     # ---------------------------------------------------------------- workers
@@ -790,12 +860,13 @@ class _Session:
             return self._check_on(entry, case, history, slot)
 
     def _check_on(self, entry: _Entry, case: dict[str, Any], history: bool, slot: int) -> bool:
-        self._fill(slot, case["inputs"])
-        self._sync()
-        reply = self._ask(entry, {"op": "run", "slots": [slot], "history": history}, "check")
-        if reply is None:
-            return False
-        verdict = self._judge(entry, case, self._snapshot(slot), self._inputs_written(slot, case["inputs"]))
+        with self._inputs_of(case) as inputs:  # a re-drawn case's: drawn with the slot's lock held, freed after
+            self._fill(slot, inputs)
+            self._sync()
+            reply = self._ask(entry, {"op": "run", "slots": [slot], "history": history}, "check")
+            if reply is None:
+                return False
+            verdict = self._judge(entry, case, self._snapshot(slot), self._inputs_written(slot, inputs))
         if verdict is not None:
             self._fail(entry, *verdict)
             return False
@@ -810,8 +881,9 @@ class _Session:
         if self.device.type == "cuda" and self.cfg.side_stream_guard and entry.role == "candidate":
             assert self.pool is not None
             slot = 0
-            self._fill(slot, self.final_case["inputs"])
-            self._sync()
+            with self._inputs_of(self.final_case) as inputs:
+                self._fill(slot, inputs)
+                self._sync()
             reply = self._ask(entry, {"op": "profile", "slot": slot}, "recheck")
             if reply is None:
                 return
@@ -1157,6 +1229,35 @@ def _runs(values: list[int]) -> list[tuple[int, int]]:
         else:
             runs.append((v, v))
     return runs
+
+
+def _spec_bytes(specs: list[tuple[tuple[int, ...], torch.dtype]]) -> int:
+    """Bytes of tensors of these shapes and dtypes."""
+    return sum(math.prod(shape) * torch.empty((), dtype=dtype).element_size() for shape, dtype in specs)
+
+
+_SAMPLE = 4096  # elements of each input tensor a re-drawn case keeps, to check its re-draws by
+
+
+def _sample(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Up to _SAMPLE evenly spaced elements of each tensor, as raw bytes on the host (NaN compares as itself)."""
+    out = []
+    for t in tensors:
+        flat = t.reshape(-1)
+        step = max(1, flat.numel() // _SAMPLE)
+        out.append(flat[::step][:_SAMPLE].contiguous().cpu().view(torch.uint8).clone())
+    return out
+
+
+def _same_sample(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(x.shape == y.shape and torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+def _resident_limit() -> str:
+    """evoforge.evaluator.memory.RESIDENT_INPUT_LIMIT in words (read when asked: tests lower it)."""
+    from evoforge.evaluator import memory
+
+    return f"{memory.RESIDENT_INPUT_LIMIT / 2**20:g} MiB"
 
 
 def _native_err(ref: list[torch.Tensor], like: list[torch.Tensor]) -> list[float]:

@@ -8,10 +8,13 @@ set are taken to be the size of the inputs, and the footprint says so (``measure
 
 :func:`plan` adds up what one evaluation holds, as the judge builds it (judge.py):
 
-- **the judge, on the device**: every check case's input set (``cases`` of them), the staging copy of the
-  pool's input slots, the reference Model's weights (in the reference's precision) and the native Model's,
-  and for each check running at once (at most one per slot) the entry's outputs, the reference moved there and
-  one chunk of the comparison (:data:`evoforge.evaluator.compare.CHUNK` elements per temporary);
+- **the judge, on the device**: the check cases' input sets it holds (:func:`resident_cases`: every one of the
+  ``cases``, or, for a problem whose one input set is over :data:`RESIDENT_INPUT_LIMIT`, only those of the checks
+  running at once: such a case keeps the seed its inputs were drawn from and the judge re-draws them when it
+  checks it), the staging copy of the pool's input slots, the reference Model's weights (in the reference's
+  precision) and the native Model's, and for each check running at once (at most one per slot) the entry's
+  outputs, the reference moved there and one chunk of the comparison (:data:`evoforge.evaluator.compare.CHUNK`
+  elements per temporary);
 - **each worker, on the device**: its CUDA runtime (:data:`RUNTIME_BYTES`, an allowance: context, cuBLAS
   workspace, the L2 flush buffer), the Model's weights, a device copy of every slot's inputs, the outputs of a
   call per slot (graph mode captures one call per slot and keeps its outputs) and one call's working set. A
@@ -51,6 +54,12 @@ RUNTIME_BYTES = GIB  # a worker's CUDA context, cuBLAS workspace and L2 flush bu
 HEADROOM = 0.10  # share of the free memory a plan leaves to fragmentation and candidates' extra allocations
 WORKER_HOST_BYTES = 2 * GIB  # a worker's own resident memory (torch, Triton) besides the pool it maps
 COMPARE_TEMPORARIES = 6  # tensors of one chunk's size the comparison makes (difference, bounds, masks)
+# One input set larger than this: the judge keeps no check case's inputs resident on the device but re-draws them
+# from the case's seed when it checks the case (judge._Session._redraw), so it holds one input set per check
+# running at once instead of one per case (KernelBench's 4096 x 393216 fp32 Softmax: 6 GiB a set, 5 cases). The
+# same bytes as evolve.PRECOMPILE_INPUT_LIMIT: below it a problem's cases cost little to keep, and re-drawing them
+# costs a draw per check.
+RESIDENT_INPUT_LIMIT = 256 * 2**20
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class Plan:
     host: int  # the judge's references and the pool
     pool: int
     kept: int = 0  # kept baseline workers' previous slots' copies, still cached in their processes
+    resident: int = 0  # the check cases whose input sets the judge holds on the device at once (of ``cases``)
 
     @property
     def device(self) -> int:
@@ -101,20 +111,39 @@ class Plan:
 
 
 def plan(fp: Footprint, *, slots: int, workers: int, cases: int, parallel: int = 1, kept: int = 0) -> Plan:
-    """What the judge and ``workers`` workers hold with ``slots`` slots and ``cases`` check cases resident in the
-    judge; ``parallel``: checks the judge may run at once (one per slot at most); ``kept``: how many of the workers
-    are baselines kept from the last evaluation (their last slots' copies still cached)."""
+    """What the judge and ``workers`` workers hold with ``slots`` slots and ``cases`` check cases (their references
+    on the host, their input sets on the device as :func:`resident_cases` says); ``parallel``: checks the judge may
+    run at once (one per slot at most); ``kept``: how many of the workers are baselines kept from the last
+    evaluation (their last slots' copies still cached)."""
     slots, workers, kept = max(int(slots), 1), max(int(workers), 0), min(max(int(kept), 0), max(int(workers), 0))
     checks = max(1, min(slots, int(parallel)))
+    held = resident_cases(fp, cases, checks)
     compare = COMPARE_TEMPORARIES * min(fp.ref_outputs, CHUNK * 8)
-    judge = (cases * fp.inputs + slots * fp.inputs + int(fp.weights * (1 + fp.scale))
+    judge = (held * fp.inputs + slots * fp.inputs + int(fp.weights * (1 + fp.scale))
              + checks * (fp.outputs + fp.ref_outputs + compare))
     # computing a reference: the inputs in its precision, two reference calls (one repeated) and a native call
-    judge = max(judge, cases * fp.inputs + fp.ref_inputs + int(fp.weights * (1 + fp.scale))
+    # (cases whose inputs are re-drawn are made one at a time, so at most ``held`` sets exist then too)
+    judge = max(judge, held * fp.inputs + fp.ref_inputs + int(fp.weights * (1 + fp.scale))
                 + int(2 * fp.working * fp.scale) + fp.working)
     worker = RUNTIME_BYTES + fp.weights + slots * fp.slot + fp.working
     pool = slots * fp.slot
-    return Plan(fp, slots, workers, cases, judge, worker, cases * fp.ref_outputs + pool, pool, kept * slots * fp.slot)
+    return Plan(fp, slots, workers, cases, judge, worker, cases * fp.ref_outputs + pool, pool, kept * slots * fp.slot,
+                held)
+
+
+def redraws(input_bytes: int) -> bool:
+    """Whether a problem whose one input set is ``input_bytes`` has its check cases' inputs re-drawn from their
+    seeds when checked, none resident (over :data:`RESIDENT_INPUT_LIMIT`), rather than all kept on the device."""
+    return int(input_bytes) > RESIDENT_INPUT_LIMIT
+
+
+def resident_cases(fp: Footprint, cases: int, checks: int) -> int:
+    """Input sets of check cases the judge holds on the device at once: all ``cases``; or, where they are re-drawn
+    (:func:`redraws`), one per check running at once (``checks``: at most one per slot), each from its draw to the
+    end of its check. Draws are made one at a time; the temporaries of one draw (the default edge case makes its
+    set and then the set times 8) are left to the headroom."""
+    cases = max(int(cases), 0)
+    return min(cases, max(int(checks), 1)) if redraws(fp.inputs) else cases
 
 
 def fit(fp: Footprint, *, free: int, workers: int, cases: int, wanted: int, parallel: int = 1,
@@ -155,10 +184,11 @@ def describe(p: Plan, where: str = "the GPU") -> str:
     fp = p.footprint
     guess = "" if fp.measured else " (the Model could not be traced on the meta device: outputs taken as inputs)"
     kept = f", and kept baselines {_gib(p.kept)} of their last slots" if p.kept else ""
+    resident = (f"{p.cases} check cases resident" if p.resident >= p.cases else
+                f"{p.resident} of {p.cases} check cases resident at a time, their inputs re-drawn for each check")
     return (f"input sets of {_gib(fp.inputs)}, outputs of {_gib(fp.outputs)}, one call's working set "
             f"{_gib(fp.working)}, weights {_gib(fp.weights)}{guess}: the judge holds {_gib(p.judge_device)} "
-            f"({p.cases} check cases resident, {p.slots} slot(s)) and each worker {_gib(p.worker_device)}{kept} "
-            f"on {where}")
+            f"({resident}, {p.slots} slot(s)) and each worker {_gib(p.worker_device)}{kept} on {where}")
 
 
 def refusal(where: str, p: Plan, free: int, device_name: str, baselines: int, candidates: int | None = None) -> str:
@@ -201,7 +231,8 @@ def host_available() -> int | None:
 
 
 def cases_of(n_random: int, edge_cases: bool) -> int:
-    """Input sets the judge keeps on the device: the random ones, one edge set, and the final recheck's."""
+    """The judge's check cases (input sets with a reference each): the random ones, one edge set, and the final
+    recheck's. How many of them are on the device at once is :func:`resident_cases`'."""
     return int(n_random) + (1 if edge_cases else 0) + 1
 
 
