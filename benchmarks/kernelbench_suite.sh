@@ -25,12 +25,14 @@ d = json.load(open(sys.argv[1])); m = d["summary"]
 x = lambda v: "-" if v is None else f"{v:.2f}x"
 for p in d["problems"]:
     print(f"  {p['problem']:<40} {p['status']:<20} vs eager {x(p['vs_eager']):>7}  vs compile {x(p['vs_compile']):>7}"
-          f"  fitness {x(p['fitness']):>7}{'' if p['significant'] else ' (n.s.)'}  {p['valid']}/{p['evaluated']}")
+          f"  fitness {x(p['fitness']):>7}{'' if p['significant'] else ' (n.s.)'}  {p['valid']}/{p['evaluated']}"
+          f"  {p.get('wall_s') or 0:.0f}/{p.get('budget_s') or 0:.0f} s")
 print(f"level {sys.argv[2]} ({d['batch']}): {m['correct']}/{m['problems']} correct, {m['evolved']} evolved; "
       f"fast_1 {m['fast_1_vs_eager']:.2f} / fast_1.5 {m['fast_1.5_vs_eager']:.2f} vs eager, "
       f"fast_1 {m['fast_1_vs_best']:.2f} / fast_1.05 {m['fast_1.05_vs_best']:.2f} / fast_1.5 {m['fast_1.5_vs_best']:.2f} "
       f"vs the faster of eager and compile; "
-      f"geomean {x(m['geomean_vs_eager'])} vs eager, {x(m['geomean_vs_best'])} vs the faster")
+      f"geomean {x(m['geomean_vs_eager'])} vs eager, {x(m['geomean_vs_best'])} vs the faster; "
+      f"{m.get('over_budget', 0)} over budget + margin")
 PY
 done
 exit $status

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from evoforge.batch import BatchSummary, ProblemOutcome, baseline_failures, discover, fast_p, geomean, problem_level
+from evoforge.batch import (
+    BUDGET_MARGIN_S,
+    BatchSummary,
+    ProblemOutcome,
+    baseline_failures,
+    discover,
+    fast_p,
+    geomean,
+    problem_level,
+)
 from evoforge.evaluator.result import EvalResult
 from evoforge.task import TaskError
 
@@ -42,6 +51,17 @@ def test_summary_measures() -> None:
     assert m["fast_1_vs_best"] == 0.25 and m["fast_1.5_vs_best"] == 0.0
     assert m["geomean_vs_eager"] == pytest.approx(math.sqrt(2.4))
     assert m["geomean_vs_best"] == pytest.approx(math.sqrt(0.66))
+    assert m["over_budget"] == 0  # no row says how long it took
+
+
+def test_a_problem_past_its_budget_and_margin_is_counted() -> None:
+    """The stated margin (BUDGET_MARGIN_S) is a promise: a row whose session ran past budget + margin counts
+    as over budget; one inside the margin, or without a budget, does not."""
+    rows = [ProblemOutcome("in", "a.py", 1, "ok", wall_s=40.0 + BUDGET_MARGIN_S, budget_s=40.0),
+            ProblemOutcome("over", "b.py", 1, "ok", wall_s=40.0 + BUDGET_MARGIN_S + 0.5, budget_s=40.0),
+            ProblemOutcome("unbounded", "c.py", 1, "ok", wall_s=500.0),
+            ProblemOutcome("resumed-before", "d.py", 1, "ok", budget_s=40.0)]
+    assert BatchSummary(rows).measures()["over_budget"] == 1
 
 
 def test_a_baseline_never_valid_says_why_its_column_is_empty() -> None:

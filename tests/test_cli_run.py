@@ -160,6 +160,7 @@ def test_batch_runs_every_problem_of_a_level_and_summarises(tmp_path: Path) -> N
     ok = rows["tanh_matmul.py"]
     assert ok["status"] == "ok" and ok["level"] == 1 and ok["vs_eager"] > 0 and ok["fitness"] > 0
     assert ok["vs_compile"] > 0 and ok["detail"] == ""  # both baselines valid: no note on the row
+    assert ok["wall_s"] > 0 and ok["budget_s"] is None  # how long the problem took (no --budget given)
     m = data["summary"]
     assert m["problems"] == 2 and m["correct"] == 1
     assert not ok["pytorch_path"] and ok["claim"]  # a generic candidate is evolved, never the Model re-measured

@@ -49,3 +49,21 @@ def test_the_live_line_ticks_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> N
         say("computing reference outputs")
         time.sleep(4.5)
     assert re.search(r"computing reference outputs \([34] s\)", buf.getvalue())
+
+
+def test_a_log_stamps_each_step_with_its_seconds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off a terminal each step is one line with the seconds since the run's steps began (where time went),
+    and a step's own brackets are printed as they are, not read as markup; chatty steps stay out."""
+    buf = io.StringIO()
+    monkeypatch.setattr(output, "err", Console(file=buf, force_terminal=False, width=200, color_system=None))
+    with output.progress(True) as say:
+        say("computing reference outputs")
+        time.sleep(0.3)
+        say("starting 4 worker(s) [cuda:0]")
+        say("timing cand-1")
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 2
+    first = re.fullmatch(r"  \[\s*(\d+\.\d) s\] computing reference outputs", lines[0])
+    second = re.fullmatch(r"  \[\s*(\d+\.\d) s\] starting 4 worker\(s\) \[cuda:0\]", lines[1])
+    assert first and second
+    assert float(first.group(1)) < 0.3 <= float(second.group(1)) + 0.05

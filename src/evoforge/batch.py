@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from evoforge.store import Store
 
 FAST_P = (1.0, 1.05, 1.5)  # 1.05: issue 22's bar against the faster of eager and compile
+BUDGET_MARGIN_S = 10.0  # the README's stated margin: a problem's session ends within this after its --budget
 _LEVEL_DIR = re.compile(r"level[_-]?(\d+)$", re.IGNORECASE)
 
 
@@ -110,6 +111,8 @@ class ProblemOutcome:
     evaluated: int = 0
     valid: int = 0
     detail: str = ""
+    wall_s: float | None = None  # this session's seconds on the problem, from its start to its row
+    budget_s: float | None = None  # its --budget (None: unbounded)
 
 
 def clears(result: Any, baseline: Any, mode: str | None) -> bool:
@@ -178,6 +181,9 @@ class BatchSummary:
             out[f"fast_{p:g}_vs_best"] = fast_p(best, p, [q.significant for q in self.problems])
         out["geomean_vs_eager"] = geomean(eager)
         out["geomean_vs_best"] = geomean(best)
+        # problems whose session ran past its budget by more than the stated margin (a broken promise)
+        out["over_budget"] = sum(p.wall_s is not None and p.budget_s is not None
+                                 and p.wall_s > p.budget_s + BUDGET_MARGIN_S for p in self.problems)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -215,10 +221,12 @@ def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Pat
                  search: SearchFn, on_error: Callable[[Path, Exception], None] | None) -> ProblemOutcome:
     from evoforge import evolve
     from evoforge.evaluator import EvaluatorError
+    from evoforge.evolve import parse_duration
     from evoforge.store import StoreError
 
     started = time.monotonic()  # --budget is each problem's
-    row = ProblemOutcome(problem=path.stem, path=str(path), level=lvl, status="error")
+    row = ProblemOutcome(problem=path.stem, path=str(path), level=lvl, status="error",
+                         budget_s=parse_duration(config.budget) if config.budget else None)
     try:
         earlier = record.run_of(path)  # the run an interrupted session was in: continued, not restarted
         if earlier:
@@ -264,4 +272,5 @@ def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Pat
         from evoforge.evaluator.process import release_workers
 
         release_workers()
+        row.wall_s = round(time.monotonic() - started, 2)
     return row

@@ -73,6 +73,8 @@ def resume_batch(store: Any, batch_id: str, overrides: dict[str, Any], as_json: 
 
 def print_batch(data: dict[str, Any], folder: Path) -> None:
     """The batch's table (one row per problem, the full run id to copy), its notes and its summary line."""
+    from evoforge.batch import BUDGET_MARGIN_S
+
     out = output.out
 
     def x(value: float | None) -> str:
@@ -86,7 +88,12 @@ def print_batch(data: dict[str, Any], folder: Path) -> None:
         return x(p["fitness"]) + (" (not significant)" if p["fitness"] > 1.0 and not p.get("significant") else "")
 
     table = Table(title=f"batch over {folder}", box=box.SIMPLE_HEAD, collapse_padding=True)  # room for the run id
-    for col in ("problem", "level", "status", "best", "vs eager", "vs compile", "fitness", "valid"):
+    def took(p: dict[str, Any]) -> str:  # this session's wall time on the problem, against its budget
+        if p.get("wall_s") is None:
+            return "-"
+        return f"{p['wall_s']:.0f}" + (f"/{p['budget_s']:.0f} s" if p.get("budget_s") else " s")
+
+    for col in ("problem", "level", "status", "best", "vs eager", "vs compile", "fitness", "valid", "time"):
         # names fold only where one is wider than its column; numbers never wrap
         table.add_column(col, overflow="fold", min_width=12 if col == "fitness" else None)
     # the full id, to copy into `evoforge report` (a column's min_width counts its padding)
@@ -100,7 +107,7 @@ def print_batch(data: dict[str, Any], folder: Path) -> None:
             status += f" [{len(notes)}]"
         table.add_row(escape(p["problem"]), str(p["level"] if p["level"] is not None else "-"), escape(status),
                       escape(p["best"] or "-"), x(p["vs_eager"]), x(p["vs_compile"]), fit(p),
-                      f"{p['valid']}/{p['evaluated']}", p["run"] or "-")
+                      f"{p['valid']}/{p['evaluated']}", took(p), p["run"] or "-")
     out.print(table)
     for note in notes:
         out.print(note, highlight=False, markup=False)
@@ -108,6 +115,10 @@ def print_batch(data: dict[str, Any], folder: Path) -> None:
     out.print(f"{m['correct']}/{m['problems']} problems with a correct candidate "
               "(fast_p counts wins beyond noise only); "
               f"fast_1 {m['fast_1_vs_eager']:.2f} / fast_1.5 {m['fast_1.5_vs_eager']:.2f} vs eager, "
-              f"{m['fast_1_vs_best']:.2f} / {m['fast_1.5_vs_best']:.2f} vs the faster of eager and compile; "
+              f"{m['fast_1_vs_best']:.2f} / fast_1.05 {m['fast_1.05_vs_best']:.2f} / {m['fast_1.5_vs_best']:.2f} "
+              f"vs the faster of eager and compile; "
               f"geomean {x(m['geomean_vs_eager'])} vs eager, {x(m['geomean_vs_best'])} vs the faster",
               highlight=False)
+    if m.get("over_budget"):
+        out.print(f"{m['over_budget']} problem(s) ran past their budget by more than {BUDGET_MARGIN_S:g} s "
+                  "(the time column)", highlight=False)

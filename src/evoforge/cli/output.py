@@ -69,12 +69,16 @@ _CHATTY = ("timing ", "checking ", "rechecking ", "loaded and checked ")  # step
 def progress(enabled: bool) -> Iterator[Callable[[str], None]]:
     """A spinner with the evaluator's latest step on stderr (stdout stays clean for --json). On a terminal
     the step shows how long it has been running, ticking every second, so a long one (a first run's
-    compiles, a worker that hangs until its time limit) never looks stuck without saying for how long."""
+    compiles, a worker that hangs until its time limit) never looks stuck without saying for how long.
+    Elsewhere (a log) each step is one line stamped with the seconds since the spinner opened, so a log
+    shows where a run's time went (issue 22: a 15 s budget that took 36 s on an H200)."""
     console = err
     if not enabled or not console.is_terminal:
-        def plain(message: str) -> None:
+        opened = time.monotonic()
+
+        def plain(message: str) -> None:  # a log: each step stamped with the seconds since this began
             if enabled and not any(word in message for word in _CHATTY):
-                console.print(f"  {message}", highlight=False)
+                console.print(f"  [{time.monotonic() - opened:6.1f} s] {message}", highlight=False, markup=False)
         yield plain
         return
     import threading
