@@ -19,8 +19,8 @@ FA3-style forward written against Triton 3.6's Gluon (``triton.experimental.gluo
 
 Genomes the GPU can't run are refused by :func:`fits` (shared memory, tile/warp combinations wgmma can't
 lay out, head sizes that are not a power of two from 16 to 256, fp32 inputs, and anywhere but sm_90 with
-Gluon importable from Triton 3.6): the mutator never proposes them. For now it refuses the loop without
-``warp_spec`` too: on an H200 it raised an illegal memory access (:data:`PIPELINED_VERIFIED`). Gluon
+Gluon importable from Triton 3.6): the mutator never proposes them. The loop without ``warp_spec`` is
+offered since its H200 crash was fixed and re-run (:data:`PIPELINED_VERIFIED`). Gluon
 kernels don't run in Triton's interpreter; on a CPU this family is only rendered (and compiled for sm_90 by
 ``benchmarks/gluon_compile_check.py``).
 """
@@ -48,18 +48,15 @@ CONSUMER_REGS = (216, 232, 240)  # setmaxnreg of the second consumer's partition
 HEAD_DIMS = (16, 32, 64, 128, 256)
 CAPABILITY_MAJOR = 9  # sm_90 only: wgmma is Hopper's (Blackwell has tcgen05 instead)
 TRITON_VERSIONS = ((3, 6),)  # Gluon's API changes between releases: the versions this template is written for
-# The loop without warp specialisation (warp_spec=False, "pipe") stays out of the search until an sm_90 GPU
-# shows it correct: on an H200 (Triton 3.6) genome pipe-1x4-m64 (block_m 64, 4 warps, 2 stages) was correct
-# on B1 H8 S512 D64 fp16, then raised "CUDA error: an illegal memory access" on the same shape made causal,
-# and neither a reading of _pipelined nor of its sm_90 PTX (compiled without a GPU) found the access. A
-# crash poisons the whole CUDA context of the process that launched it, so fits() refuses the genome rather
-# than let the search propose it. tests/kernels/test_gluon_flash.py (-m gpu) and benchmarks/gluon_bench.py
-# still run it, each genome in a process of its own (fits(..., allow_pipelined=True)): set this to True
-# once they show it correct on every shape. Cause since found in the SASS (compute-sanitizer: an
-# out-of-range shared address at the masked block's second Q·Kᵀ wgmma): ptxas left that copy's wgmma
-# descriptors unwritten; the template's loop is now restructured (see _pipelined) and the compile check
-# looks for stale descriptors (benchmarks/wgmma_desc_check.py). Not yet re-run on a GPU.
-PIPELINED_VERIFIED = False
+# The loop without warp specialisation (warp_spec=False, "pipe") was kept out of the search while it crashed:
+# on an H200 (Triton 3.6) genome pipe-1x4-m64 raised "CUDA error: an illegal memory access" on B1 H8 S512 D64
+# fp16 causal. compute-sanitizer put it at the masked block's second Q·Kᵀ wgmma (an out-of-range shared
+# address): ptxas left that copy's wgmma descriptors unwritten. The loop was restructured (one wgmma site per
+# loop body, see _pipelined; benchmarks/wgmma_desc_check.py looks for stale descriptors in the SASS), and on an
+# H200 (2026-11-30, benchmarks/results/gpu-tests-all-h200-3868854.txt) both pipe genomes of the GPU test are
+# correct on all seven shapes, with memcheck clean (gluon-pipe-memcheck-after-fix-h200.txt). Set back to False
+# to keep them out again: fits() then refuses them unless asked (allow_pipelined, for the tests and benchmarks).
+PIPELINED_VERIFIED = True
 REGISTERS_PER_SM = 65536
 MAX_REGS_PER_THREAD = 255
 TEMPLATE = "gluon_flash.tmpl.py"
@@ -167,7 +164,7 @@ def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits,
     if g.consumers > 1 and not g.warp_spec:
         return "two consumers are partitions of a warp-specialised kernel"
     if not g.warp_spec and not (allow_pipelined or PIPELINED_VERIFIED):
-        return "the loop without warp specialisation crashed on an H200 (an illegal memory access, causal)"
+        return "the loop without warp specialisation is switched off (gluon_flash.PIPELINED_VERIFIED)"
     if g.block_m < 16 * g.consumer_warps:
         return "wgmma needs 16 rows per warp: 8 warps need 128 rows"
     if g.consumers * g.consumer_warps > 8:
