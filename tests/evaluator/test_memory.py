@@ -107,7 +107,11 @@ def test_entries_that_fit_and_the_refusal_say_what_to_change() -> None:
     assert host is not None and "--memory-mb 32768" in host
     assert memory.host_refusal("t.py", memory.plan(_fp(1.0), slots=1, workers=3, cases=5), 32 * GIB) is None
     # host memory bounds the slots (it is no reason to refuse: on some machines it grows as it is used)
-    assert memory.fit(_fp(1.0), free=10**15, workers=1, cases=5, wanted=48, host_free=20 * GIB) == 6
+    # 0.2 GiB sets: five references (1 GiB) and 0.4 GiB per slot within 90% of 4 GiB: 6 slots
+    assert memory.fit(_fp(0.2), free=10**15, workers=1, cases=5, wanted=48, host_free=4 * GIB) == 6
+    # 1 GiB sets are re-drawn, their references computed again on the device, none on the host: 2 GiB per slot
+    # within 90% of 20 GiB: 9 slots
+    assert memory.fit(_fp(1.0), free=10**15, workers=1, cases=5, wanted=48, host_free=20 * GIB) == 9
     assert memory.fit(_fp(1.0), free=10**15, workers=1, cases=5, wanted=48, host_free=GIB) == 0
 
 

@@ -77,7 +77,11 @@ def test_a_large_problem_keeps_no_inputs_and_redraws_them_bitwise(monkeypatch: p
             assert "inputs" in kept and "recipe" not in kept
             assert "inputs" not in lazy and lazy["recipe"][0] in ("random", "edge")
             assert _bits(redrawn._redraw(lazy)) == _bits(kept["inputs"])  # the same tensors, bit for bit
-            assert _bits(lazy["ref"]) == _bits(kept["ref"])
+            # no reference kept, only its shapes: computed again from the re-drawn inputs, bit for bit the same
+            assert all(r.is_meta for r in lazy["ref"])
+            assert [(r.shape, r.dtype) for r in lazy["ref"]] == [(r.shape, r.dtype) for r in kept["ref"]]
+            assert _bits(redrawn._referenced(lazy, redrawn._redraw(lazy))["ref"]) == _bits(kept["ref"])
+            assert redrawn._referenced(kept, kept["inputs"]) is kept  # a kept case's reference is used as it is
         with redrawn._inputs_of(redrawn.cases[0]) as inputs:
             assert len(inputs) == 2
         assert inputs == []  # let go of after use
@@ -143,8 +147,19 @@ def test_a_large_footprint_plans_one_input_set_per_check_running_at_once(monkeyp
     monkeypatch.setattr(memory, "RESIDENT_INPUT_LIMIT", 100 * GIB)
     every = memory.plan(fp, slots=4, workers=3, cases=5, parallel=2)
     assert every.resident == 5 and every.judge_device - lazy.judge_device == 3 * fp.inputs
-    assert every.host == lazy.host  # the references stay on the host either way
+    # re-drawn cases keep no reference on the host: each check computes its case's on the device
+    assert lazy.host == lazy.pool and every.host == every.pool + 5 * fp.ref_outputs
+    # a half-precision problem: the reference's inputs, cast, and its call's peak count per check when re-drawn
+    n = 6 * GIB
+    half = memory.Footprint(inputs=n, outputs=n, ref_outputs=2 * n, ref_inputs=n, weights=0, working=3 * n)
+    every_half = memory.plan(half, slots=4, workers=3, cases=5, parallel=2)
     monkeypatch.undo()
+    lazy_half = memory.plan(half, slots=4, workers=3, cases=5, parallel=2)
+    checks = 2  # min(slots, parallel): each holds its case's inputs, the outputs, and computes the reference
+    compare = memory.COMPARE_TEMPORARIES * min(2 * n, memory.CHUNK * 8)
+    assert lazy_half.judge_device == checks * n + 4 * n + checks * (n + n + 6 * n + compare)
+    assert every_half.judge_device == max(5 * n + 4 * n + checks * (n + 2 * n + compare),  # references moved in
+                                          5 * n + n + 2 * 6 * n + 3 * n)  # or making them: two reference calls
     small = _fp(0.2)  # under the limit: every case resident, as before
     assert memory.plan(small, slots=4, workers=3, cases=5, parallel=2).resident == 5
     _lower(monkeypatch)

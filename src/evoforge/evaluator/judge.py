@@ -530,7 +530,7 @@ class _Session:
             return max(1, min(wanted, 2**30 // max(per_slot, 1)))
         fp = _with_outputs(self.footprint, per_slot - _spec_bytes(inputs), self.cases[0]["ref"])
         cases = len(self.cases) + 1  # and the final recheck's
-        held_on_host = cases * fp.ref_outputs  # the references exist already: available memory excludes them
+        held_on_host = memory.host_references(fp, cases)  # they exist already: available memory excludes them
         host = memory.host_available()
         parallel = _parallel_checks(self.cfg)
         kept = _kept_here(self)
@@ -560,7 +560,10 @@ class _Session:
             budget = _device_budget(self.device) + kept * p.worker_device
         _refuse_memory(self, p, budget)
 
-    def _reference(self, name: str, inputs: list[Any], repeat: bool = False) -> tuple[list[Any], list[Any]]:
+    def _reference(self, name: str, inputs: list[Any], repeat: bool = False,
+                   native: bool = True) -> tuple[list[Any], list[Any]]:
+        """The reference outputs for ``inputs`` (computed twice with ``repeat``) and, with ``native``, the native
+        Model's outputs (for their dtypes and its own error)."""
         where = self.task.spec.origin
         try:
             hi_inputs = [x.to(self.ref_dtype) if isinstance(x, torch.Tensor) and x.is_floating_point() else x
@@ -569,7 +572,7 @@ class _Session:
                 ref = guards.tensors_in(self.reference(*hi_inputs))
                 again = guards.tensors_in(self.reference(*hi_inputs)) if repeat else None
                 like = guards.tensors_in(self.native(*[x.clone() if isinstance(x, torch.Tensor) else x
-                                                       for x in inputs]))
+                                                       for x in inputs])) if native else []
         except Exception as exc:
             if message := needs_cuda(where, "Model", exc, self.device.type):
                 raise TaskError(message) from None
@@ -583,11 +586,18 @@ class _Session:
         return ref, like
 
     def _case(self, name: str, inputs: list[Any], repeat: bool = False,
-              recipe: tuple[Any, ...] | None = None) -> dict[str, Any] | None:
+              recipe: tuple[Any, ...] | None = None, transient: bool = False) -> dict[str, Any] | None:
         """One input set with its reference (kept on the host) and the native output's dtypes. With
         ``repeat`` the reference runs twice: a Model that is itself nondeterministic can't be a reference.
+        A ``transient`` case (a timed call's, compared once and dropped) keeps its reference where it was
+        computed: on an H200 the round trip to the host and back was most of the time a timed block's check
+        took (LayerNorm 16×64×256×256: 59 of a batch's 129 s in time.verify).
         A large problem's case (``self.redraw``) keeps, instead of its inputs, the ``recipe`` of their draw
-        (``("random", seed)`` or ``("edge", seed, index)``) and a sample of them to check its re-draws by."""
+        (``("random", seed)`` or ``("edge", seed, index)``) and a sample of them to check its re-draws by, and
+        of its reference only the shapes (meta tensors): :meth:`_referenced` computes it again, on the judge's
+        device, from the re-drawn inputs. On an H200, KernelBench's 6 GiB ReLU spent 22 s moving five float64
+        references of 12 GiB to the host and most of a minute moving them back for the checks; computing one
+        there takes milliseconds."""
         ref, like = self._reference(name, inputs, repeat)
         where = self.task.spec.origin
         if not ref:
@@ -600,7 +610,13 @@ class _Session:
         tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
         kept: dict[str, Any] = {"recipe": recipe, "sample": _sample(tensors)} if self.redraw and recipe else \
             {"inputs": tensors}
-        return {"name": name, **kept, "ref": [r.cpu() for r in ref], "native_err": native_err,
+        if transient:
+            refs = list(ref)
+        elif "recipe" in kept:  # computed again with its inputs when checked (_referenced): only its shapes kept
+            refs = [r.to("meta") for r in ref]
+        else:
+            refs = [r.cpu() for r in ref]
+        return {"name": name, **kept, "ref": refs, "native_err": native_err,
                 "expect": [(tuple(t.shape), t.dtype) for t in like]}
 
     # ---------------------------------------------------------------- workers
@@ -866,7 +882,8 @@ class _Session:
             reply = self._ask(entry, {"op": "run", "slots": [slot], "history": history}, "check")
             if reply is None:
                 return False
-            verdict = self._judge(entry, case, self._snapshot(slot), self._inputs_written(slot, inputs))
+            outs, written = self._snapshot(slot), self._inputs_written(slot, inputs)
+            verdict = self._judge(entry, self._referenced(case, inputs), outs, written)
         if verdict is not None:
             self._fail(entry, *verdict)
             return False
@@ -1032,7 +1049,8 @@ class _Session:
             done += len(per_call) if mode == "eager" else len(slots)
         return done
 
-    def _case_of(self, tensors: list[torch.Tensor]) -> dict[str, Any] | None:
+    def _args_of(self, tensors: list[torch.Tensor]) -> list[Any]:
+        """A call's arguments as the worker builds them: these tensors in the slots, the task's other values."""
         args, k = [], 0
         for item in self.template:
             if "slot" in item:
@@ -1040,7 +1058,19 @@ class _Session:
                 k += 1
             else:
                 args.append(self.scalars[len(args) - k])
-        return self._case("timed call", args)
+        return args
+
+    def _case_of(self, tensors: list[torch.Tensor]) -> dict[str, Any] | None:
+        return self._case("timed call", self._args_of(tensors), transient=True)
+
+    def _referenced(self, case: dict[str, Any], tensors: list[torch.Tensor]) -> dict[str, Any]:
+        """``case`` with its reference: a kept one as it is; a re-drawn one's computed again from ``tensors``
+        (its re-drawn inputs) on the judge's device, by the same reference Model (checked deterministic on the
+        first case when the references were made)."""
+        if "recipe" not in case:
+            return case
+        ref, _ = self._reference(case["name"], self._args_of(tensors), native=False)
+        return {**case, "ref": ref}
 
     def _samples(self, reply: dict[str, Any], mode: str, n: int) -> tuple[list[float], float] | None:
         """(per-call latencies, total reported microseconds) from a worker's reply, or None if malformed."""

@@ -13,14 +13,16 @@ set are taken to be the size of the inputs, and the footprint says so (``measure
   running at once: such a case keeps the seed its inputs were drawn from and the judge re-draws them when it
   checks it), the staging copy of the pool's input slots, the reference Model's weights (in the reference's
   precision) and the native Model's, and for each check running at once (at most one per slot) the entry's
-  outputs, the reference moved there and one chunk of the comparison (:data:`evoforge.evaluator.compare.CHUNK`
+  outputs, the reference moved there (a re-drawn case's computed there: its inputs in the reference's precision
+  and the reference call's peak) and one chunk of the comparison (:data:`evoforge.evaluator.compare.CHUNK`
   elements per temporary);
 - **each worker, on the device**: its CUDA runtime (:data:`RUNTIME_BYTES`, an allowance: context, cuBLAS
   workspace, the L2 flush buffer), the Model's weights, a device copy of every slot's inputs, the outputs of a
   call per slot (graph mode captures one call per slot and keeps its outputs) and one call's working set. A
   baseline worker kept from the last evaluation (``kept``) makes the new slots' copies before it lets go of the
   old ones, whose blocks its caching allocator keeps: it is counted with its slots twice;
-- **host memory**: the reference outputs of every case (the judge keeps them on the host) and the pool of slots,
+- **host memory**: the reference outputs of every case (the judge keeps them on the host; a re-drawn case's are
+  not kept but computed again on the device when it is checked, counted with the check) and the pool of slots,
   which every worker maps, so the pool also counts against a worker's memory limit (``--memory-mb``). The
   available host memory bounds the slots; only a worker's limit is a reason to refuse (see :func:`host_refusal`).
 
@@ -119,16 +121,26 @@ def plan(fp: Footprint, *, slots: int, workers: int, cases: int, parallel: int =
     checks = max(1, min(slots, int(parallel)))
     held = resident_cases(fp, cases, checks)
     compare = COMPARE_TEMPORARIES * min(fp.ref_outputs, CHUNK * 8)
+    # a check holds the entry's outputs, the reference (moved there from the host; or, for a re-drawn case,
+    # computed there: its inputs cast to the reference's precision and the reference call's peak) and a chunk
+    reference = fp.ref_outputs if not redraws(fp.inputs) else fp.ref_inputs + max(int(fp.working * fp.scale),
+                                                                                  fp.ref_outputs)
     judge = (held * fp.inputs + slots * fp.inputs + int(fp.weights * (1 + fp.scale))
-             + checks * (fp.outputs + fp.ref_outputs + compare))
+             + checks * (fp.outputs + reference + compare))
     # computing a reference: the inputs in its precision, two reference calls (one repeated) and a native call
     # (cases whose inputs are re-drawn are made one at a time, so at most ``held`` sets exist then too)
     judge = max(judge, held * fp.inputs + fp.ref_inputs + int(fp.weights * (1 + fp.scale))
                 + int(2 * fp.working * fp.scale) + fp.working)
     worker = RUNTIME_BYTES + fp.weights + slots * fp.slot + fp.working
     pool = slots * fp.slot
-    return Plan(fp, slots, workers, cases, judge, worker, cases * fp.ref_outputs + pool, pool, kept * slots * fp.slot,
-                held)
+    return Plan(fp, slots, workers, cases, judge, worker, host_references(fp, cases) + pool, pool,
+                kept * slots * fp.slot, held)
+
+
+def host_references(fp: Footprint, cases: int) -> int:
+    """The check cases' references the judge keeps in host memory: every case's, except where the cases are
+    re-drawn (:func:`redraws`): their references are computed again on the device with the inputs."""
+    return 0 if redraws(fp.inputs) else max(int(cases), 0) * fp.ref_outputs
 
 
 def redraws(input_bytes: int) -> bool:
