@@ -88,12 +88,7 @@ def print_batch(data: dict[str, Any], folder: Path) -> None:
         return x(p["fitness"]) + (" (not significant)" if p["fitness"] > 1.0 and not p.get("significant") else "")
 
     table = Table(title=f"batch over {folder}", box=box.SIMPLE_HEAD, collapse_padding=True)  # room for the run id
-    def took(p: dict[str, Any]) -> str:  # this session's wall time on the problem, against its budget
-        if p.get("wall_s") is None:
-            return "-"
-        return f"{p['wall_s']:.0f}" + (f"/{p['budget_s']:.0f} s" if p.get("budget_s") else " s")
-
-    for col in ("problem", "level", "status", "best", "vs eager", "vs compile", "fitness", "valid", "time"):
+    for col in ("problem", "level", "status", "best", "vs eager", "vs compile", "fitness", "valid"):
         # names fold only where one is wider than its column; numbers never wrap
         table.add_column(col, overflow="fold", min_width=12 if col == "fitness" else None)
     # the full id, to copy into `evoforge report` (a column's min_width counts its padding)
@@ -107,18 +102,21 @@ def print_batch(data: dict[str, Any], folder: Path) -> None:
             status += f" [{len(notes)}]"
         table.add_row(escape(p["problem"]), str(p["level"] if p["level"] is not None else "-"), escape(status),
                       escape(p["best"] or "-"), x(p["vs_eager"]), x(p["vs_compile"]), fit(p),
-                      f"{p['valid']}/{p['evaluated']}", took(p), p["run"] or "-")
+                      f"{p['valid']}/{p['evaluated']}", p["run"] or "-")
     out.print(table)
     for note in notes:
         out.print(note, highlight=False, markup=False)
     m = data["summary"]
+    # a batch recorded before fast_1.05 was measured has none
+    f105 = f" / fast_1.05 {m['fast_1.05_vs_best']:.2f}" if m.get("fast_1.05_vs_best") is not None else ""
     out.print(f"{m['correct']}/{m['problems']} problems with a correct candidate "
               "(fast_p counts wins beyond noise only); "
               f"fast_1 {m['fast_1_vs_eager']:.2f} / fast_1.5 {m['fast_1.5_vs_eager']:.2f} vs eager, "
-              f"{m['fast_1_vs_best']:.2f} / fast_1.05 {m['fast_1.05_vs_best']:.2f} / {m['fast_1.5_vs_best']:.2f} "
-              f"vs the faster of eager and compile; "
+              f"{m['fast_1_vs_best']:.2f}{f105} / {m['fast_1.5_vs_best']:.2f} vs the faster of eager and compile; "
               f"geomean {x(m['geomean_vs_eager'])} vs eager, {x(m['geomean_vs_best'])} vs the faster",
               highlight=False)
-    if m.get("over_budget"):
-        out.print(f"{m['over_budget']} problem(s) ran past their budget by more than {BUDGET_MARGIN_S:g} s "
-                  "(the time column)", highlight=False)
+    late = [p for p in data["problems"] if p.get("wall_s") is not None and p.get("budget_s") is not None
+            and p["wall_s"] > p["budget_s"] + BUDGET_MARGIN_S]
+    for p in late:  # the stated margin is a promise: say where it was broken
+        out.print(f"{p['problem']} ran {p['wall_s']:.0f} s on a {p['budget_s']:g} s budget, past the "
+                  f"{BUDGET_MARGIN_S:g} s margin", highlight=False, markup=False)
