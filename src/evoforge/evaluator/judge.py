@@ -595,9 +595,9 @@ class _Session:
         A large problem's case (``self.redraw``) keeps, instead of its inputs, the ``recipe`` of their draw
         (``("random", seed)`` or ``("edge", seed, index)``) and a sample of them to check its re-draws by, and
         of its reference only the shapes (meta tensors): :meth:`_referenced` computes it again, on the judge's
-        device, from the re-drawn inputs. On an H200, KernelBench's 6 GiB ReLU spent 22 s moving five float64
-        references of 12 GiB to the host and most of a minute moving them back for the checks; computing one
-        there takes milliseconds."""
+        device, from the re-drawn inputs. On an H200, KernelBench's 6 GiB ReLU spent 22 s making its five
+        references when each was moved to the host, 0.4 s when none is
+        (benchmarks/results/judge-profile-kernelbench-h200.json)."""
         ref, like = self._reference(name, inputs, repeat)
         where = self.task.spec.origin
         if not ref:

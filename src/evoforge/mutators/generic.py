@@ -436,10 +436,10 @@ class GenericMutator(GenomeMutator):
     def seed(self) -> list[Candidate]:
         """Generation 0: a CUDA graph of the Model (GPU) and the problem's first Triton template. The plain genome
         and torch.compile's default are the task's Model and the compiled baseline, which every batch times
-        anyway: as candidates they took 2 of the 7 entries of generation 0's batch (on an H200, 85-130 s at
-        KernelBench's sizes: benchmarks/results/judge-profile-kernelbench-h200.json). They seed only where
-        there is nothing else (a CPU run with no template for the problem); mutation reaches them from the
-        others (the graph gene off, the template gene back to none)."""
+        anyway: as candidates they took 2 of the 7 entries of generation 0's batch (on an H200, 88 and 129 s for
+        KernelBench's matmul and LayerNorm: benchmarks/results/judge-profile-kernelbench-h200.json). They
+        seed only where there is nothing else (a CPU run with no template for the problem); mutation reaches
+        them from the others (the graph gene off, the template gene back to none)."""
         lineage = {"mutation": "seed", "level": "seed"}
         seeds = []
         if self.gpu:
