@@ -52,6 +52,22 @@ def test_cpu_keeps_it_cheap_and_gpu_offers_flags_graphs_and_modes() -> None:
     assert "channels_last" not in _mutator("level1/softmax.py", "cpu").layouts  # no 4-D input
 
 
+def test_generation_0_does_not_re_evaluate_the_baselines() -> None:
+    """The plain Model and compile default are the two baselines every batch times: on a GPU generation 0 is the
+    CUDA graph and the problem's template; they seed only where nothing else applies (a CPU without templates)."""
+    gpu = _mutator("level1/softmax.py", "cuda")
+    plain, compiled = gpu.genome(), gpu.genome(compile="default")
+    seeds = [c.genome for c in gpu.seed()]
+    assert plain not in seeds and compiled not in seeds
+    assert [g["cuda_graph"] for g in seeds] == [True, False] and seeds[1]["triton"] == "row_softmax"
+    conv = _mutator("level1/conv2d.py", "cuda")  # no template applies: the CUDA graph alone
+    assert [c.genome for c in conv.seed()] == [conv.genome(cuda_graph=True)]
+    cpu = _mutator("level1/softmax.py", "cpu")
+    assert [c.genome for c in cpu.seed()] == [cpu.genome(), cpu.genome(compile="default")]
+    with_triton = _mutator("level1/softmax.py", "cpu", triton_on_cpu=True)
+    assert [c.genome["triton"] for c in with_triton.seed()] == ["row_softmax"]
+
+
 def test_proposals_are_new_deterministic_and_labelled() -> None:
     def run(seed: int) -> list[str]:
         m = _mutator("level2/matmul_bias_gelu.py", "cuda", seed=seed)
