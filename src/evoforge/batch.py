@@ -115,6 +115,12 @@ class ProblemOutcome:
     budget_s: float | None = None  # its --budget (None: unbounded)
 
 
+def past_budget(wall_s: float | None, budget_s: float | None) -> bool:
+    """A problem's session ran past its budget by more than the stated margin (a broken promise); False where
+    either is unknown."""
+    return wall_s is not None and budget_s is not None and wall_s > budget_s + BUDGET_MARGIN_S
+
+
 def clears(result: Any, baseline: Any, mode: str | None) -> bool:
     """``result`` is faster than ``baseline`` beyond noise in ``mode``: its third quartile below the
     baseline's first (the rule of EvalResult.significant, against any one baseline)."""
@@ -181,9 +187,7 @@ class BatchSummary:
             out[f"fast_{p:g}_vs_best"] = fast_p(best, p, [q.significant for q in self.problems])
         out["geomean_vs_eager"] = geomean(eager)
         out["geomean_vs_best"] = geomean(best)
-        # problems whose session ran past its budget by more than the stated margin (a broken promise)
-        out["over_budget"] = sum(p.wall_s is not None and p.budget_s is not None
-                                 and p.wall_s > p.budget_s + BUDGET_MARGIN_S for p in self.problems)
+        out["over_budget"] = sum(past_budget(p.wall_s, p.budget_s) for p in self.problems)
         return out
 
     def to_dict(self) -> dict[str, Any]:

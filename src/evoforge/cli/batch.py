@@ -73,7 +73,7 @@ def resume_batch(store: Any, batch_id: str, overrides: dict[str, Any], as_json: 
 
 def print_batch(data: dict[str, Any], folder: Path) -> None:
     """The batch's table (one row per problem, the full run id to copy), its notes and its summary line."""
-    from evoforge.batch import BUDGET_MARGIN_S
+    from evoforge.batch import BUDGET_MARGIN_S, past_budget
 
     out = output.out
 
@@ -115,8 +115,7 @@ def print_batch(data: dict[str, Any], folder: Path) -> None:
               f"{m['fast_1_vs_best']:.2f}{f105} / {m['fast_1.5_vs_best']:.2f} vs the faster of eager and compile; "
               f"geomean {x(m['geomean_vs_eager'])} vs eager, {x(m['geomean_vs_best'])} vs the faster",
               highlight=False)
-    late = [p for p in data["problems"] if p.get("wall_s") is not None and p.get("budget_s") is not None
-            and p["wall_s"] > p["budget_s"] + BUDGET_MARGIN_S]
-    for p in late:  # the stated margin is a promise: say where it was broken
-        out.print(f"{p['problem']} ran {p['wall_s']:.0f} s on a {p['budget_s']:g} s budget, past the "
-                  f"{BUDGET_MARGIN_S:g} s margin", highlight=False, markup=False)
+    for p in data["problems"]:  # the stated margin is a promise: say where it was broken
+        if past_budget(p.get("wall_s"), p.get("budget_s")):
+            out.print(f"{p['problem']} ran {p['wall_s']:.0f} s on a {p['budget_s']:g} s budget, past the "
+                      f"{BUDGET_MARGIN_S:g} s margin", highlight=False, markup=False)
