@@ -608,11 +608,11 @@ class _Session:
             return None  # an edge case the reference itself can't represent is no test
         native_err = _native_err(ref, like)
         tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
-        kept: dict[str, Any] = {"recipe": recipe, "sample": _sample(tensors)} if self.redraw and recipe else \
-            {"inputs": tensors}
+        redrawn = bool(self.redraw and recipe)
+        kept: dict[str, Any] = {"recipe": recipe, "sample": _sample(tensors)} if redrawn else {"inputs": tensors}
         if transient:
             refs = list(ref)
-        elif "recipe" in kept:  # computed again with its inputs when checked (_referenced): only its shapes kept
+        elif redrawn:  # computed again with its inputs when checked (_referenced): only its shapes kept
             refs = [r.to("meta") for r in ref]
         else:
             refs = [r.cpu() for r in ref]
