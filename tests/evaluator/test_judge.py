@@ -9,6 +9,7 @@ test_gpu.py."""
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,12 +23,14 @@ from tests.conftest import CANDIDATES, TASKS
 
 JUDGE = CANDIDATES / "judge"
 HOSTILE = ["alias_tensor_method", "forges_timing", "same_objects_cache", "slows_the_reference",
-           "reads_its_surroundings", "walks_memory"]
+           "reads_its_surroundings", "walks_memory", "slow_first_process"]
 
 
 def _evaluate(names: list[str], sandbox: str) -> EvalReport:
     spec = task_from_file(TASKS / "tanh_matmul.py")
-    candidates = [Candidate(name=n, source=(JUDGE / f"{n}.py").read_text()) for n in names]
+    marker = Path(tempfile.mkdtemp(prefix="evoforge-test-")) / "first-process"  # slow_first_process's
+    candidates = [Candidate(name=n, source=(JUDGE / f"{n}.py").read_text().replace("__MARKER__", str(marker)))
+                  for n in names]
     candidates.append(Candidate(name="good", source=(CANDIDATES / "good.py").read_text()))
     baseline = Candidate(name="task_model", source=TASK_MODEL_SOURCE, lineage={"baseline": True})
     # Four slots: timed calls come back to a slot (with fresh values) within a few calls.
@@ -49,7 +52,16 @@ def test_replacing_tensor_methods_cannot_fool_a_comparison_made_elsewhere(report
 def test_forged_latencies_disagree_with_the_judges_clock(report: EvalReport) -> None:
     result = report.by_name()["forges_timing"]
     assert result.status == "rejected" and "judge's clock" in result.detail
+    assert "fresh process" in result.detail  # a third look, in a process of its own, found the forgery again
     assert result.fitness == 0.0
+
+
+def test_a_process_slow_outside_its_calls_is_timed_again_in_a_fresh_one(report: EvalReport) -> None:
+    # Its first process spends 5 ms per call outside the calls it times (beyond the clock check's tolerance),
+    # its second does not: the fresh process's samples count, and it is ranked on them.
+    result = report.by_name()["slow_first_process"]
+    assert result.ok and result.fitness > 0, result.detail
+    assert report.profile.get("time.fresh", 0) > 0
 
 
 def test_a_cache_keyed_on_tensor_objects_is_caught_on_timed_calls(report: EvalReport) -> None:
@@ -115,7 +127,8 @@ def test_without_baselines_the_clock_check_has_the_tasks_model_as_its_reference(
                         timing=TimingConfig(budget_ms=60, rounds=2, warmup=2, min_reps=8, max_reps=40))
     report = Evaluator(spec, config).evaluate(candidates)
     assert [r.name for r in report.results] == ["forges_timing", "good"]  # the reference is not reported
-    assert report.workers == 3 and report.env["judge"]["clock_reference"] == "clock-reference"
+    # forges_timing, good, the reference, and forges_timing's fresh process for the clock check's third look
+    assert report.workers == 4 and report.env["judge"]["clock_reference"] == "clock-reference"
     forged = report.by_name()["forges_timing"]
     assert forged.status == "rejected" and "judge's clock" in forged.detail
     good = report.by_name()["good"]
