@@ -40,10 +40,17 @@ def test_flops_halve_for_causal_prefill() -> None:
 
 
 def test_baselines_include_the_task_model_and_every_pytorch_path() -> None:
-    names = [b.name for b in baselines_for(builtin_task("attention"))]
+    names = [b.name for b in baselines_for(builtin_task("attention"), "cuda")]
     assert names[0] == "task_model"
-    assert {"sdpa_flash", "sdpa_cudnn", "sdpa_default", "flex_attention", "math_baseline"} <= set(names)
+    assert {"sdpa_flash", "sdpa_cudnn", "sdpa_mem_eff", "sdpa_default", "flex_attention", "math_baseline"} <= set(names)
     assert "flash_bf16" not in names
+
+
+def test_a_cpu_is_not_offered_the_sdpa_backends_only_cuda_has() -> None:
+    cpu = [b.name for b in baselines_for(builtin_task("attention"), "cpu")]
+    cuda = [b.name for b in baselines_for(builtin_task("attention"), "cuda:1")]
+    assert [n for n in cuda if n not in cpu] == ["sdpa_mem_eff", "sdpa_cudnn"]
+    assert {"task_model", "sdpa_flash", "sdpa_math_only", "sdpa_default", "compile_3kernel"} <= set(cpu)
 
 
 CPU_VARIANTS = ["math_baseline", "sdpa_flash", "sdpa_math_only", "flash_tf32", "flash_benchmark", "sdpa_default"]

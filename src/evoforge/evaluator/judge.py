@@ -1161,6 +1161,7 @@ class _Session:
             old, entry.worker = entry.worker, WorkerProcess(self.cfg, worker_env(self.cfg), self.network,
                                                             self.writes, self.ev.cancel)
             if old is not None:
+                entry.logs.append(old.logs())  # the first process's output stays in the entry's logs
                 old.close()
             try:
                 entry.worker.start()

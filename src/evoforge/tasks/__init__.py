@@ -95,6 +95,10 @@ def builtin_task(arg: str) -> TaskSpec:
     )
 
 
+# SDPA backends with no kernel but CUDA's: elsewhere each would be a worker started only to fail its first check.
+CUDA_ONLY_BASELINES = ("sdpa_mem_eff", "sdpa_cudnn")
+
+
 class AttentionKind(FileKind):
     """The attention family: its built-in names, its parameters, PyTorch's attention paths as baselines and the
     sweep's variants; its shapes share head size, causality and dtype; its export is a guarded module."""
@@ -114,7 +118,9 @@ class AttentionKind(FileKind):
 
     def baselines(self, spec: TaskSpec, device: str) -> list[Candidate]:
         params = AttentionParams(**_shape(spec))
-        out = [eager_baseline(), *(v for v in attention_variants(params) if v.lineage.get("baseline"))]
+        cuda = device.startswith("cuda")
+        out = [eager_baseline(), *(v for v in attention_variants(params)
+                                   if v.lineage.get("baseline") and (cuda or v.name not in CUDA_ONLY_BASELINES))]
         return [*out, fa4_variant(params)] if offers_fa4(params, device) else out
 
     def variants(self, spec: TaskSpec) -> list[Candidate]:
@@ -163,7 +169,8 @@ def task_kinds(broken: list[str] | None = None) -> list[TaskKind]:
 
 def baselines_for(spec: TaskSpec, device: str = "cpu") -> list[Candidate]:
     """PyTorch's own ways to compute the task on ``device``, timed live beside every candidate (its kind's
-    ``baselines``): for attention, the task's Model, every SDPA backend, FlexAttention, the seed's 3-kernel path
-    and its compiled form, and on CUDA FlashAttention-4 where it is installed (``evoforge[fa4]``) and takes the
+    ``baselines``): for attention, the task's Model, every SDPA backend that runs on ``device`` (memory-efficient
+    and cuDNN on CUDA only), FlexAttention, the seed's 3-kernel path and its compiled form, and on CUDA
+    FlashAttention-4 where it is installed (``evoforge[fa4]``) and takes the
     dtype and head dim; for a KernelBench file, its own Model in eager mode and under torch.compile."""
     return kind_of(spec).baselines(spec, device)
