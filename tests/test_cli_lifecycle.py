@@ -84,6 +84,15 @@ def test_report_latest_skips_runs_that_evaluated_nothing(tmp_path: Path) -> None
     one_line(evoforge("report", "latest", cwd=tmp_path), 2, "has evaluated a candidate yet")
 
 
+def _signal_masks(pid: int) -> str:
+    """The process's blocked, ignored and caught signal masks (Linux), for a failure's message."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return "unknown"
+    return " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
 def _wait_for_candidates(db: Path, proc: subprocess.Popen[str]) -> str:
     """The run's id, once its first proposals are stored (the search is under way)."""
     deadline = time.monotonic() + 300
@@ -101,13 +110,17 @@ def _wait_for_candidates(db: Path, proc: subprocess.Popen[str]) -> str:
 @pytest.mark.parametrize(("sig", "code", "note"), [(signal.SIGTERM, 143, "terminated (SIGTERM)"),
                                                    (signal.SIGINT, 130, "interrupted (SIGINT, Ctrl-C)")])
 def test_a_run_ended_by_a_signal_is_marked_interrupted(tmp_path: Path, sig: int, code: int, note: str) -> None:
+    # Started as from a terminal: with the signal's default disposition, whatever this test process inherited
+    # (a process started with SIGINT ignored, as a shell's background job is, keeps it ignored: no Ctrl-C there).
     proc = subprocess.Popen([sys.executable, "-m", "evoforge.cli", "run", "--device", "cpu", "--generations", "3",
-                             *FAST], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             *FAST], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     db = tmp_path / ".evoforge" / "runs.db"
     run_id = _wait_for_candidates(db, proc)
+    masks = _signal_masks(proc.pid)
     os.kill(proc.pid, sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == code, stderr
+    assert proc.returncode == code, f"signal masks when it was sent: {masks}\n{stderr}"
     assert "Traceback" not in stderr
     record = RunStore(db).run(run_id)
     assert (record.status, record.note, record.lease) == ("interrupted", note, None)
