@@ -282,6 +282,8 @@ class _Session:
         self.profile_lock = threading.Lock()
         self.rng = random.SystemRandom()
         self.workers_started = 0
+        self.candidate_env: dict[str, str] = {}  # a candidate worker's environment, and the key of its spares
+        self.spare_key = ""
         self.redraw = False  # a large problem: no check case's inputs kept, each re-drawn when checked (_redraw)
         self.draw_lock = threading.Lock()  # re-draws seed torch's RNG: one at a time
 
@@ -680,7 +682,8 @@ class _Session:
                 say(entry, None)
                 free.release()
 
-        key = spare_key(cfg, env, self.network, self.writes)
+        key = self.spare_key = spare_key(cfg, env, self.network, self.writes)
+        self.candidate_env = env
         candidates = 0
         with ThreadPoolExecutor(max_workers=parallel) as pool:
             futures = []
@@ -690,22 +693,13 @@ class _Session:
                     free.release()
                     break
                 fresh_worker = entry.worker is None
-                if fresh_worker and entry.role == "candidate":
-                    candidates += 1
-                    if (spare := SPARES.take(key)) is not None:
-                        spare.cancel = self.ev.cancel
-                        entry.worker = spare
-                        self.profile["spares_taken"] = self.profile.get("spares_taken", 0) + 1
-                if entry.worker is None:
-                    entry.worker = WorkerProcess(cfg, baseline_env if entry.role == "baseline" else env,
-                                                 self.network, self.writes, self.ev.cancel)
+                if fresh_worker:
+                    candidates += entry.role == "candidate"
                     try:
-                        entry.worker.start()
+                        self._new_worker(entry, baseline_env if entry.role == "baseline" else env)
                     except OSError as exc:
                         free.release()
                         raise EvaluatorError(f"could not start an evaluation worker: {exc}") from None
-                if fresh_worker:
-                    self.workers_started += 1
                 futures.append(pool.submit(load_and_check, entry, fresh_worker))
             spares = self._start_spares(key, env, candidates)
             for future in futures:
@@ -713,6 +707,18 @@ class _Session:
         self._spares_ready(spares)
         if self.ev.cancel is not None and self.ev.cancel.is_set():
             raise EvaluatorError("evaluation cancelled")
+
+    def _new_worker(self, entry: _Entry, env: dict[str, str]) -> None:
+        """Give ``entry`` a worker that has run nothing: for a candidate a spare that is up (started with this
+        evaluation's candidate environment), else a new process with ``env``, started (its OSError propagates)."""
+        if entry.role == "candidate" and (spare := SPARES.take(self.spare_key)) is not None:
+            spare.cancel = self.ev.cancel
+            entry.worker = spare
+            self.profile["spares_taken"] = self.profile.get("spares_taken", 0) + 1
+        else:
+            entry.worker = WorkerProcess(self.cfg, env, self.network, self.writes, self.ev.cancel)
+            entry.worker.start()
+        self.workers_started += 1
 
     def _start_spares(self, key: str, env: dict[str, str], candidates: int) -> list[WorkerProcess]:
         """Start the next evaluation's candidate workers while this one's load and check (from this
@@ -1158,17 +1164,15 @@ class _Session:
         started = time.monotonic()
         if not entry.fresh:  # one fresh process per entry, whichever mode asked first
             self.progress(f"clock check: loading {entry.name} into a fresh process to time it again")
-            old, entry.worker = entry.worker, WorkerProcess(self.cfg, worker_env(self.cfg), self.network,
-                                                            self.writes, self.ev.cancel)
+            old, entry.worker = entry.worker, None
             if old is not None:
                 entry.logs.append(old.logs())  # the first process's output stays in the entry's logs
                 old.close()
             try:
-                entry.worker.start()
+                self._new_worker(entry, self.candidate_env)
             except OSError as exc:
                 self._fail(entry, "crashed", f"could not start a fresh worker for the clock check: {exc}")
                 return None
-            self.workers_started += 1
             entry.fresh = True
             self._load(entry)
             if entry.alive:
