@@ -6,7 +6,8 @@ cache, so no configuration profits from another's compiled kernels), on the GPUs
 (``--gpus 1``: GPU 0; ``--gpus 2``: GPUs 0 and 1):
 
 - ``--part run``: one run of the seed shape (``--task attention``) for ``--budget`` (150 s, as in the issue's
-  56.5 / 30.7 evaluations per minute). The rate is the run's own ``throughput`` event: candidates evaluated
+  56.5 / 30.7 evaluations per minute), with a generation limit (``--generations``, 1000) the budget reaches
+  first. The rate is the run's own ``throughput`` event: candidates evaluated
   over the run's wall time, from the executor's start.
 - ``--part batch``: one batch over ``--task-dir`` (default examples/problems, level 1 and 2), each problem a run
   of exactly ``--max-evals`` candidates in batches of ``--batch-size``, so the batch does the same work on 1 and
@@ -64,7 +65,9 @@ def command(args: argparse.Namespace) -> list[str]:
     base = [sys.executable, "-m", "evoforge.cli", "run", "--json", "--seed", str(args.seed),
             *executor_flags(args.executor)]
     if args.part == "run":
-        return [*base, "--task", args.task, "--budget", args.budget]
+        # the budget, not the default 10 generations, ends the run: a run that runs out of generations first
+        # ends with one slot idle while the other finishes the last batch, a drain the rate should not hold
+        return [*base, "--task", args.task, "--budget", args.budget, "--generations", str(args.generations)]
     flags = [*base, "--task-dir", str(args.task_dir), "--max-evals", str(args.max_evals),
              "--population", str(args.population), "--batch-size", str(args.batch_size)]
     return flags + (["--level", str(args.level)] if args.level is not None else [])
@@ -152,6 +155,8 @@ def main() -> None:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--task", default="attention", help="run: the task (default the seed shape)")
     m.add_argument("--budget", default="150s", help="run: its wall-clock budget")
+    m.add_argument("--generations", type=int, default=1000, help="run: a generation limit (far enough for the "
+                   "budget to end the run)")
     m.add_argument("--task-dir", type=Path, default=ROOT / "examples" / "problems", help="batch: its problems")
     m.add_argument("--level", type=int, default=None, help="batch: only this level")
     m.add_argument("--max-evals", type=int, default=12, help="batch: candidates evaluated per problem")

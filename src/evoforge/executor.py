@@ -409,8 +409,12 @@ class RayExecutor(Executor):
         self.planner = planner
         self.requeued = 0
         # max_retries=0: a lost worker comes back to the driver, which re-queues the batch itself and
-        # records that it did (Ray's own retry would hide it).
-        self._remote = ray.remote(max_retries=0, **per_task)(_ray_evaluate)
+        # records that it did (Ray's own retry would hide it). max_calls=0: a Ray worker serves every batch
+        # sent to it, as a local slot's judge does. Ray's default for a task that asks for a GPU is one call per
+        # worker process, so each batch started an interpreter, imported torch and started its baselines'
+        # workers anew: on two H200s (2026-11-30) the seed-shape run made 20.1 evaluations a minute on one GPU
+        # that way, 33.7 with workers kept (benchmarks/results/scale-h200x2.json).
+        self._remote = ray.remote(max_retries=0, max_calls=0, **per_task)(_ray_evaluate)
         self._refs: dict[Any, _Batch] = {}
         self._running_since: dict[Any, float] = {}
 
