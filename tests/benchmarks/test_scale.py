@@ -11,7 +11,8 @@ from tests.benchmarks import load_script
 
 def _args(**kw: object) -> argparse.Namespace:
     base = {"part": "run", "executor": "local", "gpus": 1, "seed": 0, "task": "attention", "budget": "150s",
-            "task_dir": Path("examples/problems"), "level": None, "max_evals": 12, "population": 4, "batch_size": 2}
+            "generations": 1000, "task_dir": Path("examples/problems"), "level": None, "max_evals": 12,
+            "population": 4, "batch_size": 2}
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -19,7 +20,7 @@ def test_command_lines() -> None:
     scale = load_script("scale")
     run = scale.command(_args())
     assert run[1:] == ["-m", "evoforge.cli", "run", "--json", "--seed", "0", "--executor", "local",
-                       "--task", "attention", "--budget", "150s"]
+                       "--task", "attention", "--budget", "150s", "--generations", "1000"]
     batch = scale.command(_args(part="batch", executor="ray", level=1))
     assert batch[batch.index("--executor"):] == [
         "--executor", "ray", "--address", "local", "--task-dir", "examples/problems", "--max-evals", "12",
