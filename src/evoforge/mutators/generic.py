@@ -17,8 +17,10 @@ so its weights are the reference's) and changes *how* it runs, by a genome:
   :mod:`evoforge.mutators.generic_triton`): softmax, log-softmax, RMSNorm, LayerNorm, sum/mean/max/min over
   a dim and cross-entropy, along any axis and for rows of any length (``block``, ``block_inner``, ``split``,
   ``warps``, ``stages``); a chain of elementwise ops on the one input fused into one pass (``block``, ``warps``);
-  or a matmul/linear with its bias and the elementwise ops that follow it (a named activation chain, or any
-  elementwise program of its output and scalars) fused into the epilogue (``tile`` with its warps, ``stages``).
+  a matmul/linear with its bias and the elementwise ops that follow it (a named activation chain, or any
+  elementwise program of its output and scalars) fused into the epilogue (``tile`` with its warps, ``stages``);
+  or a Conv2d with its bias, an elementwise epilogue (scalars and per-channel tensors too) and an optional
+  max-pool, as one implicit-GEMM kernel (:mod:`evoforge.mutators.generic_conv`; ``tile``, ``stages``).
   On a CPU these are only proposed with ``triton_on_cpu`` (Triton's interpreter is slow).
 
 Mutation changes one gene (its level: ``algorithmic`` for the Triton template and for splitting a row over
@@ -35,6 +37,7 @@ from typing import Any
 import torch
 
 from evoforge.candidate import Candidate
+from evoforge.mutators import generic_conv as gconv
 from evoforge.mutators import generic_triton as gt
 from evoforge.mutators.base import GenomeMutator
 from evoforge.mutators.generic_triton import AXIS_PATTERNS, TaskTraits
@@ -116,6 +119,8 @@ def analyse(task: LoadedTask) -> TaskTraits:
     if any(x.dtype not in (torch.float32, torch.float16, torch.bfloat16)
            for x in inputs if isinstance(x, torch.Tensor)):
         return traits
+    if found := gconv.match(nodes, places, out.args[0], modules, inputs):
+        return TaskTraits(traits.input_ranks, **found)
     first, rest = nodes[0], nodes[1:]
     if out.args[0] is not nodes[-1]:
         return traits
@@ -290,6 +295,8 @@ def render(genome: dict[str, Any], traits: TaskTraits, task_source: str) -> str:
     if template:
         if template in AXIS_PATTERNS or template == "elementwise":
             parts.append(gt.render(g, traits))
+        elif template == "conv2d_epilogue":
+            parts.append(gconv.render(g, traits))
         else:
             bm, bn, bk, warps = g["tile"][:4]
             lines = ["x = acc", *traits.expr, "acc = y"] if traits.expr else [_ACT_CODE[a] for a in traits.epilogue]
@@ -377,7 +384,8 @@ class GenericMutator(GenomeMutator):
         self.layouts = LAYOUTS if traits.four_d else LAYOUTS[:2]
         self.precisions = PRECISIONS if self.gpu else PRECISIONS[:1]
         self.templates = [None] + ([traits.pattern] if traits.pattern and (self.gpu or triton_on_cpu) else [])
-        self.tiles = TILES if self.gpu else TILES[:1]
+        tiles = [tuple(t) for t in gconv.tiles(traits)] if traits.pattern == "conv2d_epilogue" else list(TILES)
+        self.tiles = tiles if self.gpu else tiles[:1]
         blocked = traits.pattern in AXIS_PATTERNS or traits.pattern == "elementwise"
         self.blocks = gt.block_options(traits) if blocked else [0]
         self.inners = gt.inner_options(traits)

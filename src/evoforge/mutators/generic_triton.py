@@ -55,7 +55,7 @@ class TaskTraits:
 
     input_ranks: list[int] = field(default_factory=list)
     # row_softmax | log_softmax | rmsnorm | layernorm | reduce_{sum,mean,max,min} | cross_entropy | elementwise
-    # | linear_epilogue | matmul_epilogue
+    # | linear_epilogue | matmul_epilogue | conv2d_epilogue
     pattern: str | None = None
     module: str | None = None  # the submodule holding the weights (layernorm, rmsnorm, linear)
     epilogue: list[str] = field(default_factory=list)
@@ -69,6 +69,8 @@ class TaskTraits:
     numel: int | None = None
     reduction: str = "mean"  # cross_entropy
     ignore_index: int = -100  # cross_entropy
+    conv: dict[str, Any] | None = None  # conv2d_epilogue: stride, padding, dilation, out_channels, pool
+    params: list[str] = field(default_factory=list)  # conv2d_epilogue: the per-channel tensors its epilogue reads
 
     @property
     def four_d(self) -> bool:
@@ -409,11 +411,13 @@ def _elementwise_handler(node: Any, modules: dict[str, Any]) -> tuple[Callable[.
     return None
 
 
-def elementwise_program(nodes: list[Any], source: Any, out: Any, modules: dict[str, Any]) -> list[str] | None:
+def elementwise_program(nodes: list[Any], source: Any, out: Any, modules: dict[str, Any],
+                        operands: dict[Any, str] | None = None) -> list[str] | None:
     """The Triton lines computing ``out`` (ending ``y = ...``) from ``x``, the float32 block of ``source``, when
-    every node is an elementwise op of ``source`` and scalars; else None."""
+    every node is an elementwise op of ``source``, scalars and ``operands`` (other fx nodes the kernel has loaded
+    as float32 blocks that broadcast against ``x``, by their variable names); else None."""
     p = _Program()
-    names: dict[Any, _V] = {source: _V("x")}
+    names: dict[Any, _V] = {source: _V("x"), **{node: _V(name) for node, name in (operands or {}).items()}}
     try:
         for node in nodes:
             found = _elementwise_handler(node, modules)
@@ -441,7 +445,7 @@ def elementwise_program(nodes: list[Any], source: Any, out: Any, modules: dict[s
             names[node] = p.tmp(handler(p, *bound_args, **bound_kwargs))
     except _Unsupported:
         return None
-    if out not in names or out is source:
+    if out not in names or out is source or out in (operands or {}):
         return None
     return [*p.lines, f"y = {names[out]}"]
 

@@ -1,0 +1,227 @@
+"""The generic mutator's Triton template for a 2-D convolution with its epilogue fused (``conv2d_epilogue``):
+which fx graphs it claims, its genes, and its source.
+
+Claimed where a Model is ``nn.Conv2d`` (groups 1, zero padding, any kernel, stride, padding and dilation, with or
+without bias) on its one 4-D floating input, followed by any elementwise program of the convolution's output,
+Python scalars and per-channel tensors of the Model (a ``(C, 1, 1)`` or ``(1, C, 1, 1)`` parameter or buffer:
+KernelBench's ``x + self.bias``), and optionally by one ``nn.MaxPool2d`` (no padding, no dilation, floor mode)
+as the last op. Anything else is left to the compile and layout genes.
+
+The kernel is an implicit GEMM over NCHW: rows are output pixels (pooled pixels where a pool follows), columns
+output channels, the reduction runs over input channels × kernel taps, one ``tl.dot`` per ``BK`` chunk with a
+float32 accumulator. The bias, the epilogue program and the pool's maximum (over the pool window's convolution
+outputs, NaN propagated as PyTorch's pool does) are applied in registers before one store, so the output is
+written once and nothing between the ops goes through memory.
+
+Genes: ``tile`` (BM pixels × BN channels × BK reduction, with its warps; BN no wider than the channels need),
+``stages``, and ``precision``: float32 operands multiply in IEEE float32 unless ``high`` makes them TF32 (a label
+on the candidate, as for the matmul template).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from evoforge.mutators import generic_triton as gt
+
+# (BM output pixels, BN output channels, BK reduction, warps); the first that fits is the default
+TILES = ((64, 32, 32, 4), (32, 16, 16, 2), (64, 16, 16, 4), (128, 16, 32, 4), (128, 32, 32, 4), (64, 64, 32, 4),
+         (128, 64, 32, 4), (128, 128, 32, 8), (256, 64, 32, 8))
+
+
+def _pair(v: Any) -> tuple[int, int] | None:
+    if isinstance(v, int) and not isinstance(v, bool):
+        return v, v
+    if isinstance(v, (tuple, list)) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                             for x in v):
+        return int(v[0]), int(v[1])
+    return None
+
+
+def _conv_settings(mod: Any) -> dict[str, Any] | None:
+    """Stride, padding and dilation of an nn.Conv2d the template computes exactly, else None."""
+    if type(mod) is not torch.nn.Conv2d or mod.groups != 1 or mod.padding_mode != "zeros":
+        return None
+    stride, dilation = _pair(mod.stride), _pair(mod.dilation)
+    kernel = _pair(mod.kernel_size)
+    if stride is None or dilation is None or kernel is None:
+        return None
+    padding: tuple[int, int] | None
+    if mod.padding == "valid":
+        padding = (0, 0)
+    elif mod.padding == "same":  # symmetric only (stride 1 is nn.Conv2d's own requirement)
+        spans = [d * (k - 1) for d, k in zip(dilation, kernel, strict=True)]
+        padding = (spans[0] // 2, spans[1] // 2) if all(s % 2 == 0 for s in spans) else None
+    else:
+        padding = _pair(mod.padding)
+    if padding is None:
+        return None
+    return {"stride": list(stride), "padding": list(padding), "dilation": list(dilation),
+            "out_channels": int(mod.out_channels)}
+
+
+def _pool_settings(node: Any, prev: Any, modules: dict[str, Any]) -> dict[str, Any] | None:
+    """Kernel and stride of an nn.MaxPool2d of ``prev`` that the template's epilogue computes exactly."""
+    if node.op != "call_module" or tuple(node.args) != (prev,) or node.kwargs:
+        return None
+    mod = modules.get(node.target)
+    if type(mod) is not torch.nn.MaxPool2d or mod.ceil_mode or mod.return_indices:
+        return None
+    kernel = _pair(mod.kernel_size)
+    stride = _pair(mod.stride if mod.stride is not None else mod.kernel_size)
+    if kernel is None or stride is None or _pair(mod.padding) != (0, 0) or _pair(mod.dilation) != (1, 1):
+        return None
+    return {"kernel": list(kernel), "stride": list(stride)}
+
+
+def _attr(root: Any, target: str) -> Any:
+    value = root
+    for part in target.split("."):
+        value = getattr(value, part, None)
+    return value
+
+
+def match(nodes: list[Any], places: list[Any], out: Any, modules: dict[str, Any],
+          inputs: list[Any]) -> dict[str, Any] | None:
+    """TaskTraits fields for ``conv2d_epilogue`` when the traced graph is a convolution of the one input, an
+    elementwise epilogue and an optional max-pool (see the module's docstring); else None."""
+    tensors = [x for x in inputs if isinstance(x, torch.Tensor)]
+    if len(places) != 1 or len(inputs) != 1 or len(tensors) != 1 or tensors[0].dim() != 4 or \
+            tensors[0].dtype not in gt.FLOATS or not nodes or not hasattr(out, "op"):
+        return None
+    first, x = nodes[0], places[0]
+    if first.op != "call_module" or tuple(first.args) != (x,) or first.kwargs:
+        return None
+    conv = _conv_settings(modules.get(first.target))
+    if conv is None:
+        return None
+    rest = nodes[1:]
+    if out is not nodes[-1] or out.op == "get_attr":
+        return None
+    root = modules.get("")
+    per_channel = {n: f"pc{i}" for i, n in enumerate(n for n in rest if n.op == "get_attr")}
+    for node in per_channel:
+        value = _attr(root, str(node.target))
+        if not isinstance(value, torch.Tensor) or value.dtype != tensors[0].dtype or \
+                tuple(value.shape) not in ((conv["out_channels"], 1, 1), (1, conv["out_channels"], 1, 1)):
+            return None
+    ops = [n for n in rest if n.op != "get_attr"]
+    pool = None
+    if ops and (pool := _pool_settings(ops[-1], ops[-2] if len(ops) > 1 else first, modules)) is not None:
+        ops = ops[:-1]
+    expr: list[str] = []
+    if ops:
+        program = gt.elementwise_program(ops, first, ops[-1], modules, operands=per_channel)
+        if program is None:
+            return None
+        expr = program
+    return {"pattern": "conv2d_epilogue", "module": str(first.target), "expr": expr,
+            "conv": {**conv, "pool": pool}, "params": [str(n.target) for n in per_channel]}
+
+
+def tiles(traits: gt.TaskTraits) -> list[tuple[int, int, int, int]]:
+    """The ``tile`` gene's values: no channel block wider than the output channels need (16 at least: tl.dot)."""
+    widest = max(16, gt._pow2((traits.conv or {}).get("out_channels", 16)))
+    return [t for t in TILES if t[1] <= widest]
+
+
+_KERNEL = '''
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _conv_epilogue(x_ptr, w_ptr, bias_ptr, {param_ptrs}y_ptr, NB, C, H, W, OC, PH, PW, K,
+                   SH: tl.constexpr, SW: tl.constexpr, PADH: tl.constexpr, PADW: tl.constexpr,
+                   DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+                   PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
+                   POOL: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+                   BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    mmask = rm < NB * PH * PW
+    nmask = rn < OC
+    img = (rm // (PH * PW)).to(tl.int64)
+    ph = (rm % (PH * PW)) // PW
+    pw = rm % PW
+    rk = tl.arange(0, BK)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+{param_loads}
+    best = tl.full((BM, BN), float("-inf"), tl.float32)
+    for pi in tl.static_range(PKH):
+        for pj in tl.static_range(PKW):
+            oh = ph * PSH + pi
+            ow = pw * PSW + pj
+            acc = tl.zeros((BM, BN), dtype=tl.float32)
+            for k0 in range(0, K, BK):
+                kk = k0 + rk
+                ch = kk // (KH * KW)
+                tap = kk % (KH * KW)
+                ih = oh[:, None] * SH - PADH + (tap // KW)[None, :] * DH
+                iw = ow[:, None] * SW - PADW + (tap % KW)[None, :] * DW
+                amask = mmask[:, None] & (kk < K)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                a = tl.load(x_ptr + ((img[:, None] * C + ch[None, :]) * H + ih) * W + iw, mask=amask, other=0.0)
+                b = tl.load(w_ptr + rn[None, :].to(tl.int64) * K + kk[:, None],
+                            mask=nmask[None, :] & (kk < K)[:, None], other=0.0)
+                acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT)
+            if HAS_BIAS:
+                acc = acc + bias
+{epilogue}
+            if POOL:
+                best = tl.maximum(best, acc, propagate_nan=tl.PropagateNan.ALL)
+            else:
+                best = acc
+    dst = ((img[:, None] * OC + rn[None, :]) * PH + ph[:, None]) * PW + pw[:, None]
+    tl.store(y_ptr + dst, best.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
+
+
+def _attr(root, target):
+    for part in target.split("."):
+        root = getattr(root, part)
+    return root
+
+
+def _run(model, x):
+    conv = model.get_submodule({module!r})
+    x = x.contiguous()
+    w = conv.weight.contiguous()
+    nb, c, h, wd = x.shape
+    oc, _, kh, kw = w.shape
+    oh = (h + 2 * {padh} - {dh} * (kh - 1) - 1) // {sh} + 1
+    ow = (wd + 2 * {padw} - {dw} * (kw - 1) - 1) // {sw} + 1
+    ph, pw = (oh - {pkh}) // {psh} + 1, (ow - {pkw}) // {psw} + 1
+    y = torch.empty((nb, oc, ph, pw), device=x.device, dtype=x.dtype)
+    per_channel = [_attr(model, t).reshape(-1) for t in {params!r}]
+    dot = ({tf32!r} or torch.backends.cudnn.allow_tf32) if x.dtype == torch.float32 else False
+    grid = (triton.cdiv(nb * ph * pw, {bm}), triton.cdiv(oc, {bn}))
+    _conv_epilogue[grid](x, w, conv.bias if conv.bias is not None else w, *per_channel, y, nb, c, h, wd, oc, ph, pw,
+                         c * kh * kw, SH={sh}, SW={sw}, PADH={padh}, PADW={padw}, DH={dh}, DW={dw}, KH=kh, KW=kw,
+                         PKH={pkh}, PKW={pkw}, PSH={psh}, PSW={psw}, POOL={pool}, HAS_BIAS=conv.bias is not None,
+                         DOT="tf32" if dot else "ieee", BM={bm}, BN={bn}, BK={bk}, num_warps={warps},
+                         num_stages={stages})
+    return y
+'''
+
+
+def render(g: dict[str, Any], traits: gt.TaskTraits) -> str:
+    """The kernel and ``_run(model, x)`` of the conv template for genome ``g``. TF32 is used where the genome's
+    precision asks for it, or where the caller's cuDNN would use it (``torch.backends.cudnn.allow_tf32``, the
+    setting the Model's own convolution follows)."""
+    conv = traits.conv or {}
+    pool = conv.get("pool") or {"kernel": [1, 1], "stride": [1, 1]}
+    bm, bn, bk, warps = g["tile"][:4]
+    lines = ["x = acc", *traits.expr, "acc = y"] if traits.expr else []
+    names = [f"pc{i}" for i in range(len(traits.params))]
+    return _KERNEL.format(
+        param_ptrs="".join(f"{n}_ptr, " for n in names),
+        param_loads="\n".join(f"    {n} = tl.load({n}_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]"
+                              for n in names),
+        epilogue="\n".join(" " * 12 + line for line in lines), module=traits.module, params=list(traits.params),
+        sh=conv["stride"][0], sw=conv["stride"][1], padh=conv["padding"][0], padw=conv["padding"][1],
+        dh=conv["dilation"][0], dw=conv["dilation"][1], pkh=pool["kernel"][0], pkw=pool["kernel"][1],
+        psh=pool["stride"][0], psw=pool["stride"][1], pool=conv.get("pool") is not None,
+        tf32=g["precision"] != "highest", bm=bm, bn=bn, bk=bk, warps=warps, stages=g["stages"])
+
