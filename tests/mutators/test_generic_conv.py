@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from evoforge.mutators.generic import GenericMutator
-from evoforge.mutators.generic_conv import TILES
+from evoforge.mutators.generic_conv import DEFAULT_TILE, MAX_OPERAND
+from evoforge.task import import_source
 from tests.mutators.test_generic_triton import _check, _source, _traits
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter, on masked-off lanes
@@ -31,7 +32,7 @@ def test_a_plain_convolution_for_any_stride_padding_and_dilation(conv: str, shap
     traits = _traits(src)
     assert traits.expr == [] and traits.params == [] and traits.conv and traits.conv["pool"] is None
     gpu = GenericMutator(random.Random(0), traits, src, "cuda")
-    _check(src, "conv2d_epilogue", [{"tile": list(t)} for t in gpu.tiles[1:3]], randomise=True)
+    _check(src, "conv2d_epilogue", [{"tile": list(t)} for t in (gpu.tiles[1], gpu.tiles[-1])], randomise=True)
 
 
 def test_the_epilogue_reads_per_channel_tensors_and_scalars() -> None:
@@ -63,8 +64,6 @@ def test_the_pool_propagates_nan_as_pytorch_does() -> None:
     src = _conv("return self.pool(torch.log(self.conv(x)))", "nn.Conv2d(2, 4, 3, padding=1)", (1, 2, 6, 6),
                 extra="self.pool = nn.MaxPool2d(2)")
     m = GenericMutator(random.Random(0), _traits(src), src, "cpu", triton_on_cpu=True)
-    from evoforge.task import import_source
-
     module = import_source(m.build(m.genome(triton="conv2d_epilogue"), {}).source, "conv_nan_probe", "<candidate>")
     new = module.ModelNew()
     x = torch.randn(1, 2, 6, 6)
@@ -100,7 +99,10 @@ def test_the_gpu_genes_and_labels() -> None:
     src = _conv("return torch.relu(self.conv(x))", "nn.Conv2d(3, 24, 3)")
     traits = _traits(src)
     gpu = GenericMutator(random.Random(0), traits, src, "cuda")
-    assert gpu.tiles and all(t[1] <= 32 for t in gpu.tiles) and len(gpu.tiles) < len(TILES)
+    # 24 channels out, 3 x 3 x 3 = 27 reduced: no channel or reduction block past 32; operands bounded
+    assert gpu.tiles[0] == DEFAULT_TILE and len(set(gpu.tiles)) == len(gpu.tiles) > 20
+    assert all(n <= 32 and k <= 32 and m * k <= MAX_OPERAND for m, n, k, _ in gpu.tiles)
+    assert {m for m, *_ in gpu.tiles} == {16, 32, 64, 128}
     g = gpu.genome(triton="conv2d_epilogue")
     assert {"tile", "stages", "precision"} <= set(gpu._options(g))
     tf32 = gpu.build(gpu.genome(triton="conv2d_epilogue", precision="high"), {})
@@ -124,3 +126,25 @@ def test_the_example_conv_relu_pool_passes_the_evaluator_on_cpu() -> None:
     config = EvalConfig(device="cpu", timeout_s=300, n_random=1, timing=TimingConfig(budget_ms=1, rounds=1, min_reps=1))
     report = Evaluator(spec, config).evaluate(cands)
     assert [r.status for r in report.results] == ["ok", "ok"], [(r.detail, r.logs[-1500:]) for r in report.results]
+
+
+def test_the_pool_window_in_parallel_is_a_gene_where_the_window_is_a_power_of_two() -> None:
+    src = _conv("return self.pool(F.silu(self.conv(x)))", "nn.Conv2d(3, 8, 3, padding=1)", (2, 3, 10, 9),
+                extra="self.pool = nn.MaxPool2d(2)")
+    m = _check(src, "conv2d_epilogue", [{"pool_par": True}, {"pool_par": True, "tile": [16, 16, 32, 2]}],
+               randomise=True)
+    g = m.genome(triton="conv2d_epilogue", pool_par=True)
+    assert g["pool_par"] is True and "pool_par" in m._options(g)
+    assert m.build(g, {}).name.endswith("+ppool")
+    assert "pool_par" not in m.genome()  # a gene only of the conv template: other genomes keep their hashes
+    log = src.replace("F.silu(", "torch.log(")  # NaN where the convolution is negative: pooled as PyTorch does
+    m_log = GenericMutator(random.Random(0), _traits(log), log, "cpu", triton_on_cpu=True)
+    mod = import_source(m_log.build(m_log.genome(triton="conv2d_epilogue", pool_par=True), {}).source,
+                        "conv_nan_par", "<candidate>")
+    new, x = mod.ModelNew(), torch.randn(2, 3, 10, 9)
+    ref, out = new.model(x), new(x)
+    assert ref.isnan().any() and torch.equal(ref.isnan(), out.isnan())
+    odd = _conv("return self.pool(self.conv(x))", "nn.Conv2d(3, 8, 3)", (1, 3, 9, 9),
+                extra="self.pool = nn.MaxPool2d(3, stride=2)")
+    m3 = GenericMutator(random.Random(0), _traits(odd), odd, "cuda")
+    assert "pool_par" not in m3.genome(triton="conv2d_epilogue", pool_par=True)  # a window of 9: not a gene

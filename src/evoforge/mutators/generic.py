@@ -347,7 +347,10 @@ def describe(g: dict[str, Any]) -> str:
     if g.get("triton"):
         bits = [f"Triton {g['triton']}"]
         if g["triton"].endswith("epilogue"):
-            bits.append(f"tile {tuple(g['tile'])} stages {g['stages']}")
+            bm, bn, bk, warps = g["tile"][:4]
+            bits.append(f"tile {bm}x{bn}x{bk} w{warps} s{g['stages']}")
+            if g.get("pool_par"):
+                bits.append("pool window in parallel")
         else:
             bits += gt.describe_bits(g)
         if g["triton"].endswith("epilogue") and g["precision"] != "highest":
@@ -390,6 +393,7 @@ class GenericMutator(GenomeMutator):
         self.blocks = gt.block_options(traits) if blocked else [0]
         self.inners = gt.inner_options(traits)
         self.splits = gt.split_options(traits)
+        self.pool_par = traits.pattern == "conv2d_epilogue" and gconv.parallel_pool(traits)
         self.defaults = {"block": gt.default_block(traits) if blocked else 0, "block_inner": gt.default_inner(traits),
                          "split": gt.default_split(traits) if blocked else 1}
 
@@ -431,12 +435,19 @@ class GenericMutator(GenomeMutator):
             g.update(self.defaults)
         if g["compile"] == "reduce-overhead":
             g["cuda_graph"] = False  # it captures its own graphs
+        if template == "conv2d_epilogue" and self.pool_par:
+            g["pool_par"] = bool(g.get("pool_par", False))
+        else:
+            g.pop("pool_par", None)  # a gene only where it applies: other genomes keep their hashes
         return g
 
     def build(self, genome: dict[str, Any], lineage: dict[str, Any]) -> Candidate:
         g = self._normalise(genome)
         source = render(g, self.traits, self.task_source)
-        slug = describe(g).lower().replace("torch.compile ", "compile-").replace(", ", "+").replace(" ", "-")
+        slug = describe(g).lower().replace("torch.compile ", "compile-").replace("pool window in parallel", "ppool")
+        for long, short in (("conv2d_epilogue", "conv"), ("linear_epilogue", "linear"), ("matmul_epilogue", "mm")):
+            slug = slug.replace(f"triton {long}", f"triton {short}")
+        slug = slug.replace(", ", "+").replace(" ", "-")
         slug = "".join(ch for ch in slug if ch.isalnum() or ch in "+-_")
         return Candidate(name=f"generic-{slug}"[:60], source=source, language="triton" if g["triton"] else "torch",
                          labels=labels_of(g), genome=g, lineage={**lineage, "mutator": self.name})
@@ -466,6 +477,8 @@ class GenericMutator(GenomeMutator):
         if g.get("triton"):
             if g["triton"].endswith("epilogue"):
                 opts["tile"] = ([list(t) for t in self.tiles], "hardware")
+                if "pool_par" in g:
+                    opts["pool_par"] = ([False, True], "algorithmic")
                 if self.gpu:
                     opts["stages"] = ([2, 3, 4], "hardware")
                     opts["precision"] = (["highest", "high"], "hardware")
@@ -496,7 +509,7 @@ class GenericMutator(GenomeMutator):
         return self._normalise({**g, gene: new}), f"{gene} {g.get(gene)} -> {new}", level
 
     def crossover(self, a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-        base = self.genome()
+        base = {**self.genome(), **({"pool_par": False} if self.pool_par else {})}
         picked = {k: (a if self.rng.random() < 0.5 else b).get(k, base[k]) for k in base}
         return self._normalise(picked)
 

@@ -26,10 +26,15 @@ import torch
 
 from evoforge.mutators import generic_triton as gt
 
-# (BM output pixels, BN output channels, BK reduction, warps); the first that fits is the default
-TILES = ((64, 32, 32, 4), (32, 16, 16, 2), (64, 16, 16, 4), (128, 16, 32, 4), (128, 32, 32, 4), (64, 64, 32, 4),
-         (128, 64, 32, 4), (128, 128, 32, 8), (256, 64, 32, 8))
-
+# The tile gene's axes: BM output pixels (pooled pixels where a pool follows), BN output channels, BK of the
+# reduction (input channels x taps), and warps. A tiny convolution wants many small programs and one K step each;
+# a large one wide tiles; which is the search's to find.
+TILE_M = (16, 32, 64, 128)
+TILE_N = (16, 32, 64, 128)
+TILE_K = (16, 32, 64, 128)
+TILE_WARPS = (2, 4, 8)
+MAX_OPERAND = 8192  # BM*BK and BK*BN at most (float32 operands in registers)
+DEFAULT_TILE = (32, 32, 32, 4)
 
 def _pair(v: Any) -> tuple[int, int] | None:
     if isinstance(v, int) and not isinstance(v, bool):
@@ -59,7 +64,7 @@ def _conv_settings(mod: Any) -> dict[str, Any] | None:
     if padding is None:
         return None
     return {"stride": list(stride), "padding": list(padding), "dilation": list(dilation),
-            "out_channels": int(mod.out_channels)}
+            "out_channels": int(mod.out_channels), "reduction": int(mod.in_channels * kernel[0] * kernel[1])}
 
 
 def _pool_settings(node: Any, prev: Any, modules: dict[str, Any]) -> dict[str, Any] | None:
@@ -122,14 +127,40 @@ def match(nodes: list[Any], places: list[Any], out: Any, modules: dict[str, Any]
 
 
 def tiles(traits: gt.TaskTraits) -> list[tuple[int, int, int, int]]:
-    """The ``tile`` gene's values: no channel block wider than the output channels need (16 at least: tl.dot)."""
-    widest = max(16, gt._pow2((traits.conv or {}).get("out_channels", 16)))
-    return [t for t in TILES if t[1] <= widest]
+    """The ``tile`` gene's values, the default first: no channel block wider than the output channels need and no
+    reduction block longer than the reduction (16 at least: tl.dot), operands within MAX_OPERAND."""
+    conv = traits.conv or {}
+    widest_n = max(16, gt._pow2(conv.get("out_channels", 16)))
+    widest_k = max(16, gt._pow2(conv.get("reduction", 16)))
+    out = [(m, n, k, w) for m in TILE_M for n in TILE_N for k in TILE_K for w in TILE_WARPS
+           if n <= widest_n and k <= widest_k and m * k <= MAX_OPERAND and k * n <= MAX_OPERAND]
+    first = (DEFAULT_TILE[0], min(DEFAULT_TILE[1], widest_n), min(DEFAULT_TILE[2], widest_k), DEFAULT_TILE[3])
+    return [first] + [t for t in out if t != first]
 
-
-_KERNEL = '''
+_KERNEL = """
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def _conv_acc(x_ptr, w_ptr, img, oh, ow, mmask, rn, nmask, C, H, W, K, SH: tl.constexpr, SW: tl.constexpr,
+              PADH: tl.constexpr, PADW: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr,
+              KW: tl.constexpr, DOT: tl.constexpr, ROWS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    # the convolution at output pixels (img, oh, ow) (ROWS of them) for channels rn: an implicit GEMM over K
+    rk = tl.arange(0, BK)
+    acc = tl.zeros((ROWS, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):
+        kk = k0 + rk
+        ch = kk // (KH * KW)
+        tap = kk % (KH * KW)
+        ih = oh[:, None] * SH - PADH + (tap // KW)[None, :] * DH
+        iw = ow[:, None] * SW - PADW + (tap % KW)[None, :] * DW
+        amask = mmask[:, None] & (kk < K)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a = tl.load(x_ptr + ((img[:, None] * C + ch[None, :]) * H + ih) * W + iw, mask=amask, other=0.0)
+        b = tl.load(w_ptr + rn[None, :].to(tl.int64) * K + kk[:, None], mask=nmask[None, :] & (kk < K)[:, None],
+                    other=0.0)
+        acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT)
+    return acc
 
 
 @triton.jit
@@ -137,7 +168,7 @@ def _conv_epilogue(x_ptr, w_ptr, bias_ptr, {param_ptrs}y_ptr, NB, C, H, W, OC, P
                    SH: tl.constexpr, SW: tl.constexpr, PADH: tl.constexpr, PADW: tl.constexpr,
                    DH: tl.constexpr, DW: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
                    PKH: tl.constexpr, PKW: tl.constexpr, PSH: tl.constexpr, PSW: tl.constexpr,
-                   POOL: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
+                   POOL: tl.constexpr, POOL_PAR: tl.constexpr, HAS_BIAS: tl.constexpr, DOT: tl.constexpr,
                    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
     rm = tl.program_id(0) * BM + tl.arange(0, BM)
     rn = tl.program_id(1) * BN + tl.arange(0, BN)
@@ -146,34 +177,32 @@ def _conv_epilogue(x_ptr, w_ptr, bias_ptr, {param_ptrs}y_ptr, NB, C, H, W, OC, P
     img = (rm // (PH * PW)).to(tl.int64)
     ph = (rm % (PH * PW)) // PW
     pw = rm % PW
-    rk = tl.arange(0, BK)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
 {param_loads}
-    best = tl.full((BM, BN), float("-inf"), tl.float32)
-    for pi in tl.static_range(PKH):
-        for pj in tl.static_range(PKW):
-            oh = ph * PSH + pi
-            ow = pw * PSW + pj
-            acc = tl.zeros((BM, BN), dtype=tl.float32)
-            for k0 in range(0, K, BK):
-                kk = k0 + rk
-                ch = kk // (KH * KW)
-                tap = kk % (KH * KW)
-                ih = oh[:, None] * SH - PADH + (tap // KW)[None, :] * DH
-                iw = ow[:, None] * SW - PADW + (tap % KW)[None, :] * DW
-                amask = mmask[:, None] & (kk < K)[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                a = tl.load(x_ptr + ((img[:, None] * C + ch[None, :]) * H + ih) * W + iw, mask=amask, other=0.0)
-                b = tl.load(w_ptr + rn[None, :].to(tl.int64) * K + kk[:, None],
-                            mask=nmask[None, :] & (kk < K)[:, None], other=0.0)
-                acc = tl.dot(a, b.to(a.dtype), acc, input_precision=DOT)
-            if HAS_BIAS:
-                acc = acc + bias
+    if POOL_PAR:  # the pool window's PKH*PKW convolutions as rows of one tile, then the maximum over them
+        rw = tl.program_id(0) * BM * (PKH * PKW) + tl.arange(0, BM * PKH * PKW)
+        rp = rw // (PKH * PKW)
+        win = rw % (PKH * PKW)
+        wmask = rp < NB * PH * PW
+        acc = _conv_acc(x_ptr, w_ptr, (rp // (PH * PW)).to(tl.int64), ((rp % (PH * PW)) // PW) * PSH + win // PKW,
+                        (rp % PW) * PSW + win % PKW, wmask, rn, nmask, C, H, W, K, SH, SW, PADH, PADW, DH, DW,
+                        KH, KW, DOT, BM * PKH * PKW, BN, BK)
+{epilogue_par}
+        acc3 = tl.reshape(acc, (BM, PKH * PKW, BN))
+        nan = tl.max((acc3 != acc3).to(tl.int32), axis=1) > 0  # max-pool propagates NaN, as PyTorch's does
+        best = tl.where(nan, float("nan"), tl.max(acc3, axis=1))
+    else:
+        best = tl.full((BM, BN), float("-inf"), tl.float32)
+        for pi in tl.static_range(PKH):
+            for pj in tl.static_range(PKW):
+                acc = _conv_acc(x_ptr, w_ptr, img, ph * PSH + pi, pw * PSW + pj, mmask, rn, nmask, C, H, W, K,
+                                SH, SW, PADH, PADW, DH, DW, KH, KW, DOT, BM, BN, BK)
 {epilogue}
-            if POOL:
-                best = tl.maximum(best, acc, propagate_nan=tl.PropagateNan.ALL)
-            else:
-                best = acc
+                if POOL:
+                    best = tl.maximum(best, acc, propagate_nan=tl.PropagateNan.ALL)
+                else:
+                    best = acc
     dst = ((img[:, None] * OC + rn[None, :]) * PH + ph[:, None]) * PW + pw[:, None]
     tl.store(y_ptr + dst, best.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
@@ -199,11 +228,20 @@ def _run(model, x):
     grid = (triton.cdiv(nb * ph * pw, {bm}), triton.cdiv(oc, {bn}))
     _conv_epilogue[grid](x, w, conv.bias if conv.bias is not None else w, *per_channel, y, nb, c, h, wd, oc, ph, pw,
                          c * kh * kw, SH={sh}, SW={sw}, PADH={padh}, PADW={padw}, DH={dh}, DW={dw}, KH=kh, KW=kw,
-                         PKH={pkh}, PKW={pkw}, PSH={psh}, PSW={psw}, POOL={pool}, HAS_BIAS=conv.bias is not None,
-                         DOT="tf32" if dot else "ieee", BM={bm}, BN={bn}, BK={bk}, num_warps={warps},
-                         num_stages={stages})
+                         PKH={pkh}, PKW={pkw}, PSH={psh}, PSW={psw}, POOL={pool}, POOL_PAR={pool_par},
+                         HAS_BIAS=conv.bias is not None, DOT="tf32" if dot else "ieee", BM={bm}, BN={bn}, BK={bk},
+                         num_warps={warps}, num_stages={stages})
     return y
-'''
+"""
+
+
+def parallel_pool(traits: gt.TaskTraits) -> bool:
+    """Whether the ``pool_par`` gene applies: a pool follows and its window is a power of two (tl.arange)."""
+    pool = (traits.conv or {}).get("pool")
+    if not pool:
+        return False
+    size = pool["kernel"][0] * pool["kernel"][1]
+    return size > 1 and size & (size - 1) == 0
 
 
 def render(g: dict[str, Any], traits: gt.TaskTraits) -> str:
@@ -213,15 +251,16 @@ def render(g: dict[str, Any], traits: gt.TaskTraits) -> str:
     conv = traits.conv or {}
     pool = conv.get("pool") or {"kernel": [1, 1], "stride": [1, 1]}
     bm, bn, bk, warps = g["tile"][:4]
-    lines = ["x = acc", *traits.expr, "acc = y"] if traits.expr else []
+    lines = ["if HAS_BIAS:", "    acc = acc + bias", *(["x = acc", *traits.expr, "acc = y"] if traits.expr else [])]
     names = [f"pc{i}" for i in range(len(traits.params))]
     return _KERNEL.format(
         param_ptrs="".join(f"{n}_ptr, " for n in names),
         param_loads="\n".join(f"    {n} = tl.load({n}_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]"
                               for n in names),
-        epilogue="\n".join(" " * 12 + line for line in lines), module=traits.module, params=list(traits.params),
+        epilogue="\n".join(" " * 16 + line for line in lines), epilogue_par="\n".join(" " * 8 + line for line in lines),
+        module=traits.module, params=list(traits.params),
         sh=conv["stride"][0], sw=conv["stride"][1], padh=conv["padding"][0], padw=conv["padding"][1],
         dh=conv["dilation"][0], dw=conv["dilation"][1], pkh=pool["kernel"][0], pkw=pool["kernel"][1],
         psh=pool["stride"][0], psw=pool["stride"][1], pool=conv.get("pool") is not None,
+        pool_par=bool(g.get("pool_par")) and parallel_pool(traits),
         tf32=g["precision"] != "highest", bm=bm, bn=bn, bk=bk, warps=warps, stages=g["stages"])
-
