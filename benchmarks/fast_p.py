@@ -1,0 +1,75 @@
+"""fast_p over several batch records at once: issue 22 asks for fast_1 against eager and fast_1.05 against the
+faster of eager and torch.compile over the example problems *and* a KernelBench sample, which are recorded in
+separate files (``problems_suite.py`` writes ``problems-<device>.json``; the KernelBench sample's batches are in
+the same format). Every problem row of every level of every record counts once; nothing is re-measured.
+
+Usage: python benchmarks/fast_p.py RECORD.json [RECORD.json ...] [--out results/fast-p-<device>.json]
+Prints the combined table and summary (only wins beyond noise count, as in a batch's own summary) and, with
+``--out``, writes them as JSON with each row's record, level and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from evoforge.batch import BatchSummary, ProblemOutcome
+
+TARGETS = {"fast_1_vs_eager": 0.8, "fast_1.05_vs_best": 0.3}  # issue 22's
+
+
+def combine(paths: list[Path]) -> dict[str, Any]:
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        for level, block in sorted(data.get("levels", {}).items()):
+            for p in block["batch"]["problems"]:
+                rows.append({"record": path.name, "level": level, "date": block.get("date"),
+                             "budget": block.get("budget"), "outcome": p})
+    if not rows:
+        raise SystemExit("no problem rows in " + ", ".join(map(str, paths)))
+    summary = BatchSummary([ProblemOutcome(**r["outcome"]) for r in rows]).measures()
+    devices = sorted({json.loads(p.read_text()).get("device", {}).get("device_name") or "?" for p in paths})
+    return {"tool": "evoforge", "kind": "fast-p-combined", "devices": devices, "records": [p.name for p in paths],
+            "summary": summary, "targets": TARGETS,
+            "met": {k: summary[k] >= v for k, v in TARGETS.items()}, "rows": rows}
+
+
+def table(data: dict[str, Any]) -> str:
+    def x(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}x"
+
+    lines = [f"{'problem':<32} {'record':<28} lvl  {'vs eager':>9} {'vs compile':>10}  beyond noise (eager/best)"]
+    for r in data["rows"]:
+        o = r["outcome"]
+        lines.append(f"{o['problem']:<32} {r['record']:<28} {r['level']:>3}  {x(o['vs_eager']):>9} "
+                     f"{x(o['vs_compile']):>10}  {o['significant_vs_eager']!s:>5}/{o['significant']!s:<5}")
+    s = data["summary"]
+    lines.append(f"{s['problems']} problems: fast_1 vs eager {s['fast_1_vs_eager']:.2f} (target 0.8), "
+                 f"fast_1.05 vs the faster of eager and compile {s['fast_1.05_vs_best']:.2f} (target 0.3); "
+                 f"geomean {x(s['geomean_vs_eager'])} vs eager, {x(s['geomean_vs_best'])} vs the faster")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("records", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    missing = [p for p in args.records if not p.exists()]
+    if missing:
+        print("no such record: " + ", ".join(map(str, missing)), file=sys.stderr)
+        return 2
+    data = combine(args.records)
+    print(table(data))
+    if args.out:
+        args.out.write_text(json.dumps(data, indent=2) + "\n")
+        print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
