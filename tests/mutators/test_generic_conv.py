@@ -113,6 +113,15 @@ def test_the_gpu_genes_and_labels() -> None:
         if what.startswith("tile"):
             steps.append(sum(a != b for a, b in zip(new["tile"], start["tile"], strict=True)))
     assert steps and set(steps) == {1}
+    # the matmul templates' few tiles are not a product of axes: any tile stays one mutation away
+    mm_src = _source("return torch.relu(self.linear(x))", (8, 16), init="self.linear = nn.Linear(16, 24)")
+    mm = GenericMutator(random.Random(1), _traits(mm_src), mm_src, "cuda")
+    reached = set()
+    for _ in range(200):
+        new, what, _ = mm.mutate(mm.genome(triton="linear_epilogue", tile=[64, 64, 32, 4]))
+        if what.startswith("tile"):
+            reached.add(tuple(new["tile"]))
+    assert reached == {tuple(t) for t in mm.tiles} - {(64, 64, 32, 4)}
     g = gpu.genome(triton="conv2d_epilogue")
     assert {"tile", "stages", "precision"} <= set(gpu._options(g))
     tf32 = gpu.build(gpu.genome(triton="conv2d_epilogue", precision="high"), {})

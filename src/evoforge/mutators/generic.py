@@ -505,9 +505,9 @@ class GenericMutator(GenomeMutator):
             return g, "no change", "implementation"
         gene = self.rng.choice(sorted(options))
         values, level = options[gene]
-        if gene == "tile":  # a step along one axis of the tile (rows, columns, reduction, warps) where there is one
-            near = [v for v in values if sum(a != b for a, b in zip(v, g["tile"], strict=False)) == 1]
-            values = near or values
+        if gene == "tile" and g.get("triton") == "conv2d_epilogue":
+            # the conv tiles are a full product of their axes: a step along one (rows, columns, reduction, warps)
+            values = [v for v in values if sum(a != b for a, b in zip(v, g["tile"], strict=True)) == 1] or values
         new = self.rng.choice(values)
         return self._normalise({**g, gene: new}), f"{gene} {g.get(gene)} -> {new}", level
 

@@ -13,9 +13,12 @@ float32 accumulator. The bias, the epilogue program and the pool's maximum (over
 outputs, NaN propagated as PyTorch's pool does) are applied in registers before one store, so the output is
 written once and nothing between the ops goes through memory.
 
-Genes: ``tile`` (BM pixels × BN channels × BK reduction, with its warps; BN no wider than the channels need),
-``stages``, and ``precision``: float32 operands multiply in IEEE float32 unless ``high`` makes them TF32 (a label
-on the candidate, as for the matmul template).
+Genes: ``tile`` (BM pixels × BN channels × BK reduction, with its warps; BN no wider than the channels need and
+BK no longer than the reduction; mutation steps along one axis), ``stages``, ``pool_par`` where a pool's window
+is a power of two (its convolutions as rows of one tile, then a maximum over them; else one after another), and
+``precision``: float32 operands multiply in IEEE float32 unless ``high`` makes them TF32 (a label on the candidate,
+as for the matmul template) or the caller's cuDNN allows TF32 (``torch.backends.cudnn.allow_tf32``, which the
+Model's own convolution follows; the judge turns it off).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ MAX_OPERAND = 8192  # BM*BK and BK*BN at most (float32 operands in registers)
 # Short reduction steps: on an H200 a 16-wide K step ran the example conv2d in 3.6 us against 7.1 at 128 wide
 # (benchmarks/results/conv-template-h200.json); the search moves each axis from here.
 DEFAULT_TILE = (32, 32, 16, 4)
+
 
 def _pair(v: Any) -> tuple[int, int] | None:
     if isinstance(v, int) and not isinstance(v, bool):
@@ -141,6 +145,7 @@ def tiles(traits: gt.TaskTraits) -> list[tuple[int, int, int, int]]:
            and not (w == 2 and m > 64)]
     first = (DEFAULT_TILE[0], min(DEFAULT_TILE[1], widest_n), min(DEFAULT_TILE[2], widest_k), DEFAULT_TILE[3])
     return [first] + [t for t in out if t != first]
+
 
 _KERNEL = """
 import triton
