@@ -125,7 +125,7 @@ def test_the_gpu_genes_and_labels() -> None:
     g = gpu.genome(triton="conv2d_epilogue")
     assert {"tile", "stages", "precision"} <= set(gpu._options(g))
     tf32 = gpu.build(gpu.genome(triton="conv2d_epilogue", precision="high"), {})
-    assert tf32.labels == ["tf32"] and "True or torch.backends.cudnn.allow_tf32" in tf32.source
+    assert tf32.labels == ["tf32"] and "dot = 'tf32'\n" in tf32.source
     seeds = {c.genome.get("triton") for c in gpu.seed()}
     assert "conv2d_epilogue" in seeds
 
@@ -167,3 +167,22 @@ def test_the_pool_window_in_parallel_is_a_gene_where_the_window_is_a_power_of_tw
                 extra="self.pool = nn.MaxPool2d(3, stride=2)")
     m3 = GenericMutator(random.Random(0), _traits(odd), odd, "cuda")
     assert "pool_par" not in m3.genome(triton="conv2d_epilogue", pool_par=True)  # a window of 9: not a gene
+
+
+def test_3xtf32_dots_for_the_conv_and_matmul_templates() -> None:
+    """3xTF32 (three TF32 products per float32 product, near float32 accuracy) is a precision value of the
+    templates with dots, labelled; it is no torch setting, so a plain genome never keeps it."""
+    src = _conv("return torch.relu(self.conv(x))", "nn.Conv2d(3, 24, 3)")
+    m = _check(src, "conv2d_epilogue", [{"precision": "tf32x3"}], randomise=True)
+    gpu = GenericMutator(random.Random(0), m.traits, src, "cuda")
+    g = gpu.genome(triton="conv2d_epilogue")
+    assert "tf32x3" in gpu._options(g)["precision"][0]
+    cand = gpu.build(gpu.genome(triton="conv2d_epilogue", precision="tf32x3"), {})
+    assert cand.labels == ["3xtf32"] and "dot = 'tf32x3'\n" in cand.source and "3xtf32-dot" in cand.name
+    mm_src = _source("return F.gelu(self.linear(x))", (8, 16), init="self.linear = nn.Linear(16, 24)")
+    _check(mm_src, "linear_epilogue", [{"precision": "tf32x3"}])
+    mm = GenericMutator(random.Random(0), _traits(mm_src), mm_src, "cuda")
+    mm_cand = mm.build(mm.genome(triton="linear_epilogue", precision="tf32x3"), {})
+    assert mm_cand.labels == ["3xtf32"] and "input_precision='tf32x3'" in mm_cand.source
+    plain = mm.genome(precision="tf32x3")  # e.g. from a crossover with a template genome
+    assert plain["precision"] == "highest" and "set_float32_matmul_precision" not in mm.build(plain, {}).source

@@ -53,6 +53,10 @@ COMPILE_MODES_CPU = ("none", "default")
 LAYOUTS = ("as_is", "contiguous", "channels_last")
 PRECISIONS = ("highest", "high", "medium")
 PRECISION_LABELS = {"high": "tf32", "medium": "bf16 matmul"}
+# A Triton template's float32 dots: IEEE (highest), TF32 (high; medium too, from a crossover), or 3xTF32 (each
+# product split into three TF32 products on the tensor cores: close to float32's accuracy, labelled all the same)
+DOT_PRECISIONS = {"highest": "ieee", "high": "tf32", "medium": "tf32", "tf32x3": "tf32x3"}
+DOT_LABELS = {"tf32": "tf32", "tf32x3": "3xtf32"}
 TILES = ((32, 32, 32, 4), (64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8))
 ROW_WARPS = (1, 2, 4, 8)
 EPILOGUES = ("gelu", "gelu_tanh", "relu", "tanh", "sigmoid")
@@ -301,7 +305,7 @@ def render(genome: dict[str, Any], traits: TaskTraits, task_source: str) -> str:
             bm, bn, bk, warps = g["tile"][:4]
             lines = ["x = acc", *traits.expr, "acc = y"] if traits.expr else [_ACT_CODE[a] for a in traits.epilogue]
             epilogue = "\n".join("    " + line for line in lines) or "    pass"
-            dot_precision = "tf32" if g["precision"] != "highest" else "ieee"
+            dot_precision = DOT_PRECISIONS[g["precision"]]
             parts.append(_MATMUL_KERNEL.format(bm=bm, bn=bn, bk=bk, warps=warps, stages=g["stages"],
                                                epilogue=epilogue, dot_precision=dot_precision))
             parts.append(_LINEAR_RUN.format(module=traits.module) if template == "linear_epilogue" else _MATMUL_RUN)
@@ -354,7 +358,7 @@ def describe(g: dict[str, Any]) -> str:
         else:
             bits += gt.describe_bits(g)
         if g["triton"].endswith("epilogue") and g["precision"] != "highest":
-            bits.append("tf32 dot")
+            bits.append(f"{DOT_LABELS[DOT_PRECISIONS[g['precision']]]} dot")
     else:
         bits = ["eager" if g["compile"] == "none" else f"torch.compile {g['compile']}"]
         if g["layout"] != "as_is":
@@ -370,7 +374,7 @@ def labels_of(g: dict[str, Any]) -> list[str]:
     if g["precision"] == "highest":
         return []
     if g.get("triton"):
-        return ["tf32"] if g["triton"].endswith("epilogue") else []
+        return [DOT_LABELS[DOT_PRECISIONS[g["precision"]]]] if g["triton"].endswith("epilogue") else []
     return [PRECISION_LABELS[g["precision"]]]
 
 
@@ -433,6 +437,8 @@ class GenericMutator(GenomeMutator):
         else:
             g["tile"], g["stages"], g["warps"] = list(self.tiles[0]), 2, 4
             g.update(self.defaults)
+            if g["precision"] not in PRECISIONS:  # a template's dot precision (3xTF32) is no torch setting
+                g["precision"] = "highest"
         if g["compile"] == "reduce-overhead":
             g["cuda_graph"] = False  # it captures its own graphs
         if template == "conv2d_epilogue" and self.pool_par:  # in parallel by default: 10.8 us against 17.0
@@ -481,7 +487,7 @@ class GenericMutator(GenomeMutator):
                     opts["pool_par"] = ([False, True], "algorithmic")
                 if self.gpu:
                     opts["stages"] = ([2, 3, 4], "hardware")
-                    opts["precision"] = (["highest", "high"], "hardware")
+                    opts["precision"] = (["highest", "high", "tf32x3"], "hardware")
             else:
                 opts["warps"] = (list(ROW_WARPS), "hardware")
                 opts["block"] = (list(self.blocks), "hardware")

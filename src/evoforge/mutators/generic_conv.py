@@ -16,8 +16,9 @@ written once and nothing between the ops goes through memory.
 Genes: ``tile`` (BM pixels × BN channels × BK reduction, with its warps; BN no wider than the channels need and
 BK no longer than the reduction; mutation steps along one axis), ``stages``, ``pool_par`` where a pool's window
 is a power of two (its convolutions as rows of one tile, then a maximum over them; else one after another), and
-``precision``: float32 operands multiply in IEEE float32 unless ``high`` makes them TF32 (a label on the candidate,
-as for the matmul template) or the caller's cuDNN allows TF32 (``torch.backends.cudnn.allow_tf32``, which the
+``precision``: float32 operands multiply in IEEE float32 unless ``high`` makes them TF32 or ``tf32x3`` makes each
+product three TF32 products on the tensor cores (close to float32's accuracy; both labelled on the candidate, as
+for the matmul template), or the caller's cuDNN allows TF32 (``torch.backends.cudnn.allow_tf32``, which the
 Model's own convolution follows; the judge turns it off).
 """
 
@@ -234,12 +235,15 @@ def _run(model, x):
     ph, pw = (oh - {pkh}) // {psh} + 1, (ow - {pkw}) // {psw} + 1
     y = torch.empty((nb, oc, ph, pw), device=x.device, dtype=x.dtype)
     per_channel = [_attr(model, t).reshape(-1) for t in {params!r}]
-    dot = ({tf32!r} or torch.backends.cudnn.allow_tf32) if x.dtype == torch.float32 else False
+    dot = {dot!r}
+    if dot == "ieee" and torch.backends.cudnn.allow_tf32:  # TF32, as the Model's own convolution would be
+        dot = "tf32"
     grid = (triton.cdiv(nb * ph * pw, {bm}), triton.cdiv(oc, {bn}))
     _conv_epilogue[grid](x, w, conv.bias if conv.bias is not None else w, *per_channel, y, nb, c, h, wd, oc, ph, pw,
                          c * kh * kw, SH={sh}, SW={sw}, PADH={padh}, PADW={padw}, DH={dh}, DW={dw}, KH=kh, KW=kw,
                          PKH={pkh}, PKW={pkw}, PSH={psh}, PSW={psw}, POOL={pool}, POOL_PAR={pool_par},
-                         HAS_BIAS=conv.bias is not None, DOT="tf32" if dot else "ieee", BM={bm}, BN={bn}, BK={bk},
+                         HAS_BIAS=conv.bias is not None, DOT=dot if x.dtype == torch.float32 else "ieee", BM={bm},
+                         BN={bn}, BK={bk},
                          num_warps={warps}, num_stages={stages})
     return y
 """
@@ -273,4 +277,5 @@ def render(g: dict[str, Any], traits: gt.TaskTraits) -> str:
         dh=conv["dilation"][0], dw=conv["dilation"][1], pkh=pool["kernel"][0], pkw=pool["kernel"][1],
         psh=pool["stride"][0], psw=pool["stride"][1], pool=conv.get("pool") is not None,
         pool_par=bool(g.get("pool_par")) and parallel_pool(traits),
-        tf32=g["precision"] != "highest", bm=bm, bn=bn, bk=bk, warps=warps, stages=g["stages"])
+        dot={"highest": "ieee", "tf32x3": "tf32x3"}.get(g["precision"], "tf32"), bm=bm, bn=bn, bk=bk, warps=warps,
+        stages=g["stages"])
