@@ -53,7 +53,7 @@ def test_a_max_pool_after_the_epilogue_is_fused() -> None:
     src = _conv("return self.pool(torch.relu(self.conv(x)))", "nn.Conv2d(3, 8, 3, padding=1)", (2, 3, 10, 9),
                 extra="self.pool = nn.MaxPool2d(2)")
     traits = _traits(src)
-    assert traits.conv and traits.conv["pool"] == {"kernel": [2, 2], "stride": [2, 2]}
+    assert traits.conv and traits.conv["pool"] == {"kind": "max", "kernel": [2, 2], "stride": [2, 2]}
     _check(src, "conv2d_epilogue", [], randomise=True)
     overlapping = _conv("return self.pool(self.conv(x))", "nn.Conv2d(3, 8, 3)", (1, 3, 9, 9),
                         extra="self.pool = nn.MaxPool2d(3, stride=2)")
@@ -85,10 +85,13 @@ def test_half_inputs() -> None:
     ("return self.conv(x)", "nn.Conv2d(3, 4, 3, padding=1, padding_mode='reflect')", ""),
     ("return self.conv(x) + x.mean()", "nn.Conv2d(3, 4, 3)", ""),  # reads the input again
     ("return self.conv(x) + self.w", "nn.Conv2d(3, 4, 3)", "self.w = nn.Parameter(torch.randn(4))"),  # over W
-    ("return torch.relu(self.pool(self.conv(x)))", "nn.Conv2d(3, 4, 3)", "self.pool = nn.MaxPool2d(2)"),
+    ("return self.pool(self.pool(self.conv(x)))", "nn.Conv2d(3, 4, 3)", "self.pool = nn.MaxPool2d(2)"),
+    ("return self.pool(self.conv(x)) + self.conv(x).mean()", "nn.Conv2d(3, 4, 3)", "self.pool = nn.MaxPool2d(2)"),
+    ("return self.pool(self.conv(x))", "nn.Conv2d(3, 4, 3)", "self.pool = nn.AvgPool2d(2, divisor_override=3)"),
+    ("return self.pool(self.conv(x))", "nn.Conv2d(3, 4, 3)", "self.pool = nn.AdaptiveAvgPool2d(1)"),
+    ("return self.pool(self.conv(x))", "nn.Conv2d(3, 4, 3)", "self.pool = nn.MaxPool2d(2, dilation=2)"),
     ("return self.pool(self.conv(x))", "nn.Conv2d(3, 4, 3)", "self.pool = nn.MaxPool2d(2, padding=1)"),
     ("return self.pool(self.conv(x))", "nn.Conv2d(3, 4, 3)", "self.pool = nn.MaxPool2d(2, ceil_mode=True)"),
-    ("return self.pool(self.conv(x))", "nn.Conv2d(3, 4, 3)", "self.pool = nn.AvgPool2d(2)"),
 ])
 def test_not_claimed(forward: str, conv: str, extra: str) -> None:
     assert _traits(_conv(forward, conv, (1, 3, 8, 8) if "groups" not in conv else (1, 4, 8, 8),
@@ -186,3 +189,48 @@ def test_3xtf32_dots_for_the_conv_and_matmul_templates() -> None:
     assert mm_cand.labels == ["3xtf32"] and "input_precision='tf32x3'" in mm_cand.source
     plain = mm.genome(precision="tf32x3")  # e.g. from a crossover with a template genome
     assert plain["precision"] == "highest" and "set_float32_matmul_precision" not in mm.build(plain, {}).source
+
+
+@pytest.mark.parametrize("pool_par", [False, True])
+def test_an_average_pool_and_ops_after_the_pool(pool_par: bool) -> None:
+    """KernelBench's Conv2d_Subtract_HardSwish_MaxPool_Mish and Conv2d_Subtract_Tanh_Subtract_AvgPool shapes of
+    graph: elementwise ops before the pool, the pool (max or average), elementwise ops after it."""
+    src = _conv("""\
+        x = F.hardswish(self.conv(x) - 0.5)
+        x = self.pool(x)
+        return x * torch.tanh(F.softplus(x)) + self.bias""", "nn.Conv2d(3, 8, 3, padding=1)", (2, 3, 10, 9),
+                extra="self.pool = nn.MaxPool2d(2)\nself.bias = nn.Parameter(torch.randn(8, 1, 1))")
+    traits = _traits(src)
+    assert traits.conv and traits.conv["pool"]["kind"] == "max" and traits.conv["post"][-1].startswith("y = ")
+    _check(src, "conv2d_epilogue", [{"pool_par": pool_par}], randomise=True)
+    avg = _conv("""\
+        x = torch.tanh(self.conv(x) - 0.25) - 0.1
+        return self.pool(x)""", "nn.Conv2d(3, 8, 3)", (2, 3, 12, 11), extra="self.pool = nn.AvgPool2d(2)")
+    assert _traits(avg).conv["pool"]["kind"] == "avg"
+    _check(avg, "conv2d_epilogue", [{"pool_par": pool_par}], randomise=True)
+    strided = _conv("return self.pool(self.conv(x))", "nn.Conv2d(3, 8, 3)", (1, 3, 11, 11),
+                    extra="self.pool = nn.AvgPool2d(3, stride=2)")
+    _check(strided, "conv2d_epilogue", [])
+
+
+@pytest.mark.gpu
+def test_gpu_pools_ops_after_them_and_3xtf32_are_correct_and_timed() -> None:
+    """Through the judge on a GPU: an average pool and a max pool with ops after it, each with the pool window in
+    parallel and in sequence, and a 3xTF32 genome."""
+    from evoforge.evaluator import EvalConfig, Evaluator
+    from evoforge.task import TaskSpec
+    from evoforge.timing import TimingConfig
+
+    sources = [_conv("return self.pool(torch.tanh(self.conv(x) - 0.25))", "nn.Conv2d(3, 16, 3)", (8, 3, 32, 32),
+                     extra="self.pool = nn.AvgPool2d(2)"),
+               _conv("x = self.pool(F.hardswish(self.conv(x) - 0.5))\nreturn x * torch.tanh(F.softplus(x))",
+                     "nn.Conv2d(3, 16, 3)", (8, 3, 32, 32), extra="self.pool = nn.MaxPool2d(2)")]
+    for src in sources:
+        m = GenericMutator(random.Random(0), _traits(src), src, "cuda")
+        cands = [m.build(m.genome(triton="conv2d_epilogue", **genes), {})
+                 for genes in ({}, {"pool_par": False}, {"precision": "tf32x3"})]
+        config = EvalConfig(device="cuda", timeout_s=600, timing=TimingConfig(budget_ms=20))
+        report = Evaluator(TaskSpec(name="conv_pool", source=src, origin="<test>"), config).evaluate(cands)
+        for cand, result in zip(cands, report.results, strict=True):
+            assert result.status == "ok", (cand.name, result.detail, result.logs[-1500:])
+            assert "graph" in result.timing, (cand.name, result.timing_errors)

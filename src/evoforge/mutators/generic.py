@@ -19,8 +19,9 @@ so its weights are the reference's) and changes *how* it runs, by a genome:
   ``warps``, ``stages``); a chain of elementwise ops on the one input fused into one pass (``block``, ``warps``);
   a matmul/linear with its bias and the elementwise ops that follow it (a named activation chain, or any
   elementwise program of its output and scalars) fused into the epilogue (``tile`` with its warps, ``stages``);
-  or a Conv2d with its bias, an elementwise epilogue (scalars and per-channel tensors too) and an optional
-  max-pool, as one implicit-GEMM kernel (:mod:`evoforge.mutators.generic_conv`; ``tile``, ``stages``).
+  or a Conv2d with its bias, an elementwise epilogue (scalars and per-channel tensors too), an optional max or
+  average pool and elementwise ops after it, as one implicit-GEMM kernel (:mod:`evoforge.mutators.generic_conv`;
+  ``tile``, ``stages``, ``pool_par``).
   On a CPU these are only proposed with ``triton_on_cpu`` (Triton's interpreter is slow).
 
 Mutation changes one gene (its level: ``algorithmic`` for the Triton template and for splitting a row over

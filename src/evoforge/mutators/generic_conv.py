@@ -4,14 +4,15 @@ which fx graphs it claims, its genes, and its source.
 Claimed where a Model is ``nn.Conv2d`` (groups 1, zero padding, any kernel, stride, padding and dilation, with or
 without bias) on its one 4-D floating input, followed by any elementwise program of the convolution's output,
 Python scalars and per-channel tensors of the Model (a ``(C, 1, 1)`` or ``(1, C, 1, 1)`` parameter or buffer:
-KernelBench's ``x + self.bias``), and optionally by one ``nn.MaxPool2d`` (no padding, no dilation, floor mode)
-as the last op. Anything else is left to the compile and layout genes.
+KernelBench's ``x + self.bias``), optionally one ``nn.MaxPool2d`` or ``nn.AvgPool2d`` (no padding, no dilation,
+floor mode, no divisor override) and elementwise ops after it. Anything else is left to the compile and layout
+genes.
 
 The kernel is an implicit GEMM over NCHW: rows are output pixels (pooled pixels where a pool follows), columns
 output channels, the reduction runs over input channels × kernel taps, one ``tl.dot`` per ``BK`` chunk with a
-float32 accumulator. The bias, the epilogue program and the pool's maximum (over the pool window's convolution
-outputs, NaN propagated as PyTorch's pool does) are applied in registers before one store, so the output is
-written once and nothing between the ops goes through memory.
+float32 accumulator. The bias, the epilogue program, the pool (a maximum over the pool window's convolution
+outputs, NaN propagated as PyTorch's pool does, or their mean) and the ops after it are applied in registers
+before one store, so the output is written once and nothing between the ops goes through memory.
 
 Genes: ``tile`` (BM pixels × BN channels × BK reduction, with its warps; BN no wider than the channels need and
 BK no longer than the reduction; mutation steps along one axis), ``stages``, ``pool_par`` where a pool's window
@@ -74,18 +75,26 @@ def _conv_settings(mod: Any) -> dict[str, Any] | None:
             "out_channels": int(mod.out_channels), "reduction": int(mod.in_channels * kernel[0] * kernel[1])}
 
 
-def _pool_settings(node: Any, prev: Any, modules: dict[str, Any]) -> dict[str, Any] | None:
-    """Kernel and stride of an nn.MaxPool2d of ``prev`` that the template's epilogue computes exactly."""
-    if node.op != "call_module" or tuple(node.args) != (prev,) or node.kwargs:
+def _pool_settings(node: Any, modules: dict[str, Any]) -> dict[str, Any] | None:
+    """Kind, kernel and stride of an nn.MaxPool2d or nn.AvgPool2d node that the template computes exactly."""
+    if node.op != "call_module" or len(node.args) != 1 or node.kwargs:
         return None
     mod = modules.get(node.target)
-    if type(mod) is not torch.nn.MaxPool2d or mod.ceil_mode or mod.return_indices:
+    if type(mod) is torch.nn.MaxPool2d:
+        if mod.return_indices or _pair(mod.dilation) != (1, 1):
+            return None
+        kind = "max"
+    elif type(mod) is torch.nn.AvgPool2d:
+        if mod.divisor_override is not None:  # no padding below, so count_include_pad changes nothing
+            return None
+        kind = "avg"
+    else:
         return None
     kernel = _pair(mod.kernel_size)
-    stride = _pair(mod.stride if mod.stride is not None else mod.kernel_size)
-    if kernel is None or stride is None or _pair(mod.padding) != (0, 0) or _pair(mod.dilation) != (1, 1):
+    stride = _pair(mod.stride if mod.stride not in (None, [], ()) else mod.kernel_size)
+    if kernel is None or stride is None or mod.ceil_mode or _pair(mod.padding) != (0, 0):
         return None
-    return {"kernel": list(kernel), "stride": list(stride)}
+    return {"kind": kind, "kernel": list(kernel), "stride": list(stride)}
 
 
 def _attr(root: Any, target: str) -> Any:
@@ -120,9 +129,20 @@ def match(nodes: list[Any], places: list[Any], out: Any, modules: dict[str, Any]
                 tuple(value.shape) not in ((conv["out_channels"], 1, 1), (1, conv["out_channels"], 1, 1)):
             return None
     ops = [n for n in rest if n.op != "get_attr"]
-    pool = None
-    if ops and (pool := _pool_settings(ops[-1], ops[-2] if len(ops) > 1 else first, modules)) is not None:
-        ops = ops[:-1]
+    pools = [(i, found) for i, n in enumerate(ops) if (found := _pool_settings(n, modules)) is not None]
+    if len(pools) > 1:
+        return None
+    pool, post, post_expr = None, [], []
+    if pools:
+        at, pool = pools[0]
+        ops, node, post = ops[:at], ops[at], ops[at + 1:]
+        if node.args[0] is not (ops[-1] if ops else first):  # the pool of the epilogue's result, nothing else
+            return None
+        if post:
+            program = gt.elementwise_program(post, node, post[-1], modules, operands=per_channel)
+            if program is None:
+                return None
+            post_expr = program
     expr: list[str] = []
     if ops:
         program = gt.elementwise_program(ops, first, ops[-1], modules, operands=per_channel)
@@ -130,7 +150,7 @@ def match(nodes: list[Any], places: list[Any], out: Any, modules: dict[str, Any]
             return None
         expr = program
     return {"pattern": "conv2d_epilogue", "module": str(first.target), "expr": expr,
-            "conv": {**conv, "pool": pool}, "params": [str(n.target) for n in per_channel]}
+            "conv": {**conv, "pool": pool, "post": post_expr}, "params": [str(n.target) for n in per_channel]}
 
 
 def tiles(traits: gt.TaskTraits) -> list[tuple[int, int, int, int]]:
@@ -191,7 +211,7 @@ def _conv_epilogue(x_ptr, w_ptr, bias_ptr, {param_ptrs}y_ptr, NB, C, H, W, OC, P
     if HAS_BIAS:
         bias = tl.load(bias_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
 {param_loads}
-    if POOL_PAR:  # the pool window's PKH*PKW convolutions as rows of one tile, then the maximum over them
+    if POOL_PAR:  # the pool window's PKH*PKW convolutions as rows of one tile, then the pool over them
         rw = tl.program_id(0) * BM * (PKH * PKW) + tl.arange(0, BM * PKH * PKW)
         rp = rw // (PKH * PKW)
         win = rw % (PKH * PKW)
@@ -201,19 +221,30 @@ def _conv_epilogue(x_ptr, w_ptr, bias_ptr, {param_ptrs}y_ptr, NB, C, H, W, OC, P
                         KH, KW, DOT, BM * PKH * PKW, BN, BK)
 {epilogue_par}
         acc3 = tl.reshape(acc, (BM, PKH * PKW, BN))
-        nan = tl.max((acc3 != acc3).to(tl.int32), axis=1) > 0  # max-pool propagates NaN, as PyTorch's does
-        best = tl.where(nan, float("nan"), tl.max(acc3, axis=1))
+        if POOL == 2:
+            best = tl.sum(acc3, axis=1) / (PKH * PKW)
+        else:
+            nan = tl.max((acc3 != acc3).to(tl.int32), axis=1) > 0  # max-pool propagates NaN, as PyTorch's does
+            best = tl.where(nan, float("nan"), tl.max(acc3, axis=1))
     else:
-        best = tl.full((BM, BN), float("-inf"), tl.float32)
+        if POOL == 1:
+            best = tl.full((BM, BN), float("-inf"), tl.float32)
+        else:
+            best = tl.zeros((BM, BN), dtype=tl.float32)
         for pi in tl.static_range(PKH):
             for pj in tl.static_range(PKW):
                 acc = _conv_acc(x_ptr, w_ptr, img, ph * PSH + pi, pw * PSW + pj, mmask, rn, nmask, C, H, W, K,
                                 SH, SW, PADH, PADW, DH, DW, KH, KW, DOT, BM, BN, BK)
 {epilogue}
-                if POOL:
+                if POOL == 1:
                     best = tl.maximum(best, acc, propagate_nan=tl.PropagateNan.ALL)
+                elif POOL == 2:
+                    best = best + acc
                 else:
                     best = acc
+        if POOL == 2:
+            best = best / (PKH * PKW)
+{post}
     dst = ((img[:, None] * OC + rn[None, :]) * PH + ph[:, None]) * PW + pw[:, None]
     tl.store(y_ptr + dst, best.to(y_ptr.dtype.element_ty), mask=mmask[:, None] & nmask[None, :])
 
@@ -266,16 +297,18 @@ def render(g: dict[str, Any], traits: gt.TaskTraits) -> str:
     pool = conv.get("pool") or {"kernel": [1, 1], "stride": [1, 1]}
     bm, bn, bk, warps = g["tile"][:4]
     lines = ["if HAS_BIAS:", "    acc = acc + bias", *(["x = acc", *traits.expr, "acc = y"] if traits.expr else [])]
+    post = ["x = best", *conv["post"], "best = y"] if conv.get("post") else []
     names = [f"pc{i}" for i in range(len(traits.params))]
     return _KERNEL.format(
         param_ptrs="".join(f"{n}_ptr, " for n in names),
         param_loads="\n".join(f"    {n} = tl.load({n}_ptr + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]"
                               for n in names),
         epilogue="\n".join(" " * 16 + line for line in lines), epilogue_par="\n".join(" " * 8 + line for line in lines),
+        post="\n".join(" " * 4 + line for line in post),
         module=traits.module, params=list(traits.params),
         sh=conv["stride"][0], sw=conv["stride"][1], padh=conv["padding"][0], padw=conv["padding"][1],
         dh=conv["dilation"][0], dw=conv["dilation"][1], pkh=pool["kernel"][0], pkw=pool["kernel"][1],
-        psh=pool["stride"][0], psw=pool["stride"][1], pool=conv.get("pool") is not None,
+        psh=pool["stride"][0], psw=pool["stride"][1], pool={None: 0, "max": 1, "avg": 2}[pool.get("kind")],
         pool_par=bool(g.get("pool_par")) and parallel_pool(traits),
         dot={"highest": "ieee", "tf32x3": "tf32x3"}.get(g["precision"], "tf32"), bm=bm, bn=bn, bk=bk, warps=warps,
         stages=g["stages"])
