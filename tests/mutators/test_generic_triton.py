@@ -277,3 +277,32 @@ def test_the_search_moves_every_template_gene() -> None:
     assert len({i.candidate.hash for i in history}) == len(history)
     named = [i.candidate for i in history if i.candidate.genome["triton"] == "layernorm"]
     assert all("programs per row" in c.source or c.genome["split"] == 1 for c in named)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("forward", ["return torch.relu(x)", "return torch.clamp(x, -0.5, 0.5)",
+                                     "return F.hardtanh(x)", "return F.hardswish(x)", "return F.relu6(x) * 2.0"])
+def test_gpu_nan_stays_nan_as_in_torch(forward: str) -> None:
+    """On a GPU tl.maximum/tl.minimum return the other operand where one is NaN; the elementwise template's max
+    and min keep NaN, as torch's relu, clamp and hardtanh do (the CPU interpreter's numpy keeps it anyway)."""
+    src = _source(forward, (4, 257))
+    m = GenericMutator(random.Random(0), _traits(src), src, "cuda")
+    cand = m.build(m.genome(triton="elementwise"), {})
+    assert "propagate_nan=tl.PropagateNan.ALL" in cand.source
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:  # Triton's jit reads the kernel's source from a file
+        path = Path(tmp) / f"nan_probe_{next(_COUNTER)}.py"
+        path.write_text(cand.source)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        new = module.ModelNew().cuda()
+        x = torch.randn(4, 257, device="cuda")
+        x[0, ::3] = float("nan")
+        x[1, ::5] = float("inf")
+        x[2, ::7] = -float("inf")
+        torch.testing.assert_close(new(x), new.model(x), equal_nan=True, atol=1e-6, rtol=1e-6)

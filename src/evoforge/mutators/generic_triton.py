@@ -226,19 +226,23 @@ def _gelu(p: _Program, a: _V, approximate: str = "none") -> str:
     return f"0.5 * {a} * (1.0 + tl.math.erf({a} * 0.7071067811865476))"
 
 
+# tl.maximum / tl.minimum return the other operand where one is NaN; torch's relu, clamp and hardtanh keep the NaN
+_NAN = "propagate_nan=tl.PropagateNan.ALL"
+
+
 def _clamp(p: _Program, a: _V, lo: Any = None, hi: Any = None) -> str:
     out = str(_var(a))
     if lo is not None:
-        out = f"tl.maximum({out}, {_c(lo)})"
+        out = f"tl.maximum({out}, {_c(lo)}, {_NAN})"
     if hi is not None:
-        out = f"tl.minimum({out}, {_c(hi)})"
+        out = f"tl.minimum({out}, {_c(hi)}, {_NAN})"
     if lo is None and hi is None:
         raise _Unsupported("clamp without bounds")
     return out
 
 
 def _hardsigmoid(a: str) -> str:
-    return f"tl.minimum(tl.maximum({a} + 3.0, 0.0), 6.0) / 6.0"
+    return f"tl.minimum(tl.maximum({a} + 3.0, 0.0, {_NAN}), 6.0, {_NAN}) / 6.0"
 
 
 # Each handler takes the program and the node's arguments (variables as _V, constants as Python values), under
@@ -274,7 +278,7 @@ def _unary(template: str) -> Callable[..., str]:
 
 def _h_relu(p: _Program, a: Any, inplace: bool = False) -> str:
     _no_inplace(inplace)
-    return f"tl.maximum({_var(a)}, 0.0)"
+    return f"tl.maximum({_var(a)}, 0.0, {_NAN})"
 
 
 def _h_leaky_relu(p: _Program, a: Any, negative_slope: Any = 0.01, inplace: bool = False) -> str:
