@@ -306,3 +306,51 @@ def test_gpu_nan_stays_nan_as_in_torch(forward: str) -> None:
         x[1, ::5] = float("inf")
         x[2, ::7] = -float("inf")
         torch.testing.assert_close(new(x), new.model(x), equal_nan=True, atol=1e-6, rtol=1e-6)
+
+
+def _nan_rows(device: str) -> list[tuple[str, dict[str, Any], torch.Tensor]]:
+    """max/min reductions, over rows held, walked in chunks, split over programs and strided, with NaN inputs."""
+    long = torch.randn(4, 5000, device=device)
+    long[1, 4321] = float("nan")
+    strided = torch.randn(3, 70, 5, device=device)
+    strided[2, 33, 1] = float("nan")
+    return [("return x.amax(dim=-1)", {"block": 1024, "split": 1}, long),
+            ("return x.amax(dim=-1)", {"block": 1024, "split": 4}, long),
+            ("return torch.min(x, dim=-1)[0]", {"block": 8192}, long),
+            ("return torch.max(x, dim=1)[0]", {"block": 16}, strided)]
+
+
+def _nan_check(forward: str, genes: dict[str, Any], x: torch.Tensor, device: str) -> None:
+    import importlib.util
+    import tempfile
+    from pathlib import Path
+
+    src = _source(forward, tuple(x.shape))
+    traits = _traits(src)
+    m = GenericMutator(random.Random(0), traits, src, device, triton_on_cpu=True)
+    cand = m.build(m.genome(triton=traits.pattern, **genes), {})
+    with tempfile.TemporaryDirectory() as tmp:  # Triton's jit reads the kernel's source from a file
+        path = Path(tmp) / f"nan_reduce_{next(_COUNTER)}.py"
+        path.write_text(cand.source)
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        new = module.ModelNew().to(device)
+        ref, out = new.model(x), new(x)
+    assert ref.isnan().any(), forward
+    torch.testing.assert_close(out, ref, equal_nan=True, msg=lambda s: f"{cand.genome}: {s}")
+
+
+@pytest.mark.parametrize("case", range(4))
+def test_a_max_or_min_with_nan_in_it_is_nan(case: int) -> None:
+    forward, genes, x = _nan_rows("cpu")[case]
+    _nan_check(forward, genes, x, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", range(4))
+def test_gpu_a_max_or_min_with_nan_in_it_is_nan(case: int) -> None:
+    """Where it matters: on a GPU tl.max passes over NaN (the interpreter's numpy does not)."""
+    forward, genes, x = _nan_rows("cuda")[case]
+    _nan_check(forward, genes, x, "cuda")

@@ -757,15 +757,24 @@ OPS: dict[str, _Op] = {
         final=("rstd = 1.0 / tl.sqrt(m2 / R + eps)",), out="(x - mean) * rstd", single_out="d * rstd",
         affine=True),
 }
+# A maximum or minimum over a chunk with a NaN in it is NaN, as torch's is (tl.max, tl.maximum and their min twins
+# pass over NaN on a GPU): a flag per chunk, and the running value combined with NaN kept.
+_HAS_NAN = "tl.max(({v} != {v}).to(tl.int32), axis=0, keep_dims=True) > 0"
 for _op, _init, _join, _reduce in (("sum", "0.0", "acc + tl.sum(x, axis=0, keep_dims=True)", "tl.sum"),
                                    ("mean", "0.0", "acc + tl.sum(x, axis=0, keep_dims=True)", "tl.sum"),
-                                   ("max", _INF, "tl.maximum(acc, tl.max(x, axis=0, keep_dims=True))", "tl.max"),
-                                   ("min", 'float("inf")', "tl.minimum(acc, tl.min(x, axis=0, keep_dims=True))",
-                                    "tl.min")):
-    OPS[f"reduce_{_op}"] = _Op(other=_init, init=(f"acc = tl.full(@STATE, {_init}, tl.float32)",),
-                               step=(f"acc = {_join}",), single=(), partial=("0.0", "acc", "0.0"),
-                               combine=(f"acc = {_reduce}(pa, axis=0, keep_dims=True)",),
-                               final=("acc = acc / R",) if _op == "mean" else ())
+                                   ("max", _INF, f"tl.maximum(acc, tl.max(x, axis=0, keep_dims=True), {_NAN})",
+                                    "tl.max"),
+                                   ("min", 'float("inf")',
+                                    f"tl.minimum(acc, tl.min(x, axis=0, keep_dims=True), {_NAN})", "tl.min")):
+    _extreme = _op in ("max", "min")
+    OPS[f"reduce_{_op}"] = _Op(
+        other=_init, init=(f"acc = tl.full(@STATE, {_init}, tl.float32)",),
+        step=(f"acc = {_join}",) + ((f"acc = tl.where({_HAS_NAN.format(v='x')}, float('nan'), acc)",) if _extreme
+                                    else ()),
+        single=(), partial=("0.0", "acc", "0.0"),
+        combine=(f"acc = {_reduce}(pa, axis=0, keep_dims=True)",)
+        + ((f"acc = tl.where({_HAS_NAN.format(v='pa')}, float('nan'), acc)",) if _extreme else ()),
+        final=("acc = acc / R",) if _op == "mean" else ())
 
 _PROLOGUE = {
     "rows": ("row = tl.program_id(0).to(tl.int64)", "base = row * R", "obase = row", "r = tl.arange(0, BLOCK)",
