@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -282,30 +283,33 @@ def test_the_search_moves_every_template_gene() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("forward", ["return torch.relu(x)", "return torch.clamp(x, -0.5, 0.5)",
                                      "return F.hardtanh(x)", "return F.hardswish(x)", "return F.relu6(x) * 2.0"])
-def test_gpu_nan_stays_nan_as_in_torch(forward: str) -> None:
+def test_gpu_nan_stays_nan_as_in_torch(forward: str, tmp_path: Path) -> None:
     """On a GPU tl.maximum/tl.minimum return the other operand where one is NaN; the elementwise template's max
     and min keep NaN, as torch's relu, clamp and hardtanh do (the CPU interpreter's numpy keeps it anyway)."""
     src = _source(forward, (4, 257))
     m = GenericMutator(random.Random(0), _traits(src), src, "cuda")
     cand = m.build(m.genome(triton="elementwise"), {})
     assert "propagate_nan=tl.PropagateNan.ALL" in cand.source
-    import importlib.util
-    import tempfile
-    from pathlib import Path
+    new = _model_new_from_file(cand.source, tmp_path).cuda()
+    x = torch.randn(4, 257, device="cuda")
+    x[0, ::3] = float("nan")
+    x[1, ::5] = float("inf")
+    x[2, ::7] = -float("inf")
+    torch.testing.assert_close(new(x), new.model(x), equal_nan=True, atol=1e-6, rtol=1e-6)
 
-    with tempfile.TemporaryDirectory() as tmp:  # Triton's jit reads the kernel's source from a file
-        path = Path(tmp) / f"nan_probe_{next(_COUNTER)}.py"
-        path.write_text(cand.source)
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        new = module.ModelNew().cuda()
-        x = torch.randn(4, 257, device="cuda")
-        x[0, ::3] = float("nan")
-        x[1, ::5] = float("inf")
-        x[2, ::7] = -float("inf")
-        torch.testing.assert_close(new(x), new.model(x), equal_nan=True, atol=1e-6, rtol=1e-6)
+
+def _model_new_from_file(source: str, folder: Path) -> Any:
+    """The candidate's ModelNew, its module imported from a file in ``folder`` (kept for the test): on a GPU
+    Triton's jit reads a kernel's source from its file, which import_source's in-memory module has not."""
+    import importlib.util
+
+    path = folder / f"generic_triton_file_{next(_COUNTER)}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ModelNew()
 
 
 def _nan_rows(device: str) -> list[tuple[str, dict[str, Any], torch.Tensor]]:
@@ -320,37 +324,26 @@ def _nan_rows(device: str) -> list[tuple[str, dict[str, Any], torch.Tensor]]:
             ("return torch.max(x, dim=1)[0]", {"block": 16}, strided)]
 
 
-def _nan_check(forward: str, genes: dict[str, Any], x: torch.Tensor, device: str) -> None:
-    import importlib.util
-    import tempfile
-    from pathlib import Path
-
+def _nan_check(forward: str, genes: dict[str, Any], x: torch.Tensor, device: str, folder: Path) -> None:
     src = _source(forward, tuple(x.shape))
     traits = _traits(src)
     m = GenericMutator(random.Random(0), traits, src, device, triton_on_cpu=True)
     cand = m.build(m.genome(triton=traits.pattern, **genes), {})
-    with tempfile.TemporaryDirectory() as tmp:  # Triton's jit reads the kernel's source from a file
-        path = Path(tmp) / f"nan_reduce_{next(_COUNTER)}.py"
-        path.write_text(cand.source)
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        new = module.ModelNew().to(device)
-        ref, out = new.model(x), new(x)
+    new = _model_new_from_file(cand.source, folder).to(device)
+    ref, out = new.model(x), new(x)
     assert ref.isnan().any(), forward
     torch.testing.assert_close(out, ref, equal_nan=True, msg=lambda s: f"{cand.genome}: {s}")
 
 
 @pytest.mark.parametrize("case", range(4))
-def test_a_max_or_min_with_nan_in_it_is_nan(case: int) -> None:
+def test_a_max_or_min_with_nan_in_it_is_nan(case: int, tmp_path: Path) -> None:
     forward, genes, x = _nan_rows("cpu")[case]
-    _nan_check(forward, genes, x, "cpu")
+    _nan_check(forward, genes, x, "cpu", tmp_path)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("case", range(4))
-def test_gpu_a_max_or_min_with_nan_in_it_is_nan(case: int) -> None:
+def test_gpu_a_max_or_min_with_nan_in_it_is_nan(case: int, tmp_path: Path) -> None:
     """Where it matters: on a GPU tl.max passes over NaN (the interpreter's numpy does not)."""
     forward, genes, x = _nan_rows("cuda")[case]
-    _nan_check(forward, genes, x, "cuda")
+    _nan_check(forward, genes, x, "cuda", tmp_path)
