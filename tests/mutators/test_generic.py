@@ -143,7 +143,7 @@ def test_every_gpu_gene_is_correct_and_timed_in_graph_mode(rel: str) -> None:
         genomes += [m.genome(triton=m.traits.pattern), m.genome(triton=m.traits.pattern, cuda_graph=True)]
     if m.traits.pattern and m.traits.pattern.endswith("epilogue"):  # 3xTF32 dots: near float32, within its tolerance
         genomes.append(m.genome(triton=m.traits.pattern, precision="tf32x3"))
-    if m.traits.pattern == "conv2d_epilogue":  # every tile compiles and is correct on this GPU
+    if m.traits.pattern == "conv2d_epilogue":  # a sample of the tiles (about every sixth, and the last)
         genomes += [m.genome(triton=m.traits.pattern, tile=list(t), stages=3)
                     for t in m.tiles[1::max(1, len(m.tiles) // 6)] + m.tiles[-1:]]
         if m.pool_par:  # the pool window's convolutions in sequence (the default has them as rows of one tile)

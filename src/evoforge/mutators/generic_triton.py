@@ -69,7 +69,7 @@ class TaskTraits:
     numel: int | None = None
     reduction: str = "mean"  # cross_entropy
     ignore_index: int = -100  # cross_entropy
-    conv: dict[str, Any] | None = None  # conv2d_epilogue: stride, padding, dilation, out_channels, pool
+    conv: dict[str, Any] | None = None  # conv2d_epilogue: stride, padding, dilation, channels, reduction, pool, post
     params: list[str] = field(default_factory=list)  # conv2d_epilogue: the per-channel tensors its epilogue reads
 
     @property
