@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib.util
 import json
 import random
 import sys
@@ -24,7 +23,7 @@ import torch
 
 from evoforge import envinfo
 from evoforge.mutators.generic import GenericMutator
-from evoforge.task import task_from_file
+from evoforge.task import import_source, task_from_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CONV2D = ROOT / "examples" / "problems" / "level1" / "conv2d.py"
@@ -52,12 +51,7 @@ class Built:
         self.mutator = GenericMutator.for_task(random.Random(0), spec, "cuda")
         cand = self.mutator.build(self.mutator.genome(triton="conv2d_epilogue", **genes), {})
         Built.count += 1
-        file = folder / f"conv_candidate_{Built.count}.py"
-        file.write_text(cand.source)
-        loader = importlib.util.spec_from_file_location(file.stem, file)
-        assert loader is not None and loader.loader is not None
-        module = importlib.util.module_from_spec(loader)
-        loader.loader.exec_module(module)
+        module = import_source(cand.source, f"conv_candidate_{Built.count}", "<candidate>", directory=folder)
         torch.manual_seed(0)
         self.name = cand.name
         self.new = module.ModelNew(*module.get_init_inputs()).cuda()

@@ -299,16 +299,9 @@ def test_gpu_nan_stays_nan_as_in_torch(forward: str, tmp_path: Path) -> None:
 
 
 def _model_new_from_file(source: str, folder: Path) -> Any:
-    """The candidate's ModelNew, its module imported from a file in ``folder`` (kept for the test): on a GPU
-    Triton's jit reads a kernel's source from its file, which import_source's in-memory module has not."""
-    import importlib.util
-
-    path = folder / f"generic_triton_file_{next(_COUNTER)}.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    """The candidate's ModelNew, its module written to ``folder`` (kept for the test) and run from there: on a GPU
+    Triton's jit reads a kernel's source from its file."""
+    module = import_source(source, f"generic_triton_file_{next(_COUNTER)}", "<candidate>", directory=folder)
     return module.ModelNew()
 
 
