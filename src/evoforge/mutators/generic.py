@@ -41,7 +41,7 @@ from evoforge.candidate import Candidate
 from evoforge.mutators import generic_conv as gconv
 from evoforge.mutators import generic_triton as gt
 from evoforge.mutators.base import GenomeMutator
-from evoforge.mutators.generic_triton import AXIS_PATTERNS, TaskTraits
+from evoforge.mutators.generic_triton import AXIS_PATTERNS, DOT_LABELS, DOT_PRECISIONS, TaskTraits
 from evoforge.results import Individual
 from evoforge.task import LoadedTask, TaskError, TaskSpec, init_inputs, load_task, make_inputs
 
@@ -54,10 +54,6 @@ COMPILE_MODES_CPU = ("none", "default")
 LAYOUTS = ("as_is", "contiguous", "channels_last")
 PRECISIONS = ("highest", "high", "medium")
 PRECISION_LABELS = {"high": "tf32", "medium": "bf16 matmul"}
-# A Triton template's float32 dots: IEEE (highest), TF32 (high; medium too, from a crossover), or 3xTF32 (each
-# product split into three TF32 products on the tensor cores: close to float32's accuracy, labelled all the same)
-DOT_PRECISIONS = {"highest": "ieee", "high": "tf32", "medium": "tf32", "tf32x3": "tf32x3"}
-DOT_LABELS = {"tf32": "tf32", "tf32x3": "3xtf32"}
 TILES = ((32, 32, 32, 4), (64, 64, 32, 4), (128, 64, 32, 4), (64, 128, 32, 4), (128, 128, 32, 8))
 ROW_WARPS = (1, 2, 4, 8)
 EPILOGUES = ("gelu", "gelu_tanh", "relu", "tanh", "sigmoid")
@@ -392,7 +388,7 @@ class GenericMutator(GenomeMutator):
         self.layouts = LAYOUTS if traits.four_d else LAYOUTS[:2]
         self.precisions = PRECISIONS if self.gpu else PRECISIONS[:1]
         self.templates = [None] + ([traits.pattern] if traits.pattern and (self.gpu or triton_on_cpu) else [])
-        tiles = [tuple(t) for t in gconv.tiles(traits)] if traits.pattern == "conv2d_epilogue" else list(TILES)
+        tiles = gconv.tiles(traits) if traits.pattern == "conv2d_epilogue" else list(TILES)
         self.tiles = tiles if self.gpu else tiles[:1]
         blocked = traits.pattern in AXIS_PATTERNS or traits.pattern == "elementwise"
         self.blocks = gt.block_options(traits) if blocked else [0]

@@ -310,5 +310,5 @@ def render(g: dict[str, Any], traits: gt.TaskTraits) -> str:
         dh=conv["dilation"][0], dw=conv["dilation"][1], pkh=pool["kernel"][0], pkw=pool["kernel"][1],
         psh=pool["stride"][0], psw=pool["stride"][1], pool={None: 0, "max": 1, "avg": 2}[pool.get("kind")],
         pool_par=bool(g.get("pool_par")) and parallel_pool(traits),
-        dot={"highest": "ieee", "tf32x3": "tf32x3"}.get(g["precision"], "tf32"), bm=bm, bn=bn, bk=bk, warps=warps,
+        dot=gt.DOT_PRECISIONS[g["precision"]], bm=bm, bn=bn, bk=bk, warps=warps,
         stages=g["stages"])

@@ -47,6 +47,11 @@ LOOP_STAGES = (1, 2, 3, 4)
 SPLITS = (1, 2, 4, 8, 16, 32, 64, 128)  # programs per row (rows only)
 FEW_ROWS = 2048  # fewer rows than this: a row may be split over several programs
 FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+# The dot-product templates' (matmul, conv) precision gene -> tl.dot's input_precision for float32 operands: IEEE
+# (highest), TF32 (high; medium too, from a crossover), or 3xTF32 (each product split into three TF32 products on
+# the tensor cores: close to float32's accuracy); and the label a candidate carries for the non-IEEE ones.
+DOT_PRECISIONS = {"highest": "ieee", "high": "tf32", "medium": "tf32", "tf32x3": "tf32x3"}
+DOT_LABELS = {"tf32": "tf32", "tf32x3": "3xtf32"}
 
 
 @dataclass
