@@ -23,8 +23,10 @@ TARGETS = {"fast_1_vs_eager": 0.8, "fast_1.05_vs_best": 0.3}  # issue 22's
 
 def combine(paths: list[Path]) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
+    devices: set[str] = set()
     for path in paths:
         data = json.loads(path.read_text())
+        devices.add(data.get("device", {}).get("device_name") or "?")
         for level, block in sorted(data.get("levels", {}).items()):
             for p in block["batch"]["problems"]:
                 rows.append({"record": path.name, "level": level, "date": block.get("date"),
@@ -32,9 +34,8 @@ def combine(paths: list[Path]) -> dict[str, Any]:
     if not rows:
         raise SystemExit("no problem rows in " + ", ".join(map(str, paths)))
     summary = BatchSummary([ProblemOutcome(**r["outcome"]) for r in rows]).measures()
-    devices = sorted({json.loads(p.read_text()).get("device", {}).get("device_name") or "?" for p in paths})
-    return {"tool": "evoforge", "kind": "fast-p-combined", "devices": devices, "records": [p.name for p in paths],
-            "summary": summary, "targets": TARGETS,
+    return {"tool": "evoforge", "kind": "fast-p-combined", "devices": sorted(devices),
+            "records": [p.name for p in paths], "summary": summary, "targets": TARGETS,
             "met": {k: summary[k] >= v for k, v in TARGETS.items()}, "rows": rows}
 
 
