@@ -172,6 +172,32 @@ def test_the_pool_window_in_parallel_is_a_gene_where_the_window_is_a_power_of_tw
     assert "pool_par" not in m3.genome(triton="conv2d_epilogue", pool_par=True)  # a window of 9: not a gene
 
 
+def test_the_pool_window_in_parallel_only_where_the_tile_times_the_window_fits() -> None:
+    # a tile's rows x the window are the rows of the convolution's operand: (128, 16, 64) with a 2x2 window asked
+    # more shared memory than an H200 has (OutOfResources); such a tile pools in sequence
+    src = _conv("return self.pool(torch.relu(self.conv(x)))", "nn.Conv2d(16, 32, 3)", (2, 16, 18, 18),
+                extra="self.pool = nn.MaxPool2d(2)")
+    m = GenericMutator(random.Random(0), _traits(src), src, "cuda")
+    big = m.genome(triton="conv2d_epilogue", tile=[128, 16, 64, 4], stages=3, pool_par=True)
+    assert big["pool_par"] is False and "pool_par" not in m._options(big)
+    assert not m.build(big, {}).name.endswith("+ppool")
+    small = m.genome(triton="conv2d_epilogue", tile=[32, 16, 64, 4], pool_par=True)
+    assert small["pool_par"] is True and "pool_par" in m._options(small)
+    seen = set()
+    for t in m.tiles:  # every tile the search may reach: in parallel only within the operand bound
+        g = m.genome(triton="conv2d_epilogue", tile=list(t))
+        seen.add(g["pool_par"])
+        assert g["pool_par"] == (t[0] * 4 * t[2] <= MAX_OPERAND)
+    assert seen == {False, True}
+    rng, g = random.Random(1), m.genome(triton="conv2d_epilogue")
+    for _ in range(300):  # nor does mutation reach a tile that doesn't fit with the window in parallel
+        g = m.mutate(g)[0]
+        if g.get("triton") == "conv2d_epilogue" and g["pool_par"]:
+            assert g["tile"][0] * 4 * g["tile"][2] <= MAX_OPERAND
+        if rng.random() < 0.1:
+            g = m.genome(triton="conv2d_epilogue", pool_par=True)
+
+
 def test_3xtf32_dots_for_the_conv_and_matmul_templates() -> None:
     """3xTF32 (three TF32 products per float32 product, near float32 accuracy) is a precision value of the
     templates with dots, labelled; it is no torch setting, so a plain genome never keeps it."""

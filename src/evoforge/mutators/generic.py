@@ -439,7 +439,8 @@ class GenericMutator(GenomeMutator):
         if g["compile"] == "reduce-overhead":
             g["cuda_graph"] = False  # it captures its own graphs
         if template == "conv2d_epilogue" and self.pool_par:  # in parallel by default: 10.8 us against 17.0
-            g["pool_par"] = bool(g.get("pool_par", True))  # for conv+ReLU+pool on an H200 at the first tile
+            # for conv+ReLU+pool on an H200 at the first tile; in sequence where the tile x window is too large
+            g["pool_par"] = bool(g.get("pool_par", True)) and gconv.parallel_fits(g["tile"], self.traits)
         else:
             g.pop("pool_par", None)  # a gene only where it applies: other genomes keep their hashes
         return g
@@ -480,7 +481,7 @@ class GenericMutator(GenomeMutator):
         if g.get("triton"):
             if g["triton"].endswith("epilogue"):
                 opts["tile"] = ([list(t) for t in self.tiles], "hardware")
-                if "pool_par" in g:
+                if "pool_par" in g and gconv.parallel_fits(g["tile"], self.traits):
                     opts["pool_par"] = ([False, True], "algorithmic")
                 if self.gpu:
                     opts["stages"] = ([2, 3, 4], "hardware")

@@ -289,6 +289,15 @@ def parallel_pool(traits: gt.TaskTraits) -> bool:
     return size > 1 and size & (size - 1) == 0
 
 
+def parallel_fits(tile: list[int] | tuple[int, ...], traits: gt.TaskTraits) -> bool:
+    """Whether ``tile`` can take the pool window in parallel: its BM rows become BM x window rows of the
+    convolution, and that operand too stays within MAX_OPERAND. (128, 16, 64) on 4 warps with a 2x2 window, 3
+    stages, asked 270,336 bytes of shared memory of an H200's 232,448 (benchmarks/results/
+    gpu-tests-all-h200-f394e13.txt); within the bound, one pipeline stage takes at most 64 KiB."""
+    pool = (traits.conv or {}).get("pool") or {"kernel": [1, 1]}
+    return tile[0] * pool["kernel"][0] * pool["kernel"][1] * tile[2] <= MAX_OPERAND
+
+
 def render(g: dict[str, Any], traits: gt.TaskTraits) -> str:
     """The kernel and ``_run(model, x)`` of the conv template for genome ``g``. TF32 is used where the genome's
     precision asks for it, or where the caller's cuDNN would use it (``torch.backends.cudnn.allow_tf32``, the
