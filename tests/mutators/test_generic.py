@@ -60,8 +60,10 @@ def test_generation_0_does_not_re_evaluate_the_baselines() -> None:
     seeds = [c.genome for c in gpu.seed()]
     assert plain not in seeds and compiled not in seeds
     assert [g["cuda_graph"] for g in seeds] == [True, False] and seeds[1]["triton"] == "row_softmax"
-    conv = _mutator("level1/conv2d.py", "cuda")
-    assert [c.genome for c in conv.seed()] == [conv.genome(cuda_graph=True), conv.genome(triton="conv2d_epilogue")]
+    conv = _mutator("level1/conv2d.py", "cuda")  # float32: the dot template starts with 3xTF32 dots
+    assert [c.genome for c in conv.seed()] == [conv.genome(cuda_graph=True),
+                                                conv.genome(triton="conv2d_epilogue", precision="tf32x3")]
+    assert conv.seed()[1].labels == ["3xtf32"]
     block = _mutator("level3/transformer_block.py", "cuda")  # no template applies: the CUDA graph alone
     assert [c.genome for c in block.seed()] == [block.genome(cuda_graph=True)]
     cpu = _mutator("level1/softmax.py", "cpu")

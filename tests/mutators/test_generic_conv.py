@@ -198,6 +198,21 @@ def test_the_pool_window_in_parallel_only_where_the_tile_times_the_window_fits()
             g = m.genome(triton="conv2d_epilogue", pool_par=True)
 
 
+def test_the_dot_precision_gene_only_for_float32_inputs() -> None:
+    # on half inputs tl.dot's input precision does nothing: no gene (two genomes of one program), no 3xTF32 seed
+    src = _conv("return torch.relu(self.conv(x))", "nn.Conv2d(8, 16, 3)", (2, 8, 9, 11))
+    half = src.replace("torch.randn(2, 8, 9, 11)", "torch.randn(2, 8, 9, 11, dtype=torch.half)")
+    assert half != src
+    m32 = GenericMutator(random.Random(0), _traits(src), src, "cuda")
+    m16 = GenericMutator(random.Random(0), _traits(half), half, "cuda")
+    assert m32.traits.float32 and not m16.traits.float32
+    assert m32.seed()[1].genome["precision"] == "tf32x3" and m16.seed()[1].genome["precision"] == "highest"
+    g16 = m16.genome(triton="conv2d_epilogue", precision="tf32x3")
+    assert g16["precision"] == "highest" and not m16.build(g16, {}).labels and "precision" not in m16._options(g16)
+    assert "precision" in m32._options(m32.genome(triton="conv2d_epilogue"))
+    assert not GenericMutator(random.Random(0), _traits(src), src, "cpu", triton_on_cpu=True).seed()[-1].labels
+
+
 def test_3xtf32_dots_for_the_conv_and_matmul_templates() -> None:
     """3xTF32 (three TF32 products per float32 product, near float32 accuracy) is a precision value of the
     templates with dots, labelled; it is no torch setting, so a plain genome never keeps it."""

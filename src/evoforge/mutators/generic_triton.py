@@ -76,6 +76,7 @@ class TaskTraits:
     ignore_index: int = -100  # cross_entropy
     conv: dict[str, Any] | None = None  # conv2d_epilogue: stride, padding, dilation, channels, reduction, pool, post
     params: list[str] = field(default_factory=list)  # conv2d_epilogue: the per-channel tensors its epilogue reads
+    float32: bool = False  # every floating-point input is float32 (a dot template's precision gene then acts)
 
     @property
     def four_d(self) -> bool:
