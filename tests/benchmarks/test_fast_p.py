@@ -38,6 +38,19 @@ def test_rows_of_every_record_count_once_and_only_beyond_noise(tmp_path: Path) -
     assert "p4" in fast_p.table(data)
 
 
+def test_a_problem_re_run_in_a_later_record_counts_once_from_that_record(tmp_path: Path) -> None:
+    fast_p = load_script("fast_p")
+    a = _record(tmp_path, "a.json", [_row("p1", 2.0, 1.2, True, True), _row("p2", 0.9, 0.9, False, False)])
+    b = _record(tmp_path, "b.json", [_row("p2", 1.5, 1.5, True, True)])
+    data = fast_p.combine([a, b])
+    assert data["summary"]["problems"] == 2 and data["summary"]["fast_1.05_vs_best"] == 1.0
+    assert [(r["record"], r["outcome"]["problem"]) for r in data["rows"]] == [("a.json", "p1"), ("b.json", "p2")]
+    assert data["superseded"] == [{"record": "a.json", "level": "1", "problem": "p2", "by": "b.json",
+                                   "vs_eager": 0.9, "vs_compile": 0.9}]
+    assert "re-run: p2 of a.json" in fast_p.table(data)
+    assert fast_p.combine([b, a])["summary"]["fast_1.05_vs_best"] == 0.5  # the order given decides
+
+
 def test_the_recorded_h200_figure_is_what_its_records_give() -> None:
     recorded = RESULTS / "fast-p-h200.json"
     if not recorded.exists():
