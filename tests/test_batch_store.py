@@ -142,3 +142,92 @@ def test_release_workers_closes_kept_and_spare_workers() -> None:
     process.SPARES.workers.setdefault("s", []).append(Fake("spare"))  # type: ignore[arg-type]
     process.release_workers()
     assert sorted(closed) == ["kept", "spare"] and not process.KEPT.workers and not process.SPARES.workers
+
+
+def _three_problems(tmp_path: Path) -> Path:
+    folder = tmp_path / "problems"
+    folder.mkdir()
+    for name in ("a_tanh.py", "b_tanh.py", "c_tanh.py"):
+        (folder / name).write_text((TASKS / "tanh_matmul.py").read_text())
+    (folder / "d_no_model.py").write_text((TASKS / "no_model.py").read_text())
+    return folder
+
+
+def test_problems_at_once_run_side_by_side_each_in_a_process_of_its_own(tmp_path: Path) -> None:
+    _three_problems(tmp_path)
+    proc = evoforge("run", "--task-dir", "problems", "--generations", "1", "--population", "1", "--budget-ms", "5",
+                    "--device", "cpu", "--problems-at-once", "2", "--budget", "120s", "--json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 problems at once, each in a process of its own (cpu#0, cpu#1)" in proc.stderr
+    assert "share its cores" in proc.stderr  # on the CPU, said
+    lanes = {line.split("]")[0] + "]" for line in proc.stderr.splitlines() if line.startswith("[cpu#")}
+    assert lanes == {"[cpu#0]", "[cpu#1]"}, proc.stderr  # each lane's process' lines, prefixed
+    data = json.loads(proc.stdout)
+    names = [p["path"].rsplit("/", 1)[-1] for p in data["problems"]]
+    assert names == ["a_tanh.py", "b_tanh.py", "c_tanh.py", "d_no_model.py"]  # the batch's order, not finish order
+    assert [p["status"] for p in data["problems"]] == ["ok", "ok", "ok", "error"]
+    assert "no `Model` class" in data["problems"][3]["detail"]
+    assert all(p["budget_s"] == 120 and 0 < p["wall_s"] < 130 for p in data["problems"][:3])
+    db = sqlite3.connect(tmp_path / ".evoforge" / "runs.db")
+    runs = {r: (s, json.loads(c)["problems_at_once"])
+            for r, s, c in db.execute("SELECT id, status, config_json FROM runs")}
+    assert {p["run"] for p in data["problems"][:3]} == set(runs)  # d's file has no Model: refused before a run
+    assert all(runs[p["run"]][0] == "finished" for p in data["problems"][:3])
+    assert not db.execute("SELECT COUNT(*) FROM leases").fetchone()[0]  # every child gave its run's lease back
+    spans = [db.execute("SELECT created, updated FROM runs WHERE id = ?", (p["run"],)).fetchone()
+             for p in data["problems"][:2]]
+    (a0, a1), (b0, b1) = spans  # a and b ran at the same time: each began before the other ended
+    assert a0 < b1 and b0 < a1, spans
+    (batch_file,) = (tmp_path / ".evoforge" / "batches").glob("batch-*.json")
+    record = json.loads(batch_file.read_text())
+    assert record["status"] == "finished" and record["running"] == {} and record["config"]["problems_at_once"] == 2
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--task-dir", "problems", "--problems-at-once", "2", "--executor", "ray"], "is for the local executor"),
+    (["--task", "attention-tiny", "--problems-at-once", "2"], "is for a batch (--task-dir)"),
+    (["--task-dir", "problems", "--problems-at-once", "0"], "--problems-at-once"),
+])
+def test_problems_at_once_refused_where_it_cannot_be_honoured(tmp_path: Path, args: list[str], message: str) -> None:
+    _three_problems(tmp_path)
+    proc = evoforge("run", *args, "--device", "cpu", cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / ".evoforge" / "batches").exists() or not list((tmp_path / ".evoforge" / "batches").iterdir())
+
+
+def test_ctrl_c_stops_problems_at_once_and_resume_continues_their_runs(tmp_path: Path) -> None:
+    _three_problems(tmp_path)
+    args = ["--task-dir", "problems", "--generations", "3", "--population", "1", "--budget-ms", "5",
+            "--device", "cpu", "--problems-at-once", "2"]
+    proc = subprocess.Popen([sys.executable, "-m", "evoforge.cli", "run", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    batches = tmp_path / ".evoforge" / "batches"
+    deadline = time.monotonic() + 300
+    record: dict = {}
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.3)
+        files = list(batches.glob("batch-*.json")) if batches.is_dir() else []
+        if files and len(json.loads(files[0].read_text())["running"]) == 2:
+            time.sleep(4)  # both children into their runs
+            break
+    os.kill(proc.pid, signal.SIGINT)  # the batch's process only: it passes the interrupt on to its children
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    (batch_file,) = batches.glob("batch-*.json")
+    record = json.loads(batch_file.read_text())
+    assert record["rows"] == [] and len(record["running"]) == 2, (record, err)
+    db = sqlite3.connect(tmp_path / ".evoforge" / "runs.db")
+    statuses = {r: s for r, s in db.execute("SELECT id, status FROM runs")}
+    assert set(statuses) == set(record["running"].values())
+    assert set(statuses.values()) == {"interrupted"}, statuses  # each child ended its session as Ctrl-C does
+    assert not db.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
+
+    resumed = evoforge("resume", batch_file.stem, "--json", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    data = json.loads(resumed.stdout)
+    assert [p["status"] for p in data["problems"]] == ["ok", "ok", "ok", "error"]
+    for path, run in record["running"].items():  # the interrupted runs were continued, not started again
+        (row,) = [p for p in data["problems"] if p["path"] == path]
+        assert row["run"] == run
+    assert len(db.execute("SELECT id FROM runs").fetchall()) == 3

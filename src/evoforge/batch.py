@@ -3,8 +3,10 @@
 ``run_batch`` is the orchestration behind `evoforge run --task-dir` and `evoforge resume batch-...`: for each
 problem of a ``batch_store.BatchRecord`` without a row it starts (or continues) a run through ``evoforge.evolve``,
 has the caller run its search (the CLI's, with its live line), and keeps the problem's row (a
-``ProblemOutcome``, from ``crowned`` and ``outcome_from_result``) in the record as it finishes. ``discover``
-finds the problems; ``BatchSummary`` holds the rows and their measures.
+``ProblemOutcome``, from ``crowned`` and ``outcome_from_result``) in the record as it finishes. With
+``--problems-at-once N`` (``run_in_lanes``) N problems run at once, each run searched by an ``evoforge resume``
+child process that sees one GPU. ``discover`` finds the problems; ``BatchSummary`` holds the rows and their
+measures.
 
 A problem's level is its ``LEVEL = N`` attribute where the file sets one (read without importing the
 file), else the ``level<N>`` folder it sits in (KernelBench's layout, as in ``examples/problems/``),
@@ -24,7 +26,12 @@ candidate: it counts as not fast and stays out of the geometric mean.
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
 import re
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -200,29 +207,151 @@ SearchFn = Callable[[str, "Prepared", "RunConfig", float], Any]
 
 def run_batch(store: Store, config: RunConfig, record: BatchRecord, search: SearchFn,
               on_start: Callable[[list[tuple[Path, int | None]]], None] | None = None,
-              on_error: Callable[[Path, Exception], None] | None = None) -> BatchSummary:
+              on_error: Callable[[Path, Exception], None] | None = None,
+              lanes: list[Lane] | None = None, say: Callable[[str], None] | None = None) -> BatchSummary:
     """Run the problems of ``record`` (a new BatchRecord, or an interrupted one) that have no row yet, one
     evolution run each, and return the batch's summary: per problem the best candidate's speedups.
 
     Each row is kept in the record as its problem finishes, so an interrupted batch continues where it was
-    (``evoforge resume <batch id>``): the problem it was in continues its run rather than starting again.
+    (``evoforge resume <batch id>``): the problems it was in continue their runs rather than starting again.
     ``config`` holds the run settings (``--budget`` is each problem's). ``on_start`` is told the problems
     about to run (after the record is claimed); a problem that can't be used (a TaskError, EvaluatorError or
     StoreError) becomes a row with its error as the detail, its run marked failed, and is passed to
     ``on_error`` while it is being handled (so ``traceback.print_exc()`` there shows it), not the end of
-    the batch."""
+    the batch.
+
+    With two or more ``lanes`` (``--problems-at-once``: one per GPU) that many problems run at once, each
+    run's search in a process of its own on its lane's GPU (``run_in_lanes``); ``search`` is then unused and
+    ``say`` gets those processes' lines."""
     record.claim()
     problems = record.todo()
     if on_start is not None:
         on_start(problems)
-    for path, lvl in problems:
-        record.finish(_run_problem(store, config, record, path, lvl, search, on_error))
+    if lanes and len(lanes) > 1 and len(problems) > 1:
+        run_in_lanes(Path(store.path), config, record, problems, lanes, on_error, say or (lambda line: None))
+    else:
+        for path, lvl in problems:
+            record.finish(_run_problem(store, config, record, path, lvl, search, on_error))
     record.close()
     return record.summary()
 
 
+@dataclass
+class Lane:
+    """Where one of the problems run at once runs: its name in the log and its process's environment (the
+    GPU it sees, as ``CUDA_VISIBLE_DEVICES``)."""
+
+    name: str
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def run_in_lanes(db: Path, config: RunConfig, record: BatchRecord, problems: list[tuple[Path, int | None]],
+                 lanes: list[Lane], on_error: Callable[[Path, Exception], None] | None,
+                 say: Callable[[str], None]) -> None:
+    """Problems at once, one per lane, in the record's order as lanes come free. Each problem's run is started
+    here (recorded, its row's run id kept in the record) and searched by ``evoforge resume <run>`` in a child
+    process that sees only its lane's GPU, with what is left of the problem's budget; its lines go to ``say``
+    prefixed with the lane, and its row is read from the store when it ends. A problem's fixed costs (its
+    baselines, reference outputs and workers) then run beside the other lanes' instead of before them.
+
+    On Ctrl-C or SIGTERM every child gets one SIGINT (it ends its session as an interrupted run) and the
+    interrupt goes on once they have ended; the problems they were in keep no row, so ``evoforge resume`` of
+    the batch continues their runs."""
+    import subprocess
+
+    lock = threading.Lock()  # the record, starting runs (tasks are imported), the queue
+    queue = list(problems)
+    stopping = threading.Event()
+    children: dict[str, subprocess.Popen[str]] = {}
+
+    def lane_search(lane: Lane, store: Store) -> SearchFn:
+        def search(run_id: str, prepared: Prepared, run_config: RunConfig, started: float) -> None:
+            from evoforge.evaluator import EvaluatorError
+            from evoforge.evolve import parse_duration
+
+            store.release(run_id)  # the child takes the run's lease
+            cmd = [sys.executable, "-m", "evoforge.cli", "resume", run_id, "--db", str(db), "--json"]
+            if run_config.budget:  # the problem's budget, less what starting its run here took
+                left = parse_duration(run_config.budget) - (time.monotonic() - started)
+                cmd += ["--budget", f"{max(left, 1.0):.1f}s"]
+            tail: list[str] = []
+            with lock:
+                if stopping.is_set():
+                    return
+                child = subprocess.Popen(cmd, env={**os.environ, **lane.env}, stdin=subprocess.DEVNULL,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                         start_new_session=True)  # Ctrl-C reaches it once, from here
+                children[lane.name] = child
+            assert child.stderr is not None
+            for line in child.stderr:
+                if line.strip():
+                    tail = [*tail[-4:], line.rstrip()]
+                    say(f"[{lane.name}] {line.rstrip()}")
+            code = child.wait()
+            with lock:
+                children.pop(lane.name, None)
+            if code not in (0, 1) and not stopping.is_set():  # 1: no valid candidate, a verdict
+                raise EvaluatorError(f"its process on {lane.name} exited {code}: "
+                                     + (tail[-1] if tail else "no output"))
+        return search
+
+    failures: list[BaseException] = []  # what a lane could not handle as a row: raised here once all stop
+
+    def work(lane: Lane) -> None:
+        from evoforge.store import RunStore
+
+        try:
+            store = RunStore(db)  # a connection of this thread's own
+        except BaseException as exc:
+            failures.append(exc)
+            stopping.set()
+            return
+        try:
+            while not stopping.is_set():
+                with lock:
+                    if not queue:
+                        return
+                    path, lvl = queue.pop(0)
+                row = _run_problem(store, config, record, path, lvl, lane_search(lane, store), on_error, lock)
+                if stopping.is_set():
+                    return  # interrupted: no row, its run continues on resume
+                with lock:
+                    record.finish(row)
+        except BaseException as exc:
+            failures.append(exc)
+            stopping.set()
+        finally:
+            store.close()
+
+    threads = [threading.Thread(target=work, args=(lane,), name=f"evoforge-lane-{lane.name}", daemon=True)
+               for lane in lanes]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(t.is_alive() for t in threads):
+            for t in threads:
+                t.join(timeout=0.2)  # short joins: the main thread takes Ctrl-C between them
+    except BaseException:
+        stopping.set()
+        with lock:
+            for child in children.values():
+                with contextlib.suppress(OSError):
+                    child.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 60
+        for t in threads:
+            t.join(timeout=max(deadline - time.monotonic(), 0.1))
+        with lock:
+            for child in children.values():
+                with contextlib.suppress(OSError):
+                    child.kill()
+        raise
+    if failures:
+        raise failures[0]
+
+
 def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Path, lvl: int | None,
-                 search: SearchFn, on_error: Callable[[Path, Exception], None] | None) -> ProblemOutcome:
+                 search: SearchFn, on_error: Callable[[Path, Exception], None] | None,
+                 lock: threading.Lock | None = None) -> ProblemOutcome:
     from evoforge import evolve
     from evoforge.evaluator import EvaluatorError
     from evoforge.evolve import parse_duration
@@ -232,14 +361,15 @@ def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Pat
     row = ProblemOutcome(problem=path.stem, path=str(path), level=lvl, status="error",
                          budget_s=parse_duration(config.budget) if config.budget else None)
     try:
-        earlier = record.run_of(path)  # the run an interrupted session was in: continued, not restarted
-        if earlier:
-            run_config, prepared, run_id = evolve.resume(store, earlier, {"budget": config.budget})
-        else:
-            run_config = evolve.RunConfig.from_dict({**config.to_dict(), "task": str(path)})
-            run_id, prepared = evolve.start(run_config, store)
-            run_config = evolve.RunConfig.from_dict(store.run(run_id).config)
-        record.begin(path, run_id)
+        with lock or contextlib.nullcontext():  # problems at once: one start at a time (it imports the task)
+            earlier = record.run_of(path)  # the run an interrupted session was in: continued, not restarted
+            if earlier:
+                run_config, prepared, run_id = evolve.resume(store, earlier, {"budget": config.budget})
+            else:
+                run_config = evolve.RunConfig.from_dict({**config.to_dict(), "task": str(path)})
+                run_id, prepared = evolve.start(run_config, store)
+                run_config = evolve.RunConfig.from_dict(store.run(run_id).config)
+            record.begin(path, run_id)
         row.run, row.problem = run_id, prepared.spec.name
         search(run_id, prepared, run_config, started)
         evaluated = store.evaluations(run_id)
@@ -275,6 +405,7 @@ def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Pat
         # what is free); which of the two has not been measured.
         from evoforge.evaluator.process import release_workers
 
-        release_workers()
+        if lock is None:  # problems at once: the workers are their child processes', never this one's
+            release_workers()
         row.wall_s = round(time.monotonic() - started, 2)
     return row

@@ -56,7 +56,8 @@ class BatchRecord:
     config: dict[str, Any]
     problems: list[dict[str, Any]]  # {"path", "level"}, in the order they run
     rows: list[dict[str, Any]] = field(default_factory=list)  # ProblemOutcome dicts, as each finished
-    current: dict[str, Any] = field(default_factory=dict)  # {"path", "run"}: the problem being run
+    current: dict[str, Any] = field(default_factory=dict)  # {"path", "run"}: the problem last begun
+    running: dict[str, str] = field(default_factory=dict)  # path -> run of every problem begun, not finished
     status: str = "running"  # running | finished
     created: str = ""
     updated: str = ""
@@ -126,11 +127,14 @@ class BatchRecord:
 
     def begin(self, path: Path, run_id: str) -> None:
         self.current = {"path": str(path), "run": run_id}
+        self.running[str(path)] = run_id
         self.save()
 
     def finish(self, row: ProblemOutcome) -> None:
         self.rows.append(asdict(row))
-        self.current = {}
+        self.running.pop(row.path, None)
+        if self.current.get("path") == row.path:
+            self.current = {}
         self.save()
 
     def close(self) -> None:
@@ -147,12 +151,18 @@ class BatchRecord:
         return [(Path(p["path"]), p["level"]) for p in self.problems if p["path"] not in finished]
 
     def run_of(self, path: Path) -> str | None:
-        """The run an interrupted session had started for ``path`` (None if it had not got that far)."""
+        """The run an interrupted session had started for ``path`` (None if it had not got that far); with
+        problems run at once, each one's."""
+        if str(path) in self.running:
+            return self.running[str(path)]
         return self.current.get("run") if self.current.get("path") == str(path) else None
 
     def summary(self) -> BatchSummary:
+        """The rows in the batch's problem order (problems run at once finish in any order)."""
         known = {f.name for f in fields(ProblemOutcome)}
-        return BatchSummary([ProblemOutcome(**{k: v for k, v in r.items() if k in known}) for r in self.rows])
+        order = {p["path"]: i for i, p in enumerate(self.problems)}
+        rows = sorted(self.rows, key=lambda r: order.get(r.get("path"), len(order)))
+        return BatchSummary([ProblemOutcome(**{k: v for k, v in r.items() if k in known}) for r in rows])
 
     def to_dict(self) -> dict[str, Any]:
         """The batch as `run --task-dir --json` prints it, plus what it is and the fast_p curves."""

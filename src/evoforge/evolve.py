@@ -73,6 +73,7 @@ class RunConfig:
     workers: int | None = None  # slots: CPU workers without a GPU (default 1); at most this many GPUs/Ray tasks
     prefetch: int = 0  # batches proposed ahead of a free slot (their compile overlaps the current timing)
     batch_size: int | None = None  # candidates per batch (a generation goes as several; the budget can cut between)
+    problems_at_once: int = 1  # a --task-dir batch: problems run at once, one per GPU (batch.run_in_lanes)
     precompile: bool | None = None  # compile Triton kernels in a separate process first (default: on with CUDA)
     # The LLM mutator (``mutator = "llm"`` or ``"mixed"``); the key is read from the environment only.
     llm_model: str | None = None  # name[:weight][@price_in/price_out], comma-separated for an ensemble
@@ -479,6 +480,8 @@ def check_executor(config: RunConfig) -> None:
         raise TaskError(f"prefetch = {config.prefetch}: must be 0 or more")
     if config.batch_size is not None and config.batch_size < 1:
         raise TaskError(f"batch_size = {config.batch_size}: need at least one candidate per batch")
+    if config.problems_at_once < 1:
+        raise TaskError(f"problems_at_once = {config.problems_at_once}: need at least one")
     if config.address and config.executor != "ray":
         raise TaskError("--address is for --executor ray")
     if config.executor == "ray" and importlib.util.find_spec("ray") is None:

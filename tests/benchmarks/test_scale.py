@@ -43,6 +43,22 @@ def test_combine_works_out_the_ratios_against_the_targets() -> None:
     assert "run_ray" not in final["ratios"] and len(final["parts"]) == 5
 
 
+def test_a_batch_with_problems_at_once_has_its_own_ratio_over_the_plain_1_gpu_batch() -> None:
+    scale = load_script("scale")
+    cmd = scale.command(_args(part="batch", gpus=2, problems_at_once=True))
+    assert cmd[cmd.index("--problems-at-once"):cmd.index("--problems-at-once") + 2] == ["--problems-at-once", "2"]
+    assert "--problems-at-once" not in scale.command(_args(part="batch", gpus=2))
+    parts = [
+        {"part": "batch", "executor": "local", "gpus": 1, "wall_s": 400.0, "evaluated": 48},
+        {"part": "batch", "executor": "local", "gpus": 2, "wall_s": 240.0, "evaluated": 48},
+        {"part": "batch", "executor": "local", "gpus": 2, "wall_s": 210.0, "evaluated": 48, "problems_at_once": True},
+    ]
+    ratios = scale.combine(parts)["ratios"]
+    assert ratios["batch_local"]["time_ratio"] == 0.6 and not ratios["batch_local"]["met"]
+    assert ratios["batch_local_at_once"]["time_ratio"] == 0.525 and ratios["batch_local_at_once"]["met"]
+    assert ratios["batch_local_at_once"]["wall_s_1gpu"] == 400.0
+
+
 def test_ray_is_recorded_as_skipped_where_it_cannot_be_imported(monkeypatch: object) -> None:
     scale = load_script("scale")
     import importlib.util

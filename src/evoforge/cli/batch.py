@@ -7,6 +7,7 @@ summary stays off stdout), prints a problem's error as one line on stderr, and p
 (``print_batch``, also used by `evoforge report batch-...`) or its JSON at the end.
 
 - ``run_batch(store, config, folder, level, as_json, verbose, record=None)``: a new batch, or ``record``'s.
+- ``lanes_for(config)``: where ``--problems-at-once N`` runs its problems (one visible GPU each, or the CPU).
 - ``resume_batch(store, batch_id, overrides, as_json, verbose)``: continue an interrupted batch.
 - ``print_batch(data, folder)``: the table, its notes and the summary line (fast_p, geometric means).
 """
@@ -33,6 +34,7 @@ def run_batch(store: Any, config: Any, folder: Path, level: int | None, as_json:
     from evoforge import batch
     from evoforge.batch_store import BatchRecord
 
+    lanes = lanes_for(config)  # before the record: a setting this machine can't honour is refused first
     if record is None:  # issue 22: the batch's rows are kept as each problem finishes
         record = BatchRecord.create(store.path, folder, level, config.to_dict(), batch.discover(folder, level))
 
@@ -42,6 +44,13 @@ def run_batch(store: Any, config: Any, folder: Path, level: int | None, as_json:
                          + (f" ({len(record.rows)} already finished)" if record.rows else "")
                          + f"; rows kept in {record.path} as they finish (`evoforge resume {record.id}` continues it)",
                          highlight=False)
+        if len(lanes) > 1 and len(problems) > 1:
+            where = ", ".join(lane.name for lane in lanes)
+            output.err.print(f"{len(lanes)} problems at once, each in a process of its own ({where}); their lines "
+                             "are prefixed with where they run", highlight=False)
+            if not lanes[0].env:
+                output.err.print("note: on the CPU, problems at once share its cores: their timings disturb each "
+                                 "other", highlight=False)
 
     def on_error(path: Path, exc: Exception) -> None:
         if verbose:
@@ -51,13 +60,50 @@ def run_batch(store: Any, config: Any, folder: Path, level: int | None, as_json:
     def search(run_id: str, prepared: Any, run_config: Any, started: float) -> None:
         live.search(store, run_id, prepared, run_config, started)  # its summary stays off stdout: one table at the end
 
-    summary = batch.run_batch(store, config, record, search, on_start, on_error)
+    summary = batch.run_batch(store, config, record, search, on_start, on_error, lanes,
+                              lambda line: output.err.print(line, highlight=False, markup=False))
     data = {"batch": record.id, **summary.to_dict()}
     if as_json:
         output.out.print_json(json.dumps(data))
     else:
         print_batch(data, folder)
     return 0 if any(p.status == "ok" for p in summary.problems) else 1
+
+
+def lanes_for(config: Any) -> list[Any]:
+    """Where ``--problems-at-once N`` runs its problems: the first N visible GPUs, one each (a problem in a
+    process that sees only its GPU), or N CPU processes. Refused in one line (TaskError) where N can't be
+    honoured: more problems than GPUs would time each other on one GPU; a Ray cluster, or one GPU named,
+    is not this machine's visible GPUs."""
+    import os
+
+    from evoforge import evolve
+    from evoforge.batch import Lane
+    from evoforge.task import TaskError
+
+    n = config.problems_at_once
+    if n < 1:
+        raise TaskError(f"--problems-at-once {n}: need at least one")
+    if n == 1:
+        return []
+    if config.executor != "local":
+        raise TaskError("--problems-at-once is for the local executor (a Ray cluster spreads each run's "
+                        "evaluations over its GPUs)")
+    device = evolve.resolve_device(config.device)
+    if device == "cpu":
+        return [Lane(f"cpu#{i}") for i in range(n)]
+    if device != "cuda":
+        raise TaskError(f"--problems-at-once spreads problems over the visible GPUs: use --device cuda or auto, "
+                        f"not {device}")
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()][:count] if visible else [str(i) for i in range(count)]
+    if n > len(ids):
+        raise TaskError(f"--problems-at-once {n}: {len(ids)} GPU(s) visible; problems sharing a GPU would time "
+                        "each other")
+    return [Lane(f"cuda:{i}", {"CUDA_VISIBLE_DEVICES": ids[i]}) for i in range(n)]
 
 
 def resume_batch(store: Any, batch_id: str, overrides: dict[str, Any], as_json: bool, verbose: bool) -> int:

@@ -72,6 +72,9 @@ def run(
     executor: str | None = ExecutorOpt, address: str | None = AddressOpt, workers: int | None = WorkersOpt,
     prefetch: int | None = PrefetchOpt, precompile: bool | None = PrecompileOpt,
     batch_size: int | None = BatchSizeOpt,
+    problems_at_once: int | None = typer.Option(
+        None, "--problems-at-once", min=1, help="Batch: run N problems at once, each in a process of its own on "
+        "one GPU (at most one per visible GPU; default 1: problems in turn, each run's evaluations over every GPU)."),
     db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
     """Evolve a kernel for a task: generate -> measure -> select -> mutate, stored as it goes."""
@@ -87,6 +90,7 @@ def run(
     flags.update({"executor": executor, "address": address, "workers": workers, "prefetch": prefetch,
                   "precompile": precompile})  # executor flags (issue 7)
     flags["batch_size"] = batch_size  # issue 22
+    flags["problems_at_once"] = problems_at_once
 
     def body() -> int:
         settings = evolve.load_config_file(config_file)
@@ -102,6 +106,8 @@ def run(
             from evoforge.cli.batch import run_batch
 
             return run_batch(store, config, task_dir, level, as_json, verbose)
+        if problems_at_once is not None:
+            raise Fail("--problems-at-once is for a batch (--task-dir)", 2)
         run_id, prepared = evolve.start(config, store)
         config = evolve.RunConfig.from_dict(store.run(run_id).config)
         final = live.search(store, run_id, prepared, config, started)
