@@ -255,9 +255,20 @@ def run_in_lanes(db: Path, config: RunConfig, record: BatchRecord, problems: lis
     baselines, reference outputs and workers) then run beside the other lanes' instead of before them.
 
     On Ctrl-C or SIGTERM every child gets one SIGINT (it ends its session as an interrupted run) and the
-    interrupt goes on once they have ended; the problems they were in keep no row, so ``evoforge resume`` of
-    the batch continues their runs."""
+    interrupt goes on once they have ended; if this process is killed outright they get SIGTERM, which ends
+    their sessions the same way. The problems they were in keep no row, so ``evoforge resume`` of the batch
+    continues their runs."""
     import subprocess
+
+    from evoforge.evaluator import sandbox
+
+    prctl, parent = sandbox.prctl_entry(), os.getpid()
+
+    def orphan_ends() -> None:  # between fork and exec: the child ends its run as SIGTERM does if we die
+        if prctl is not None:
+            prctl(sandbox.PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != parent:  # the batch's process died before the request took effect
+                os._exit(98)
 
     lock = threading.Lock()  # the record, starting runs (tasks are imported), the queue
     queue = list(problems)
@@ -278,9 +289,11 @@ def run_in_lanes(db: Path, config: RunConfig, record: BatchRecord, problems: lis
             with lock:
                 if stopping.is_set():
                     return
+                # its own session: Ctrl-C reaches it once, from here; PR_SET_PDEATHSIG is this thread's, which
+                # waits for it, so a SIGKILL of the batch's process ends it as SIGTERM does
                 child = subprocess.Popen(cmd, env={**os.environ, **lane.env}, stdin=subprocess.DEVNULL,
                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                         start_new_session=True)  # Ctrl-C reaches it once, from here
+                                         start_new_session=True, preexec_fn=orphan_ends)
                 children[lane.name] = child
             assert child.stderr is not None
             for line in child.stderr:
