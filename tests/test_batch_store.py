@@ -186,11 +186,14 @@ def test_problems_at_once_run_side_by_side_each_in_a_process_of_its_own(tmp_path
 @pytest.mark.parametrize(("args", "message"), [
     (["--task-dir", "problems", "--problems-at-once", "2", "--executor", "ray"], "is for the local executor"),
     (["--task", "attention-tiny", "--problems-at-once", "2"], "is for a batch (--task-dir)"),
+    (["resume", "20261201-000000-abcd", "--problems-at-once", "2"], "is for a batch (resume batch-...)"),
     (["--task-dir", "problems", "--problems-at-once", "0"], "--problems-at-once"),
 ])
 def test_problems_at_once_refused_where_it_cannot_be_honoured(tmp_path: Path, args: list[str], message: str) -> None:
     _three_problems(tmp_path)
-    proc = evoforge("run", *args, "--device", "cpu", cwd=tmp_path)
+    command = args[:1] if args[0] == "resume" else ["run"]
+    rest = args[1:] if args[0] == "resume" else [*args, "--device", "cpu"]
+    proc = evoforge(*command, *rest, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / ".evoforge" / "batches").exists() or not list((tmp_path / ".evoforge" / "batches").iterdir())
@@ -229,8 +232,11 @@ def test_ctrl_c_or_a_kill_stops_problems_at_once_and_resume_continues_their_runs
     assert set(statuses.values()) == {"interrupted"}, statuses  # each child ended its session as Ctrl-C does
     assert not db.execute("SELECT COUNT(*) FROM leases").fetchone()[0]
 
-    resumed = evoforge("resume", batch_file.stem, "--json", cwd=tmp_path)
+    # after the kill, resumed one problem at a time (as on a machine with one GPU): the setting is resume's too
+    one_at_a_time = ["--problems-at-once", "1"] if sig == signal.SIGKILL else []
+    resumed = evoforge("resume", batch_file.stem, "--json", *one_at_a_time, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert ("problems at once" in resumed.stderr) == (not one_at_a_time), resumed.stderr
     data = json.loads(resumed.stdout)
     assert [p["status"] for p in data["problems"]] == ["ok", "ok", "ok", "error"]
     for path, run in record["running"].items():  # the interrupted runs were continued, not started again

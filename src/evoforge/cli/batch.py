@@ -102,7 +102,7 @@ def lanes_for(config: Any) -> list[Any]:
     ids = [v.strip() for v in visible.split(",") if v.strip()][:count] if visible else [str(i) for i in range(count)]
     if n > len(ids):
         raise TaskError(f"--problems-at-once {n}: {len(ids)} GPU(s) visible; problems sharing a GPU would time "
-                        "each other")
+                        "each other (`evoforge resume batch-...` takes --problems-at-once too)")
     return [Lane(f"cuda:{i}", {"CUDA_VISIBLE_DEVICES": ids[i]}) for i in range(n)]
 
 

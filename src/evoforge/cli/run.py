@@ -125,6 +125,8 @@ def resume(
                                       "session's budget does not apply again): 90s, 10m, 1h."),
     max_evals: int | None = typer.Option(None, "--max-evals", min=1, help="Raise the evaluation limit."),
     executor: str | None = ExecutorOpt, address: str | None = AddressOpt, workers: int | None = WorkersOpt,
+    problems_at_once: int | None = typer.Option(None, "--problems-at-once", min=1, help="A batch: problems at "
+                                                "once from here on (default: what the batch was started with)."),
     db: Path = DbOpt, as_json: bool = JsonOpt, verbose: bool = VerboseOpt,
 ) -> None:
     """Continue a stopped run with its population and RNG state (refused while another process runs it)."""
@@ -141,7 +143,10 @@ def resume(
 
             return resume_batch(store, run_id, {"generations": generations, "budget": budget,
                                                 "max_evals": max_evals, "executor": executor,
-                                                "address": address, "workers": workers}, as_json, verbose)
+                                                "address": address, "workers": workers,
+                                                "problems_at_once": problems_at_once}, as_json, verbose)
+        if problems_at_once is not None:
+            raise Fail("--problems-at-once is for a batch (resume batch-...)", 2)
         config, prepared, full_id = evolve.resume(
             store, run_id, {"generations": generations, "budget": budget, "max_evals": max_evals,
                             "executor": executor, "address": address, "workers": workers})
