@@ -6,7 +6,9 @@ Usage: python benchmarks/problems_suite.py --level 1 [--budget 90s] [--populatio
                                           [--only softmax,matmul]
 Each call runs `evoforge run --task-dir DIR --level N --json` (one run per problem, each with its own
 wall-clock budget) and merges that level into benchmarks/results/problems-<device>.json and
-problems-<device>.md, so levels can be run in separate calls.
+problems-<device>.md, so levels can be run in separate calls. ``--db PATH`` keeps the run store (every
+candidate's result; an interrupted batch continues with `evoforge resume batch-... --db PATH`), else it is a
+temporary one; ``--problems-at-once N`` is passed on to `evoforge run`.
 """
 
 from __future__ import annotations
@@ -54,6 +56,16 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def command(args: argparse.Namespace, problems: Path, db: Path) -> list[str]:
+    """The `evoforge run` batch of one level."""
+    cmd = [sys.executable, "-m", "evoforge.cli", "run", "--task-dir", str(problems), "--level", str(args.level),
+           "--budget", args.budget, "--generations", str(args.generations), "--population", str(args.population),
+           "--db", str(db), "--json"]
+    if args.problems_at_once is not None:
+        cmd += ["--problems-at-once", str(args.problems_at_once)]
+    return cmd
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--level", type=int, required=True)
@@ -63,6 +75,8 @@ def main() -> int:
     parser.add_argument("--problems", type=Path, default=ROOT / "examples" / "problems")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--only", default="", help="comma-separated problem names (file stems) of the level")
+    parser.add_argument("--db", type=Path, default=None, help="keep the run store here (default: a temporary one)")
+    parser.add_argument("--problems-at-once", type=int, default=None, help="passed on to evoforge run")
     args = parser.parse_args()
 
     device = torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
@@ -80,9 +94,7 @@ def main() -> int:
                     return 2
                 shutil.copy(matches[0], problems / matches[0].name)
             problems = problems.parent
-        cmd = [sys.executable, "-m", "evoforge.cli", "run", "--task-dir", str(problems), "--level",
-               str(args.level), "--budget", args.budget, "--generations", str(args.generations), "--population",
-               str(args.population), "--db", str(Path(tmp) / "runs.db"), "--json"]
+        cmd = command(args, problems, args.db or Path(tmp) / "runs.db")
         print(" ".join(cmd), file=sys.stderr)
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=False)
     if proc.returncode not in (0, 1):
