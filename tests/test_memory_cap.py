@@ -49,6 +49,43 @@ def test_the_check_runs_only_where_this_machine_runs_the_batches(monkeypatch: py
     assert asked == [("cuda", 2, 8), ("cuda:1", 2, 4)]
 
 
+def test_problems_at_once_leave_the_memory_plan_to_the_process_that_searches(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch running problems at once starts each run in its own process, while the other lanes' problems fill
+    the GPUs it sees: a plan made there would read their memory as taken. The child that searches the run plans
+    against its one GPU; the starting process makes none."""
+    from evoforge import batch
+    from evoforge.batch import ProblemOutcome
+    from evoforge.batch_store import BatchRecord
+    from evoforge.task import TaskError
+    from tests.test_cli_run import TASKS
+
+    planned: list[str] = []
+
+    def full(config: evolve.RunConfig, *args: object) -> tuple[int | None, str]:
+        planned.append(str(config.task))
+        raise TaskError("does not fit: the other lanes' problems hold the GPU")
+
+    monkeypatch.setattr(evolve, "_fit_memory", full)
+    problem = tmp_path / "tanh.py"
+    problem.write_text((TASKS / "tanh_matmul.py").read_text())
+    store = RunStore(tmp_path / "runs.db")
+    config = evolve.RunConfig(device="cpu", generations=1, population=1)
+    record = BatchRecord.create(store.path, tmp_path, None, config.to_dict(), [(problem, None)])
+    searched: list[str] = []
+
+    def search(run_id: str, *args: object) -> None:
+        searched.append(run_id)
+
+    import threading
+
+    row = batch._run_problem(store, config, record, problem, None, search, None, threading.Lock())
+    assert planned == [] and searched == [row.run] and row.status != "error", row  # started, no plan made here
+    assert isinstance(row, ProblemOutcome) and record.run_of(problem) == row.run
+    again = batch._run_problem(store, config, record, problem, None, search, None)  # in turn: planned here
+    assert again.status == "error" and "does not fit" in again.detail and planned == [str(problem)]
+
+
 HUGE = '''
 import torch
 import torch.nn as nn

@@ -374,13 +374,17 @@ def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Pat
     row = ProblemOutcome(problem=path.stem, path=str(path), level=lvl, status="error",
                          budget_s=parse_duration(config.budget) if config.budget else None)
     try:
-        with lock or contextlib.nullcontext():  # problems at once: one start at a time (it imports the task)
+        # Problems at once (``lock``): one start at a time (it imports the task), and no memory plan here: the
+        # other lanes' problems fill the GPUs this process sees; the child plans against its own GPU.
+        plan_memory = lock is None
+        with lock or contextlib.nullcontext():
             earlier = record.run_of(path)  # the run an interrupted session was in: continued, not restarted
             if earlier:
-                run_config, prepared, run_id = evolve.resume(store, earlier, {"budget": config.budget})
+                run_config, prepared, run_id = evolve.resume(store, earlier, {"budget": config.budget},
+                                                             plan_memory=plan_memory)
             else:
                 run_config = evolve.RunConfig.from_dict({**config.to_dict(), "task": str(path)})
-                run_id, prepared = evolve.start(run_config, store)
+                run_id, prepared = evolve.start(run_config, store, plan_memory=plan_memory)
                 run_config = evolve.RunConfig.from_dict(store.run(run_id).config)
             record.begin(path, run_id)
         row.run, row.problem = run_id, prepared.spec.name
