@@ -210,12 +210,16 @@ def test_ctrl_c_or_a_kill_stops_problems_at_once_and_resume_continues_their_runs
     batches = tmp_path / ".evoforge" / "batches"
     deadline = time.monotonic() + 300
     record: dict = {}
+    store = tmp_path / ".evoforge" / "runs.db"
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.3)
         files = list(batches.glob("batch-*.json")) if batches.is_dir() else []
         if files and len(json.loads(files[0].read_text())["running"]) == 2:
-            time.sleep(4)  # both children into their runs
-            break
+            # both children in their sessions: each run has a batch evaluated (a child still importing when the
+            # signal comes dies before its session starts, leaving its run as the batch's process recorded it)
+            with sqlite3.connect(store) as probe:
+                if probe.execute("SELECT COUNT(DISTINCT run_id) FROM evaluations").fetchone()[0] == 2:
+                    break
     # the batch's process only: it passes a Ctrl-C on to its children; killed, its children get SIGTERM
     os.kill(proc.pid, sig)
     _, err = proc.communicate(timeout=120)
