@@ -213,7 +213,7 @@ def _clone(out):
 _ACT_CODE = {
     "gelu": "acc = 0.5 * acc * (1.0 + tl.math.erf(acc * 0.7071067811865476))",
     "gelu_tanh": "acc = 0.5 * acc * (2.0 * tl.sigmoid(1.5957691216057308 * (acc + 0.044715 * acc * acc * acc)))",
-    "relu": "acc = tl.maximum(acc, 0.0, propagate_nan=tl.PropagateNan.ALL)",  # NaN stays NaN, as in torch
+    "relu": f"acc = tl.maximum(acc, 0.0, {gt.PROPAGATE_NAN})",  # NaN stays NaN, as in torch
     "tanh": "acc = 2.0 * tl.sigmoid(2.0 * acc) - 1.0",
     "sigmoid": "acc = tl.sigmoid(acc)",
 }

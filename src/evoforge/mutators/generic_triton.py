@@ -233,22 +233,22 @@ def _gelu(p: _Program, a: _V, approximate: str = "none") -> str:
 
 
 # tl.maximum / tl.minimum return the other operand where one is NaN; torch's relu, clamp and hardtanh keep the NaN
-_NAN = "propagate_nan=tl.PropagateNan.ALL"
+PROPAGATE_NAN = "propagate_nan=tl.PropagateNan.ALL"
 
 
 def _clamp(p: _Program, a: _V, lo: Any = None, hi: Any = None) -> str:
     out = str(_var(a))
     if lo is not None:
-        out = f"tl.maximum({out}, {_c(lo)}, {_NAN})"
+        out = f"tl.maximum({out}, {_c(lo)}, {PROPAGATE_NAN})"
     if hi is not None:
-        out = f"tl.minimum({out}, {_c(hi)}, {_NAN})"
+        out = f"tl.minimum({out}, {_c(hi)}, {PROPAGATE_NAN})"
     if lo is None and hi is None:
         raise _Unsupported("clamp without bounds")
     return out
 
 
 def _hardsigmoid(a: str) -> str:
-    return f"tl.minimum(tl.maximum({a} + 3.0, 0.0, {_NAN}), 6.0, {_NAN}) / 6.0"
+    return f"tl.minimum(tl.maximum({a} + 3.0, 0.0, {PROPAGATE_NAN}), 6.0, {PROPAGATE_NAN}) / 6.0"
 
 
 # Each handler takes the program and the node's arguments (variables as _V, constants as Python values), under
@@ -284,7 +284,7 @@ def _unary(template: str) -> Callable[..., str]:
 
 def _h_relu(p: _Program, a: Any, inplace: bool = False) -> str:
     _no_inplace(inplace)
-    return f"tl.maximum({_var(a)}, 0.0, {_NAN})"
+    return f"tl.maximum({_var(a)}, 0.0, {PROPAGATE_NAN})"
 
 
 def _h_leaky_relu(p: _Program, a: Any, negative_slope: Any = 0.01, inplace: bool = False) -> str:
@@ -768,10 +768,10 @@ OPS: dict[str, _Op] = {
 _HAS_NAN = "tl.max(({v} != {v}).to(tl.int32), axis=0, keep_dims=True) > 0"
 for _op, _init, _join, _reduce in (("sum", "0.0", "acc + tl.sum(x, axis=0, keep_dims=True)", "tl.sum"),
                                    ("mean", "0.0", "acc + tl.sum(x, axis=0, keep_dims=True)", "tl.sum"),
-                                   ("max", _INF, f"tl.maximum(acc, tl.max(x, axis=0, keep_dims=True), {_NAN})",
+                                   ("max", _INF, f"tl.maximum(acc, tl.max(x, axis=0, keep_dims=True), {PROPAGATE_NAN})",
                                     "tl.max"),
                                    ("min", 'float("inf")',
-                                    f"tl.minimum(acc, tl.min(x, axis=0, keep_dims=True), {_NAN})", "tl.min")):
+                                    f"tl.minimum(acc, tl.min(x, axis=0, keep_dims=True), {PROPAGATE_NAN})", "tl.min")):
     _extreme = _op in ("max", "min")
     OPS[f"reduce_{_op}"] = _Op(
         other=_init, init=(f"acc = tl.full(@STATE, {_init}, tl.float32)",),
