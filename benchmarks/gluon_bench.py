@@ -56,12 +56,25 @@ GENOMES: dict[str, gf.GluonGenome] = {
     "ws-1x4-m128-n32": gf.GluonGenome(block_m=128, block_n=32, consumer_warps=4, num_stages=3),
     "pipe-1x4-m64": gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4),
     "pipe-1x8-s3": gf.GluonGenome(warp_spec=False, num_stages=3),
+    # The overlapped schedules (FA3's intra-warpgroup overlap; ping-pong between two consumers).
+    "ov-1x8": gf.GluonGenome(schedule="overlap"),
+    "ov-1x8-n128": gf.GluonGenome(block_n=128, schedule="overlap"),
+    "ov-1x8-s3": gf.GluonGenome(num_stages=3, schedule="overlap"),
+    "ov-1x4-m64": gf.GluonGenome(block_m=64, consumer_warps=4, schedule="overlap"),
+    "ov-1x4-m64-n128": gf.GluonGenome(block_m=64, consumer_warps=4, block_n=128, schedule="overlap"),
+    "ov-2x4-m64-n128": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128, schedule="overlap"),
+    "pp-2x4-m64-n128": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                      schedule="pingpong"),
+    "pp-2x4-m64": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="pingpong"),
 }
 SHAPES: dict[str, AttentionParams] = {
     "seed": AttentionParams(),
     "seed-causal": AttentionParams(causal=True),
     "b2h16s4096d128": AttentionParams(batch=2, heads=16, seq_len=4096, head_dim=128),
     "b2h16s4096d128-causal": AttentionParams(batch=2, heads=16, seq_len=4096, head_dim=128, causal=True),
+    "b2h16s4096d128-bf16": AttentionParams(batch=2, heads=16, seq_len=4096, head_dim=128, dtype="bf16"),
+    "b1h16s16384d128-bf16": AttentionParams(batch=1, heads=16, seq_len=16384, head_dim=128, dtype="bf16"),
+    "b4h32s2048d64": AttentionParams(batch=4, heads=32, seq_len=2048, head_dim=64),
 }
 
 

@@ -50,6 +50,11 @@ GENOMES: list[tuple[str, gf.GluonGenome]] = [
     ("ws-1x8-n128-s3", gf.GluonGenome(block_n=128, num_stages=3)),
     ("ws-tma-store", gf.GluonGenome(tma_store=True)),
     ("ws-mask-every", gf.GluonGenome(causal_split=False)),
+    ("overlap-1x8", gf.GluonGenome(schedule="overlap")),
+    ("overlap-1x4-m64-n128", gf.GluonGenome(block_m=64, consumer_warps=4, block_n=128, schedule="overlap")),
+    ("overlap-2x4-m64", gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="overlap")),
+    ("pingpong-2x4-m64-n128", gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                             schedule="pingpong")),
     ("pipe-1x4-m64", gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4)),
     ("pipe-1x8-m128", gf.GluonGenome(warp_spec=False, block_m=128, consumer_warps=8, num_stages=3)),
     ("pipe-1x4-s1", gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4, num_stages=1)),
@@ -135,6 +140,13 @@ def ptxas_stats(ptx: str, arch: str) -> dict[str, Any]:
         out["spill_store_bytes"], out["spill_load_bytes"] = int(m.group(1)), int(m.group(2))
     if m := re.search(r"(\d+) bytes smem", text):
         out["ptxas_smem_bytes"] = int(m.group(1))
+    # ptxas serialises the wgmmas where it can't keep them in flight ("Potential Performance Loss: wgmma.mma_async
+    # instructions are serialized", C7510-C7520): the kernel still runs, correct, but without the overlap its
+    # schedule was written for (waiting after every wgmma).
+    serialised = sorted({line.split("ptxas info    :")[-1].strip() for line in text.splitlines()
+                         if "wgmma" in line and "serialized" in line})
+    if serialised:
+        out["wgmma_serialized"] = serialised
     if run.returncode:
         out["ptxas_error"] = text.strip()[-500:]
     return out
@@ -202,7 +214,8 @@ def sample_genomes(n: int, seed: int) -> list[tuple[str, gf.GluonGenome]]:
     rng = random.Random(seed)
     space = {"block_m": gf.BLOCKS_M, "block_n": gf.BLOCKS_N, "num_stages": gf.STAGES, "warp_spec": (True, False),
              "consumers": gf.CONSUMERS, "consumer_warps": gf.CONSUMER_WARPS, "producer_regs": gf.PRODUCER_REGS,
-             "consumer_regs": gf.CONSUMER_REGS, "causal_split": (True, False), "tma_store": (True, False)}
+             "consumer_regs": gf.CONSUMER_REGS, "causal_split": (True, False), "tma_store": (True, False),
+             "schedule": gf.SCHEDULES}
     assert set(space) == {f.name for f in fields(gf.GluonGenome)}
     out: dict[str, gf.GluonGenome] = {}
     for _ in range(10000):

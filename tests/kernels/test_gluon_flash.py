@@ -31,7 +31,8 @@ H200 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_
 SPACE: dict[str, tuple[Any, ...]] = {
     "block_m": gf.BLOCKS_M, "block_n": gf.BLOCKS_N, "num_stages": gf.STAGES, "warp_spec": (True, False),
     "consumers": gf.CONSUMERS, "consumer_warps": gf.CONSUMER_WARPS, "producer_regs": gf.PRODUCER_REGS,
-    "consumer_regs": gf.CONSUMER_REGS, "causal_split": (True, False), "tma_store": (True, False)}
+    "consumer_regs": gf.CONSUMER_REGS, "causal_split": (True, False), "tma_store": (True, False),
+    "schedule": gf.SCHEDULES}
 
 
 @pytest.fixture
@@ -75,6 +76,17 @@ def test_the_filter_refuses_what_the_gpu_cannot_run(gluon_here: None) -> None:
     assert "shared memory" in gf.fits(ok.with_(block_n=256, num_stages=4), 128, 2, H200)
     assert "registers" in gf.fits(ok.with_(consumer_warps=4, block_n=128, num_stages=1), 128, 2, H200)
     assert "outside" in gf.fits(ok.with_(block_n=48), 64, 2, H200)
+    # The overlapped schedules are the consumer partitions' (warp_spec); ping-pong takes two consumers.
+    assert gf.fits(ok.with_(schedule="overlap"), 64, 2, H200) is None
+    assert "schedule" in gf.fits(ok.with_(schedule="fast"), 64, 2, H200)
+    assert "consumer partitions" in gf.fits(pipe.with_(schedule="overlap"), 64, 2, H200)
+    assert "two consumers" in gf.fits(ok.with_(block_m=64, consumer_warps=4, schedule="pingpong"), 64, 2, H200)
+    pingpong = ok.with_(block_m=64, consumers=2, consumer_warps=4, block_n=128, schedule="pingpong")
+    assert gf.fits(pingpong, 128, 2, H200) is None
+    # Overlapped, block j's scores and P are live beside block j-1's P: a tighter register bound.
+    tight = ok.with_(block_m=64, consumers=2, consumer_warps=4, block_n=128, consumer_regs=216)
+    assert gf.fits(tight, 128, 2, H200) is None
+    assert "registers" in gf.fits(tight.with_(schedule="overlap"), 128, 2, H200)
     # Anywhere but sm_90 with Triton 3.6: not offered at all.
     for limits in (HardwareLimits(capability=(8, 0), triton_version=(3, 6)),
                    HardwareLimits(capability=(10, 0), triton_version=(3, 6)),
@@ -86,7 +98,8 @@ def test_the_filter_refuses_what_the_gpu_cannot_run(gluon_here: None) -> None:
 
 def test_shared_memory_estimate_and_launch_registers() -> None:
     g = gf.GluonGenome()  # Q 128x64, two stages of 64x64 K and V, fp16
-    assert gf.shared_bytes(g, 64) == 2 * (128 * 64 + 2 * 2 * 64 * 64) + 8 * 7 + 1024
+    # mbarriers: Q's, each stage's K and V ready and empty, ping-pong's two.
+    assert gf.shared_bytes(g, 64) == 2 * (128 * 64 + 2 * 2 * 64 * 64) + 8 * (1 + 4 * 2 + 2) + 1024
     # 8 consumer warps + a producer warpgroup = 384 threads: 65536 registers / 384 = 170, rounded down to 8.
     assert gf.warps_total(g) == 12 and gf.max_regs(g) == 168
     assert gf.max_regs(g.with_(consumer_warps=4, block_m=64)) == 0  # 256 threads x 255 registers fit
@@ -109,6 +122,8 @@ def test_every_valid_genome_renders_python_with_its_genes(head_dim: int) -> None
             assert f"CONSUMERS = {g.consumers if g.warp_spec else 1}" in source
             assert f"CAUSAL_SPLIT = {g.causal_split and causal}" in source
             assert f"MAX_REGS = {gf.max_regs(g)}" in source
+            assert f"OVERLAP = {g.schedule != 'serial'}" in source
+            assert f"PINGPONG = {g.schedule == 'pingpong'}" in source
             assert "class ModelNew" in source and "gl.warp_specialize" in source
 
 
@@ -225,6 +240,12 @@ GPU_GENOMES = {
     "ws-2x4-m64": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4),
     "ws-1x4-n128-s3": gf.GluonGenome(block_m=64, consumer_warps=4, block_n=128, num_stages=3),
     "ws-tma-store-mask-every": gf.GluonGenome(tma_store=True, causal_split=False),
+    # The overlapped schedules: one consumer of one and of two warpgroups, two consumers, ping-pong.
+    "overlap-1x4-m64-n128": gf.GluonGenome(block_m=64, consumer_warps=4, block_n=128, schedule="overlap"),
+    "overlap-1x8-s1": gf.GluonGenome(num_stages=1, schedule="overlap"),
+    "overlap-2x4-m64": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="overlap"),
+    "pingpong-2x4-m64-n128": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                            schedule="pingpong"),
     # The loop without warp specialisation: the search is not offered it (gluon_flash.PIPELINED_VERIFIED),
     # it runs here so that a GPU run says whether it still crashes.
     "pipe-1x4-m64": gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4),

@@ -11,6 +11,10 @@ FA3-style forward written against Triton 3.6's Gluon (``triton.experimental.gluo
   ``consumer_warps``) hand every stage back on an "empty" mbarrier; without it, the consumer warps issue
   the TMA loads themselves, ``num_stages`` blocks ahead;
 - ``warpgroup_mma`` (async wgmma) computes Q·Kᵀ from shared memory and P·V with P in registers;
+- ``schedule``: ``serial`` waits for each wgmma before the next step; ``overlap`` (FA3's intra-warpgroup
+  overlap) issues block j's Q·Kᵀ together with block j-1's P·V and runs block j's softmax while that P·V is on
+  the tensor cores; ``pingpong`` adds FA3's inter-warpgroup schedule to ``overlap``: the two consumers issue
+  their wgmmas in turn (a pair of mbarriers), so that one's softmax runs under the other's MMAs;
 - online softmax in exp2 with the scale folded in (one FMA per score), fp32 accumulation;
 - causal: row tiles heaviest first, key blocks past the tile's diagonal never loaded, and with
   ``causal_split`` the mask only on the blocks that cross the diagonal (else on every block);
@@ -46,6 +50,7 @@ CONSUMER_WARPS = (4, 8)  # one or two warpgroups per consumer
 PRODUCER_REGS = (24, 32, 40)  # setmaxnreg of the producer warp's partition
 CONSUMER_REGS = (216, 232, 240)  # setmaxnreg of the second consumer's partition
 HEAD_DIMS = (16, 32, 64, 128, 256)
+SCHEDULES = ("serial", "overlap", "pingpong")  # how a consumer orders its wgmmas and softmax (warp_spec only)
 CAPABILITY_MAJOR = 9  # sm_90 only: wgmma is Hopper's (Blackwell has tcgen05 instead)
 TRITON_VERSIONS = ((3, 6),)  # Gluon's API changes between releases: the versions this template is written for
 # The loop without warp specialisation (warp_spec=False, "pipe") was kept out of the search while it crashed:
@@ -76,6 +81,7 @@ class GluonGenome:
     consumer_regs: int = 240
     causal_split: bool = True
     tma_store: bool = False
+    schedule: str = "serial"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": KIND, **asdict(self)}
@@ -138,9 +144,10 @@ def max_regs(g: GluonGenome) -> int:
 
 def shared_bytes(g: GluonGenome, head_dim: int, elem_bytes: int = 2) -> int:
     """Shared memory a program allocates: Q per consumer (and O's tile for a TMA store), K and V per stage,
-    the mbarriers, and 1 KiB for the layout conversions' scratch."""
+    the mbarriers (Q's, each stage's K and V ready and empty, ping-pong's two), and 1 KiB for the layout
+    conversions' scratch."""
     tiles = g.consumers * g.block_m * head_dim * (2 if g.tma_store else 1) + g.num_stages * 2 * g.block_n * head_dim
-    return elem_bytes * tiles + 8 * (g.consumers + 3 * g.num_stages) + 1024
+    return elem_bytes * tiles + 8 * (g.consumers + 4 * g.num_stages + 2) + 1024
 
 
 def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits, *, check_device: bool = True,
@@ -161,8 +168,14 @@ def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits,
         return "consumer count or warps outside the gene space"
     if g.producer_regs not in PRODUCER_REGS or g.consumer_regs not in CONSUMER_REGS:
         return "register budget outside the gene space"
+    if g.schedule not in SCHEDULES:
+        return f"schedule must be one of {SCHEDULES}"
     if g.consumers > 1 and not g.warp_spec:
         return "two consumers are partitions of a warp-specialised kernel"
+    if g.schedule != "serial" and not g.warp_spec:
+        return "the overlapped schedules are written for the consumer partitions (warp_spec)"
+    if g.schedule == "pingpong" and g.consumers != 2:
+        return "ping-pong takes two consumers"
     if not g.warp_spec and not (allow_pipelined or PIPELINED_VERIFIED):
         return "the loop without warp specialisation is switched off (gluon_flash.PIPELINED_VERIFIED)"
     if g.block_m < 16 * g.consumer_warps:
@@ -176,8 +189,10 @@ def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits,
     # addresses and row statistics. A rough bound: over it, ptxas spills (compiled for sm_90 with Triton 3.6,
     # one warpgroup of 128 rows at D=128 with 64-key blocks, an estimate of 248 with 24, spilled 16-72 bytes:
     # benchmarks/results/gluon-compile-sm90-cpu.json).
+    # Overlapped, block j-1's P (in flight) and block j's scores, P and its operand copy are live together.
     rows = g.block_m // (g.consumer_warps // 4)  # rows per warpgroup
-    regs = (rows * head_dim + rows * g.block_n * 3 // 2) // 128 + 32
+    scores = rows * g.block_n * (4 if g.schedule != "serial" else 3) // 2
+    regs = (rows * head_dim + scores) // 128 + 32
     budget = max_regs(g) or MAX_REGS_PER_THREAD
     if g.warp_spec:
         budget = min(MAX_REGS_PER_THREAD, g.consumer_regs if g.consumers > 1 else 248)
@@ -195,6 +210,7 @@ def render(g: GluonGenome, *, causal: bool, head_dim: int) -> str:
         "consumers": g.consumers if g.warp_spec else 1, "consumer_warps": g.consumer_warps,
         "producer_regs": g.producer_regs, "consumer_regs": g.consumer_regs,
         "causal_split": bool(g.causal_split and causal), "tma_store": bool(g.tma_store), "max_regs": max_regs(g),
+        "overlap": g.schedule != "serial", "pingpong": g.schedule == "pingpong",
     })
 
 

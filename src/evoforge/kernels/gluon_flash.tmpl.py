@@ -24,6 +24,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     mbarrier,
     tma,
     warpgroup_mma,
+    warpgroup_mma_init,
     warpgroup_mma_wait,
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
@@ -39,6 +40,8 @@ __consumer_warps__ = 4  # warps per consumer: 4 (one warpgroup) or 8 (two, split
 __producer_regs__, __consumer_regs__ = 24, 240  # setmaxnreg budgets of the worker partitions (warp_spec)
 __causal_split__ = True  # causal: mask only the blocks that cross the diagonal (else every block)
 __tma_store__ = False  # the epilogue through shared memory and a TMA store (when the rows divide BLOCK_M)
+__overlap__ = False  # a consumer issues block j's Q·Kᵀ with block j-1's P·V and runs j's softmax under that P·V
+__pingpong__ = False  # two consumers take turns to issue their wgmmas (one's softmax under the other's MMAs)
 __max_regs__ = 0  # maxnreg for the launch (0: Triton's default)
 # evoforge: end
 # Rendered by evoforge from genome __genome_json__
@@ -53,6 +56,8 @@ CONSUMER_WARPS = __consumer_warps__
 PRODUCER_REGS, CONSUMER_REGS = __producer_regs__, __consumer_regs__
 CAUSAL_SPLIT = __causal_split__
 TMA_STORE = __tma_store__
+OVERLAP = __overlap__
+PINGPONG = __pingpong__
 MAX_REGS = __max_regs__
 ROWS = BLOCK_M * CONSUMERS  # query rows per program
 
@@ -76,15 +81,9 @@ def _block_range(pos0, n_q, n_k, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexp
 
 
 @gluon.jit
-def _attend(q_smem, k_buf, v_buf, k_bar, v_bar, phase, acc, m_i, l_i, start_n, pos, n_q, n_k, qk_scale,
-            MASKED: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-            s_layout: gl.constexpr, o_layout: gl.constexpr):
-    # One key block: S = Q·Kᵀ by wgmma from shared memory, online softmax in exp2 with the scale folded
-    # into one FMA per score, then O += P·V with P in registers (the wgmma's A operand).
-    mbarrier.wait(k_bar, phase)
-    s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
-    s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
-    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+def _softmax_step(s, m_i, l_i, start_n, pos, n_q, n_k, qk_scale, MASKED: gl.constexpr, CAUSAL: gl.constexpr,
+                  BLOCK_N: gl.constexpr, s_layout: gl.constexpr):
+    # Online softmax of one block of scores in exp2, the scale folded into one FMA per score.
     if MASKED:
         cols = start_n + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
         keep = gl.expand_dims(cols < n_k, 0)
@@ -95,6 +94,21 @@ def _attend(q_smem, k_buf, v_buf, k_bar, v_bar, phase, acc, m_i, l_i, start_n, p
     p = gl.exp2(s * qk_scale - gl.expand_dims(m_new, 1))
     alpha = gl.exp2(m_i - m_new)
     l_i = l_i * alpha + gl.sum(p, 1)
+    return p, alpha, m_new, l_i
+
+
+@gluon.jit
+def _attend(q_smem, k_buf, v_buf, k_bar, v_bar, phase, acc, m_i, l_i, start_n, pos, n_q, n_k, qk_scale,
+            MASKED: gl.constexpr, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+            s_layout: gl.constexpr, o_layout: gl.constexpr):
+    # One key block: S = Q·Kᵀ by wgmma from shared memory, online softmax in exp2 with the scale folded
+    # into one FMA per score, then O += P·V with P in registers (the wgmma's A operand).
+    mbarrier.wait(k_bar, phase)
+    s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    s = warpgroup_mma(q_smem, k_buf.permute((1, 0)), s, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+    p, alpha, m_new, l_i = _softmax_step(s, m_i, l_i, start_n, pos, n_q, n_k, qk_scale, MASKED, CAUSAL, BLOCK_N,
+                                         s_layout)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
     p_op = gl.convert_layout(p.to(v_buf.dtype), gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2))
     mbarrier.wait(v_bar, phase)
@@ -124,12 +138,12 @@ def _epilogue(acc, l_i, o_desc, O, o_smem, bh, pos0, n_q, BLOCK_M: gl.constexpr,
 
 
 @gluon.jit
-def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, kv_empty, o_desc, O, o_smem, bh, pos0, n_q, n_k,
-             n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr, BLOCK_M: gl.constexpr,
+def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, o_desc, O, o_smem, bh, pos0, n_q,
+             n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr, BLOCK_M: gl.constexpr,
              BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
     # A consumer partition: its BLOCK_M rows of Q (loaded by the producer) against every key block the
-    # producer streams through the ring; it hands each stage back on kv_empty. Blocks past its own rows'
-    # diagonal (the other consumer needs them) are waited for and handed back unread.
+    # producer streams through the ring; it hands each stage's K and V back on k_empty and v_empty. Blocks
+    # past its own rows' diagonal (the other consumer needs them) are waited for and handed back unread.
     warps: gl.constexpr = gl.num_warps()
     s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
                                                         instr_shape=[16, BLOCK_N, 16])
@@ -146,58 +160,201 @@ def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, kv_empty, o_desc, 
         acc, m_i, l_i = _attend(q_smem, k_bufs.index(stage), v_bufs.index(stage), k_ready.index(stage),
                                 v_ready.index(stage), (i // NUM_STAGES) & 1, acc, m_i, l_i, i * BLOCK_N, pos, n_q,
                                 n_k, qk_scale, False, CAUSAL, BLOCK_M, BLOCK_N, s_layout, o_layout)
-        mbarrier.arrive(kv_empty.index(stage))
+        mbarrier.arrive(k_empty.index(stage))
+        mbarrier.arrive(v_empty.index(stage))
     for i in range(full, own):
         stage = i % NUM_STAGES
         acc, m_i, l_i = _attend(q_smem, k_bufs.index(stage), v_bufs.index(stage), k_ready.index(stage),
                                 v_ready.index(stage), (i // NUM_STAGES) & 1, acc, m_i, l_i, i * BLOCK_N, pos, n_q,
                                 n_k, qk_scale, True, CAUSAL, BLOCK_M, BLOCK_N, s_layout, o_layout)
-        mbarrier.arrive(kv_empty.index(stage))
-    for i in range(own, n_blocks):
-        stage = i % NUM_STAGES
-        mbarrier.wait(k_ready.index(stage), (i // NUM_STAGES) & 1)
-        mbarrier.wait(v_ready.index(stage), (i // NUM_STAGES) & 1)
-        mbarrier.arrive(kv_empty.index(stage))
+        mbarrier.arrive(k_empty.index(stage))
+        mbarrier.arrive(v_empty.index(stage))
+    _skip_blocks(k_ready, v_ready, k_empty, v_empty, own, n_blocks, 0, 0, False, NUM_STAGES)
     _epilogue(acc, l_i, o_desc, O, o_smem, bh, pos0, n_q, BLOCK_M, HEAD_DIM, TMA_STORE, o_layout)
 
 
 @gluon.jit
-def _consume_worker(q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, kv_empty, o_desc, O, o_smem, bh, pos0, n_q,
-                    n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr,
-                    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                    NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
-    # The second consumer (a worker partition): the program's second BLOCK_M rows.
-    _consume(q_smem.index(1), q_bars.index(1), k_bufs, v_bufs, k_ready, v_ready, kv_empty, o_desc, O,
-             o_smem.index(1), bh, pos0 + BLOCK_M, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, BLOCK_M,
-             BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)
+def _skip_blocks(k_ready, v_ready, k_empty, v_empty, start, n_blocks, turns, CID: gl.constexpr,
+                 PINGPONG: gl.constexpr, NUM_STAGES: gl.constexpr):
+    # Blocks [start, n_blocks) lie past this consumer's diagonal: waited for and handed back unread (with
+    # ping-pong, each still takes its turn, so that both consumers take as many).
+    for i in range(start, n_blocks):
+        stage = i % NUM_STAGES
+        mbarrier.wait(k_ready.index(stage), (i // NUM_STAGES) & 1)
+        mbarrier.wait(v_ready.index(stage), (i // NUM_STAGES) & 1)
+        mbarrier.arrive(k_empty.index(stage))
+        mbarrier.arrive(v_empty.index(stage))
+        if PINGPONG:
+            _take_turn(turns, i + 1, CID)
+            _pass_turn(turns, CID)
 
 
 @gluon.jit
-def _consume_default(q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, kv_empty, o_desc, O, o_smem, bh, pos0, n_q,
-                     n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr,
-                     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
-                     NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
-    # The first consumer (the default partition): the program's first BLOCK_M rows.
-    _consume(q_smem.index(0), q_bars.index(0), k_bufs, v_bufs, k_ready, v_ready, kv_empty, o_desc, O,
-             o_smem.index(0), bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N,
-             HEAD_DIM, NUM_STAGES, TMA_STORE)
+def _take_turn(turns, t, CID: gl.constexpr):
+    # Ping-pong: consumer CID's t-th wgmma issue waits for the other consumer's previous issue. Consumer 0
+    # goes first (an mbarrier starts with its previous phase complete), consumer 1 after it.
+    mbarrier.wait(turns.index(CID), (t & 1) ^ (1 - CID))
 
 
 @gluon.jit
-def _produce(q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, kv_empty, q_row, kv_row,
-             n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+def _pass_turn(turns, CID: gl.constexpr):
+    mbarrier.arrive(turns.index(1 - CID))
+
+
+@gluon.jit
+def _overlap_step(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, j, p, p_op, alpha, acc, m_i,
+                  l_i, pos, n_q, n_k, qk_scale, MASKED: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr,
+                  CID: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+                  s_layout: gl.constexpr, o_layout: gl.constexpr):
+    # Key block j (j >= 1), with block j-1's softmax done (p, alpha) and block j-2's P·V maybe in flight:
+    # wait for that P·V (it reads p_op's registers) and hand its V back, make block j-1's P the wgmma
+    # operand, then issue block j's Q·Kᵀ and block j-1's P·V together (O rescaled by block j-1's alpha in
+    # between, as FA3 does) and run block j's softmax while the P·V is on the tensor cores. The P·V is
+    # waited for at the top of the next step, not here: ptxas schedules a wait as early as the basic block
+    # lets it, which put it above the exponentials (benchmarks/gluon_compile_check.py counts them).
+    acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+    mbarrier.arrive(v_empty.index((j + NUM_STAGES - 2) % NUM_STAGES), pred=j >= 2)
+    p_op = gl.convert_layout(p.to(v_bufs.dtype), gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2))
+    stage = j % NUM_STAGES
+    prev = (j - 1) % NUM_STAGES
+    mbarrier.wait(k_ready.index(stage), (j // NUM_STAGES) & 1)
+    mbarrier.wait(v_ready.index(prev), ((j - 1) // NUM_STAGES) & 1)
+    if PINGPONG:
+        _take_turn(turns, j, CID)
+    s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), s, use_acc=False, is_async=True)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    acc = warpgroup_mma(p_op, v_bufs.index(prev), acc, is_async=True)
+    if PINGPONG:
+        _pass_turn(turns, CID)
+    s = warpgroup_mma_wait(num_outstanding=1, deps=(s,))  # Q·Kᵀ retired; P·V may still run
+    mbarrier.arrive(k_empty.index(stage))
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, j * BLOCK_N, pos, n_q, n_k, qk_scale, MASKED, CAUSAL, BLOCK_N,
+                                       s_layout)
+    return p, p_op, alpha, acc, m_i, l_i
+
+
+@gluon.jit
+def _consume_overlapped(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O,
+                        o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr,
+                        CAUSAL_SPLIT: gl.constexpr, PINGPONG: gl.constexpr, CID: gl.constexpr,
+                        BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
+                        NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
+    # A consumer partition with its MMAs software-pipelined (FA3's intra-warpgroup overlap): block 0's
+    # Q·Kᵀ and softmax, then per block j its Q·Kᵀ with block j-1's P·V (_overlap_step), then the last
+    # block's P·V. Every tile owns block 0 (rows see keys from the first), so block 0 is masked as a
+    # diagonal block may need. With PINGPONG the two consumers issue their wgmmas in turn.
+    warps: gl.constexpr = gl.num_warps()
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
+                                                        instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
+                                                        instr_shape=[16, HEAD_DIM, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    dtype: gl.constexpr = v_bufs.dtype
+    pos = pos0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=gl.SliceLayout(1, s_layout))
+    acc = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout))  # carried in flight
+    p_op = gl.zeros([BLOCK_M, BLOCK_N], dtype, p_layout)
+    full, own = _block_range(pos0, n_q, n_k, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N)
+    mbarrier.wait(q_bar, 0)
+    # Block 0: its Q·Kᵀ alone.
+    mbarrier.wait(k_ready.index(0), 0)
+    if PINGPONG:
+        _take_turn(turns, 0, CID)
+    s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
+    s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s, use_acc=False, is_async=True)
+    if PINGPONG:
+        _pass_turn(turns, CID)
+    s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
+    mbarrier.arrive(k_empty.index(0))
+    p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, 0, pos, n_q, n_k, qk_scale, True, CAUSAL, BLOCK_N, s_layout)
+    for j in range(1, full):
+        p, p_op, alpha, acc, m_i, l_i = _overlap_step(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                                                      turns, j, p, p_op, alpha, acc, m_i, l_i, pos, n_q, n_k,
+                                                      qk_scale, False, CAUSAL, PINGPONG, CID, BLOCK_M, BLOCK_N,
+                                                      NUM_STAGES, s_layout, o_layout)
+    for j in range(gl.maximum(full, 1), own):
+        p, p_op, alpha, acc, m_i, l_i = _overlap_step(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                                                      turns, j, p, p_op, alpha, acc, m_i, l_i, pos, n_q, n_k,
+                                                      qk_scale, True, CAUSAL, PINGPONG, CID, BLOCK_M, BLOCK_N,
+                                                      NUM_STAGES, s_layout, o_layout)
+    # The last block's P·V, once the one before it has retired.
+    acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+    mbarrier.arrive(v_empty.index((own + NUM_STAGES - 2) % NUM_STAGES), pred=own >= 2)
+    p_op = gl.convert_layout(p.to(dtype), p_layout)
+    last = (own - 1) % NUM_STAGES
+    mbarrier.wait(v_ready.index(last), ((own - 1) // NUM_STAGES) & 1)
+    if PINGPONG:
+        _take_turn(turns, own, CID)
+    acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
+    acc = warpgroup_mma(p_op, v_bufs.index(last), acc, is_async=True)
+    if PINGPONG:
+        _pass_turn(turns, CID)
+    acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
+    mbarrier.arrive(v_empty.index(last))
+    _skip_blocks(k_ready, v_ready, k_empty, v_empty, own, n_blocks, turns, CID, PINGPONG, NUM_STAGES)
+    _epilogue(acc, l_i, o_desc, O, o_smem, bh, pos0, n_q, BLOCK_M, HEAD_DIM, TMA_STORE, o_layout)
+
+
+@gluon.jit
+def _consume_as(cid: gl.constexpr, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr,
+                CAUSAL_SPLIT: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
+                BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
+                TMA_STORE: gl.constexpr):
+    # Consumer cid: the program's cid-th BLOCK_M rows.
+    if OVERLAP:
+        _consume_overlapped(q_smem.index(cid), q_bars.index(cid), k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                            v_empty, turns, o_desc, O, o_smem.index(cid), bh, pos0 + cid * BLOCK_M, n_q, n_k,
+                            n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, PINGPONG, cid, BLOCK_M, BLOCK_N, HEAD_DIM,
+                            NUM_STAGES, TMA_STORE)
+    else:
+        _consume(q_smem.index(cid), q_bars.index(cid), k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, o_desc,
+                 O, o_smem.index(cid), bh, pos0 + cid * BLOCK_M, n_q, n_k, n_blocks, qk_scale, CAUSAL,
+                 CAUSAL_SPLIT, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)
+
+
+@gluon.jit
+def _consume_default(q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O, o_smem,
+                     bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr,
+                     OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                     HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
+    # The first consumer (the default partition).
+    _consume_as(0, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O, o_smem, bh,
+                pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, OVERLAP, PINGPONG, BLOCK_M, BLOCK_N,
+                HEAD_DIM, NUM_STAGES, TMA_STORE)
+
+
+@gluon.jit
+def _consume_worker(q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O, o_smem,
+                    bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr,
+                    OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                    HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
+    # The second consumer (a worker partition).
+    _consume_as(1, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O, o_smem, bh,
+                pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, OVERLAP, PINGPONG, BLOCK_M, BLOCK_N,
+                HEAD_DIM, NUM_STAGES, TMA_STORE)
+
+
+@gluon.jit
+def _produce(q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, q_row,
+             kv_row, n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
              CONSUMERS: gl.constexpr):
-    # The producer partition (one warp): each consumer's Q tile, then K and V blocks by TMA into the
-    # ring, a stage at a time once every consumer has handed it back (an mbarrier starts with its
-    # previous phase complete, so the first round does not wait).
+    # The producer partition (one warp): each consumer's Q tile, then K and V blocks by TMA into their
+    # rings, each stage once every consumer has handed it back (an mbarrier starts with its previous phase
+    # complete, so the first round does not wait). K and V are handed back apart: an overlapped consumer
+    # is done with block j's K before block j-1's V.
     for c in gl.static_range(CONSUMERS):
         mbarrier.expect(q_bars.index(c), q_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(q_desc, [q_row + c * BLOCK_M, 0], q_bars.index(c), q_smem.index(c))
     for i in range(n_blocks):
         stage = i % NUM_STAGES
-        mbarrier.wait(kv_empty.index(stage), ((i // NUM_STAGES) & 1) ^ 1)
+        phase = ((i // NUM_STAGES) & 1) ^ 1
+        mbarrier.wait(k_empty.index(stage), phase)
         mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [kv_row + i * BLOCK_N, 0], k_ready.index(stage), k_bufs.index(stage))
+        mbarrier.wait(v_empty.index(stage), phase)
         mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(v_desc, [kv_row + i * BLOCK_N, 0], v_ready.index(stage), v_bufs.index(stage))
 
@@ -206,7 +363,8 @@ def _produce(q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_
 def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk_scale,
               CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, WARP_SPEC: gl.constexpr, CONSUMERS: gl.constexpr,
-              PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, TMA_STORE: gl.constexpr):
+              PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, TMA_STORE: gl.constexpr,
+              OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
     # Program (row tile, batch*head): CONSUMERS * BLOCK_M query rows of one head. Q, K, V and O are
     # [rows, HEAD_DIM] views of the contiguous [B, H, S, D] tensors; a head's K/V block that runs past
     # n_k reads the next head's rows (masked to -inf before the softmax) or TMA's zeros.
@@ -236,34 +394,39 @@ def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk
     q_bars = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
-    kv_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    v_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
+    turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # ping-pong's
     for c in gl.static_range(CONSUMERS):
         mbarrier.init(q_bars.index(c), count=1)
     for s in gl.static_range(NUM_STAGES):
         mbarrier.init(k_ready.index(s), count=1)
         mbarrier.init(v_ready.index(s), count=1)
-        mbarrier.init(kv_empty.index(s), count=CONSUMERS)
+        mbarrier.init(k_empty.index(s), count=CONSUMERS)
+        mbarrier.init(v_empty.index(s), count=CONSUMERS)
+    for c in gl.static_range(2):
+        mbarrier.init(turns.index(c), count=1)
     fence_async_shared()
 
     if WARP_SPEC:
         if CONSUMERS == 2:
             gl.warp_specialize([
-                (_consume_default, (q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, kv_empty, o_desc, O, o_smem,
-                                    bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N,
-                                    HEAD_DIM, NUM_STAGES, TMA_STORE)),
-                (_consume_worker, (q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, kv_empty, o_desc, O, o_smem,
-                                   bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N,
-                                   HEAD_DIM, NUM_STAGES, TMA_STORE)),
-                (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, kv_empty,
-                            q_row, kv_row, n_blocks, BLOCK_M, BLOCK_N, NUM_STAGES, CONSUMERS)),
+                (_consume_default, (q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                                    o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
+                                    OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
+                (_consume_worker, (q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                                   o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
+                                   OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
+                (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                            v_empty, q_row, kv_row, n_blocks, BLOCK_M, BLOCK_N, NUM_STAGES, CONSUMERS)),
             ], [gl.num_warps(), 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:
             gl.warp_specialize([
-                (_consume_default, (q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, kv_empty, o_desc, O, o_smem,
-                                    bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N,
-                                    HEAD_DIM, NUM_STAGES, TMA_STORE)),
-                (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, kv_empty,
-                            q_row, kv_row, n_blocks, BLOCK_M, BLOCK_N, NUM_STAGES, CONSUMERS)),
+                (_consume_default, (q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                                    o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
+                                    OVERLAP, False, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
+                (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                            v_empty, q_row, kv_row, n_blocks, BLOCK_M, BLOCK_N, NUM_STAGES, CONSUMERS)),
             ], [1], [PRODUCER_REGS])
     else:
         _pipelined(q_desc, k_desc, v_desc, o_desc, O, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, o_smem, bh,
@@ -367,6 +530,6 @@ class ModelNew(nn.Module):
         launch = {"maxnreg": MAX_REGS} if MAX_REGS else {}
         _attn_fwd[grid](q_desc, k_desc, v_desc, o_desc, out, heads, heads // k.shape[1], n_q, n_k, SCALE * LOG2E,
                         CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, WARP_SPEC, CONSUMERS,
-                        PRODUCER_REGS, CONSUMER_REGS, TMA_STORE and n_q % BLOCK_M == 0,
+                        PRODUCER_REGS, CONSUMER_REGS, TMA_STORE and n_q % BLOCK_M == 0, OVERLAP, PINGPONG,
                         num_warps=CONSUMER_WARPS, **launch)
         return out

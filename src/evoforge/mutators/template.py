@@ -257,15 +257,23 @@ class TemplateMutator(GenomeMutator):
         rng = self.rng
         level = rng.choices(list(LEVEL_WEIGHTS), weights=list(LEVEL_WEIGHTS.values()))[0]
         if level == "algorithmic":
-            what = rng.choices(["warp_spec", "consumers", "causal_split", "family", "torch"],
-                               weights=[0.4, 0.4, 0.35 if self.params.causal else 0.0, 0.15, 0.1])[0]
+            what = rng.choices(["warp_spec", "consumers", "schedule", "causal_split", "family", "torch"],
+                               weights=[0.3, 0.4, 0.5, 0.35 if self.params.causal else 0.0, 0.15, 0.1])[0]
             if what == "warp_spec":
-                return g.with_(warp_spec=not g.warp_spec, consumers=g.consumers if not g.warp_spec else 1).to_dict(), \
+                off = g.with_(warp_spec=False, consumers=1, schedule="serial")
+                return (off if g.warp_spec else g.with_(warp_spec=True)).to_dict(), \
                     f"TMA producer warp (warp specialisation) {'off' if g.warp_spec else 'on'}", level
             if what == "consumers":
                 new = 2 if g.consumers == 1 else 1
-                return g.with_(consumers=new, warp_spec=True).to_dict(), \
+                schedule = "overlap" if g.schedule == "pingpong" else g.schedule  # ping-pong takes two
+                return g.with_(consumers=new, warp_spec=True, schedule=schedule).to_dict(), \
                     f"consumer partitions {g.consumers} -> {new}", level
+            if what == "schedule":
+                new_schedule = rng.choice([x for x in gf.SCHEDULES if x != g.schedule])
+                changes: dict[str, Any] = {"schedule": new_schedule, "warp_spec": True}
+                if new_schedule == "pingpong" and g.consumers == 1:  # two consumers of one warpgroup each
+                    changes.update(consumers=2, consumer_warps=4, block_m=max(64, g.block_m // 2))
+                return g.with_(**changes).to_dict(), f"MMA schedule {g.schedule} -> {new_schedule}", level
             if what == "causal_split":
                 now, then = ("diagonal blocks only", "every block")[::1 if g.causal_split else -1]
                 return g.with_(causal_split=not g.causal_split).to_dict(), f"causal mask: {now} -> {then}", level
