@@ -166,7 +166,7 @@ def gluon_worker(label: str, shapes: dict[str, AttentionParams], out: Path) -> i
             record: dict[str, Any] = {"shape": shape, "params": p.to_dict(), "entry": f"gluon-{label}",
                                       "genome": g.to_dict(), "offered": gf.fits(g, p.head_dim, 2, limits) is None}
             # The loop without warp specialisation too, which the search is not offered (PIPELINED_VERIFIED).
-            why = gf.fits(g, p.head_dim, 2, limits, allow_pipelined=True)
+            why = gf.fits(g, p.head_dim, 2, limits, allow_pipelined=True, allow_pingpong=True)
             if why is not None:
                 record.update(status="not proposed", why=why)
             else:

@@ -157,7 +157,7 @@ def check_one(genome: gf.GluonGenome, shape: tuple[Any, ...], compiled: list[Any
 
     label, batch, heads, kv_heads, n_q, n_k, head_dim, dtype, causal = shape
     record: dict[str, Any] = {"shape": label, "genome": genome.to_dict()}
-    why = gf.fits(genome, head_dim, 2, H200, check_device=False, allow_pipelined=True)
+    why = gf.fits(genome, head_dim, 2, H200, check_device=False, allow_pipelined=True, allow_pingpong=True)
     if why is not None:
         record.update(status="not proposed", why=why)
         return record
@@ -222,7 +222,7 @@ def sample_genomes(n: int, seed: int) -> list[tuple[str, gf.GluonGenome]]:
         if len(out) >= n:
             break
         g = gf.GluonGenome(**{k: rng.choice(v) for k, v in space.items()})
-        if gf.fits(g, 128, 2, H200, check_device=False, allow_pipelined=True) is None:
+        if gf.fits(g, 128, 2, H200, check_device=False, allow_pipelined=True, allow_pingpong=True) is None:
             out.setdefault(g.key(), g)
     return [(f"random-{k[:6]}", g) for k, g in out.items()]
 

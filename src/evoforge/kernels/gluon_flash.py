@@ -62,6 +62,13 @@ TRITON_VERSIONS = ((3, 6),)  # Gluon's API changes between releases: the version
 # correct on all seven shapes, with memcheck clean (gluon-pipe-memcheck-after-fix-h200.txt). Set back to False
 # to keep them out again: fits() then refuses them unless asked (allow_pipelined, for the tests and benchmarks).
 PIPELINED_VERIFIED = True
+# Ping-pong (two consumers taking turns to issue their wgmmas) is correct on an H200 (every GPU test) but kept
+# out of the search: with two overlapped consumer partitions, the ptxas of Triton 3.6 serialises every wgmma of
+# the kernel (C7512, "insufficient register resources"; a kernel with one consumer partition keeps them in
+# flight), and the turns then only add waits. Measured on an H200 (2026-12-01,
+# benchmarks/results/gluon-bench-schedules-h200.json): 412 against 534 TFLOP/s for the same tile without
+# ping-pong on B2 H16 S4096 D128 fp16. Set True to offer it (fits() admits it with allow_pingpong too).
+PINGPONG_OFFERED = False
 REGISTERS_PER_SM = 65536
 MAX_REGS_PER_THREAD = 255
 TEMPLATE = "gluon_flash.tmpl.py"
@@ -99,10 +106,13 @@ class GluonGenome:
 
 
 # Generation 0's Gluon genomes: the same for every shape (no per-shape tuning), the first that fits.
-# FA3's shape of kernel (a producer warp, two warpgroups splitting 128 rows, 64-key blocks, two stages),
-# then smaller ones for large heads.
+# FA3's shape of kernel for head sizes up to 128: a producer warp, two consumer warpgroups of 64 rows each,
+# 128-key blocks, two stages; then smaller ones for large heads. The first was one partition of two
+# warpgroups with 64-key blocks (GluonGenome()) until the H200 measured it slower on every row
+# (benchmarks/results/gluon-bench-schedules-h200.json: 627 against 515 us on B2 H16 S4096 D128, 13.9 against
+# 12.8 us on the seed shape).
 DEFAULTS = (
-    GluonGenome(),
+    GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128),
     GluonGenome(block_m=64, consumer_warps=4),
     GluonGenome(block_m=64, block_n=32, consumer_warps=4, num_stages=1),
 )
@@ -151,11 +161,12 @@ def shared_bytes(g: GluonGenome, head_dim: int, elem_bytes: int = 2) -> int:
 
 
 def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits, *, check_device: bool = True,
-         allow_pipelined: bool = False) -> str | None:
+         allow_pipelined: bool = False, allow_pingpong: bool = False) -> str | None:
     """Why the genome can't run on this hardware and task, or None if it fits. ``check_device=False`` leaves
     out whether the family is offered here (for a compile check on a machine without the GPU);
     ``allow_pipelined=True`` admits the loop without warp specialisation, which the search is not offered
-    (:data:`PIPELINED_VERIFIED`), for the compile check, the GPU test and the benchmark."""
+    (:data:`PIPELINED_VERIFIED`), and ``allow_pingpong=True`` the ping-pong schedule (:data:`PINGPONG_OFFERED`),
+    for the compile check, the GPU test and the benchmark."""
     if check_device and not offered(limits):
         return "the Gluon family needs an sm_90 GPU and Triton 3.6 with Gluon"
     if elem_bytes != 2:
@@ -176,6 +187,8 @@ def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits,
         return "the overlapped schedules are written for the consumer partitions (warp_spec)"
     if g.schedule == "pingpong" and g.consumers != 2:
         return "ping-pong takes two consumers"
+    if g.schedule == "pingpong" and not (allow_pingpong or PINGPONG_OFFERED):
+        return "ping-pong is not offered (gluon_flash.PINGPONG_OFFERED: ptxas serialises its wgmmas)"
     if not g.warp_spec and not (allow_pipelined or PIPELINED_VERIFIED):
         return "the loop without warp specialisation is switched off (gluon_flash.PIPELINED_VERIFIED)"
     if g.block_m < 16 * g.consumer_warps:

@@ -269,7 +269,8 @@ class TemplateMutator(GenomeMutator):
                 return g.with_(consumers=new, warp_spec=True, schedule=schedule).to_dict(), \
                     f"consumer partitions {g.consumers} -> {new}", level
             if what == "schedule":
-                new_schedule = rng.choice([x for x in gf.SCHEDULES if x != g.schedule])
+                offered = [x for x in gf.SCHEDULES if x != "pingpong" or gf.PINGPONG_OFFERED]
+                new_schedule = rng.choice([x for x in offered if x != g.schedule] or offered)
                 changes: dict[str, Any] = {"schedule": new_schedule, "warp_spec": True}
                 if new_schedule == "pingpong" and g.consumers == 1:  # two consumers of one warpgroup each
                     changes.update(consumers=2, consumer_warps=4, block_m=max(64, g.block_m // 2))
