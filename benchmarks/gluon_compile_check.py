@@ -194,11 +194,13 @@ def check_one(genome: gf.GluonGenome, shape: tuple[Any, ...], compiled: list[Any
                       maxnreg=getattr(kernel.metadata, "maxnreg", None), cubin_bytes=len(asm.get("cubin", b"")),
                       predicted_shared_bytes=gf.shared_bytes(genome, head_dim))
         if asm.get("cubin"):  # ptxas wrote no stale wgmma descriptor (benchmarks/wgmma_desc_check.py)
-            from wgmma_desc_check import check_cubin
+            from wgmma_desc_check import disassemble, exp2_under_mma, stale_descriptors
 
-            stale = check_cubin(asm["cubin"])
-            if stale is not None:
-                record["stale_wgmma_descriptors"] = stale
+            sass = disassemble(asm["cubin"])
+            if sass is not None:
+                record["stale_wgmma_descriptors"] = stale_descriptors(sass)
+                # An overlapped schedule: the exponentials each wait-for-one leaves under the in-flight P·V.
+                record["exp2_under_mma"] = exp2_under_mma(sass)
         ptx = asm.get("ptx", "")
         record["wgmma"] = len(re.findall(r"wgmma\.mma_async", ptx))
         record["setmaxnreg"] = sorted(set(re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+)", ptx)))

@@ -103,8 +103,8 @@ def stale_descriptors(sass: str) -> list[str]:
     return found
 
 
-def check_cubin(cubin: bytes) -> list[str] | None:
-    """stale_descriptors() of a cubin, disassembled by the Triton wheel's nvdisasm (None: no nvdisasm)."""
+def disassemble(cubin: bytes) -> str | None:
+    """The cubin's SASS by the Triton wheel's nvdisasm (None: no nvdisasm)."""
     import tempfile
 
     import triton
@@ -115,8 +115,30 @@ def check_cubin(cubin: bytes) -> list[str] | None:
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        sass = subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
-    return stale_descriptors(sass)
+        return subprocess.run([str(nvdisasm), "-c", f.name], capture_output=True, text=True, check=True).stdout
+
+
+def check_cubin(cubin: bytes) -> list[str] | None:
+    """stale_descriptors() of a cubin (None: no nvdisasm)."""
+    sass = disassemble(cubin)
+    return None if sass is None else stale_descriptors(sass)
+
+
+def exp2_under_mma(sass: str) -> list[int]:
+    """For each wgmma wait that leaves one group in flight (``WARPGROUP.DEPBAR.LE gsb0, 0x1``), the exponentials
+    (``MUFU.EX2``) issued before the next wgmma wait: the softmax work that runs under the in-flight MMA. An
+    overlapped schedule whose counts are 0 lost its overlap to ptxas's scheduling (or to serialisation)."""
+    ops = [m.group(1) for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+([^;]*);", sass)]
+    counts = []
+    for i, op in enumerate(ops):
+        if "WARPGROUP.DEPBAR.LE gsb0, 0x1" in op:
+            n = 0
+            for later in ops[i + 1:]:
+                if "WARPGROUP.DEPBAR" in later:
+                    break
+                n += "MUFU.EX2" in later
+            counts.append(n)
+    return counts
 
 
 if __name__ == "__main__":

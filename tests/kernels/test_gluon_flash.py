@@ -225,12 +225,21 @@ def test_compiles_for_sm90_ahead_of_time(tmp_path: Path) -> None:
     out = tmp_path / "check.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gluon_compile_check.py"), "--out", str(out),
-                          "--genomes", "default,ws-2x4-m64,pipe-1x4-m64", "--shapes", "seed-d64-fp16,d128-bf16-causal"],
+                          "--genomes", "default,ws-2x4-m64,pipe-1x4-m64,overlap-1x4-m64-n128",
+                          "--shapes", "seed-d64-fp16,d128-bf16-causal"],
                          capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
     records = json.loads(out.read_text())["records"]
-    assert len(records) == 6 and all(r["status"] == "compiled" for r in records)
+    assert len(records) == 8 and all(r["status"] == "compiled" for r in records)
     assert all(r["target"] == "sm_90a" and r["wgmma"] > 0 and r["spill_store_bytes"] == 0 for r in records)
+    assert not any(r.get("wgmma_serialized") or r["stale_wgmma_descriptors"] for r in records)
+    # The overlapped schedule keeps the whole softmax of a block under the previous block's P·V (ptxas put the
+    # wait above the exponentials while it sat in the same basic block), the serial one has nothing there.
+    for r in records:
+        if r["label"] == "overlap-1x4-m64-n128":
+            assert r["exp2_under_mma"] and min(r["exp2_under_mma"]) >= 64, r["exp2_under_mma"]
+        else:
+            assert not any(r["exp2_under_mma"]), (r["label"], r["exp2_under_mma"])
 
 
 # ------------------------------------------------------------------ on an sm_90 GPU
