@@ -66,6 +66,16 @@ GENOMES: dict[str, gf.GluonGenome] = {
     "pp-2x4-m64-n128": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                       schedule="pingpong"),
     "pp-2x4-m64": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="pingpong"),
+    # Registers kept at the launch's (no setmaxnreg), so that ptxas keeps two overlapped consumers' wgmmas in flight.
+    "ws-2x4-m64-kept": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, realloc_regs=False),
+    "ov-2x4-m64-kept": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="overlap",
+                                      realloc_regs=False),
+    "pp-2x4-m64-kept": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="pingpong",
+                                      realloc_regs=False),
+    "pp-2x4-m64-s3-kept": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="pingpong",
+                                         num_stages=3, realloc_regs=False),
+    "ov-2x4-m64-n32-kept": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=32, schedule="overlap",
+                                          realloc_regs=False),
 }
 SHAPES: dict[str, AttentionParams] = {
     "seed": AttentionParams(),

@@ -45,7 +45,9 @@ def _defs(text: str) -> set[str]:
 
 def _uses(text: str) -> list[str]:
     r = int(re.search(r"gdesc\[UR(\d+)\]", text).group(1))
-    registers_a = re.search(r"F32 R\d+, R\d+, gdesc", text)  # A from registers: gdesc is B's, at r+2
+    # A from registers (HGMMA.<shape>.F32[.BF16] Rd, Ra, gdesc[...]): gdesc is B's, at r+2. The type suffix
+    # after F32 (.BF16) once kept bf16 kernels out of this case, and their unused A slots read as stale.
+    registers_a = re.search(r"HGMMA\S* R\d+, R\d+, gdesc", text)
     return [f"UR{r + k}" for k in ((2, 3) if registers_a else range(4))]
 
 

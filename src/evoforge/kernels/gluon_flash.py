@@ -18,6 +18,9 @@ FA3-style forward written against Triton 3.6's Gluon (``triton.experimental.gluo
 - online softmax in exp2 with the scale folded in (one FMA per score), fp32 accumulation;
 - causal: row tiles heaviest first, key blocks past the tile's diagonal never loaded, and with
   ``causal_split`` the mask only on the blocks that cross the diagonal (else on every block);
+- ``realloc_regs``: the partitions trade registers by ``setmaxnreg`` (``producer_regs``, ``consumer_regs``), or
+  every warp keeps the launch's (the PTX's ``setmaxnreg`` dropped at compile time): with two overlapped consumer
+  partitions the ptxas of Triton 3.6 serialises every wgmma unless the registers stay put;
 - the epilogue stores O from registers, or with ``tma_store`` through shared memory by TMA (where the
   query length divides ``block_m``; else the register store).
 
@@ -89,6 +92,7 @@ class GluonGenome:
     causal_split: bool = True
     tma_store: bool = False
     schedule: str = "serial"
+    realloc_regs: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": KIND, **asdict(self)}
@@ -207,7 +211,7 @@ def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits,
     scores = rows * g.block_n * (4 if g.schedule != "serial" else 3) // 2
     regs = (rows * head_dim + scores) // 128 + 32
     budget = max_regs(g) or MAX_REGS_PER_THREAD
-    if g.warp_spec:
+    if g.warp_spec and g.realloc_regs:
         budget = min(MAX_REGS_PER_THREAD, g.consumer_regs if g.consumers > 1 else 248)
     if regs > budget:
         return f"needs about {regs} registers per consumer thread, the budget is {budget}"
@@ -224,6 +228,7 @@ def render(g: GluonGenome, *, causal: bool, head_dim: int) -> str:
         "producer_regs": g.producer_regs, "consumer_regs": g.consumer_regs,
         "causal_split": bool(g.causal_split and causal), "tma_store": bool(g.tma_store), "max_regs": max_regs(g),
         "overlap": g.schedule != "serial", "pingpong": g.schedule == "pingpong",
+        "realloc_regs": bool(g.realloc_regs or not g.warp_spec),
     })
 
 

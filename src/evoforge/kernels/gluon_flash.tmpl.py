@@ -13,6 +13,7 @@ holes below are defined as the default genome renders them on a non-causal task 
 
 # evoforge: end
 import math
+import re
 
 import torch
 import torch.nn as nn
@@ -43,6 +44,7 @@ __tma_store__ = False  # the epilogue through shared memory and a TMA store (whe
 __overlap__ = False  # a consumer issues block j's Q·Kᵀ with block j-1's P·V and runs j's softmax under that P·V
 __pingpong__ = False  # two consumers take turns to issue their wgmmas (one's softmax under the other's MMAs)
 __max_regs__ = 0  # maxnreg for the launch (0: Triton's default)
+__realloc_regs__ = True  # setmaxnreg moves registers between partitions (else every warp keeps the launch's)
 # evoforge: end
 # Rendered by evoforge from genome __genome_json__
 CAUSAL = __causal__
@@ -59,6 +61,7 @@ TMA_STORE = __tma_store__
 OVERLAP = __overlap__
 PINGPONG = __pingpong__
 MAX_REGS = __max_regs__
+REALLOC_REGS = __realloc_regs__
 ROWS = BLOCK_M * CONSUMERS  # query rows per program
 
 
@@ -364,7 +367,9 @@ def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk
               CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, WARP_SPEC: gl.constexpr, CONSUMERS: gl.constexpr,
               PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, TMA_STORE: gl.constexpr,
-              OVERLAP: gl.constexpr, PINGPONG: gl.constexpr):
+              OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, REALLOC_REGS: gl.constexpr):
+    # REALLOC_REGS is read by the launcher only (_registers_kept): a constexpr here, so that the kernel without
+    # setmaxnreg and the one with it have compile-cache keys of their own.
     # Program (row tile, batch*head): CONSUMERS * BLOCK_M query rows of one head. Q, K, V and O are
     # [rows, HEAD_DIM] views of the contiguous [B, H, S, D] tensors; a head's K/V block that runs past
     # n_k reads the next head's rows (masked to -inf before the softmax) or TMA's zeros.
@@ -511,6 +516,50 @@ def _desc(t, block):
     return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
 
+class _registers_kept:
+    """While active (``on``), Triton's compile pipeline drops every ``setmaxnreg`` from this kernel's PTX, so that
+    all warps keep the launch's registers. With two consumer partitions that overlap their wgmmas, the ptxas of
+    Triton 3.6 otherwise serialises every wgmma of the kernel ("insufficient register resources", C7512: the
+    worker warps' register moves in Gluon's partition dispatch); without the moves ptxas allocates within the
+    launch's maxnreg and keeps them in flight. A compile-stage hook, chained to any hook already set and put back
+    on exit: it touches only this module's kernel, and only compiles (the first launch of a layout), never a cached
+    kernel: REALLOC_REGS is one of the kernel's constexprs, so its compile-cache key differs from the kernel's
+    with setmaxnreg."""
+
+    def __init__(self, on):
+        self.on = on
+
+    def __enter__(self):
+        if self.on:
+            from triton import knobs
+
+            self.before = knobs.runtime.add_stages_inspection_hook
+            before = self.before
+
+            def hook(backend, stages, options, language, capability):
+                if before is not None:
+                    before(backend, stages, options, language, capability)
+                make_ptx = stages["ptx"]
+
+                def ptx(src, metadata):
+                    text = make_ptx(src, metadata)
+                    if "_attn_fwd" not in metadata.get("name", "_attn_fwd"):
+                        return text
+                    return re.sub(r"\n\s*setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+\d+;", "", text)
+
+                stages["ptx"] = ptx
+
+            knobs.runtime.add_stages_inspection_hook = hook
+        return self
+
+    def __exit__(self, *exc):
+        if self.on:
+            from triton import knobs
+
+            knobs.runtime.add_stages_inspection_hook = self.before
+        return False
+
+
 class ModelNew(nn.Module):
     """The kernel behind the task's forward (fp16/bf16, contiguous [B, H, S, D] views; other strides are
     copied contiguous first). Each call builds the four TMA descriptors and launches through Gluon's JIT,
@@ -528,8 +577,12 @@ class ModelNew(nn.Module):
         o_desc = _desc(o2, [BLOCK_M, HEAD_DIM])
         grid = (triton.cdiv(n_q, ROWS), batch * heads)
         launch = {"maxnreg": MAX_REGS} if MAX_REGS else {}
-        _attn_fwd[grid](q_desc, k_desc, v_desc, o_desc, out, heads, heads // k.shape[1], n_q, n_k, SCALE * LOG2E,
-                        CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, WARP_SPEC, CONSUMERS,
-                        PRODUCER_REGS, CONSUMER_REGS, TMA_STORE and n_q % BLOCK_M == 0, OVERLAP, PINGPONG,
-                        num_warps=CONSUMER_WARPS, **launch)
+        with _registers_kept(not REALLOC_REGS):
+            self._launch(grid, launch, q_desc, k_desc, v_desc, o_desc, out, heads, k.shape[1], n_q, n_k)
         return out
+
+    def _launch(self, grid, launch, q_desc, k_desc, v_desc, o_desc, out, heads, kv_heads, n_q, n_k):
+        _attn_fwd[grid](q_desc, k_desc, v_desc, o_desc, out, heads, heads // kv_heads, n_q, n_k, SCALE * LOG2E,
+                        CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, WARP_SPEC, CONSUMERS,
+                        PRODUCER_REGS, CONSUMER_REGS, TMA_STORE and n_q % BLOCK_M == 0, OVERLAP, PINGPONG, REALLOC_REGS,
+                        num_warps=CONSUMER_WARPS, **launch)

@@ -283,10 +283,15 @@ class TemplateMutator(GenomeMutator):
             variant = rng.choice(sorted(self.torch_paths))
             return {"kind": "torch", "variant": variant}, f"replace the kernel with {variant}", level
         if level == "implementation":
-            what = rng.choice(["tma_store", "producer_regs"] + (["consumer_regs"] if g.consumers > 1 else []))
+            what = rng.choice(["tma_store", "producer_regs", "realloc_regs"]
+                              + (["consumer_regs"] if g.consumers > 1 else []))
             if what == "tma_store":
                 return g.with_(tma_store=not g.tma_store).to_dict(), \
                     f"epilogue {'from registers' if g.tma_store else 'by TMA store'}", level
+            if what == "realloc_regs":
+                return g.with_(realloc_regs=not g.realloc_regs).to_dict(), \
+                    ("every warp keeps the launch's registers" if g.realloc_regs
+                     else "partitions trade registers (setmaxnreg)"), level
             space = gf.PRODUCER_REGS if what == "producer_regs" else gf.CONSUMER_REGS
             old = getattr(g, what)
             new = _step(space, old, rng)
