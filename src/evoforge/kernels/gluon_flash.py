@@ -70,7 +70,10 @@ PIPELINED_VERIFIED = True
 # the kernel (C7512, "insufficient register resources"; a kernel with one consumer partition keeps them in
 # flight), and the turns then only add waits. Measured on an H200 (2026-12-01,
 # benchmarks/results/gluon-bench-schedules-h200.json): 412 against 534 TFLOP/s for the same tile without
-# ping-pong on B2 H16 S4096 D128 fp16. Set True to offer it (fits() admits it with allow_pingpong too).
+# ping-pong on B2 H16 S4096 D128 fp16. With the registers kept at the launch's (realloc_regs=False), ptxas keeps
+# its wgmmas in flight, but the turns still cost more than they overlap (gluon-bench-kept-h200.json, 2x64 rows,
+# 64-key blocks: ping-pong 483 TFLOP/s, overlap 498, serial 489). Set True to offer it (fits() admits it with
+# allow_pingpong too).
 PINGPONG_OFFERED = False
 REGISTERS_PER_SM = 65536
 MAX_REGS_PER_THREAD = 255
