@@ -66,6 +66,12 @@ GENOMES: dict[str, gf.GluonGenome] = {
     "pp-2x4-m64-n128": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                       schedule="pingpong"),
     "pp-2x4-m64": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="pingpong"),
+    # Generation 0's tile with a deeper ring, the TMA epilogue, a larger producer budget.
+    "ws-2x4-m64-n128-s3": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128, num_stages=3),
+    "ws-2x4-m64-n128-tma-store": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                                tma_store=True),
+    "ws-2x4-m64-n128-p40": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128, producer_regs=40,
+                                          consumer_regs=232),
     # Registers kept at the launch's (no setmaxnreg), so that ptxas keeps two overlapped consumers' wgmmas in flight.
     "ws-2x4-m64-kept": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, realloc_regs=False),
     "ov-2x4-m64-kept": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="overlap",
