@@ -256,7 +256,7 @@ def _sm90() -> bool:
 
 
 GPU_GENOMES = {
-    "default-ws-2x4-m64-n128": gf.DEFAULTS[0],
+    "default-ws-2x4-m64-n128-tma-store": gf.DEFAULTS[0],
     "ws-1x8": gf.GluonGenome(),
     "ws-2x4-m64": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4),
     "ws-1x4-n128-s3": gf.GluonGenome(block_m=64, consumer_warps=4, block_n=128, num_stages=3),
