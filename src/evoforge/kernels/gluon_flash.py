@@ -196,7 +196,7 @@ def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits,
     if g.schedule == "pingpong" and g.consumers != 2:
         return "ping-pong takes two consumers"
     if g.schedule == "pingpong" and not (allow_pingpong or PINGPONG_OFFERED):
-        return "ping-pong is not offered (gluon_flash.PINGPONG_OFFERED: ptxas serialises its wgmmas)"
+        return "ping-pong is not offered (gluon_flash.PINGPONG_OFFERED: measured slower on an H200)"
     if not g.warp_spec and not (allow_pipelined or PIPELINED_VERIFIED):
         return "the loop without warp specialisation is switched off (gluon_flash.PIPELINED_VERIFIED)"
     if g.block_m < 16 * g.consumer_warps:
