@@ -65,6 +65,21 @@ REALLOC_REGS = __realloc_regs__
 ROWS = BLOCK_M * CONSUMERS  # query rows per program
 
 
+@gluon.constexpr_function
+def _mma_layout(warps, n):
+    # The register layout of a wgmma accumulator with n columns, the partition's warps stacked by rows.
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1], instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _row_state(pos0, BLOCK_M: gl.constexpr, s_layout: gl.constexpr):
+    # A consumer's rows: their query positions, and the online softmax's running max and sum.
+    pos = pos0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=gl.SliceLayout(1, s_layout))
+    return pos, m_i, l_i
+
+
 @gluon.jit
 def _block_range(pos0, n_q, n_k, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr,
                  BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
@@ -147,14 +162,9 @@ def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, 
     # A consumer partition: its BLOCK_M rows of Q (loaded by the producer) against every key block the
     # producer streams through the ring; it hands each stage's K and V back on k_empty and v_empty. Blocks
     # past its own rows' diagonal (the other consumer needs them) are waited for and handed back unread.
-    warps: gl.constexpr = gl.num_warps()
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
-                                                        instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
-                                                        instr_shape=[16, HEAD_DIM, 16])
-    pos = pos0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
-    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
-    l_i = gl.zeros([BLOCK_M], gl.float32, layout=gl.SliceLayout(1, s_layout))
+    s_layout: gl.constexpr = _mma_layout(gl.num_warps(), BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(gl.num_warps(), HEAD_DIM)
+    pos, m_i, l_i = _row_state(pos0, BLOCK_M, s_layout)
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
     full, own = _block_range(pos0, n_q, n_k, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N)
     mbarrier.wait(q_bar, 0)
@@ -247,16 +257,11 @@ def _consume_overlapped(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty
     # Q·Kᵀ and softmax, then per block j its Q·Kᵀ with block j-1's P·V (_overlap_step), then the last
     # block's P·V. Every tile owns block 0 (rows see keys from the first), so block 0 is masked as a
     # diagonal block may need. With PINGPONG the two consumers issue their wgmmas in turn.
-    warps: gl.constexpr = gl.num_warps()
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
-                                                        instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
-                                                        instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _mma_layout(gl.num_warps(), BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(gl.num_warps(), HEAD_DIM)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     dtype: gl.constexpr = v_bufs.dtype
-    pos = pos0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
-    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
-    l_i = gl.zeros([BLOCK_M], gl.float32, layout=gl.SliceLayout(1, s_layout))
+    pos, m_i, l_i = _row_state(pos0, BLOCK_M, s_layout)
     acc = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout))  # carried in flight
     p_op = gl.zeros([BLOCK_M, BLOCK_N], dtype, p_layout)
     full, own = _block_range(pos0, n_q, n_k, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N)
@@ -468,11 +473,8 @@ def _pipelined(q_desc, k_desc, v_desc, o_desc, O, q_smem, q_bars, k_bufs, v_bufs
                NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
     # Without warp specialisation: the same warps keep NUM_STAGES K/V blocks in flight by TMA and refill
     # a stage once every warp has finished reading it (a CTA barrier, then the TMA).
-    warps: gl.constexpr = gl.num_warps()
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
-                                                        instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[warps, 1],
-                                                        instr_shape=[16, HEAD_DIM, 16])
+    s_layout: gl.constexpr = _mma_layout(gl.num_warps(), BLOCK_N)
+    o_layout: gl.constexpr = _mma_layout(gl.num_warps(), HEAD_DIM)
     q_buf = q_smem.index(0)
     q_bar = q_bars.index(0)
     mbarrier.expect(q_bar, q_desc.block_type.nbytes)
@@ -485,9 +487,7 @@ def _pipelined(q_desc, k_desc, v_desc, o_desc, O, q_smem, q_bars, k_bufs, v_bufs
         mbarrier.expect(v_ready.index(i), v_desc.block_type.nbytes, pred=ok)
         tma.async_copy_global_to_shared(v_desc, [kv_row + i * BLOCK_N, 0], v_ready.index(i), v_bufs.index(i),
                                         pred=ok)
-    pos = pos0 + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, s_layout))
-    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=gl.SliceLayout(1, s_layout))
-    l_i = gl.zeros([BLOCK_M], gl.float32, layout=gl.SliceLayout(1, s_layout))
+    pos, m_i, l_i = _row_state(pos0, BLOCK_M, s_layout)
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
     full, own = _block_range(pos0, n_q, n_k, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N)
     mbarrier.wait(q_bar, 0)
