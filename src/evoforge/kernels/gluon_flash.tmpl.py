@@ -311,7 +311,7 @@ def _consume_as(cid: gl.constexpr, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_re
                 CAUSAL_SPLIT: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
                 BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
                 TMA_STORE: gl.constexpr):
-    # Consumer cid: the program's cid-th BLOCK_M rows.
+    # Consumer cid, a partition (cid 0 the default one, cid 1 a worker): the program's cid-th BLOCK_M rows.
     if OVERLAP:
         _consume_overlapped(q_smem.index(cid), q_bars.index(cid), k_bufs, v_bufs, k_ready, v_ready, k_empty,
                             v_empty, turns, o_desc, O, o_smem.index(cid), bh, pos0 + cid * BLOCK_M, n_q, n_k,
@@ -321,28 +321,6 @@ def _consume_as(cid: gl.constexpr, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_re
         _consume(q_smem.index(cid), q_bars.index(cid), k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, o_desc,
                  O, o_smem.index(cid), bh, pos0 + cid * BLOCK_M, n_q, n_k, n_blocks, qk_scale, CAUSAL,
                  CAUSAL_SPLIT, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)
-
-
-@gluon.jit
-def _consume_default(q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O, o_smem,
-                     bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr,
-                     OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                     HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
-    # The first consumer (the default partition).
-    _consume_as(0, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O, o_smem, bh,
-                pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, OVERLAP, PINGPONG, BLOCK_M, BLOCK_N,
-                HEAD_DIM, NUM_STAGES, TMA_STORE)
-
-
-@gluon.jit
-def _consume_worker(q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O, o_smem,
-                    bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr,
-                    OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
-                    HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
-    # The second consumer (a worker partition).
-    _consume_as(1, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O, o_smem, bh,
-                pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, OVERLAP, PINGPONG, BLOCK_M, BLOCK_N,
-                HEAD_DIM, NUM_STAGES, TMA_STORE)
 
 
 @gluon.jit
@@ -421,20 +399,20 @@ def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk
     if WARP_SPEC:
         if CONSUMERS == 2:
             gl.warp_specialize([
-                (_consume_default, (q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
-                                    o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
-                                    OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
-                (_consume_worker, (q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
-                                   o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
-                                   OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
+                (_consume_as, (0, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                               o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
+                               OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
+                (_consume_as, (1, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                               o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
+                               OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
                 (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty,
                             v_empty, q_row, kv_row, n_blocks, BLOCK_M, BLOCK_N, NUM_STAGES, CONSUMERS)),
             ], [gl.num_warps(), 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:
             gl.warp_specialize([
-                (_consume_default, (q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
-                                    o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
-                                    OVERLAP, False, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
+                (_consume_as, (0, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                               o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
+                               OVERLAP, False, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
                 (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty,
                             v_empty, q_row, kv_row, n_blocks, BLOCK_M, BLOCK_N, NUM_STAGES, CONSUMERS)),
             ], [1], [PRODUCER_REGS])
