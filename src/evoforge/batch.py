@@ -201,8 +201,9 @@ class BatchSummary:
         return {"summary": self.measures(), "problems": [asdict(p) for p in self.problems]}
 
 
-# search(run_id, prepared, run_config, started): run one problem's search to its end (the CLI's, with its live line)
-SearchFn = Callable[[str, "Prepared", "RunConfig", float], Any]
+# search(run_id, prepared, run_config, started): run one problem's search to its end (the CLI's, with its live
+# line); prepared is None for problems at once, whose child process prepares the run it searches
+SearchFn = Callable[[str, "Prepared | None", "RunConfig", float], Any]
 
 
 def run_batch(store: Store, config: RunConfig, record: BatchRecord, search: SearchFn,
@@ -276,7 +277,7 @@ def run_in_lanes(db: Path, config: RunConfig, record: BatchRecord, problems: lis
     children: dict[str, subprocess.Popen[str]] = {}
 
     def lane_search(lane: Lane, store: Store) -> SearchFn:
-        def search(run_id: str, prepared: Prepared, run_config: RunConfig, started: float) -> None:
+        def search(run_id: str, prepared: Prepared | None, run_config: RunConfig, started: float) -> None:
             from evoforge.evaluator import EvaluatorError
             from evoforge.evolve import parse_duration
 
@@ -374,20 +375,23 @@ def _run_problem(store: Store, config: RunConfig, record: BatchRecord, path: Pat
     row = ProblemOutcome(problem=path.stem, path=str(path), level=lvl, status="error",
                          budget_s=parse_duration(config.budget) if config.budget else None)
     try:
-        # Problems at once (``lock``): one start at a time (it imports the task), and no memory plan here: the
-        # other lanes' problems fill the GPUs this process sees; the child plans against its own GPU.
-        plan_memory = lock is None
-        with lock or contextlib.nullcontext():
+        with lock or contextlib.nullcontext():  # problems at once: one start at a time (it imports the task)
             earlier = record.run_of(path)  # the run an interrupted session was in: continued, not restarted
-            if earlier:
-                run_config, prepared, run_id = evolve.resume(store, earlier, {"budget": config.budget},
-                                                             plan_memory=plan_memory)
+            prepared: Prepared | None = None
+            if lock is not None:
+                # Problems at once: the run is only recorded here; the lane's child prepares and searches it,
+                # its memory plan against the one GPU it sees (here the other lanes' problems fill them all).
+                run_id = earlier or evolve.create(
+                    evolve.RunConfig.from_dict({**config.to_dict(), "task": str(path)}), store)[0]
+                run_config = evolve.RunConfig.from_dict({**store.run(run_id).config, "budget": config.budget})
+            elif earlier:
+                run_config, prepared, run_id = evolve.resume(store, earlier, {"budget": config.budget})
             else:
                 run_config = evolve.RunConfig.from_dict({**config.to_dict(), "task": str(path)})
-                run_id, prepared = evolve.start(run_config, store, plan_memory=plan_memory)
+                run_id, prepared = evolve.start(run_config, store)
                 run_config = evolve.RunConfig.from_dict(store.run(run_id).config)
             record.begin(path, run_id)
-        row.run, row.problem = run_id, prepared.spec.name
+        row.run, row.problem = run_id, store.run(run_id).task["name"]
         search(run_id, prepared, run_config, started)
         evaluated = store.evaluations(run_id)
         row.evaluated = len(evaluated)

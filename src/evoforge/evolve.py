@@ -405,10 +405,8 @@ def _llm_mutator(config: RunConfig, spec: TaskSpec, device: str, store: Store, r
 
 
 def prepare(config: RunConfig, store: Store, run_id: str, rng: random.Random,
-            progress: Callable[[str], None] | None = None, plan_memory: bool = True) -> Prepared:
-    """Everything to search ``run_id`` in this process. ``plan_memory=False`` skips the up-front memory plan:
-    for a process that only records the run and hands its search to another (a batch's problems at once,
-    whose child plans against the one GPU it sees; here the other lanes' problems fill the GPUs)."""
+            progress: Callable[[str], None] | None = None) -> Prepared:
+    """Everything to search ``run_id`` in this process."""
     _check_mutator(config)
     device = resolve_device(config.device)
     spec, params = _load(config.task or default_task(device))
@@ -438,8 +436,7 @@ def prepare(config: RunConfig, store: Store, run_id: str, rng: random.Random,
 
     evaluate = GenerationEvaluator(spec, eval_config, baselines_for(spec, device), config.keep_baselines, fastest,
                                    progress, remember, profile)
-    batch_cap, memory_note = (_fit_memory(config, spec, eval_config, device, len(evaluate.baselines))
-                              if plan_memory else (None, ""))
+    batch_cap, memory_note = _fit_memory(config, spec, eval_config, device, len(evaluate.baselines))
     if batch_cap is not None:
         store.add_event(run_id, "memory", batch_cap=batch_cap, note=memory_note)
     make_mutator = _registered(MUTATORS, config.mutator)
@@ -459,10 +456,10 @@ def _fit_memory(config: RunConfig, spec: TaskSpec, eval_config: EvalConfig, devi
     return memory.upfront(spec, eval_config, device, baselines, config.batch_size or config.population)
 
 
-def start(config: RunConfig, store: Store, progress: Callable[[str], None] | None = None,
-          plan_memory: bool = True) -> tuple[str, Prepared]:
-    """Check the config and task first, then create the run record and everything to search it
-    (``plan_memory``: see ``prepare``)."""
+def create(config: RunConfig, store: Store) -> tuple[str, RunConfig]:
+    """Check the config and task, then record a new run, held by this process: its id and its config with the
+    task resolved. ``start`` goes on to prepare its search; a batch's problems at once stop here (the child
+    that searches the run prepares it, its memory plan against the one GPU it sees)."""
     _check_mutator(config)
     check_executor(config)
     check_device(config.device, local=config.executor != "ray")
@@ -471,8 +468,14 @@ def start(config: RunConfig, store: Store, progress: Callable[[str], None] | Non
     spec, _ = _load(resolved.task)
     run_id = store.create_run({"name": spec.name, "arg": resolved.task, "origin": spec.origin, "params": spec.params},
                               resolved.to_dict())
+    return run_id, resolved
+
+
+def start(config: RunConfig, store: Store, progress: Callable[[str], None] | None = None) -> tuple[str, Prepared]:
+    """Check the config and task first, then create the run record and everything to search it."""
+    run_id, resolved = create(config, store)
     try:
-        return run_id, prepare(resolved, store, run_id, random.Random(resolved.seed), progress, plan_memory)
+        return run_id, prepare(resolved, store, run_id, random.Random(resolved.seed), progress)
     except BaseException as exc:  # the run never started: say so, and let it go
         store.release(run_id, status="failed", note=f"failed to start: {_one_line(exc)}")
         raise
@@ -547,7 +550,7 @@ def search_for(store: Store, run_id: str, prepared: Prepared, config: RunConfig,
 
 
 def resume(store: Store, run_id: str, overrides: dict[str, Any],
-           progress: Callable[[str], None] | None = None, plan_memory: bool = True) -> tuple[RunConfig, Prepared, str]:
+           progress: Callable[[str], None] | None = None) -> tuple[RunConfig, Prepared, str]:
     """Take the run's lease (refused while another process runs it) and prepare this session. The
     wall-clock budget is this session's: ``budget`` when given, else none (the budget of an earlier
     session does not apply again); ``generations`` and ``max_evals`` raise the run's limits."""
@@ -562,7 +565,7 @@ def resume(store: Store, run_id: str, overrides: dict[str, Any],
     store.claim(record.id)
     try:
         rng = restore_rng(record.rng) if record.rng else random.Random(config.seed)
-        prepared = prepare(config, store, record.id, rng, progress, plan_memory)
+        prepared = prepare(config, store, record.id, rng, progress)
         store.update_run(record.id, config=stored.to_dict(), status="running", note=None)
     except BaseException:
         store.release(record.id)  # the run is as it was; this session never started
