@@ -230,6 +230,18 @@ def run_isolated(label: str, shapes: dict[str, AttentionParams], timeout_s: floa
     return records
 
 
+def environment() -> dict[str, Any]:
+    """The record's device, versions and date (GPU 0)."""
+    import triton
+
+    props = torch.cuda.get_device_properties(0)
+    limits = HardwareLimits.for_device(props)
+    return {"device": props.name, "capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count,
+            "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "python": platform.python_version(), "host": platform.node(), "gluon_offered": gf.offered(limits),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, help="write the records as JSON here")
@@ -244,15 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     shapes = {k: p for k, p in SHAPES.items() if not args.shapes or k in args.shapes.split(",")}
     if args.worker:
         return gluon_worker(args.worker, shapes, args.out)
-    import triton
-
-    props = torch.cuda.get_device_properties(0)
-    limits = HardwareLimits.for_device(props)
-    env = {"device": props.name, "capability": f"{props.major}.{props.minor}", "sms": props.multi_processor_count,
-           "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-           "python": platform.python_version(), "host": platform.node(), "gluon_offered": gf.offered(limits),
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    env = environment()
     print(json.dumps(env))
+    limits = HardwareLimits.for_device(torch.cuda.get_device_properties(0))
     genomes = {k: g for k, g in GENOMES.items() if not args.genomes or k in args.genomes.split(",")}
     records: list[dict[str, Any]] = []
     started = time.monotonic()

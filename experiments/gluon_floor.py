@@ -19,7 +19,6 @@ the code cut, so the genome must use it (the default does).
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import json
 import sys
@@ -79,9 +78,7 @@ def main() -> int:
     genome = gf.GluonGenome.from_dict(json.loads(args.genome)) if args.genome else gf.DEFAULTS[0]
     if genome.schedule != "serial":
         raise SystemExit("the cuts are written for the serial schedule")
-    env = gb.environment() if hasattr(gb, "environment") else {}
-    env.update(device=torch.cuda.get_device_name(), torch=torch.__version__,
-               date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    env = gb.environment()
     records: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for label in args.shapes.split(","):
