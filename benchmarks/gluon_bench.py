@@ -82,6 +82,14 @@ GENOMES: dict[str, gf.GluonGenome] = {
                                          num_stages=3, realloc_regs=False),
     "ov-2x4-m64-n32-kept": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=32, schedule="overlap",
                                           realloc_regs=False),
+    # Worker warps that leave after their partition (flat_workers): FA3's tile, overlapped at 240 registers.
+    "ov-2x4-m64-n128-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128, schedule="overlap",
+                                           tma_store=True, flat_workers=True),
+    "ov-2x4-m64-n128-flat-regstore": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                                    schedule="overlap", flat_workers=True),
+    "pp-2x4-m64-n128-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                           schedule="pingpong", tma_store=True, flat_workers=True),
+    "default-flat": gf.DEFAULTS[0].with_(flat_workers=True),
 }
 SHAPES: dict[str, AttentionParams] = {
     "seed": AttentionParams(),

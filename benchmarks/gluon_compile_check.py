@@ -59,6 +59,11 @@ GENOMES: list[tuple[str, gf.GluonGenome]] = [
                                             realloc_regs=False)),
     ("pingpong-2x4-m64-kept", gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="pingpong",
                                              realloc_regs=False)),
+    ("overlap-2x4-m64-n128-flat", gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                                 schedule="overlap", tma_store=True, flat_workers=True)),
+    ("pingpong-2x4-m64-n128-flat", gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                                  schedule="pingpong", flat_workers=True)),
+    ("default-flat", gf.DEFAULTS[0].with_(flat_workers=True)),
     ("pipe-1x4-m64", gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4)),
     ("pipe-1x8-m128", gf.GluonGenome(warp_spec=False, block_m=128, consumer_warps=8, num_stages=3)),
     ("pipe-1x4-s1", gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4, num_stages=1)),
@@ -221,7 +226,7 @@ def sample_genomes(n: int, seed: int) -> list[tuple[str, gf.GluonGenome]]:
     space = {"block_m": gf.BLOCKS_M, "block_n": gf.BLOCKS_N, "num_stages": gf.STAGES, "warp_spec": (True, False),
              "consumers": gf.CONSUMERS, "consumer_warps": gf.CONSUMER_WARPS, "producer_regs": gf.PRODUCER_REGS,
              "consumer_regs": gf.CONSUMER_REGS, "causal_split": (True, False), "tma_store": (True, False),
-             "schedule": gf.SCHEDULES, "realloc_regs": (True, False)}
+             "schedule": gf.SCHEDULES, "realloc_regs": (True, False), "flat_workers": (True, False)}
     assert set(space) == {f.name for f in fields(gf.GluonGenome)}
     out: dict[str, gf.GluonGenome] = {}
     for _ in range(10000):

@@ -32,7 +32,7 @@ SPACE: dict[str, tuple[Any, ...]] = {
     "block_m": gf.BLOCKS_M, "block_n": gf.BLOCKS_N, "num_stages": gf.STAGES, "warp_spec": (True, False),
     "consumers": gf.CONSUMERS, "consumer_warps": gf.CONSUMER_WARPS, "producer_regs": gf.PRODUCER_REGS,
     "consumer_regs": gf.CONSUMER_REGS, "causal_split": (True, False), "tma_store": (True, False),
-    "schedule": gf.SCHEDULES, "realloc_regs": (True, False)}
+    "schedule": gf.SCHEDULES, "realloc_regs": (True, False), "flat_workers": (True, False)}
 
 
 @pytest.fixture
@@ -132,6 +132,7 @@ def test_every_valid_genome_renders_python_with_its_genes(head_dim: int) -> None
             assert f"OVERLAP = {g.schedule != 'serial'}" in source
             assert f"PINGPONG = {g.schedule == 'pingpong'}" in source
             assert f"REALLOC_REGS = {g.realloc_regs or not g.warp_spec}" in source
+            assert f"FLAT_WORKERS = {g.flat_workers and g.warp_spec}" in source
             assert "class ModelNew" in source and "gl.warp_specialize" in source
 
 
@@ -203,17 +204,111 @@ def test_every_proposed_genome_is_valid_and_families_stay_apart(gluon_here: None
 
 def test_gluon_mutations_stay_in_the_family_unless_they_say_so(gluon_here: None) -> None:
     m = TemplateMutator(random.Random(3), AttentionParams(causal=True), H200)
-    levels = set()
+    levels, flat = set(), []
     for _ in range(300):
         genome, what, level = m.mutate(gf.DEFAULTS[0].to_dict())
         levels.add(level)
         if genome["kind"] != gf.KIND:
             assert what.startswith(("switch family", "replace the kernel")), what
+        if what.startswith("worker warps"):
+            flat.append(genome)
     assert levels == {"algorithmic", "implementation", "hardware"}
+    # The worker warps' exit is a gene of the warp-specialised kernel, flipped alone.
+    assert flat and all(g["flat_workers"] and g == {**gf.DEFAULTS[0].to_dict(), "flat_workers": True} for g in flat)
+    pipe = gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4).to_dict()
+    assert not any(m.mutate(pipe)[1].startswith("worker warps") for _ in range(200))
     a, b = gf.GluonGenome().to_dict(), gf.DEFAULTS[1].to_dict()  # 128 and 64 rows
     children = [m.crossover(a, b) for _ in range(40)]
     assert {c["block_m"] for c in children} == {64, 128} and all(c["kind"] == gf.KIND for c in children)
     assert m.crossover(a, FlashGenome().to_dict()) == a  # no cross-family children
+
+
+# The shape of Gluon's worker dispatch in Triton 3.6's PTX (read from a compiled two-consumer kernel, trimmed):
+# workers enter the loop once from its preheader, wait at the CTA barrier, read their partition, branch by table;
+# each partition's block ends with a branch back to the head (or falls through into it).
+DISPATCH_PTX = """\
+	@%p1 bra 	$L__BB0_20;
+	bra.uni 	$L__BB0_1;
+$L__BB0_20:                             // %default
+	setmaxnreg.inc.sync.aligned.u32 	256;
+	barrier.sync 	1;
+	ret;
+$L__BB0_1:                              // %.preheader.preheader
+	or.b32 	%r4, %r29, 112;
+	bra.uni 	$L__BB0_2;
+$L__BB0_18:                             //   in Loop: Header=BB0_2 Depth=1
+	setmaxnreg.dec.sync.aligned.u32 	24;
+	barrier.sync 	1;
+	setmaxnreg.inc.sync.aligned.u32 	120;
+$L__BB0_2:                              // %.preheader
+                                        // =>This Loop Header: Depth=1
+	.loc	1 319 0                         // k.py:319
+	setmaxnreg.dec.sync.aligned.u32 	120;
+	barrier.sync 	1;
+	ld.shared.b8 	%r30, [%r32+196908];
+	setp.gt.u32 	%p2, %r30, 2;
+	@%p2 bra 	$L__BB0_4;
+// %bb.3:                               // %.preheader
+                                        //   in Loop: Header=BB0_2 Depth=1
+	$L_brx_0: .branchtargets
+		$L__BB0_5,
+		$L__BB0_18,
+		$L__BB0_29;
+	brx.idx 	%r30, $L_brx_0;
+$L__BB0_5:                              //   in Loop: Header=BB0_2 Depth=1
+	setmaxnreg.inc.sync.aligned.u32 	240;
+	wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {%f1}, %rd1, %rd2, 1, 1, 1, 0, 1;
+$L__BB0_7:                              //   in Loop: Header=BB0_7 Depth=2
+	@%p3 bra 	$L__BB0_7;
+$L__BB0_13:                             // %._crit_edge
+                                        //   in Loop: Header=BB0_2 Depth=1
+	barrier.sync 	1;
+	setmaxnreg.dec.sync.aligned.u32 	120;
+	bra.uni 	$L__BB0_2;
+$L__BB0_4:                              //   in Loop: Header=BB0_2 Depth=1
+	barrier.sync 	1;
+	bra.uni 	$L__BB0_2;
+$L__BB0_29:                             // %common.ret
+	.loc	1 0 0                           // k.py:0
+	ret;
+$L__BB0_20x:                            // %not.in.the.loop
+	bra.uni 	$L__BB0_2;
+"""
+
+
+def _workers_leave() -> Any:
+    """The template's PTX rewrite, taken out of a rendered kernel (the module imports Gluon, this test must not)."""
+    source = gf.render(gf.DEFAULTS[0].with_(flat_workers=True), causal=False, head_dim=64)
+    tree = ast.parse(source)
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "_workers_leave")
+    namespace: dict[str, Any] = {"re": __import__("re")}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), "<template>", "exec"), namespace)
+    return namespace["_workers_leave"]
+
+
+def test_worker_warps_leave_instead_of_looping_back() -> None:
+    leave = _workers_leave()
+    out = leave(DISPATCH_PTX)
+    lines = out.splitlines()
+    # Every unconditional back edge from a block inside the loop: the head's register move and barrier, then
+    # the table's exit block.
+    leaving = ["\tsetmaxnreg.dec.sync.aligned.u32 \t120;", "\tbarrier.sync \t1;", "\tbra.uni \t$L__BB0_29;"]
+    for label in ("$L__BB0_13:", "$L__BB0_4:"):
+        block = lines[lines.index(next(x for x in lines if x.startswith(label))):]
+        end = next(i for i, x in enumerate(block) if "bra.uni" in x)
+        assert block[end - 2:end + 1] == leaving, (label, block[:end + 1])
+    # The preheader still enters the loop, and a branch to the head from outside the loop is left alone; so
+    # are the fall-through into the head, the inner loop's back edge and the head itself.
+    assert "\tbra.uni \t$L__BB0_2;" in lines[lines.index(next(x for x in lines if x.startswith("$L__BB0_1:"))) + 2]
+    assert out.count("bra.uni \t$L__BB0_2;") == 2 and out.count("bra.uni \t$L__BB0_29;") == 2
+    assert "@%p3 bra \t$L__BB0_7;" in out and "brx.idx \t%r30, $L_brx_0;" in out
+    assert len(lines) == len(DISPATCH_PTX.splitlines()) + 4
+    # PTX of another shape comes back unchanged: no dispatch table, no exit block in it, or no barrier at the head.
+    assert leave("\tret;\n") == "\tret;\n"
+    no_exit = DISPATCH_PTX.replace("\t\t$L__BB0_29;", "\t\t$L__BB0_4;")
+    assert leave(no_exit) == no_exit
+    no_wait = DISPATCH_PTX.replace("\tbarrier.sync \t1;\n\tld.shared", "\tld.shared")
+    assert leave(no_wait) == no_wait
 
 
 def _triton_36() -> bool:
@@ -230,17 +325,19 @@ def test_compiles_for_sm90_ahead_of_time(tmp_path: Path) -> None:
     out = tmp_path / "check.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gluon_compile_check.py"), "--out", str(out),
-                          "--genomes", "default,ws-2x4-m64,pipe-1x4-m64,overlap-1x4-m64-n128,overlap-2x4-m64-kept",
+                          "--genomes", "default,ws-2x4-m64,pipe-1x4-m64,overlap-1x4-m64-n128,overlap-2x4-m64-kept,"
+                          "overlap-2x4-m64-n128-flat",
                           "--shapes", "seed-d64-fp16,d128-bf16-causal"],
                          capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr
     records = json.loads(out.read_text())["records"]
-    assert len(records) == 10 and all(r["status"] == "compiled" for r in records)
+    assert len(records) == 12 and all(r["status"] == "compiled" for r in records)
     assert all(r["target"] == "sm_90a" and r["wgmma"] > 0 and r["spill_store_bytes"] == 0 for r in records)
     assert not any(r.get("wgmma_serialized") or r["stale_wgmma_descriptors"] for r in records)
     # The overlapped schedule keeps the whole softmax of a block under the previous block's P·V (ptxas put the
     # wait above the exponentials while it sat in the same basic block), the serial one has nothing there. Two
-    # overlapped consumers keep theirs only with the registers kept where the launch put them (no setmaxnreg).
+    # overlapped consumers keep theirs with the registers kept where the launch put them (no setmaxnreg), or with
+    # the worker warps out of Gluon's dispatch loop (flat_workers: FA3's tile, 128-key blocks at 240 registers).
     for r in records:
         if r["label"].startswith("overlap-"):
             # per thread, a 64-row warpgroup: 64 x block_n scores over 128 threads
@@ -272,6 +369,12 @@ GPU_GENOMES = {
                                            realloc_regs=False),
     "pingpong-2x4-m64-kept": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, schedule="pingpong",
                                             realloc_regs=False),
+    # Worker warps that leave after their partition (the PTX's back edges rewritten): FA3's tile overlapped.
+    "overlap-2x4-m64-n128-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                                schedule="overlap", tma_store=True, flat_workers=True),
+    "pingpong-2x4-m64-n128-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                                 schedule="pingpong", flat_workers=True),
+    "default-flat": gf.DEFAULTS[0].with_(flat_workers=True),
     # The loop without warp specialisation: the search is not offered it (gluon_flash.PIPELINED_VERIFIED),
     # it runs here so that a GPU run says whether it still crashes.
     "pipe-1x4-m64": gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4),

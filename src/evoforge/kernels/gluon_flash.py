@@ -20,7 +20,10 @@ FA3-style forward written against Triton 3.6's Gluon (``triton.experimental.gluo
   ``causal_split`` the mask only on the blocks that cross the diagonal (else on every block);
 - ``realloc_regs``: the partitions trade registers by ``setmaxnreg`` (``producer_regs``, ``consumer_regs``), or
   every warp keeps the launch's (the PTX's ``setmaxnreg`` dropped at compile time): with two overlapped consumer
-  partitions the ptxas of Triton 3.6 serialises every wgmma unless the registers stay put;
+  partitions the ptxas of Triton 3.6 serialises every wgmma unless the registers stay put, or unless
+- ``flat_workers``: the worker warps leave after their partition instead of looping back to Gluon's dispatch
+  (a rewrite of the PTX's back edges; the kernel has one ``warp_specialize`` region), which is what the
+  serialisation comes from: ptxas then keeps both consumers' wgmmas in flight at ``consumer_regs`` registers;
 - the epilogue stores O from registers, or with ``tma_store`` through shared memory by TMA (where the
   query length divides ``block_m``; else the register store).
 
@@ -96,6 +99,7 @@ class GluonGenome:
     tma_store: bool = False
     schedule: str = "serial"
     realloc_regs: bool = True
+    flat_workers: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": KIND, **asdict(self)}
@@ -233,6 +237,7 @@ def render(g: GluonGenome, *, causal: bool, head_dim: int) -> str:
         "causal_split": bool(g.causal_split and causal), "tma_store": bool(g.tma_store), "max_regs": max_regs(g),
         "overlap": g.schedule != "serial", "pingpong": g.schedule == "pingpong",
         "realloc_regs": bool(g.realloc_regs or not g.warp_spec),
+        "flat_workers": bool(g.flat_workers and g.warp_spec),
     })
 
 

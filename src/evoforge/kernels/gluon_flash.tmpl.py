@@ -45,6 +45,7 @@ __overlap__ = False  # a consumer issues block j's Q·Kᵀ with block j-1's P·V
 __pingpong__ = False  # two consumers take turns to issue their wgmmas (one's softmax under the other's MMAs)
 __max_regs__ = 0  # maxnreg for the launch (0: Triton's default)
 __realloc_regs__ = True  # setmaxnreg moves registers between partitions (else every warp keeps the launch's)
+__flat_workers__ = False  # worker warps leave after their partition instead of looping back to Gluon's dispatch
 # evoforge: end
 # Rendered by evoforge from genome __genome_json__
 CAUSAL = __causal__
@@ -62,6 +63,7 @@ OVERLAP = __overlap__
 PINGPONG = __pingpong__
 MAX_REGS = __max_regs__
 REALLOC_REGS = __realloc_regs__
+FLAT_WORKERS = __flat_workers__
 ROWS = BLOCK_M * CONSUMERS  # query rows per program
 
 
@@ -350,9 +352,10 @@ def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk
               CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, WARP_SPEC: gl.constexpr, CONSUMERS: gl.constexpr,
               PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, TMA_STORE: gl.constexpr,
-              OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, REALLOC_REGS: gl.constexpr):
-    # REALLOC_REGS is read by the launcher only (_registers_kept): a constexpr here, so that the kernel without
-    # setmaxnreg and the one with it have compile-cache keys of their own.
+              OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, REALLOC_REGS: gl.constexpr,
+              FLAT_WORKERS: gl.constexpr):
+    # REALLOC_REGS and FLAT_WORKERS are read by the launcher only (_ptx_rewritten): constexprs here, so that each
+    # rewrite of the PTX has a compile-cache key of its own.
     # Program (row tile, batch*head): CONSUMERS * BLOCK_M query rows of one head. Q, K, V and O are
     # [rows, HEAD_DIM] views of the contiguous [B, H, S, D] tensors; a head's K/V block that runs past
     # n_k reads the next head's rows (masked to -inf before the softmax) or TMA's zeros.
@@ -494,25 +497,69 @@ def _desc(t, block):
     return TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout)
 
 
-class _registers_kept:
-    """While active (``on``), Triton's compile pipeline drops every ``setmaxnreg`` from this kernel's PTX, so that
-    all warps keep the launch's registers. With two consumer partitions that overlap their wgmmas, the ptxas of
-    Triton 3.6 otherwise serialises every wgmma of the kernel ("insufficient register resources", C7512: the
-    worker warps' register moves in Gluon's partition dispatch); without the moves ptxas allocates within the
-    launch's maxnreg and keeps them in flight. A compile-stage hook, chained to any hook already set and put back
-    on exit: it touches only this module's kernel, and only compiles (the first launch of a layout), never a cached
-    kernel: REALLOC_REGS is one of the kernel's constexprs, so its compile-cache key differs from the kernel's
-    with setmaxnreg."""
+def _workers_leave(ptx):
+    """The PTX with Gluon's worker warps leaving once their partition is done, instead of going back to wait
+    for the next ``warp_specialize`` region. Gluon (Triton 3.6) runs worker warps in a dispatch loop: wait at a
+    CTA barrier, read their partition from shared memory, run it (``brx.idx``), loop. Inside that loop the
+    ptxas of Triton 3.6 cannot give a partition the registers its ``setmaxnreg`` raises it to, and with two
+    overlapped consumer partitions it serialises every wgmma of the kernel ("insufficient register resources",
+    C7512). This kernel has one ``warp_specialize`` region, so the state a worker reads after its partition is
+    always "exit": each back edge to the loop's head (an unconditional branch in a block LLVM marks as inside
+    that loop) becomes the head's own steps up to its barrier (the register move and the CTA barrier the
+    default partition waits at), then a branch to the dispatch table's exit block (a bare ``ret``). Where the
+    PTX does not have this shape, it is returned unchanged (the kernel is the same, its wgmmas serialised)."""
+    table = re.search(r"\$L_brx_\d+: \.branchtargets\s+([^;]+);\s*brx\.idx", ptx)
+    if table is None:
+        return ptx
+    heads = list(re.finditer(r"^(\$L__BB\d+_\d+):", ptx[:table.start()], re.M))
+    if not heads:
+        return ptx
+    head = heads[-1].group(1)
+    wait = re.search(r"^\s*barrier\.sync\s+\d+;[ \t]*$", ptx[heads[-1].end():table.start()], re.M)
+    if wait is None:
+        return ptx
+    steps = [line for line in ptx[heads[-1].end():heads[-1].end() + wait.end()].split("\n")
+             if line.strip() and not line.strip().startswith(("//", ".loc"))]
+    exits = [label for label in (t.strip() for t in table.group(1).split(","))
+             if re.search("^" + re.escape(label) + r":.*\n(?:[ \t]*(?:\.loc.*|//.*)?\n)*[ \t]*ret;", ptx, re.M)]
+    if len(exits) != 1:
+        return ptx
+    mark = "in Loop: Header=" + head[len("$L__"):] + " "
+    out, in_loop, labelled = [], False, False
+    for line in ptx.split("\n"):
+        if re.match(r"^\$L__BB\d+_\d+:", line):
+            in_loop, labelled = mark in line, True
+        elif labelled and line.strip().startswith("//"):
+            in_loop = in_loop or mark in line
+        else:
+            labelled = False
+        if in_loop and re.fullmatch(r"\s*bra\.uni\s+" + re.escape(head) + ";", line):
+            indent = line[:len(line) - len(line.lstrip())]
+            out += [*steps, indent + "bra.uni \t" + exits[0] + ";"]
+        else:
+            out.append(line)
+    return "\n".join(out)
 
-    def __init__(self, on):
-        self.on = on
+
+class _ptx_rewritten:
+    """While active, Triton's compile pipeline rewrites this kernel's PTX: with ``strip_setmaxnreg`` every
+    ``setmaxnreg`` goes, so that all warps keep the launch's registers (realloc_regs=False); with
+    ``workers_leave``, :func:`_workers_leave` (flat_workers). A compile-stage hook, chained to any hook
+    already set and put back on exit: it touches only this module's kernel, and only compiles (the first launch
+    of a layout), never a cached kernel: REALLOC_REGS and FLAT_WORKERS are constexprs of the kernel, so each
+    rewrite has a compile-cache key of its own. Both exist because of one limit of the ptxas of Triton 3.6:
+    with two overlapped consumer partitions it serialises every wgmma of the kernel ("insufficient register
+    resources", C7512) while the worker warps' ``setmaxnreg`` sits in Gluon's dispatch loop."""
+
+    def __init__(self, strip_setmaxnreg, workers_leave):
+        self.strip, self.leave = strip_setmaxnreg, workers_leave
 
     def __enter__(self):
-        if self.on:
+        if self.strip or self.leave:
             from triton import knobs
 
             self.before = knobs.runtime.add_stages_inspection_hook
-            before = self.before
+            before, strip, leave = self.before, self.strip, self.leave
 
             def hook(backend, stages, options, language, capability):
                 if before is not None:
@@ -523,7 +570,11 @@ class _registers_kept:
                     text = make_ptx(src, metadata)
                     if "_attn_fwd" not in metadata.get("name", "_attn_fwd"):
                         return text
-                    return re.sub(r"\n\s*setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+\d+;", "", text)
+                    if leave:
+                        text = _workers_leave(text)
+                    if strip:
+                        text = re.sub(r"\n\s*setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+\d+;", "", text)
+                    return text
 
                 stages["ptx"] = ptx
 
@@ -531,7 +582,7 @@ class _registers_kept:
         return self
 
     def __exit__(self, *exc):
-        if self.on:
+        if self.strip or self.leave:
             from triton import knobs
 
             knobs.runtime.add_stages_inspection_hook = self.before
@@ -555,7 +606,7 @@ class ModelNew(nn.Module):
         o_desc = _desc(o2, [BLOCK_M, HEAD_DIM])
         grid = (triton.cdiv(n_q, ROWS), batch * heads)
         launch = {"maxnreg": MAX_REGS} if MAX_REGS else {}
-        with _registers_kept(not REALLOC_REGS):
+        with _ptx_rewritten(not REALLOC_REGS, FLAT_WORKERS):
             self._launch(grid, launch, q_desc, k_desc, v_desc, o_desc, out, heads, k.shape[1], n_q, n_k)
         return out
 
@@ -563,4 +614,4 @@ class ModelNew(nn.Module):
         _attn_fwd[grid](q_desc, k_desc, v_desc, o_desc, out, heads, heads // kv_heads, n_q, n_k, SCALE * LOG2E,
                         CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, WARP_SPEC, CONSUMERS,
                         PRODUCER_REGS, CONSUMER_REGS, TMA_STORE and n_q % BLOCK_M == 0, OVERLAP, PINGPONG, REALLOC_REGS,
-                        num_warps=CONSUMER_WARPS, **launch)
+                        FLAT_WORKERS, num_warps=CONSUMER_WARPS, **launch)

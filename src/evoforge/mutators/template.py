@@ -284,10 +284,15 @@ class TemplateMutator(GenomeMutator):
             return {"kind": "torch", "variant": variant}, f"replace the kernel with {variant}", level
         if level == "implementation":
             what = rng.choice(["tma_store", "producer_regs", "realloc_regs"]
+                              + (["flat_workers"] if g.warp_spec else [])
                               + (["consumer_regs"] if g.consumers > 1 else []))
             if what == "tma_store":
                 return g.with_(tma_store=not g.tma_store).to_dict(), \
                     f"epilogue {'from registers' if g.tma_store else 'by TMA store'}", level
+            if what == "flat_workers":
+                return g.with_(flat_workers=not g.flat_workers).to_dict(), \
+                    ("worker warps " + ("loop back to Gluon's dispatch" if g.flat_workers
+                                        else "leave after their partition")), level
             if what == "realloc_regs":
                 return g.with_(realloc_regs=not g.realloc_regs).to_dict(), \
                     ("every warp keeps the launch's registers" if g.realloc_regs
