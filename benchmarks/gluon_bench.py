@@ -89,7 +89,8 @@ GENOMES: dict[str, gf.GluonGenome] = {
                                                     schedule="overlap", flat_workers=True),
     "pp-2x4-m64-n128-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                            schedule="pingpong", tma_store=True, flat_workers=True),
-    "default-flat": gf.DEFAULTS[0].with_(flat_workers=True),
+    "ws-2x4-m64-n128-tma-store-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
+                                                     tma_store=True, flat_workers=True),
 }
 SHAPES: dict[str, AttentionParams] = {
     "seed": AttentionParams(),

@@ -63,7 +63,7 @@ GENOMES: list[tuple[str, gf.GluonGenome]] = [
                                                  schedule="overlap", tma_store=True, flat_workers=True)),
     ("pingpong-2x4-m64-n128-flat", gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                                   schedule="pingpong", flat_workers=True)),
-    ("default-flat", gf.DEFAULTS[0].with_(flat_workers=True)),
+    ("serial-2x4-m64-n128-flat", gf.DEFAULTS[0].with_(schedule="serial")),
     ("pipe-1x4-m64", gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4)),
     ("pipe-1x8-m128", gf.GluonGenome(warp_spec=False, block_m=128, consumer_warps=8, num_stages=3)),
     ("pipe-1x4-s1", gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4, num_stages=1)),

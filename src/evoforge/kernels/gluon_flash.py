@@ -118,13 +118,17 @@ class GluonGenome:
 
 # Generation 0's Gluon genomes: the same for every shape (no per-shape tuning), the first that fits.
 # FA3's shape of kernel for head sizes up to 128: a producer warp, two consumer warpgroups of 64 rows each,
-# 128-key blocks, two stages, O stored by TMA; then smaller ones for large heads. The first was one partition
-# of two warpgroups with 64-key blocks (GluonGenome()) until the H200 measured it slower on every row
-# (benchmarks/results/gluon-bench-schedules-h200.json: 627 against 515 us on B2 H16 S4096 D128, 13.9 against
-# 12.8 us on the seed shape); the TMA store was faster on each of four rows (gluon-bench-neighbours-h200.json:
-# 499 against 512 us, causal 293 against 303, S=16384 bf16 3788 against 3843, seed 12.1 against 12.3).
+# 128-key blocks, two stages, each consumer's softmax under its own in-flight P·V (overlap) with the worker warps
+# out of Gluon's dispatch loop (flat_workers, without which ptxas serialises the overlapped wgmmas), O stored by
+# TMA; then smaller ones for large heads. Measured on an H200 (benchmarks/results/gluon-bench-flat-h200.json,
+# CUDA graphs in one process): against the serial tile it replaced, 478 against 491 us on B2 H16 S4096 D128 fp16,
+# causal 279 against 291, bf16 460 against 486, B1 H16 S16384 D128 bf16 3580 against 3790; slower on the seed
+# shape (12.8 against 12.2 us) and on B4 H32 S2048 D64 (359 against 346), where the Triton family or the serial
+# schedule (one mutation away) is what the search keeps. Before the serial tile: one partition of two
+# warpgroups with 64-key blocks (GluonGenome()), slower on every row (gluon-bench-schedules-h200.json).
 DEFAULTS = (
-    GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128, tma_store=True),
+    GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128, tma_store=True, schedule="overlap",
+                flat_workers=True),
     GluonGenome(block_m=64, consumer_warps=4),
     GluonGenome(block_m=64, block_n=32, consumer_warps=4, num_stages=1),
 )
