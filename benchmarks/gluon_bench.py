@@ -5,7 +5,8 @@ it checks every entry against a float64 reference, then times it two ways: eager
 ``triton.testing.do_bench`` (Python call path included) and as a CUDA graph of one call, replayed under
 ``do_bench`` (the device's time; what evoforge's search ranks on CUDA). Entries: a list of Gluon genomes, the
 Triton family's generation-0 genome for the shape (the template mutator's ``default_genome()``, its best
-measured genome per shape class) and SDPA (PyTorch's default dispatch). A failing entry is recorded with
+measured genome per shape class), SDPA (PyTorch's default dispatch) and FlashAttention-4 where it is installed
+(``evoforge[fa4]``; its eager time includes its Python call path). A failing entry is recorded with
 its error and the run goes on. Each Gluon genome runs in a process of its own (this script with the
 internal ``--worker``): an illegal memory access poisons the CUDA context of the process that launched the
 kernel, so a crash costs only that genome's later shapes, whose rows say so (status ``crashed`` on the shape
@@ -43,7 +44,7 @@ from evoforge.kernels.flash_attention import HardwareLimits  # noqa: E402
 from evoforge.kernels.flash_attention import render as render_triton  # noqa: E402
 from evoforge.mutators.template import TemplateMutator  # noqa: E402
 from evoforge.task import import_source  # noqa: E402
-from evoforge.tasks.attention import AttentionParams  # noqa: E402
+from evoforge.tasks.attention import AttentionParams, fa4_variant, offers_fa4  # noqa: E402
 
 GENOMES: dict[str, gf.GluonGenome] = {
     "default": gf.DEFAULTS[0],
@@ -282,11 +283,12 @@ def main(argv: list[str] | None = None) -> int:
         for shape, p in shapes.items():
             data = inputs(p)
             triton_genome = TemplateMutator(random.Random(0), p, limits).default_genome()
-            for entry, genome, source in [
-                ("sdpa", None, None),
-                ("triton-default", triton_genome.to_dict(),
-                 render_triton(triton_genome, causal=p.causal, head_dim=p.head_dim)),
-            ]:
+            entries = [("sdpa", None, None),
+                       ("triton-default", triton_genome.to_dict(),
+                        render_triton(triton_genome, causal=p.causal, head_dim=p.head_dim))]
+            if offers_fa4(p, "cuda"):  # FlashAttention-4 where it is installed (evoforge[fa4])
+                entries.append(("fa4", None, fa4_variant(p).source))
+            for entry, genome, source in entries:
                 record = measure({"shape": shape, "params": p.to_dict(), "entry": entry, "genome": genome},
                                  source, p, data, tmp)
                 records.append(record)
@@ -294,19 +296,22 @@ def main(argv: list[str] | None = None) -> int:
             records += [gluon[label][shape] for label in genomes]
             del data
             torch.cuda.empty_cache()
-    # Speedup of each entry over SDPA on its shape (graph times).
-    sdpa = {r["shape"]: r["graph_us"] for r in records if r["entry"] == "sdpa" and "graph_us" in r}
-    for r in records:
-        if "graph_us" in r and r["shape"] in sdpa:
-            r["speedup_vs_sdpa_graph"] = sdpa[r["shape"]] / r["graph_us"]
+    # Speedup of each entry over SDPA (and FlashAttention-4, where it ran) on its shape (graph times).
+    for baseline in ("sdpa", "fa4"):
+        base = {r["shape"]: r["graph_us"] for r in records
+                if r["entry"] == baseline and r.get("status") == "ok" and "graph_us" in r}
+        for r in records:
+            if "graph_us" in r and r["shape"] in base:
+                r[f"speedup_vs_{baseline}_graph"] = base[r["shape"]] / r["graph_us"]
     best = {}
     for r in records:
         if r.get("status") == "ok" and r["entry"].startswith("gluon-") \
                 and (r["shape"] not in best or r["graph_us"] < best[r["shape"]]["graph_us"]):
             best[r["shape"]] = r
     for shape, r in best.items():
+        fa4 = f", {r['speedup_vs_fa4_graph']:.2f}x FA4" if "speedup_vs_fa4_graph" in r else ""
         print(f"best gluon on {shape}: {r['entry']} {r['graph_us']:.1f} us graph, "
-              f"{r.get('speedup_vs_sdpa_graph', float('nan')):.2f}x SDPA")
+              f"{r.get('speedup_vs_sdpa_graph', float('nan')):.2f}x SDPA{fa4}")
     env["seconds"] = round(time.monotonic() - started, 1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
