@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import sys
 
 import pytest
 import torch
@@ -79,3 +80,35 @@ def test_flag_variants_restore_the_global_flags() -> None:
         x = torch.randn(1, 2, 16, 16)
         model(x, x, x)
     assert (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32) == before
+
+
+@pytest.mark.parametrize("overrides", ["", "causal=1", "kv_heads=1", "q_len=16,causal=1"])
+def test_the_model_attends_a_head_at_a_time_past_its_scores_limit(overrides: str,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past SCORES_AT_ONCE bytes of scores the Model loops over (batch, head): the same values as all at once."""
+    spec = builtin_task("attention-tiny:dtype=fp32" + ("," + overrides if overrides else ""))
+    task = load_task(spec)
+    q, k, v = (x.double() for x in make_inputs(task, 0))
+    whole = task.model_cls()(q, k, v)
+    calls: list[int] = []
+    attend = task.model_cls.attend
+    monkeypatch.setattr(task.model_cls, "attend", staticmethod(lambda *a: calls.append(a[0].dim()) or attend(*a)))
+    monkeypatch.setitem(sys.modules[task.model_cls.__module__].__dict__, "SCORES_AT_ONCE", 0)
+    per_head = task.model_cls()(q, k, v)
+    assert calls and set(calls) == {2} and len(calls) == q.shape[0] * q.shape[1]
+    torch.testing.assert_close(per_head, whole, atol=0, rtol=0)
+
+
+def test_a_long_row_plans_every_baseline_on_an_h200() -> None:
+    """B1 H16 S16384 D128 bf16: the Model's working set is one head's scores (its whole scores would be 16 GiB
+    per worker), so the judge and ten baselines plan in an H200's free memory."""
+    from evoforge.evaluator import EvalConfig, memory
+
+    spec = builtin_task("attention:batch=1,heads=16,seq_len=16384,head_dim=128,dtype=bf16")
+    fp = memory.measure_task(spec)
+    assert fp is not None and fp.measured
+    assert fp.working < 2 * 2**30, fp
+    free = int(139.2 * 2**30)  # what the H200 reported free (2026-12-01)
+    config = EvalConfig()
+    cases = memory.cases_of(config.n_random, config.edge_cases)
+    assert memory.entries_that_fit(fp, free=free, cases=cases, parallel=16) >= 10 + 1

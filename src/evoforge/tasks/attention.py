@@ -131,6 +131,11 @@ FLOPS = {p.flops}
 BYTES_MOVED = {p.bytes_moved}
 
 
+# Scores of more than this many bytes are made a (batch, head) at a time, so that the Model's working set (the
+# scores and their softmax) stays one head's and long sequences fit beside the judge's workers: the same math.
+SCORES_AT_ONCE = 2**30
+
+
 class Model(nn.Module):
     """Reference attention. GQA: each group of HEADS // KV_HEADS query heads shares one K/V head.
     Causal: query i (aligned to the end of the keys) sees keys up to SEQ_LEN - Q_LEN + i."""
@@ -140,11 +145,23 @@ class Model(nn.Module):
             group = q.shape[1] // k.shape[1]
             k = k.repeat_interleave(group, dim=1)
             v = v.repeat_interleave(group, dim=1)
-        scores = torch.matmul(q, k.transpose(-2, -1)) * SCALE
+        n_q, n_k = q.shape[-2], k.shape[-2]
+        drop = None
         if CAUSAL:
-            n_q, n_k = scores.shape[-2], scores.shape[-1]
-            keep = torch.ones(n_q, n_k, dtype=torch.bool, device=scores.device).tril(n_k - n_q)
-            scores = scores.masked_fill(~keep, float("-inf"))
+            drop = ~torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(n_k - n_q)
+        if q.shape[0] * q.shape[1] * n_q * n_k * q.element_size() <= SCORES_AT_ONCE:
+            return self.attend(q, k, v, drop)
+        out = torch.empty_like(q)
+        for b in range(q.shape[0]):
+            for h in range(q.shape[1]):
+                out[b, h] = self.attend(q[b, h], k[b, h], v[b, h], drop)
+        return out
+
+    @staticmethod
+    def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, drop: torch.Tensor | None) -> torch.Tensor:
+        scores = torch.matmul(q, k.transpose(-2, -1)) * SCALE
+        if drop is not None:
+            scores = scores.masked_fill(drop, float("-inf"))
         return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
