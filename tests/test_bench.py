@@ -15,7 +15,10 @@ from typer.testing import CliRunner
 
 from evoforge.bench import app
 from evoforge.bench.records import has_commit, render_file, repo_of
-from evoforge.bench.sources import choose_baselines
+from evoforge.bench.retime import summary_lines
+from evoforge.bench.sources import choose_baselines, retime_record
+from evoforge.evaluator.config import EvalReport
+from evoforge.evaluator.result import EvalResult
 from evoforge.resolve import resolve_task
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +80,21 @@ def test_retime_an_exported_kernel(suite_run: Path, tmp_path: Path) -> None:
     assert record["task"] == resolve_task("attention-tiny").name
     assert record["retime"]["statuses"] == ["ok"] and record["retime"]["fitness"][0] > 0
     assert record["retime"]["latency_us"]["eager"][0] > 0 and "sdpa_default" in printed
+    assert record["retime"]["baselines_failed"] == [{}]
+
+
+def test_a_retime_says_why_a_baseline_has_no_latency() -> None:
+    """On an H200 two materialising baselines of B1 H16 S16384 left no latency in a re-time, and its record did
+    not say why: now each failed baseline's status and detail are kept, per repeat, and printed."""
+    results = [EvalResult(name="evolved", hash="a", status="ok", fitness=1.0),
+               EvalResult(name="sdpa_default", hash="b", status="ok"),
+               EvalResult(name="sdpa_math_only", hash="c", status="runtime_error",
+                          detail="CUDA out of memory. Tried to allocate 16.00 GiB")]
+    record = retime_record([EvalReport(results=results, env={}, seeds=[0], workers=3)])
+    assert record["baselines_failed"] == [{"sdpa_math_only": "runtime_error: CUDA out of memory. Tried to allocate "
+                                                             "16.00 GiB"}]
+    lines = summary_lines({"retime": record})
+    assert lines[-1] == "baseline sdpa_math_only failed: runtime_error: CUDA out of memory. Tried to allocate 16.00 GiB"
 
 
 def test_throughput_profiles_a_stored_run(suite_run: Path, tmp_path: Path) -> None:

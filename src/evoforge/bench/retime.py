@@ -18,7 +18,8 @@ from evoforge.evaluator import EvalConfig
 from evoforge.export import candidate_sources
 from evoforge.resolve import resolve_task
 
-RETIME_KEYS = ("statuses", "fitness", "best_baseline", "latency_us", "speedup_vs_each_baseline", "baselines_us")
+RETIME_KEYS = ("statuses", "fitness", "best_baseline", "latency_us", "speedup_vs_each_baseline", "baselines_us",
+               "baselines_failed")
 
 
 def retime(task: str, kernel: Path, *, entry: int = 1, repeats: int = 3, baselines: Iterable[str] | None = None,
@@ -43,4 +44,6 @@ def summary_lines(record: dict[str, Any]) -> list[str]:
     retime = record["retime"]
     lines = [f"{json.dumps(retime['fitness'])} {json.dumps(retime['latency_us'])}"]
     lines += [str({n: {m: round(v, 1) for m, v in t.items()} for n, t in b.items()}) for b in retime["baselines_us"]]
+    lines += [f"baseline {name} failed: {why[:200]}" for failed in retime["baselines_failed"]
+              for name, why in failed.items()]
     return lines

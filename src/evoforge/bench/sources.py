@@ -58,7 +58,8 @@ def evaluate_sources(task: str | TaskSpec, sources: dict[str, str] | list[Candid
 
 def retime_record(reports: list[EvalReport], candidate: str = "evolved") -> dict[str, Any]:
     """A re-time's record from its reports: per repeat the candidate's status, fitness, its baseline and
-    latencies, its speedup over each baseline, and every baseline's median latency per mode."""
+    latencies, its speedup over each baseline, every baseline's median latency per mode, and why each baseline
+    that has no latency failed (its status and the start of its detail)."""
     dicts = [r.to_dict() for r in reports]
     evolved = [next(x for x in d["results"] if x["name"] == candidate) for d in dicts]
     return {
@@ -73,6 +74,8 @@ def retime_record(reports: list[EvalReport], candidate: str = "evolved") -> dict
         "baselines_us": [{r["name"]: {m: s["median_us"] for m, s in (r.get("timing") or {}).items()
                                       if isinstance(s, dict)} for r in d["results"] if r["name"] != candidate}
                          for d in dicts],
+        "baselines_failed": [{r["name"]: f"{r['status']}: {(r.get('detail') or '')[:300]}" for r in d["results"]
+                              if r["name"] != candidate and r["status"] != "ok"} for d in dicts],
     }
 
 
