@@ -81,10 +81,13 @@ def test_the_filter_refuses_what_the_gpu_cannot_run(gluon_here: None) -> None:
     assert "schedule" in gf.fits(ok.with_(schedule="fast"), 64, 2, H200)
     assert "consumer partitions" in gf.fits(pipe.with_(schedule="overlap"), 64, 2, H200)
     assert "two consumers" in gf.fits(ok.with_(block_m=64, consumer_warps=4, schedule="pingpong"), 64, 2, H200)
-    # Ping-pong: correct on an H200 but not offered (ptxas serialises its wgmmas), unless asked for.
+    # Ping-pong: offered since flat workers keep its wgmmas in flight; with the switch off, only when asked for.
     pingpong = ok.with_(block_m=64, consumers=2, consumer_warps=4, block_n=128, schedule="pingpong")
-    assert not gf.PINGPONG_OFFERED and "not offered" in gf.fits(pingpong, 128, 2, H200)
-    assert gf.fits(pingpong, 128, 2, H200, allow_pingpong=True) is None
+    assert gf.PINGPONG_OFFERED and gf.fits(pingpong, 128, 2, H200) is None
+    with pytest.MonkeyPatch.context() as switch:
+        switch.setattr(gf, "PINGPONG_OFFERED", False)
+        assert "not offered" in gf.fits(pingpong, 128, 2, H200)
+        assert gf.fits(pingpong, 128, 2, H200, allow_pingpong=True) is None
     # Overlapped, block j's scores and P are live beside block j-1's P: a tighter register bound.
     tight = ok.with_(block_m=64, consumers=2, consumer_warps=4, block_n=128, consumer_regs=216)
     assert gf.fits(tight, 128, 2, H200) is None

@@ -68,16 +68,15 @@ TRITON_VERSIONS = ((3, 6),)  # Gluon's API changes between releases: the version
 # correct on all seven shapes, with memcheck clean (gluon-pipe-memcheck-after-fix-h200.txt). Set back to False
 # to keep them out again: fits() then refuses them unless asked (allow_pipelined, for the tests and benchmarks).
 PIPELINED_VERIFIED = True
-# Ping-pong (two consumers taking turns to issue their wgmmas) is correct on an H200 (every GPU test) but kept
-# out of the search: with two overlapped consumer partitions, the ptxas of Triton 3.6 serialises every wgmma of
-# the kernel (C7512, "insufficient register resources"; a kernel with one consumer partition keeps them in
-# flight), and the turns then only add waits. Measured on an H200 (2026-12-01,
-# benchmarks/results/gluon-bench-schedules-h200.json): 412 against 534 TFLOP/s for the same tile without
-# ping-pong on B2 H16 S4096 D128 fp16. With the registers kept at the launch's (realloc_regs=False), ptxas keeps
-# its wgmmas in flight, but the turns still cost more than they overlap (gluon-bench-kept-h200.json, 2x64 rows,
-# 64-key blocks: ping-pong 483 TFLOP/s, overlap 498, serial 489). Set True to offer it (fits() admits it with
-# allow_pingpong too).
-PINGPONG_OFFERED = False
+# Ping-pong (two consumers taking turns to issue their wgmmas) is correct on an H200 (every GPU test). It was kept
+# out of the search while the ptxas of Triton 3.6 serialised every wgmma of a kernel with two overlapped consumer
+# partitions (C7512, "insufficient register resources"), and the turns then only added waits: 412 against 534
+# TFLOP/s for the same tile without ping-pong on B2 H16 S4096 D128 fp16 (benchmarks/results/
+# gluon-bench-schedules-h200.json). With the worker warps out of Gluon's dispatch loop (flat_workers) nothing is
+# serialised, and on FA3's tile ping-pong is within 2.2% of overlap: faster on four rows of seven (up to 3.4%, the
+# causal seed shape), slower on three (gluon-bench-flat-h200.json), so the search is offered it. Set False to
+# keep it out (fits() still admits it with allow_pingpong).
+PINGPONG_OFFERED = True
 REGISTERS_PER_SM = 65536
 MAX_REGS_PER_THREAD = 255
 TEMPLATE = "gluon_flash.tmpl.py"
@@ -204,7 +203,7 @@ def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits,
     if g.schedule == "pingpong" and g.consumers != 2:
         return "ping-pong takes two consumers"
     if g.schedule == "pingpong" and not (allow_pingpong or PINGPONG_OFFERED):
-        return "ping-pong is not offered (gluon_flash.PINGPONG_OFFERED: measured slower on an H200)"
+        return "ping-pong is not offered (gluon_flash.PINGPONG_OFFERED is off)"
     if not g.warp_spec and not (allow_pipelined or PIPELINED_VERIFIED):
         return "the loop without warp specialisation is switched off (gluon_flash.PIPELINED_VERIFIED)"
     if g.block_m < 16 * g.consumer_warps:
