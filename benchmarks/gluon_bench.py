@@ -90,6 +90,9 @@ GENOMES: dict[str, gf.GluonGenome] = {
                                                     schedule="overlap", flat_workers=True),
     "pp-2x4-m64-n128-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                            schedule="pingpong", tma_store=True, flat_workers=True),
+    # A persistent launch of generation 0's genome (one program per SM looping over tiles), and of ping-pong.
+    "persistent": gf.DEFAULTS[0].with_(persistent=True),
+    "persistent-pp": gf.DEFAULTS[0].with_(persistent=True, schedule="pingpong"),
     "ws-2x4-m64-n128-tma-store-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                                      tma_store=True, flat_workers=True),
 }
@@ -192,7 +195,7 @@ def gluon_worker(label: str, shapes: dict[str, AttentionParams], out: Path) -> i
             record: dict[str, Any] = {"shape": shape, "params": p.to_dict(), "entry": f"gluon-{label}",
                                       "genome": g.to_dict(), "offered": gf.fits(g, p.head_dim, 2, limits) is None}
             # The loop without warp specialisation too, which the search is not offered (PIPELINED_VERIFIED).
-            why = gf.fits(g, p.head_dim, 2, limits, allow_pipelined=True, allow_pingpong=True)
+            why = gf.fits(g, p.head_dim, 2, limits, allow_pipelined=True, allow_pingpong=True, allow_persistent=True)
             if why is not None:
                 record.update(status="not proposed", why=why)
             else:

@@ -64,6 +64,9 @@ GENOMES: list[tuple[str, gf.GluonGenome]] = [
     ("pingpong-2x4-m64-n128-flat", gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                                   schedule="pingpong", flat_workers=True)),
     ("serial-2x4-m64-n128-flat", gf.DEFAULTS[0].with_(schedule="serial")),
+    ("persistent", gf.DEFAULTS[0].with_(persistent=True)),
+    ("persistent-pingpong", gf.DEFAULTS[0].with_(persistent=True, schedule="pingpong")),
+    ("persistent-serial-1x4", gf.GluonGenome(block_m=64, consumer_warps=4, persistent=True)),
     ("pipe-1x4-m64", gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4)),
     ("pipe-1x8-m128", gf.GluonGenome(warp_spec=False, block_m=128, consumer_warps=8, num_stages=3)),
     ("pipe-1x4-s1", gf.GluonGenome(warp_spec=False, block_m=64, consumer_warps=4, num_stages=1)),
@@ -166,7 +169,8 @@ def check_one(genome: gf.GluonGenome, shape: tuple[Any, ...], compiled: list[Any
 
     label, batch, heads, kv_heads, n_q, n_k, head_dim, dtype, causal = shape
     record: dict[str, Any] = {"shape": label, "genome": genome.to_dict()}
-    why = gf.fits(genome, head_dim, 2, H200, check_device=False, allow_pipelined=True, allow_pingpong=True)
+    why = gf.fits(genome, head_dim, 2, H200, check_device=False, allow_pipelined=True, allow_pingpong=True,
+                  allow_persistent=True)
     if why is not None:
         record.update(status="not proposed", why=why)
         return record
@@ -226,14 +230,16 @@ def sample_genomes(n: int, seed: int) -> list[tuple[str, gf.GluonGenome]]:
     space = {"block_m": gf.BLOCKS_M, "block_n": gf.BLOCKS_N, "num_stages": gf.STAGES, "warp_spec": (True, False),
              "consumers": gf.CONSUMERS, "consumer_warps": gf.CONSUMER_WARPS, "producer_regs": gf.PRODUCER_REGS,
              "consumer_regs": gf.CONSUMER_REGS, "causal_split": (True, False), "tma_store": (True, False),
-             "schedule": gf.SCHEDULES, "realloc_regs": (True, False), "flat_workers": (True, False)}
+             "schedule": gf.SCHEDULES, "realloc_regs": (True, False), "flat_workers": (True, False),
+             "persistent": (True, False)}
     assert set(space) == {f.name for f in fields(gf.GluonGenome)}
     out: dict[str, gf.GluonGenome] = {}
     for _ in range(10000):
         if len(out) >= n:
             break
         g = gf.GluonGenome(**{k: rng.choice(v) for k, v in space.items()})
-        if gf.fits(g, 128, 2, H200, check_device=False, allow_pipelined=True, allow_pingpong=True) is None:
+        if gf.fits(g, 128, 2, H200, check_device=False, allow_pipelined=True, allow_pingpong=True,
+                   allow_persistent=True) is None:
             out.setdefault(g.key(), g)
     return [(f"random-{k[:6]}", g) for k, g in out.items()]
 

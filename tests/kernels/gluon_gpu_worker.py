@@ -46,7 +46,8 @@ def check(g: gf.GluonGenome, label: str, shape: list[Any], tmp: Path) -> str | N
     dtype = getattr(torch, dtype_name)
     limits = HardwareLimits.for_device(torch.cuda.get_device_properties(0))
     # The GPU test runs the loop without warp specialisation too: the search is not offered it yet.
-    why = gf.fits(g, head_dim, 2, limits, allow_pipelined=True, allow_pingpong=True)
+    why = gf.fits(g, head_dim, 2, limits, allow_pipelined=True, allow_pingpong=True,
+                   allow_persistent=True)
     if why is not None:
         return f"not proposed here: {why}"
     name = f"gluon_{g.key()}_{label.replace('-', '_')}"

@@ -25,7 +25,9 @@ FA3-style forward written against Triton 3.6's Gluon (``triton.experimental.gluo
   (a rewrite of the PTX's back edges; the kernel has one ``warp_specialize`` region), which is what the
   serialisation comes from: ptxas then keeps both consumers' wgmmas in flight at ``consumer_regs`` registers;
 - the epilogue stores O from registers, or with ``tma_store`` through shared memory by TMA (where the
-  query length divides ``block_m``; else the register store).
+  query length divides ``block_m``; else the register store);
+- ``persistent``: one program per SM, each taking every num_programs-th tile, its partitions' ring, Q barriers
+  and ping-pong turns going on from tile to tile (else a program per tile; warp_spec only).
 
 Genomes the GPU can't run are refused by :func:`fits` (shared memory, tile/warp combinations wgmma can't
 lay out, head sizes that are not a power of two from 16 to 256, fp32 inputs, and anywhere but sm_90 with
@@ -77,6 +79,9 @@ PIPELINED_VERIFIED = True
 # causal seed shape), slower on three (gluon-bench-flat-h200.json), so the search is offered it. Set False to
 # keep it out (fits() still admits it with allow_pingpong).
 PINGPONG_OFFERED = True
+# A persistent launch (one program per SM looping over tiles) is compiled and checked on the CPU but not yet run
+# on a GPU: out of the search until then. fits() admits it with allow_persistent (the GPU test, the benchmark).
+PERSISTENT_OFFERED = False
 REGISTERS_PER_SM = 65536
 MAX_REGS_PER_THREAD = 255
 TEMPLATE = "gluon_flash.tmpl.py"
@@ -99,6 +104,7 @@ class GluonGenome:
     schedule: str = "serial"
     realloc_regs: bool = True
     flat_workers: bool = False
+    persistent: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": KIND, **asdict(self)}
@@ -176,12 +182,13 @@ def shared_bytes(g: GluonGenome, head_dim: int, elem_bytes: int = 2) -> int:
 
 
 def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits, *, check_device: bool = True,
-         allow_pipelined: bool = False, allow_pingpong: bool = False) -> str | None:
+         allow_pipelined: bool = False, allow_pingpong: bool = False, allow_persistent: bool = False) -> str | None:
     """Why the genome can't run on this hardware and task, or None if it fits. ``check_device=False`` leaves
     out whether the family is offered here (for a compile check on a machine without the GPU);
     ``allow_pipelined=True`` admits the loop without warp specialisation, which the search is not offered
     (:data:`PIPELINED_VERIFIED`), and ``allow_pingpong=True`` the ping-pong schedule (:data:`PINGPONG_OFFERED`),
-    for the compile check, the GPU test and the benchmark."""
+    and ``allow_persistent=True`` a persistent launch (:data:`PERSISTENT_OFFERED`), for the compile check, the GPU
+    test and the benchmark."""
     if check_device and not offered(limits):
         return "the Gluon family needs an sm_90 GPU and Triton 3.6 with Gluon"
     if elem_bytes != 2:
@@ -204,6 +211,10 @@ def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits,
         return "ping-pong takes two consumers"
     if g.schedule == "pingpong" and not (allow_pingpong or PINGPONG_OFFERED):
         return "ping-pong is not offered (gluon_flash.PINGPONG_OFFERED is off)"
+    if g.persistent and not g.warp_spec:
+        return "a persistent launch is the warp-specialised kernel's"
+    if g.persistent and not (allow_persistent or PERSISTENT_OFFERED):
+        return "a persistent launch is not offered (gluon_flash.PERSISTENT_OFFERED: not yet run on a GPU)"
     if not g.warp_spec and not (allow_pipelined or PIPELINED_VERIFIED):
         return "the loop without warp specialisation is switched off (gluon_flash.PIPELINED_VERIFIED)"
     if g.block_m < 16 * g.consumer_warps:
@@ -241,6 +252,7 @@ def render(g: GluonGenome, *, causal: bool, head_dim: int) -> str:
         "overlap": g.schedule != "serial", "pingpong": g.schedule == "pingpong",
         "realloc_regs": bool(g.realloc_regs or not g.warp_spec),
         "flat_workers": bool(g.flat_workers and g.warp_spec),
+        "persistent": bool(g.persistent and g.warp_spec),
     })
 
 

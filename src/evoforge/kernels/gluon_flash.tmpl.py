@@ -46,6 +46,7 @@ __pingpong__ = False  # two consumers take turns to issue their wgmmas (one's so
 __max_regs__ = 0  # maxnreg for the launch (0: Triton's default)
 __realloc_regs__ = True  # setmaxnreg moves registers between partitions (else every warp keeps the launch's)
 __flat_workers__ = False  # worker warps leave after their partition instead of looping back to Gluon's dispatch
+__persistent__ = False  # one program per SM, each taking every num_programs-th tile (warp_spec only)
 # evoforge: end
 # Rendered by evoforge from genome __genome_json__
 CAUSAL = __causal__
@@ -64,6 +65,7 @@ PINGPONG = __pingpong__
 MAX_REGS = __max_regs__
 REALLOC_REGS = __realloc_regs__
 FLAT_WORKERS = __flat_workers__
+PERSISTENT = __persistent__
 ROWS = BLOCK_M * CONSUMERS  # query rows per program
 
 
@@ -158,49 +160,53 @@ def _epilogue(acc, l_i, o_desc, O, o_smem, bh, pos0, n_q, BLOCK_M: gl.constexpr,
 
 
 @gluon.jit
-def _consume(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, o_desc, O, o_smem, bh, pos0, n_q,
-             n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr, BLOCK_M: gl.constexpr,
-             BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
-    # A consumer partition: its BLOCK_M rows of Q (loaded by the producer) against every key block the
-    # producer streams through the ring; it hands each stage's K and V back on k_empty and v_empty. Blocks
-    # past its own rows' diagonal (the other consumer needs them) are waited for and handed back unread.
+def _consume(q_smem, q_bar, q_free, tile_no, base, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, o_desc, O,
+             o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr,
+             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
+             TMA_STORE: gl.constexpr):
+    # A consumer partition's tile: its BLOCK_M rows of Q (loaded by the producer; the program's tile_no-th
+    # tile, handed back on q_free) against every key block the producer streams through the ring; it hands
+    # each stage's K and V back on k_empty and v_empty. Blocks past its own rows' diagonal (the other consumer
+    # needs them) are waited for and handed back unread. `base`: how many blocks the ring carried for this
+    # program's earlier tiles (its stages and phases go on from there).
     s_layout: gl.constexpr = _mma_layout(gl.num_warps(), BLOCK_N)
     o_layout: gl.constexpr = _mma_layout(gl.num_warps(), HEAD_DIM)
     pos, m_i, l_i = _row_state(pos0, BLOCK_M, s_layout)
     acc = gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout)
     full, own = _block_range(pos0, n_q, n_k, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N)
-    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(q_bar, tile_no & 1)
     for i in range(0, full):
-        stage = i % NUM_STAGES
+        stage = (base + i) % NUM_STAGES
         acc, m_i, l_i = _attend(q_smem, k_bufs.index(stage), v_bufs.index(stage), k_ready.index(stage),
-                                v_ready.index(stage), (i // NUM_STAGES) & 1, acc, m_i, l_i, i * BLOCK_N, pos, n_q,
-                                n_k, qk_scale, False, CAUSAL, BLOCK_M, BLOCK_N, s_layout, o_layout)
+                                v_ready.index(stage), ((base + i) // NUM_STAGES) & 1, acc, m_i, l_i, i * BLOCK_N,
+                                pos, n_q, n_k, qk_scale, False, CAUSAL, BLOCK_M, BLOCK_N, s_layout, o_layout)
         mbarrier.arrive(k_empty.index(stage))
         mbarrier.arrive(v_empty.index(stage))
     for i in range(full, own):
-        stage = i % NUM_STAGES
+        stage = (base + i) % NUM_STAGES
         acc, m_i, l_i = _attend(q_smem, k_bufs.index(stage), v_bufs.index(stage), k_ready.index(stage),
-                                v_ready.index(stage), (i // NUM_STAGES) & 1, acc, m_i, l_i, i * BLOCK_N, pos, n_q,
-                                n_k, qk_scale, True, CAUSAL, BLOCK_M, BLOCK_N, s_layout, o_layout)
+                                v_ready.index(stage), ((base + i) // NUM_STAGES) & 1, acc, m_i, l_i, i * BLOCK_N,
+                                pos, n_q, n_k, qk_scale, True, CAUSAL, BLOCK_M, BLOCK_N, s_layout, o_layout)
         mbarrier.arrive(k_empty.index(stage))
         mbarrier.arrive(v_empty.index(stage))
-    _skip_blocks(k_ready, v_ready, k_empty, v_empty, own, n_blocks, 0, 0, False, NUM_STAGES)
+    mbarrier.arrive(q_free)  # every Q·Kᵀ of the tile has retired: the producer may load the next tile's Q
+    _skip_blocks(k_ready, v_ready, k_empty, v_empty, base, own, n_blocks, 0, 0, 0, False, NUM_STAGES)
     _epilogue(acc, l_i, o_desc, O, o_smem, bh, pos0, n_q, BLOCK_M, HEAD_DIM, TMA_STORE, o_layout)
 
 
 @gluon.jit
-def _skip_blocks(k_ready, v_ready, k_empty, v_empty, start, n_blocks, turns, CID: gl.constexpr,
+def _skip_blocks(k_ready, v_ready, k_empty, v_empty, base, start, n_blocks, turns, turn0, CID: gl.constexpr,
                  PINGPONG: gl.constexpr, NUM_STAGES: gl.constexpr):
-    # Blocks [start, n_blocks) lie past this consumer's diagonal: waited for and handed back unread (with
-    # ping-pong, each still takes its turn, so that both consumers take as many).
+    # Blocks [start, n_blocks) of the tile lie past this consumer's diagonal: waited for and handed back
+    # unread (with ping-pong, each still takes its turn, so that both consumers take as many).
     for i in range(start, n_blocks):
-        stage = i % NUM_STAGES
-        mbarrier.wait(k_ready.index(stage), (i // NUM_STAGES) & 1)
-        mbarrier.wait(v_ready.index(stage), (i // NUM_STAGES) & 1)
+        stage = (base + i) % NUM_STAGES
+        mbarrier.wait(k_ready.index(stage), ((base + i) // NUM_STAGES) & 1)
+        mbarrier.wait(v_ready.index(stage), ((base + i) // NUM_STAGES) & 1)
         mbarrier.arrive(k_empty.index(stage))
         mbarrier.arrive(v_empty.index(stage))
         if PINGPONG:
-            _take_turn(turns, i + 1, CID)
+            _take_turn(turns, turn0 + i + 1, CID)
             _pass_turn(turns, CID)
 
 
@@ -217,25 +223,28 @@ def _pass_turn(turns, CID: gl.constexpr):
 
 
 @gluon.jit
-def _overlap_step(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, j, p, p_op, alpha, acc, m_i,
-                  l_i, pos, n_q, n_k, qk_scale, MASKED: gl.constexpr, CAUSAL: gl.constexpr, PINGPONG: gl.constexpr,
-                  CID: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
+def _overlap_step(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, base, turn0, j, p, p_op, alpha,
+                  acc, m_i, l_i, pos, n_q, n_k, qk_scale, MASKED: gl.constexpr, CAUSAL: gl.constexpr,
+                  PINGPONG: gl.constexpr, CID: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
+                  NUM_STAGES: gl.constexpr,
                   s_layout: gl.constexpr, o_layout: gl.constexpr):
-    # Key block j (j >= 1), with block j-1's softmax done (p, alpha) and block j-2's P·V maybe in flight:
+    # Key block j (j >= 1) of the tile, block base + j of the ring's stream (turn turn0 + j with ping-pong),
+    # with block j-1's softmax done (p, alpha) and block j-2's P·V maybe in flight:
     # wait for that P·V (it reads p_op's registers) and hand its V back, make block j-1's P the wgmma
     # operand, then issue block j's Q·Kᵀ and block j-1's P·V together (O rescaled by block j-1's alpha in
     # between, as FA3 does) and run block j's softmax while the P·V is on the tensor cores. The P·V is
     # waited for at the top of the next step, not here: ptxas schedules a wait as early as the basic block
     # lets it, which put it above the exponentials (benchmarks/gluon_compile_check.py counts them).
     acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
-    mbarrier.arrive(v_empty.index((j + NUM_STAGES - 2) % NUM_STAGES), pred=j >= 2)
+    g = base + j  # the block's number in the ring's stream
+    mbarrier.arrive(v_empty.index((g + NUM_STAGES - 2) % NUM_STAGES), pred=j >= 2)
     p_op = gl.convert_layout(p.to(v_bufs.dtype), gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2))
-    stage = j % NUM_STAGES
-    prev = (j - 1) % NUM_STAGES
-    mbarrier.wait(k_ready.index(stage), (j // NUM_STAGES) & 1)
-    mbarrier.wait(v_ready.index(prev), ((j - 1) // NUM_STAGES) & 1)
+    stage = g % NUM_STAGES
+    prev = (g - 1) % NUM_STAGES
+    mbarrier.wait(k_ready.index(stage), (g // NUM_STAGES) & 1)
+    mbarrier.wait(v_ready.index(prev), ((g - 1) // NUM_STAGES) & 1)
     if PINGPONG:
-        _take_turn(turns, j, CID)
+        _take_turn(turns, turn0 + j, CID)
     s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
     s = warpgroup_mma(q_smem, k_bufs.index(stage).permute((1, 0)), s, use_acc=False, is_async=True)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
@@ -250,8 +259,8 @@ def _overlap_step(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, tu
 
 
 @gluon.jit
-def _consume_overlapped(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc, O,
-                        o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr,
+def _consume_overlapped(q_smem, q_bar, q_free, tile_no, base, turn0, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                        v_empty, turns, o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr,
                         CAUSAL_SPLIT: gl.constexpr, PINGPONG: gl.constexpr, CID: gl.constexpr,
                         BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr,
                         NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr):
@@ -267,88 +276,131 @@ def _consume_overlapped(q_smem, q_bar, k_bufs, v_bufs, k_ready, v_ready, k_empty
     acc = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_DIM], gl.float32, o_layout))  # carried in flight
     p_op = gl.zeros([BLOCK_M, BLOCK_N], dtype, p_layout)
     full, own = _block_range(pos0, n_q, n_k, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N)
-    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(q_bar, tile_no & 1)
     # Block 0: its Q·Kᵀ alone.
-    mbarrier.wait(k_ready.index(0), 0)
+    first = base % NUM_STAGES
+    mbarrier.wait(k_ready.index(first), (base // NUM_STAGES) & 1)
     if PINGPONG:
-        _take_turn(turns, 0, CID)
+        _take_turn(turns, turn0, CID)
     s = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, s_layout)
-    s = warpgroup_mma(q_smem, k_bufs.index(0).permute((1, 0)), s, use_acc=False, is_async=True)
+    s = warpgroup_mma(q_smem, k_bufs.index(first).permute((1, 0)), s, use_acc=False, is_async=True)
     if PINGPONG:
         _pass_turn(turns, CID)
     s = warpgroup_mma_wait(num_outstanding=0, deps=(s,))
-    mbarrier.arrive(k_empty.index(0))
+    mbarrier.arrive(k_empty.index(first))
     p, alpha, m_i, l_i = _softmax_step(s, m_i, l_i, 0, pos, n_q, n_k, qk_scale, True, CAUSAL, BLOCK_N, s_layout)
     for j in range(1, full):
         p, p_op, alpha, acc, m_i, l_i = _overlap_step(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                                      turns, j, p, p_op, alpha, acc, m_i, l_i, pos, n_q, n_k,
+                                                      turns, base, turn0, j, p, p_op, alpha, acc, m_i, l_i, pos,
+                                                      n_q, n_k,
                                                       qk_scale, False, CAUSAL, PINGPONG, CID, BLOCK_M, BLOCK_N,
                                                       NUM_STAGES, s_layout, o_layout)
     for j in range(gl.maximum(full, 1), own):
         p, p_op, alpha, acc, m_i, l_i = _overlap_step(q_smem, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
-                                                      turns, j, p, p_op, alpha, acc, m_i, l_i, pos, n_q, n_k,
+                                                      turns, base, turn0, j, p, p_op, alpha, acc, m_i, l_i, pos,
+                                                      n_q, n_k,
                                                       qk_scale, True, CAUSAL, PINGPONG, CID, BLOCK_M, BLOCK_N,
                                                       NUM_STAGES, s_layout, o_layout)
     # The last block's P·V, once the one before it has retired.
     acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
-    mbarrier.arrive(v_empty.index((own + NUM_STAGES - 2) % NUM_STAGES), pred=own >= 2)
+    mbarrier.arrive(v_empty.index((base + own + NUM_STAGES - 2) % NUM_STAGES), pred=own >= 2)
+    mbarrier.arrive(q_free)  # every Q·Kᵀ of the tile has retired: the producer may load the next tile's Q
     p_op = gl.convert_layout(p.to(dtype), p_layout)
-    last = (own - 1) % NUM_STAGES
-    mbarrier.wait(v_ready.index(last), ((own - 1) // NUM_STAGES) & 1)
+    last = (base + own - 1) % NUM_STAGES
+    mbarrier.wait(v_ready.index(last), ((base + own - 1) // NUM_STAGES) & 1)
     if PINGPONG:
-        _take_turn(turns, own, CID)
+        _take_turn(turns, turn0 + own, CID)
     acc = acc * gl.expand_dims(gl.convert_layout(alpha, gl.SliceLayout(1, o_layout)), 1)
     acc = warpgroup_mma(p_op, v_bufs.index(last), acc, is_async=True)
     if PINGPONG:
         _pass_turn(turns, CID)
     acc, p_op = warpgroup_mma_wait(num_outstanding=0, deps=(acc, p_op))
     mbarrier.arrive(v_empty.index(last))
-    _skip_blocks(k_ready, v_ready, k_empty, v_empty, own, n_blocks, turns, CID, PINGPONG, NUM_STAGES)
+    _skip_blocks(k_ready, v_ready, k_empty, v_empty, base, own, n_blocks, turns, turn0, CID, PINGPONG,
+                 NUM_STAGES)
     _epilogue(acc, l_i, o_desc, O, o_smem, bh, pos0, n_q, BLOCK_M, HEAD_DIM, TMA_STORE, o_layout)
 
 
 @gluon.jit
-def _consume_as(cid: gl.constexpr, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
-                o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL: gl.constexpr,
-                CAUSAL_SPLIT: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
-                BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr,
-                TMA_STORE: gl.constexpr):
-    # Consumer cid, a partition (cid 0 the default one, cid 1 a worker): the program's cid-th BLOCK_M rows.
-    if OVERLAP:
-        _consume_overlapped(q_smem.index(cid), q_bars.index(cid), k_bufs, v_bufs, k_ready, v_ready, k_empty,
-                            v_empty, turns, o_desc, O, o_smem.index(cid), bh, pos0 + cid * BLOCK_M, n_q, n_k,
-                            n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, PINGPONG, cid, BLOCK_M, BLOCK_N, HEAD_DIM,
-                            NUM_STAGES, TMA_STORE)
+def _tile(t, n_heads, kv_group, n_q, n_k, CAUSAL: gl.constexpr, ROWS: gl.constexpr, BLOCK_N: gl.constexpr):
+    # Tile t: ROWS query rows of one (batch, head), the row tiles of a head next to each other (their K/V
+    # shared in L2); causal, each head's heaviest row tiles first. Returns the tile's (batch*head), first row,
+    # rows in the [rows, HEAD_DIM] views of Q/O and of K/V, and the key blocks the tile needs.
+    n_m = gl.cdiv(n_q, ROWS)
+    start_m = t % n_m
+    if CAUSAL:
+        start_m = n_m - 1 - start_m
+    bh = t // n_m
+    kvh = (bh // n_heads) * (n_heads // kv_group) + (bh % n_heads) // kv_group
+    pos0 = start_m * ROWS
+    if CAUSAL:
+        n_blocks = gl.cdiv(gl.minimum(pos0 + ROWS + n_k - n_q, n_k), BLOCK_N)
     else:
-        _consume(q_smem.index(cid), q_bars.index(cid), k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, o_desc,
-                 O, o_smem.index(cid), bh, pos0 + cid * BLOCK_M, n_q, n_k, n_blocks, qk_scale, CAUSAL,
-                 CAUSAL_SPLIT, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)
+        n_blocks = gl.cdiv(n_k, BLOCK_N)
+    return bh, pos0, bh * n_q + pos0, kvh * n_k, n_blocks
 
 
 @gluon.jit
-def _produce(q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, q_row,
-             kv_row, n_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr,
-             CONSUMERS: gl.constexpr):
-    # The producer partition (one warp): each consumer's Q tile, then K and V blocks by TMA into their
-    # rings, each stage once every consumer has handed it back (an mbarrier starts with its previous phase
-    # complete, so the first round does not wait). K and V are handed back apart: an overlapped consumer
-    # is done with block j's K before block j-1's V.
-    for c in gl.static_range(CONSUMERS):
-        mbarrier.expect(q_bars.index(c), q_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(q_desc, [q_row + c * BLOCK_M, 0], q_bars.index(c), q_smem.index(c))
-    for i in range(n_blocks):
-        stage = i % NUM_STAGES
-        phase = ((i // NUM_STAGES) & 1) ^ 1
-        mbarrier.wait(k_empty.index(stage), phase)
-        mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k_desc, [kv_row + i * BLOCK_N, 0], k_ready.index(stage), k_bufs.index(stage))
-        mbarrier.wait(v_empty.index(stage), phase)
-        mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(v_desc, [kv_row + i * BLOCK_N, 0], v_ready.index(stage), v_bufs.index(stage))
+def _consume_as(cid: gl.constexpr, q_smem, q_bars, q_free, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+                turns, o_desc, O, o_smem, n_heads, kv_group, n_q, n_k, n_tiles, qk_scale, CAUSAL: gl.constexpr,
+                CAUSAL_SPLIT: gl.constexpr, OVERLAP: gl.constexpr, PINGPONG: gl.constexpr, BLOCK_M: gl.constexpr,
+                BLOCK_N: gl.constexpr, HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, TMA_STORE: gl.constexpr,
+                CONSUMERS: gl.constexpr):
+    # Consumer cid, a partition (cid 0 the default one, cid 1 a worker): the cid-th BLOCK_M rows of each of
+    # the program's tiles (one, or with a persistent launch every num_programs-th). The ring's stream and the
+    # ping-pong turns go on from tile to tile: `base` blocks so far, and n_blocks + 1 turns per tile.
+    ROWS: gl.constexpr = BLOCK_M * CONSUMERS
+    base = gl.program_id(0) * 0
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        tile_no = (t - gl.program_id(0)) // gl.num_programs(0)  # the program's how-manieth tile
+        bh, pos0, _, _, n_blocks = _tile(t, n_heads, kv_group, n_q, n_k, CAUSAL, ROWS, BLOCK_N)
+        if OVERLAP:
+            _consume_overlapped(q_smem.index(cid), q_bars.index(cid), q_free.index(cid), tile_no, base,
+                                base + tile_no, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns, o_desc,
+                                O, o_smem.index(cid), bh, pos0 + cid * BLOCK_M, n_q, n_k, n_blocks, qk_scale, CAUSAL,
+                                CAUSAL_SPLIT, PINGPONG, cid, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)
+        else:
+            _consume(q_smem.index(cid), q_bars.index(cid), q_free.index(cid), tile_no, base, k_bufs, v_bufs, k_ready,
+                     v_ready, k_empty, v_empty, o_desc, O, o_smem.index(cid), bh, pos0 + cid * BLOCK_M, n_q, n_k,
+                     n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)
+        base += n_blocks
 
 
 @gluon.jit
-def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk_scale,
+def _produce(q_desc, k_desc, v_desc, q_smem, q_bars, q_free, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty,
+             n_heads, kv_group, n_q, n_k, n_tiles, CAUSAL: gl.constexpr, BLOCK_M: gl.constexpr,
+             BLOCK_N: gl.constexpr, NUM_STAGES: gl.constexpr, CONSUMERS: gl.constexpr):
+    # The producer partition (one warp), for each of the program's tiles: each consumer's Q tile (once that
+    # consumer has handed the last one back), then K and V blocks by TMA into their rings, each stage once
+    # every consumer has handed it back (an mbarrier starts with its previous phase complete, so the first
+    # round does not wait). K and V are handed back apart: an overlapped consumer is done with block j's K
+    # before block j-1's V. The ring's stream goes on from tile to tile (`base` blocks so far).
+    ROWS: gl.constexpr = BLOCK_M * CONSUMERS
+    base = gl.program_id(0) * 0
+    tile_no = base
+    for t in range(gl.program_id(0), n_tiles, gl.num_programs(0)):
+        _, _, q_row, kv_row, n_blocks = _tile(t, n_heads, kv_group, n_q, n_k, CAUSAL, ROWS, BLOCK_N)
+        for c in gl.static_range(CONSUMERS):
+            mbarrier.wait(q_free.index(c), (tile_no & 1) ^ 1)
+            mbarrier.expect(q_bars.index(c), q_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(q_desc, [q_row + c * BLOCK_M, 0], q_bars.index(c), q_smem.index(c))
+        for i in range(n_blocks):
+            stage = (base + i) % NUM_STAGES
+            phase = (((base + i) // NUM_STAGES) & 1) ^ 1
+            mbarrier.wait(k_empty.index(stage), phase)
+            mbarrier.expect(k_ready.index(stage), k_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(k_desc, [kv_row + i * BLOCK_N, 0], k_ready.index(stage),
+                                            k_bufs.index(stage))
+            mbarrier.wait(v_empty.index(stage), phase)
+            mbarrier.expect(v_ready.index(stage), v_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(v_desc, [kv_row + i * BLOCK_N, 0], v_ready.index(stage),
+                                            v_bufs.index(stage))
+        base += n_blocks
+        tile_no += 1
+
+
+@gluon.jit
+def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, n_tiles, qk_scale,
               CAUSAL: gl.constexpr, CAUSAL_SPLIT: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr,
               HEAD_DIM: gl.constexpr, NUM_STAGES: gl.constexpr, WARP_SPEC: gl.constexpr, CONSUMERS: gl.constexpr,
               PRODUCER_REGS: gl.constexpr, CONSUMER_REGS: gl.constexpr, TMA_STORE: gl.constexpr,
@@ -356,23 +408,11 @@ def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk
               FLAT_WORKERS: gl.constexpr):
     # REALLOC_REGS and FLAT_WORKERS are read by the launcher only (_ptx_rewritten): constexprs here, so that each
     # rewrite of the PTX has a compile-cache key of its own.
-    # Program (row tile, batch*head): CONSUMERS * BLOCK_M query rows of one head. Q, K, V and O are
-    # [rows, HEAD_DIM] views of the contiguous [B, H, S, D] tensors; a head's K/V block that runs past
+    # Tiles of CONSUMERS * BLOCK_M query rows of one head (_tile), n_tiles of them: a program takes tile
+    # program_id, then (a persistent launch, fewer programs than tiles) every num_programs-th after it. Q, K, V
+    # and O are [rows, HEAD_DIM] views of the contiguous [B, H, S, D] tensors; a head's K/V block that runs past
     # n_k reads the next head's rows (masked to -inf before the softmax) or TMA's zeros.
     ROWS: gl.constexpr = BLOCK_M * CONSUMERS
-    n_m = gl.cdiv(n_q, ROWS)
-    start_m = gl.program_id(0)
-    if CAUSAL:
-        start_m = n_m - 1 - start_m  # the heaviest row tiles first
-    bh = gl.program_id(1)
-    kvh = (bh // n_heads) * (n_heads // kv_group) + (bh % n_heads) // kv_group
-    pos0 = start_m * ROWS
-    q_row = bh * n_q + pos0
-    kv_row = kvh * n_k
-    if CAUSAL:
-        n_blocks = gl.cdiv(gl.minimum(pos0 + ROWS + n_k - n_q, n_k), BLOCK_N)
-    else:
-        n_blocks = gl.cdiv(n_k, BLOCK_N)
 
     dtype: gl.constexpr = q_desc.dtype
     q_smem = gl.allocate_shared_memory(dtype, [CONSUMERS, BLOCK_M, HEAD_DIM], q_desc.layout)
@@ -383,6 +423,7 @@ def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk
     else:
         o_smem = q_smem  # unused
     q_bars = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
+    q_free = gl.allocate_shared_memory(gl.int64, [CONSUMERS, 1], mbarrier.MBarrierLayout())
     k_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     v_ready = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
     k_empty = gl.allocate_shared_memory(gl.int64, [NUM_STAGES, 1], mbarrier.MBarrierLayout())
@@ -390,6 +431,7 @@ def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk
     turns = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())  # ping-pong's
     for c in gl.static_range(CONSUMERS):
         mbarrier.init(q_bars.index(c), count=1)
+        mbarrier.init(q_free.index(c), count=1)
     for s in gl.static_range(NUM_STAGES):
         mbarrier.init(k_ready.index(s), count=1)
         mbarrier.init(v_ready.index(s), count=1)
@@ -402,24 +444,32 @@ def _attn_fwd(q_desc, k_desc, v_desc, o_desc, O, n_heads, kv_group, n_q, n_k, qk
     if WARP_SPEC:
         if CONSUMERS == 2:
             gl.warp_specialize([
-                (_consume_as, (0, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
-                               o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
-                               OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
-                (_consume_as, (1, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
-                               o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
-                               OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
-                (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty,
-                            v_empty, q_row, kv_row, n_blocks, BLOCK_M, BLOCK_N, NUM_STAGES, CONSUMERS)),
+                (_consume_as, (0, q_smem, q_bars, q_free, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                               o_desc, O, o_smem, n_heads, kv_group, n_q, n_k, n_tiles, qk_scale, CAUSAL,
+                               CAUSAL_SPLIT, OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE,
+                               CONSUMERS)),
+                (_consume_as, (1, q_smem, q_bars, q_free, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                               o_desc, O, o_smem, n_heads, kv_group, n_q, n_k, n_tiles, qk_scale, CAUSAL,
+                               CAUSAL_SPLIT, OVERLAP, PINGPONG, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE,
+                               CONSUMERS)),
+                (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, q_free, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                            v_empty, n_heads, kv_group, n_q, n_k, n_tiles, CAUSAL, BLOCK_M, BLOCK_N, NUM_STAGES,
+                            CONSUMERS)),
             ], [gl.num_warps(), 1], [CONSUMER_REGS, PRODUCER_REGS])
         else:
             gl.warp_specialize([
-                (_consume_as, (0, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
-                               o_desc, O, o_smem, bh, pos0, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT,
-                               OVERLAP, False, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE)),
-                (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, k_empty,
-                            v_empty, q_row, kv_row, n_blocks, BLOCK_M, BLOCK_N, NUM_STAGES, CONSUMERS)),
+                (_consume_as, (0, q_smem, q_bars, q_free, k_bufs, v_bufs, k_ready, v_ready, k_empty, v_empty, turns,
+                               o_desc, O, o_smem, n_heads, kv_group, n_q, n_k, n_tiles, qk_scale, CAUSAL,
+                               CAUSAL_SPLIT, OVERLAP, False, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, TMA_STORE,
+                               CONSUMERS)),
+                (_produce, (q_desc, k_desc, v_desc, q_smem, q_bars, q_free, k_bufs, v_bufs, k_ready, v_ready, k_empty,
+                            v_empty, n_heads, kv_group, n_q, n_k, n_tiles, CAUSAL, BLOCK_M, BLOCK_N, NUM_STAGES,
+                            CONSUMERS)),
             ], [1], [PRODUCER_REGS])
     else:
+        # One tile per program (the launcher never makes this loop persistent).
+        bh, pos0, q_row, kv_row, n_blocks = _tile(gl.program_id(0), n_heads, kv_group, n_q, n_k, CAUSAL, ROWS,
+                                                  BLOCK_N)
         _pipelined(q_desc, k_desc, v_desc, o_desc, O, q_smem, q_bars, k_bufs, v_bufs, k_ready, v_ready, o_smem, bh,
                    pos0, q_row, kv_row, n_q, n_k, n_blocks, qk_scale, CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N,
                    HEAD_DIM, NUM_STAGES, TMA_STORE)
@@ -589,6 +639,23 @@ class _ptx_rewritten:
         return False
 
 
+def _programs(n_tiles, device):
+    """Programs to launch: a program per tile, or with PERSISTENT (warp-specialised kernels only) at most one
+    per SM (every genome's registers fill an SM), each taking every num_programs-th tile."""
+    if not (PERSISTENT and WARP_SPEC) or device.type != "cuda":
+        return n_tiles
+    return min(n_tiles, _sm_count(device.index if device.index is not None else torch.cuda.current_device()))
+
+
+_SMS = {}
+
+
+def _sm_count(index):
+    if index not in _SMS:
+        _SMS[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SMS[index]
+
+
 class ModelNew(nn.Module):
     """The kernel behind the task's forward (fp16/bf16, contiguous [B, H, S, D] views; other strides are
     copied contiguous first). Each call builds the four TMA descriptors and launches through Gluon's JIT,
@@ -604,14 +671,16 @@ class ModelNew(nn.Module):
         k_desc = _desc(k2, [BLOCK_N, HEAD_DIM])
         v_desc = _desc(v2, [BLOCK_N, HEAD_DIM])
         o_desc = _desc(o2, [BLOCK_M, HEAD_DIM])
-        grid = (triton.cdiv(n_q, ROWS), batch * heads)
+        n_tiles = triton.cdiv(n_q, ROWS) * batch * heads
+        grid = (_programs(n_tiles, q.device),)
         launch = {"maxnreg": MAX_REGS} if MAX_REGS else {}
         with _ptx_rewritten(not REALLOC_REGS, FLAT_WORKERS):
-            self._launch(grid, launch, q_desc, k_desc, v_desc, o_desc, out, heads, k.shape[1], n_q, n_k)
+            self._launch(grid, launch, q_desc, k_desc, v_desc, o_desc, out, heads, k.shape[1], n_q, n_k, n_tiles)
         return out
 
-    def _launch(self, grid, launch, q_desc, k_desc, v_desc, o_desc, out, heads, kv_heads, n_q, n_k):
-        _attn_fwd[grid](q_desc, k_desc, v_desc, o_desc, out, heads, heads // kv_heads, n_q, n_k, SCALE * LOG2E,
+    def _launch(self, grid, launch, q_desc, k_desc, v_desc, o_desc, out, heads, kv_heads, n_q, n_k, n_tiles):
+        _attn_fwd[grid](q_desc, k_desc, v_desc, o_desc, out, heads, heads // kv_heads, n_q, n_k, n_tiles,
+                        SCALE * LOG2E,
                         CAUSAL, CAUSAL_SPLIT, BLOCK_M, BLOCK_N, HEAD_DIM, NUM_STAGES, WARP_SPEC, CONSUMERS,
                         PRODUCER_REGS, CONSUMER_REGS, TMA_STORE and n_q % BLOCK_M == 0, OVERLAP, PINGPONG, REALLOC_REGS,
                         FLAT_WORKERS, num_warps=CONSUMER_WARPS, **launch)

@@ -285,10 +285,14 @@ class TemplateMutator(GenomeMutator):
         if level == "implementation":
             what = rng.choice(["tma_store", "producer_regs", "realloc_regs"]
                               + (["flat_workers"] if g.warp_spec else [])
+                              + (["persistent"] if g.warp_spec and gf.PERSISTENT_OFFERED else [])
                               + (["consumer_regs"] if g.consumers > 1 else []))
             if what == "tma_store":
                 return g.with_(tma_store=not g.tma_store).to_dict(), \
                     f"epilogue {'from registers' if g.tma_store else 'by TMA store'}", level
+            if what == "persistent":
+                return g.with_(persistent=not g.persistent).to_dict(), \
+                    ("a program per tile" if g.persistent else "one program per SM looping over tiles"), level
             if what == "flat_workers":
                 return g.with_(flat_workers=not g.flat_workers).to_dict(), \
                     ("worker warps " + ("loop back to Gluon's dispatch" if g.flat_workers
