@@ -90,9 +90,12 @@ GENOMES: dict[str, gf.GluonGenome] = {
                                                     schedule="overlap", flat_workers=True),
     "pp-2x4-m64-n128-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                            schedule="pingpong", tma_store=True, flat_workers=True),
-    # A persistent launch of generation 0's genome (one program per SM looping over tiles), and of ping-pong.
-    "persistent": gf.DEFAULTS[0].with_(persistent=True),
-    "persistent-pp": gf.DEFAULTS[0].with_(persistent=True, schedule="pingpong"),
+    # FA3's tile overlapped with flat workers and a TMA store, launched persistent (generation 0's genome since
+    # 8f3ccdc's measurement, where "default" was the program-per-tile launch) and with ping-pong.
+    "persistent": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128, schedule="overlap",
+                                 tma_store=True, flat_workers=True, persistent=True),
+    "persistent-pp": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128, schedule="pingpong",
+                                    tma_store=True, flat_workers=True, persistent=True),
     "ws-2x4-m64-n128-tma-store-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                                      tma_store=True, flat_workers=True),
 }

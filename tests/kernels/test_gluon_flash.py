@@ -97,10 +97,14 @@ def test_the_filter_refuses_what_the_gpu_cannot_run(gluon_here: None) -> None:
     kept = tight.with_(block_n=64, schedule="overlap", realloc_regs=False)
     assert gf.fits(kept, 128, 2, H200) is None
     assert "budget is 168" in gf.fits(kept.with_(block_n=128), 128, 2, H200)
-    # A persistent launch: the warp-specialised kernel's, not offered until it has run on a GPU.
+    # A persistent launch: the warp-specialised kernel's, offered since it ran on a GPU; with the switch off, only
+    # when asked for.
     persistent = gf.DEFAULTS[0].with_(persistent=True)
-    assert not gf.PERSISTENT_OFFERED and "not offered" in gf.fits(persistent, 128, 2, H200)
-    assert gf.fits(persistent, 128, 2, H200, allow_persistent=True) is None
+    assert gf.PERSISTENT_OFFERED and gf.fits(persistent, 128, 2, H200) is None
+    with pytest.MonkeyPatch.context() as switch:
+        switch.setattr(gf, "PERSISTENT_OFFERED", False)
+        assert "not offered" in gf.fits(persistent, 128, 2, H200)
+        assert gf.fits(persistent, 128, 2, H200, allow_persistent=True) is None
     assert "warp-specialised" in gf.fits(pipe.with_(persistent=True), 64, 2, H200, allow_persistent=True)
     # Anywhere but sm_90 with Triton 3.6: not offered at all.
     for limits in (HardwareLimits(capability=(8, 0), triton_version=(3, 6)),
@@ -386,8 +390,8 @@ def _sm90() -> bool:
 
 
 GPU_GENOMES = {
-    "default-ov-2x4-m64-n128-tma-store-flat": gf.DEFAULTS[0],
-    "ws-2x4-m64-n128-tma-store": gf.DEFAULTS[0].with_(schedule="serial", flat_workers=False),
+    "default-persistent-ov-2x4-m64-n128-tma-store-flat": gf.DEFAULTS[0],
+    "ws-2x4-m64-n128-tma-store": gf.DEFAULTS[0].with_(schedule="serial", flat_workers=False, persistent=False),
     "ws-1x8": gf.GluonGenome(),
     "ws-2x4-m64": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4),
     "ws-1x4-n128-s3": gf.GluonGenome(block_m=64, consumer_warps=4, block_n=128, num_stages=3),
@@ -408,9 +412,10 @@ GPU_GENOMES = {
                                                          schedule="overlap", flat_workers=True),
     "pingpong-2x4-m64-n128-flat": gf.GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128,
                                                  schedule="pingpong", flat_workers=True),
-    "serial-2x4-m64-n128-flat": gf.DEFAULTS[0].with_(schedule="serial"),
-    # A persistent launch (one program per SM looping over tiles): overlapped, ping-pong, serial of one warpgroup.
-    "persistent-ov-2x4-m64-n128-flat": gf.DEFAULTS[0].with_(persistent=True),
+    "serial-2x4-m64-n128-flat": gf.DEFAULTS[0].with_(schedule="serial", persistent=False),
+    # A persistent launch (one program per SM looping over tiles; generation 0's since 8f3ccdc's measurement):
+    # ping-pong and serial of one warpgroup; generation 0's tile with a program per tile.
+    "ov-2x4-m64-n128-tma-store-flat": gf.DEFAULTS[0].with_(persistent=False),
     "persistent-pp-2x4-m64-n128-flat": gf.DEFAULTS[0].with_(persistent=True, schedule="pingpong"),
     "persistent-ws-1x4-m64": gf.GluonGenome(block_m=64, consumer_warps=4, persistent=True),
     # The loop without warp specialisation: the search is not offered it (gluon_flash.PIPELINED_VERIFIED),

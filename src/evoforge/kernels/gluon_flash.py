@@ -79,9 +79,11 @@ PIPELINED_VERIFIED = True
 # causal seed shape), slower on three (gluon-bench-flat-h200.json), so the search is offered it. Set False to
 # keep it out (fits() still admits it with allow_pingpong).
 PINGPONG_OFFERED = True
-# A persistent launch (one program per SM looping over tiles) is compiled and checked on the CPU but not yet run
-# on a GPU: out of the search until then. fits() admits it with allow_persistent (the GPU test, the benchmark).
-PERSISTENT_OFFERED = False
+# A persistent launch (one program per SM looping over tiles): on an H200 (2026-12-01, 8f3ccdc) three persistent
+# genomes are correct on the seven GPU shapes (benchmarks/results/gluon-gpu-tests-persistent-h200-8f3ccdc.txt),
+# and generation 0's genome launched persistent is faster on every row of gluon-bench-persistent-h200.json.
+# Set False to keep it out of the search (fits() still admits it with allow_persistent).
+PERSISTENT_OFFERED = True
 REGISTERS_PER_SM = 65536
 MAX_REGS_PER_THREAD = 255
 TEMPLATE = "gluon_flash.tmpl.py"
@@ -125,15 +127,19 @@ class GluonGenome:
 # FA3's shape of kernel for head sizes up to 128: a producer warp, two consumer warpgroups of 64 rows each,
 # 128-key blocks, two stages, each consumer's softmax under its own in-flight P·V (overlap) with the worker warps
 # out of Gluon's dispatch loop (flat_workers, without which ptxas serialises the overlapped wgmmas), O stored by
-# TMA; then smaller ones for large heads. Measured on an H200 (benchmarks/results/gluon-bench-flat-h200.json,
-# CUDA graphs in one process): against the serial tile it replaced, 478 against 491 us on B2 H16 S4096 D128 fp16,
-# causal 279 against 291, bf16 460 against 486, B1 H16 S16384 D128 bf16 3580 against 3790; slower on the seed
-# shape (12.8 against 12.2 us) and on B4 H32 S2048 D64 (359 against 346), where the Triton family or the serial
-# schedule (one mutation away) is what the search keeps. Before the serial tile: one partition of two
-# warpgroups with 64-key blocks (GluonGenome()), slower on every row (gluon-bench-schedules-h200.json).
+# TMA, one program per SM (persistent); then smaller ones for large heads. Measured on an H200, CUDA graphs in one
+# process (benchmarks/results/):
+# - overlapped with flat workers, against the serial tile it replaced (gluon-bench-flat-h200.json): 478 against
+#   491 us on B2 H16 S4096 D128 fp16, causal 279 against 291, bf16 460 against 486, B1 H16 S16384 D128 bf16 3580
+#   against 3790; slower on the seed shape (12.8 against 12.2 us) and on B4 H32 S2048 D64 (359 against 346);
+# - persistent, against the same genome with a program per tile (gluon-bench-persistent-h200.json, 8f3ccdc):
+#   463.8 against 477.7 us, causal 267.7 against 279.3, bf16 452.2 against 462.3, S=16384 bf16 3552 against 3555,
+#   B4 H32 S2048 D64 331.6 against 355.6, seed 12.8 against 13.1.
+# Before the serial tile: one partition of two warpgroups with 64-key blocks (GluonGenome()), slower on every row
+# (gluon-bench-schedules-h200.json).
 DEFAULTS = (
     GluonGenome(block_m=64, consumers=2, consumer_warps=4, block_n=128, tma_store=True, schedule="overlap",
-                flat_workers=True),
+                flat_workers=True, persistent=True),
     GluonGenome(block_m=64, consumer_warps=4),
     GluonGenome(block_m=64, block_n=32, consumer_warps=4, num_stages=1),
 )
@@ -214,7 +220,7 @@ def fits(g: GluonGenome, head_dim: int, elem_bytes: int, limits: HardwareLimits,
     if g.persistent and not g.warp_spec:
         return "a persistent launch is the warp-specialised kernel's"
     if g.persistent and not (allow_persistent or PERSISTENT_OFFERED):
-        return "a persistent launch is not offered (gluon_flash.PERSISTENT_OFFERED: not yet run on a GPU)"
+        return "a persistent launch is not offered (gluon_flash.PERSISTENT_OFFERED is off)"
     if not g.warp_spec and not (allow_pipelined or PIPELINED_VERIFIED):
         return "the loop without warp specialisation is switched off (gluon_flash.PIPELINED_VERIFIED)"
     if g.block_m < 16 * g.consumer_warps:
