@@ -7,13 +7,15 @@ flushed before every rep), in one process:
 
 - ``read-*``: a Triton kernel that only reads K and V (each program sums a contiguous chunk, one float
   out), over a few grid and block sizes: the best of them is the read floor on this GPU;
-- ``kernel``: the template's generation-0 decode genome (GQA packed, 16x128);
+- ``kernel``: the template's generation-0 decode genome (GQA packed, 16x128), or with ``--genomes`` each
+  genome of a JSON list (FlashGenome fields) as ``kernel-<i>``, each checked against an fp32 SDPA;
 - SDPA's flash, cuDNN and default paths (``enable_gqa=True``).
 
 It prints each row's time and effective bandwidth (K and V bytes over the time), and the time a kernel
 would need for 1.2x over the fastest SDPA path, against the read floor.
 
-Usage: python experiments/bandwidth.py [--out results.json]   (CUDA only)
+Usage: python experiments/bandwidth.py [--dtype fp16|bf16] [--genomes FILE.json] [--out results.json]
+(CUDA only)
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ def _read(X, Partial, BLOCK: tl.constexpr, ITERS: tl.constexpr):
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
+    parser.add_argument("--genomes", type=Path, help="a JSON list of genomes to time (default: generation 0's)")
     args = parser.parse_args()
+    genomes = ([FlashGenome.from_dict(d) for d in json.loads(args.genomes.read_text())] if args.genomes
+               else [DECODE])
     if not torch.cuda.is_available():
         print("bandwidth: needs a CUDA GPU", file=sys.stderr)
         return 2
@@ -57,8 +63,9 @@ def main() -> int:
 
     batch, heads, kv_heads, n_k, d = 8, 32, 8, 8192, 128
     gen = torch.Generator(device="cuda").manual_seed(0)
-    q = torch.randn(batch, heads, 1, d, device="cuda", generator=gen).half()
-    k, v = (torch.randn(batch, kv_heads, n_k, d, device="cuda", generator=gen).half() for _ in range(2))
+    dtype = torch.float16 if args.dtype == "fp16" else torch.bfloat16
+    q = torch.randn(batch, heads, 1, d, device="cuda", generator=gen).to(dtype)
+    k, v = (torch.randn(batch, kv_heads, n_k, d, device="cuda", generator=gen).to(dtype) for _ in range(2))
     kv_bytes = 2 * k.numel() * k.element_size()
     fns = {}
     for block, iters, warps in READS:
@@ -72,11 +79,18 @@ def main() -> int:
             _read[(half,)](v, partial[half:], block, iters, num_warps=warps)
             return partial
         fns[f"read-{block}x{iters}-w{warps}"] = read
-    kernel = load_model(render(DECODE, causal=False, head_dim=d), "decode_kernel")
-    fns["kernel"] = lambda: kernel(q, k, v)
-    fns.update(sdpa_paths(q, k, v, enable_gqa=True))
     ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), enable_gqa=True)
-    err = (kernel(q, k, v).float() - ref).abs().max().item()
+    errs: dict[str, float | str] = {}
+    for i, genome in enumerate(genomes):
+        name = "kernel" if len(genomes) == 1 else f"kernel-{i}"
+        try:
+            kernel = load_model(render(genome, causal=False, head_dim=d), f"decode_kernel_{i}")
+            errs[name] = (kernel(q, k, v).float() - ref).abs().max().item()
+        except Exception as exc:  # a genome that fails to compile is recorded, the rest still run
+            errs[name] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            continue
+        fns[name] = lambda kernel=kernel: kernel(q, k, v)
+    fns.update(sdpa_paths(q, k, v, enable_gqa=True))
     usable = {}
     for name, fn in fns.items():  # compile everything before the clock starts; drop paths this build lacks
         try:
@@ -103,14 +117,16 @@ def main() -> int:
                    "target_1_2x_us": min(sdpas) / 1.2, "best_possible_ratio": min(sdpas) / min(reads)}
         print(f"read floor {min(reads):.1f} us; 1.2x over the fastest SDPA path needs {min(sdpas) / 1.2:.1f} us; "
               f"a kernel at the read floor would be {min(sdpas) / min(reads):.3f}x")
-    print(f"kernel max abs err vs fp32 SDPA: {err:.2e}")
+    for name, err in errs.items():
+        print(f"{name} max abs err vs fp32 SDPA: {err:.2e}" if isinstance(err, float) else f"{name}: {err}")
     record = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "device": {"name": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
                    "cuda": torch.version.cuda},
         "shape": {"batch": batch, "heads": heads, "kv_heads": kv_heads, "q_len": 1, "kv_len": n_k, "head_dim": d,
-                  "dtype": "fp16", "kv_bytes": kv_bytes},
-        "genome": DECODE.to_dict(), "kernel_max_abs_err": err, "rows": rows, "summary": summary,
+                  "dtype": args.dtype, "kv_bytes": kv_bytes},
+        "genomes": {("kernel" if len(genomes) == 1 else f"kernel-{i}"): g.to_dict() for i, g in enumerate(genomes)},
+        "kernel_max_abs_err": errs, "rows": rows, "summary": summary,
     }
     if args.out:
         args.out.write_text(json.dumps(record, indent=1) + "\n")
