@@ -23,6 +23,7 @@ from evoforge.kernels.flash_attention import (
     HardwareLimits,
     fits,
     render,
+    splits_to_fill,
 )
 from evoforge.task import import_source, load_task, make_inputs
 from evoforge.tasks import builtin_task
@@ -262,3 +263,10 @@ def test_one_program_per_tile_keeps_the_tile_code_in_the_kernel() -> None:
     assert "def _attn_fwd(" not in persistent and "PERSISTENT = 2" in persistent
     # Split-KV leaves persistence out of the rendered kernel (fits() rejects the pair before that).
     assert "PERSISTENT = 0" in render(FlashGenome(persistent=2, split_kv=2), causal=False, head_dim=64)
+
+
+def test_splits_fill_the_gpu_by_wave_efficiency() -> None:
+    assert splits_to_fill(64, 132) == 2  # 0.48 of a wave unsplit; 2, 4 and 8 splits all 0.97: the smallest
+    assert splits_to_fill(16, 132) == 8
+    assert splits_to_fill(200, 132) == 1  # the tiles fill the GPU already
+    assert splits_to_fill(64, 0) == 1  # SM count unknown

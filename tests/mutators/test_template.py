@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
 from evoforge.candidate import Candidate
 from evoforge.evaluator.result import EvalResult
@@ -124,6 +125,16 @@ def test_default_kernel_follows_the_kind_of_shape() -> None:
 
     decode = default(batch=8, heads=32, kv_heads=8, q_len=1, seq_len=8192, head_dim=128)
     assert decode.block_m == 16 and decode.pack_gqa
+    assert decode.split_kv == 1  # the SM count is unknown: no split
+    h200 = replace(h100, sm_count=132)
+    # 64 tiles on 132 SMs: two splits fill the GPU (measured 72.7 us against 85.1 without, H200)
+    split = TemplateMutator(random.Random(0), AttentionParams(batch=8, heads=32, kv_heads=8, q_len=1, seq_len=8192,
+                                                             head_dim=128), h200).default_genome()
+    assert (split.split_kv, split.fused_combine, split.pack_gqa) == (2, True, True)
+    assert fits(split, 128, 2, h200) is None
+    short = TemplateMutator(random.Random(0), AttentionParams(batch=1, heads=8, q_len=1, seq_len=256, head_dim=64),
+                            h200).default_genome()
+    assert short.split_kv == 1  # 256 keys: too few to split
     assert not default(heads=8, q_len=1, seq_len=4096, head_dim=64).pack_gqa  # no groups to pack
     long_d128 = default(batch=2, heads=16, seq_len=4096, head_dim=128)
     assert (long_d128.block_m, long_d128.block_n, long_d128.num_warps) == (128, 128, 8)

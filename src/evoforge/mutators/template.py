@@ -57,6 +57,7 @@ from evoforge.kernels.flash_attention import (
     HardwareLimits,
     fits,
     render,
+    splits_to_fill,
 )
 from evoforge.mutators.base import GenomeMutator
 from evoforge.results import Individual
@@ -103,8 +104,14 @@ class TemplateMutator(GenomeMutator):
         group = p.heads // p.n_kv_heads
         shaped = []
         if p.n_q * group <= 64:  # decode-like: a few rows per K/V head, packed when grouped
+            # Keys split over programs until the tiles fill the GPU (splits_to_fill), each split at least
+            # four 128-key blocks long; the partials combined by the last program of a row block.
+            tiles = p.batch * (p.n_kv_heads * -(-p.n_q * group // 16) if group > 1 else p.heads * -(-p.n_q // 16))
+            split = splits_to_fill(tiles, self.limits.sm_count)
+            while split > 1 and p.seq_len < split * 4 * 128:
+                split //= 2
             shaped.append(FlashGenome(block_m=16, block_n=128, num_stages=3, k_layout="trans", loop="tl.range",
-                                      pack_gqa=group > 1))
+                                      pack_gqa=group > 1, split_kv=split, fused_combine=split > 1))
         elif p.head_dim >= 128 and p.n_q >= 1024:
             long_d128 = FlashGenome(block_m=128, block_n=128, num_warps=8, num_stages=3, k_layout="trans",
                                     loop="tl.range", scale_fma=True)
