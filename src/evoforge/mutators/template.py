@@ -97,7 +97,8 @@ class TemplateMutator(GenomeMutator):
     def default_genome(self) -> FlashGenome:
         """Generation 0's kernel: the best genome measured on an H100 for the task's kind of shape
         (benchmarks/README.md): the seed's shape, long sequences with D=128 or with smaller heads, or few
-        query rows per head (decode), else the first fallback that fits this GPU."""
+        query rows per head (decode: keys split until the tiles fill the SMs, ``splits_to_fill``), else the first
+        fallback that fits this GPU."""
         if self.limits.interpreter:
             return FlashGenome(block_m=32, block_n=32, num_warps=4, num_stages=1)
         p = self.params
