@@ -25,3 +25,25 @@ def test_rows_keep_their_overrides() -> None:
 def test_every_default_row_is_a_task_of_its_own() -> None:
     suite = load_suite()
     assert suite.split_rows(",".join(suite.ROWS)) == suite.ROWS
+
+
+def test_a_row_carries_its_speedups_device_and_date() -> None:
+    from evoforge.bench.suite import row_from_record
+
+    base = {"sdpa_default": {"graph": 10.0, "eager": 20.0}, "sdpa_cudnn": {"graph": 9.0, "eager": 25.0}}
+    record = {
+        "date": "2026-12-02T13:37:38+00:00",
+        "task": {"name": "attention_b1_h8_s512_d64_fp16"},
+        "device": {"device_name": "NVIDIA H200", "driver": "580.159.04", "versions": {"torch": "2.11.0+cu130"}},
+        "search": {"budget": "60s", "evaluated": 3, "valid": 3, "evals_per_min": 4.0, "best": None},
+        "retime": {"statuses": ["ok", "ok"], "latency_us": {"graph": [6.0, 6.2], "eager": [10.0, 12.0]},
+                   "baselines_us": [base, base]},
+    }
+    r = row_from_record("attention", record)
+    assert (r["date"], r["device_name"], r["driver"]) == (record["date"], "NVIDIA H200", "580.159.04")
+    assert r["versions"] == {"torch": "2.11.0+cu130"}
+    assert r["graph"]["fastest_torch"] == "sdpa_cudnn"
+    assert abs(r["graph"]["speedup_vs_fastest"] - 9.0 / 6.1) < 1e-9  # median of the re-times
+    assert r["eager"]["fastest_torch"] == "sdpa_default"
+    assert abs(r["eager"]["speedup_vs_fastest"] - 20.0 / 11.0) < 1e-9
+    assert r["graph"]["speedup_vs_fa4"] is None  # FA4 not installed: no ratio invented

@@ -137,7 +137,11 @@ def row_from_record(task: str, data: dict[str, Any]) -> dict[str, Any]:
     params = attention_params(builtin_task(task))
     flops = params.flops if params is not None else None
     retime = data["retime"]
+    env = data.get("device") or {}
     rowdata: dict = {"task": task, "name": data["task"]["name"], "status": "ok", "flops": flops,
+                     # the row stands on its own: where and when it was measured, with what
+                     "date": data.get("date"), "device_name": env.get("device_name"), "driver": env.get("driver"),
+                     "versions": env.get("versions"),
                      "retime_statuses": retime["statuses"], "search": {k: data["search"][k] for k in (
                          "budget", "evaluated", "valid", "evals_per_min")},
                      "best_genome": data["search"]["best"]["genome"] if data["search"]["best"] else None}
