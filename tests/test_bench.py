@@ -56,6 +56,8 @@ def suite_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                            "sdpa_default", *TINY, "--out", str(out)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "graph" in proc.stdout and "eager" in proc.stdout, proc.stdout  # the row's line
+    # the row's search and re-time show what they are doing while they run (a long row takes minutes)
+    assert "attention-tiny: [" in proc.stdout and "re-time 1/1: done in" in proc.stdout, proc.stdout
     return out
 
 
@@ -81,6 +83,9 @@ def test_retime_an_exported_kernel(suite_run: Path, tmp_path: Path) -> None:
     assert record["retime"]["statuses"] == ["ok"] and record["retime"]["fitness"][0] > 0
     assert record["retime"]["latency_us"]["eager"][0] > 0 and "sdpa_default" in printed
     assert record["retime"]["baselines_failed"] == [{}]
+    # where the re-time's time went, per repeat; and its steps shown on stderr as they happen
+    assert record["retime"]["profile"][0]["wall"] > 0
+    assert "re-time 1/1: computing reference outputs" in printed and "re-time 1/1: done in" in printed
 
 
 def test_a_retime_says_why_a_baseline_has_no_latency() -> None:

@@ -47,3 +47,19 @@ def test_a_row_carries_its_speedups_device_and_date() -> None:
     assert r["eager"]["fastest_torch"] == "sdpa_default"
     assert abs(r["eager"]["speedup_vs_fastest"] - 20.0 / 11.0) < 1e-9
     assert r["graph"]["speedup_vs_fa4"] is None  # FA4 not installed: no ratio invented
+
+
+def test_a_rows_progress_is_echoed_as_it_comes_and_its_tail_kept() -> None:
+    import sys
+
+    from evoforge.bench.suite import streamed
+
+    seen: list[str] = []
+    code, tail = streamed([sys.executable, "-c", "import sys; print('summary'); "
+                           "[print(f'step {i}', file=sys.stderr, flush=True) for i in range(3)]; sys.exit(3)"],
+                          seen.append, "row")
+    assert code == 3
+    assert seen == ["  row: step 0", "  row: step 1", "  row: step 2"]
+    assert tail == "step 0\nstep 1\nstep 2\n"
+    code, tail = streamed([sys.executable, "-c", "print('only stdout')"], seen.append, "row")
+    assert (code, tail) == (0, "only stdout\n")  # no stderr: the detail is stdout

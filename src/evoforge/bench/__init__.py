@@ -137,10 +137,11 @@ def retime_cmd(
     """Re-time one exported kernel in fresh evaluator workers beside the task's baselines."""
     from evoforge.bench.retime import retime as run_retime
     from evoforge.bench.retime import summary_lines
+    from evoforge.bench.sources import stderr_progress
 
     try:
         record = run_retime(task, kernel, entry=entry, repeats=repeats, baselines=_names(baselines),
-                            config=_config(device, budget_ms))
+                            config=_config(device, budget_ms), progress=stderr_progress())
     except ValueError as exc:
         raise _fail(str(exc)) from None
     out.write_text(json.dumps(record, indent=2, default=str))

@@ -8,7 +8,7 @@ cost is what ``benchmarks/export_overhead.py`` measures).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +19,11 @@ from evoforge.export import candidate_sources
 from evoforge.resolve import resolve_task
 
 RETIME_KEYS = ("statuses", "fitness", "best_baseline", "latency_us", "speedup_vs_each_baseline", "baselines_us",
-               "baselines_failed")
+               "baselines_failed", "profile")
 
 
 def retime(task: str, kernel: Path, *, entry: int = 1, repeats: int = 3, baselines: Iterable[str] | None = None,
-           config: EvalConfig | None = None) -> dict[str, Any]:
+           config: EvalConfig | None = None, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The record of ``repeats`` evaluations of the kernel file's ``entry`` beside the task's baselines: the
     task's name, the file's name, the first evaluation's environment and the re-time (see retime_record)."""
     spec = resolve_task(task)
@@ -31,7 +31,8 @@ def retime(task: str, kernel: Path, *, entry: int = 1, repeats: int = 3, baselin
     if not 1 <= entry <= len(sources):
         raise ValueError(f"--entry {entry}: {kernel} carries {len(sources)} kernel(s)")
     cand = Candidate(name="evolved", source=sources[entry - 1])
-    reports = evaluate_sources(spec, [cand], baselines=baselines, repeats=repeats, config=config)
+    reports = evaluate_sources(spec, [cand], baselines=baselines, repeats=repeats, config=config,
+                               progress=progress)
     record = retime_record(reports)
     return {"task": spec.name, "kernel": kernel.name, "device": reports[0].env,
             "retime": {k: record[k] for k in RETIME_KEYS}}

@@ -11,7 +11,9 @@ the experiments' older row form (status, graph us, eager us, max abs err, detail
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
+import sys
+import time
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from evoforge.candidate import Candidate
@@ -39,12 +41,25 @@ def choose_baselines(spec: TaskSpec, device: str, names: Iterable[str] | None = 
     return [b for b in every if b.name in wanted]
 
 
+def stderr_progress(label: str = "", stream: Any = None) -> Callable[[str], None]:
+    """A progress printer for long evaluations: each evaluator step on ``stream`` (stderr), with the seconds since
+    the printer was made (a re-time of a long attention row takes minutes, and says what it is doing meanwhile)."""
+    started = time.monotonic()
+
+    def show(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {label}{message}", file=stream or sys.stderr, flush=True)
+
+    return show
+
+
 def evaluate_sources(task: str | TaskSpec, sources: dict[str, str] | list[Candidate], *,
                      baselines: Iterable[str] | None = None, repeats: int = 1,
-                     config: EvalConfig | None = None, language: str = "triton") -> list[EvalReport]:
+                     config: EvalConfig | None = None, language: str = "triton",
+                     progress: Callable[[str], None] | None = None) -> list[EvalReport]:
     """One evaluation per repeat of ``sources`` (name -> source, or candidates) beside the task's baselines
     (``baselines``: their names; None: every one on the device), each in fresh candidate workers. ``config``
-    defaults to the evaluator's own (device ``auto``)."""
+    defaults to the evaluator's own (device ``auto``). ``progress`` gets the evaluator's steps, each prefixed
+    with its repeat ("re-time 2/3: ..."), and a line as each repeat ends."""
     spec = resolve_task(task) if isinstance(task, str) else task
     config = config or EvalConfig()
     device = resolve_device(config.device)
@@ -53,13 +68,26 @@ def evaluate_sources(task: str | TaskSpec, sources: dict[str, str] | list[Candid
     cands = sources if isinstance(sources, list) else [
         Candidate(name=n, source=s, language=language) for n, s in sources.items()]
     chosen = choose_baselines(spec, device, baselines)
-    return [Evaluator(spec, config).evaluate(cands, chosen) for _ in range(repeats)]
+    reports = []
+    for i in range(repeats):
+        step = None
+        if progress is not None:
+            def step(message: str, i: int = i) -> None:
+                progress(f"re-time {i + 1}/{repeats}: {message}")
+
+            step(f"{len(cands)} source(s) beside {len(chosen)} baseline(s), in fresh workers")
+        started = time.monotonic()
+        reports.append(Evaluator(spec, config, step).evaluate(cands, chosen))
+        if step is not None:
+            step(f"done in {time.monotonic() - started:.1f} s")
+    return reports
 
 
 def retime_record(reports: list[EvalReport], candidate: str = "evolved") -> dict[str, Any]:
     """A re-time's record from its reports: per repeat the candidate's status, fitness, its baseline and
-    latencies, its speedup over each baseline, every baseline's median latency per mode, and why each baseline
-    that has no latency failed (its status and the start of its detail)."""
+    latencies, its speedup over each baseline, every baseline's median latency per mode, why each baseline
+    that has no latency failed (its status and the start of its detail), and the evaluator's time profile
+    (seconds per stage: where a slow re-time went)."""
     dicts = [r.to_dict() for r in reports]
     evolved = [next(x for x in d["results"] if x["name"] == candidate) for d in dicts]
     return {
@@ -76,6 +104,7 @@ def retime_record(reports: list[EvalReport], candidate: str = "evolved") -> dict
                          for d in dicts],
         "baselines_failed": [{r["name"]: f"{r['status']}: {(r.get('detail') or '')[:300]}" for r in d["results"]
                               if r["name"] != candidate and r["status"] != "ok"} for d in dicts],
+        "profile": [d.get("profile") or {} for d in dicts],
     }
 
 

@@ -12,6 +12,7 @@ again replaces its row) and a TFLOP/s plot.
 
 from __future__ import annotations
 
+import collections
 import json
 import shutil
 import statistics
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from evoforge import envinfo
-from evoforge.bench.sources import evaluate_sources, retime_record
+from evoforge.bench.sources import evaluate_sources, retime_record, stderr_progress
 from evoforge.candidate import Candidate
 from evoforge.evaluator import EvalConfig
 from evoforge.export import candidate_sources
@@ -88,7 +89,8 @@ def evolve(task: str = "attention", budget: str = "8m", *, out: Path, prefix: st
         from evoforge.timing import TimingConfig
 
         config.timing = TimingConfig(budget_ms=budget_ms)
-    reports = evaluate_sources(spec, [cand], baselines=baselines, repeats=repeats, config=config)
+    reports = evaluate_sources(spec, [cand], baselines=baselines, repeats=repeats, config=config,
+                               progress=stderr_progress(stream=log))
     retimes = [r.to_dict() for r in reports]
     result = {
         "date": data["date"], "task": data["task"], "device": retimes[0]["env"],
@@ -121,15 +123,33 @@ def row_prefix(task: str) -> str:
     return "suite-" + task.replace(":", "-").replace(",", "-").replace("=", "")
 
 
-def row(task: str, budget: str, repeats: int, out: Path, slug: str, evolve_flags: Iterable[str] = ()) -> dict:
-    """One shape's row: ``evolve`` in a process of its own, then its record's speedups and TFLOP/s."""
+def streamed(cmd: list[str], echo: Any, label: str) -> tuple[int, str]:
+    """Run ``cmd``, echoing each line of its stderr as it comes (prefixed with ``label``): a row's search and
+    re-times take minutes, and the suite shows what they are doing. Returns the exit code and the output's tail
+    (stderr, else stdout), kept for a failed row's detail."""
+    tail: collections.deque[str] = collections.deque(maxlen=300)
+    with tempfile.TemporaryFile("w+") as stdout:
+        with subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True) as proc:
+            assert proc.stderr is not None
+            for line in proc.stderr:
+                tail.append(line)
+                echo(f"  {label}: {line.rstrip()}")
+            code = proc.wait()
+        stdout.seek(0)
+        return code, "".join(tail) or stdout.read()
+
+
+def row(task: str, budget: str, repeats: int, out: Path, slug: str, evolve_flags: Iterable[str] = (),
+        echo: Any = lambda line: None) -> dict:
+    """One shape's row: ``evolve`` in a process of its own (its progress echoed), then its record's speedups and
+    TFLOP/s."""
     prefix = row_prefix(task)
-    proc = subprocess.run([sys.executable, "-m", "evoforge.bench", "evolve", "--task", task, "--budget", budget,
-                           "--repeats", str(repeats), "--out", str(out), "--prefix", prefix, *evolve_flags],
-                          capture_output=True, text=True, check=False)
+    code, output = streamed([sys.executable, "-m", "evoforge.bench", "evolve", "--task", task, "--budget", budget,
+                             "--repeats", str(repeats), "--out", str(out), "--prefix", prefix, *evolve_flags],
+                            echo, task)
     path = out / f"{prefix}-{slug}.json"
-    if proc.returncode != 0 or not path.exists():
-        return {"task": task, "status": "failed", "detail": (proc.stderr or proc.stdout)[-1500:]}
+    if code != 0 or not path.exists():
+        return {"task": task, "status": "failed", "detail": output[-1500:]}
     return row_from_record(task, json.loads(path.read_text()))
 
 
@@ -223,7 +243,7 @@ def suite(tasks: list[str], budget: str = "2m", repeats: int = 3, *, out: Path,
     # again replaces its row. Each row records its own budget and repeats.
     rows = json.loads(result_path.read_text())["rows"] if result_path.exists() else []
     for task in tasks:
-        r = {**row(task, budget, repeats, out, slug, list(evolve_flags)), "budget": budget, "repeats": repeats}
+        r = {**row(task, budget, repeats, out, slug, list(evolve_flags), echo), "budget": budget, "repeats": repeats}
         rows = [old for old in rows if old["task"] != task] + [r]
         result_path.write_text(json.dumps({"device": slug, "rows": rows}, indent=2))
         echo(row_line(r))
