@@ -63,3 +63,18 @@ def test_a_rows_progress_is_echoed_as_it_comes_and_its_tail_kept() -> None:
     assert tail == "step 0\nstep 1\nstep 2\n"
     code, tail = streamed([sys.executable, "-c", "print('only stdout')"], seen.append, "row")
     assert (code, tail) == (0, "only stdout\n")  # no stderr: the detail is stdout
+
+
+def test_a_search_that_evaluates_nothing_fails_its_row_saying_why(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """On the long rows generation 0 alone takes about two minutes on an H200: a budget shorter than that
+    evaluates nothing, and the row says so (and what to do) instead of an export's 'no valid candidate'."""
+    from evoforge.bench.suite import row, row_line
+
+    seen: list[str] = []
+    r = row("attention-tiny", "1s", 1, tmp_path, "cpu", ["--device", "cpu", "--baselines", "sdpa_default"],
+            seen.append)
+    assert r["status"] == "failed"
+    line = row_line(r)
+    assert "failed: error: the search evaluated no candidate within its budget (1s" in line, line
+    assert "longer --budget" in line
+    assert any("attention-tiny: " in s for s in seen)  # its progress was echoed while it ran

@@ -70,6 +70,10 @@ def evolve(task: str = "attention", budget: str = "8m", *, out: Path, prefix: st
         raise RuntimeError(f"evoforge run failed ({run.returncode}):\n{run.stdout}\n{run.stderr[-3000:]}")
     summary = json.loads(run.stdout)
     data = evidence(RunStore(work / ".evoforge" / "runs.db"), summary["run"])
+    if not data["evaluated"]:
+        raise RuntimeError(f"the search evaluated no candidate within its budget ({budget}; it stopped: "
+                           f"{summary['stop_reason']}): generation 0 alone takes longer than that for {task} here, "
+                           "so give it a longer --budget")
     out.mkdir(parents=True, exist_ok=True)
     kernel_path = out / f"{prefix}-{slug}-kernel.py"
     exported = _cli("best", summary["run"], "--export", str(kernel_path), cwd=work)
@@ -224,7 +228,8 @@ def split_rows(text: str) -> list[str]:
 
 def row_line(r: dict[str, Any]) -> str:
     if r["status"] != "ok":
-        return f"{r['task']:40} failed: {r['detail'][-300:]}"
+        said = [line for line in r["detail"].splitlines() if line.strip()]  # its last line says why
+        return f"{r['task']:40} failed: {(said[-1] if said else '')[-300:]}"
     g, e = r["graph"], r["eager"]
     return (f"{r['name']:40} graph {g['speedup_vs_fastest'] or 0:5.2f}x vs {g['fastest_torch']} "
             f"({g['latency_us']['evolved'] or 0:.1f} us, {g['tflops'].get('evolved', 0):.0f} TFLOP/s), "
