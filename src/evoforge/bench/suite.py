@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from evoforge import envinfo
-from evoforge.bench.sources import evaluate_sources, retime_record, stderr_progress
+from evoforge.bench.sources import evaluate_sources, retime_record
 from evoforge.candidate import Candidate
+from evoforge.cli import output
 from evoforge.evaluator import EvalConfig
 from evoforge.export import candidate_sources
 from evoforge.report import evidence
@@ -93,8 +94,9 @@ def evolve(task: str = "attention", budget: str = "8m", *, out: Path, prefix: st
         from evoforge.timing import TimingConfig
 
         config.timing = TimingConfig(budget_ms=budget_ms)
-    reports = evaluate_sources(spec, [cand], baselines=baselines, repeats=repeats, config=config,
-                               progress=stderr_progress(stream=log))
+    with output.progress(True) as say:  # on stderr, which the suite echoes as it comes
+        reports = evaluate_sources(spec, [cand], baselines=baselines, repeats=repeats, config=config,
+                                   progress=say)
     retimes = [r.to_dict() for r in reports]
     result = {
         "date": data["date"], "task": data["task"], "device": retimes[0]["env"],
