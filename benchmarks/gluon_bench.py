@@ -4,8 +4,8 @@ For each shape (the seed's B1 H8 S512 D64 fp16, causal and not, and B2 H16 S4096
 it checks every entry against a float64 reference, then times it two ways: eagerly with
 ``triton.testing.do_bench`` (Python call path included) and as a CUDA graph of one call, replayed under
 ``do_bench`` (the device's time; what evoforge's search ranks on CUDA). Entries: a list of Gluon genomes, the
-Triton family's generation-0 genome for the shape (the template mutator's ``default_genome()``, its best
-measured genome per shape class), SDPA (PyTorch's default dispatch) and FlashAttention-4 where it is installed
+Triton family's generation-0 starters (the template mutator's ``starter_genomes()``, one set for every
+shape: ``triton-starter-<i>``), SDPA (PyTorch's default dispatch) and FlashAttention-4 where it is installed
 (``evoforge[fa4]``; its eager time includes its Python call path). A failing entry is recorded with
 its error and the run goes on. Each Gluon genome runs in a process of its own (this script with the
 internal ``--worker``): an illegal memory access poisons the CUDA context of the process that launched the
@@ -288,10 +288,10 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmpdir)
         for shape, p in shapes.items():
             data = inputs(p)
-            triton_genome = TemplateMutator(random.Random(0), p, limits).default_genome()
+            starters = TemplateMutator(random.Random(0), p, limits).starter_genomes()
             entries = [("sdpa", None, None),
-                       ("triton-default", triton_genome.to_dict(),
-                        render_triton(triton_genome, causal=p.causal, head_dim=p.head_dim))]
+                       *((f"triton-starter-{i}", g.to_dict(), render_triton(g, causal=p.causal, head_dim=p.head_dim))
+                         for i, g in enumerate(starters))]
             if offers_fa4(p, "cuda"):  # FlashAttention-4 where it is installed (evoforge[fa4])
                 entries.append(("fa4", None, fa4_variant(p).source))
             for entry, genome, source in entries:

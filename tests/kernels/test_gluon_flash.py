@@ -163,7 +163,8 @@ def test_the_defaults_fit_every_head_size_the_kernel_takes(gluon_here: None) -> 
                                     HardwareLimits(interpreter=True, triton_version=(3, 6))])
 def test_the_mutator_offers_gluon_only_on_sm90(gluon_here: None, limits: HardwareLimits) -> None:
     m = TemplateMutator(random.Random(0), AttentionParams(), limits)
-    assert not m.gluon and [c.genome["kind"] for c in m.seed()] == ["torch", "triton_flash"]
+    kinds = [c.genome["kind"] for c in m.seed()]
+    assert not m.gluon and kinds[:2] == ["torch", "triton_flash"] and set(kinds[1:]) == {"triton_flash"}
     history = [ind(c) for c in m.seed()]
     for _ in range(5):
         out = m.propose(history, history, 8)
@@ -185,8 +186,13 @@ def test_no_gluon_for_fp32_or_odd_head_sizes(gluon_here: None) -> None:
 @pytest.mark.parametrize("params", [AttentionParams(), AttentionParams(head_dim=128, causal=True, dtype="bf16"),
                                     AttentionParams(batch=2, heads=16, seq_len=4096, head_dim=128)])
 def test_generation_zero_is_shape_neutral(gluon_here: None, params: AttentionParams) -> None:
-    seeds = TemplateMutator(random.Random(0), params, H200).seed()
-    assert [c.genome["kind"] for c in seeds] == ["torch", "triton_flash", gf.KIND]
+    m = TemplateMutator(random.Random(0), params, H200)
+    seeds = m.seed()
+    starters = m.starter_genomes()
+    # the math path, the first Triton starter, the one Gluon kernel, the other Triton starters
+    assert [c.genome["kind"] for c in seeds] == ["torch", "triton_flash", gf.KIND] + ["triton_flash"] * 3
+    assert [FlashGenome.from_dict(c.genome) for c in (seeds[1], *seeds[3:])] == starters
+    assert [(g.block_m, g.block_n) for g in starters] == [(64, 128), (128, 128), (64, 64), (16, 128)]
     assert gf.GluonGenome.from_dict(seeds[2].genome) == gf.DEFAULTS[0]
     assert seeds[2].language == "triton" and seeds[2].name.startswith("gluon-")
 
@@ -504,3 +510,13 @@ def test_gpu_the_evaluator_judges_gluon_candidates_correct() -> None:
         for c in cands:
             result = report.by_name()[c.name]
             assert result.status == "ok", (task, c.name, result.status, result.detail, result.logs)
+
+
+def test_each_kernel_family_gets_an_even_share_of_the_mutations(gluon_here: None) -> None:
+    """Generation 0 holds four Triton starters and one Gluon kernel: parents are drawn family first."""
+    m = TemplateMutator(random.Random(5), AttentionParams(batch=2, heads=16, seq_len=4096, head_dim=128), H200)
+    parents = [ind(c) for c in m.seed()]
+    drawn = [m._pick(parents).candidate.genome["kind"] for _ in range(3000)]
+    torch_share, gluon_share = drawn.count("torch") / 3000, drawn.count(gf.KIND) / 3000
+    assert abs(torch_share - 1 / 6) < 0.03  # one PyTorch path of six parents: its own share
+    assert abs(gluon_share - drawn.count("triton_flash") / 3000) < 0.05  # the kernels' share split evenly

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import replace
+from typing import Any
 
 from evoforge.candidate import Candidate
 from evoforge.evaluator.result import EvalResult
@@ -77,7 +78,7 @@ def test_hopper_operators_only_where_the_gpu_has_them() -> None:
     def proposed(limits: HardwareLimits) -> list[FlashGenome]:
         m = TemplateMutator(random.Random(4), PARAMS, limits)
         history = [ind(c) for c in m.seed()]
-        out = m.propose(history, history, 40)
+        out = m.propose(history, history, 120)  # generation 0's several starters share them
         return [FlashGenome.from_dict(c.genome) for c in out if c.genome["kind"] == "triton_flash"]
 
     h100 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6))
@@ -117,38 +118,47 @@ def test_gqa_packing_is_offered_on_grouped_query_tasks_only() -> None:
     assert not packed(AttentionParams(heads=8, head_dim=64))
 
 
-def test_default_kernel_follows_the_kind_of_shape() -> None:
-    h100 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6))
+def test_generation_0_is_one_starter_set_for_every_shape() -> None:
+    """Issue 20: no table of measured winners per kind of shape; the search picks among one set of starters."""
+    h200 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6), sm_count=132)
 
-    def default(**shape: int) -> FlashGenome:
-        return TemplateMutator(random.Random(0), AttentionParams(**shape), h100).default_genome()
+    def starters(**shape: Any) -> list[FlashGenome]:
+        return TemplateMutator(random.Random(0), AttentionParams(**shape), h200).starter_genomes()
 
-    decode = default(batch=8, heads=32, kv_heads=8, q_len=1, seq_len=8192, head_dim=128)
-    assert decode.block_m == 16 and decode.pack_gqa
-    assert decode.split_kv == 1  # the SM count is unknown: no split
-    h200 = replace(h100, sm_count=132)
-    # 64 tiles on 132 SMs: two splits fill the GPU (measured 72.7 us against 85.1 without, H200)
-    split = TemplateMutator(random.Random(0), AttentionParams(batch=8, heads=32, kv_heads=8, q_len=1, seq_len=8192,
-                                                             head_dim=128), h200).default_genome()
-    assert (split.split_kv, split.fused_combine, split.pack_gqa) == (2, True, True)
-    assert fits(split, 128, 2, h200) is None
-    short = TemplateMutator(random.Random(0), AttentionParams(batch=1, heads=8, q_len=1, seq_len=256, head_dim=64),
-                            h200).default_genome()
-    assert short.split_kv == 1  # 256 keys: too few to split
-    assert not default(heads=8, q_len=1, seq_len=4096, head_dim=64).pack_gqa  # no groups to pack
-    long_d128 = default(batch=2, heads=16, seq_len=4096, head_dim=128)
-    assert (long_d128.block_m, long_d128.block_n, long_d128.num_warps) == (128, 128, 8)
-    causal_d128 = default(batch=2, heads=16, seq_len=4096, head_dim=128, causal=True)
-    assert (causal_d128.block_n, causal_d128.causal_split) == (64, True)
-    long_d64 = default(batch=4, heads=32, seq_len=2048, head_dim=64)
-    assert (long_d64.block_m, long_d64.block_n, long_d64.num_warps, long_d64.causal_split) == (64, 64, 4, False)
-    assert default(batch=4, heads=32, seq_len=2048, head_dim=64, causal=True).causal_split
-    seed = default(batch=1, heads=8, seq_len=512, head_dim=64)
-    assert (seed.block_m, seed.block_n, seed.pack_gqa, seed.scale_fma) == (64, 128, False, True)
-    causal_seed = default(batch=1, heads=8, seq_len=512, head_dim=64, causal=True)
-    assert causal_seed.mask_diagonal and not causal_seed.causal_split and not seed.mask_diagonal
-    for g in (decode, long_d128, long_d64, seed, causal_seed):
-        assert fits(g, 128, 2, h100) is None
+    shapes = [dict(batch=1, heads=8, seq_len=512, head_dim=64), dict(batch=2, heads=16, seq_len=4096, head_dim=128),
+              dict(batch=4, heads=32, seq_len=2048, head_dim=64), dict(batch=1, heads=16, seq_len=16384, head_dim=128),
+              dict(batch=3, heads=5, seq_len=1000, head_dim=96)]
+    sets = [starters(**s) for s in shapes]
+    assert all(s == sets[0] for s in sets)  # the same kernels, whatever the shape
+    assert [(g.block_m, g.block_n, g.num_warps) for g in sets[0]] == [(64, 128, 4), (128, 128, 8), (64, 64, 4),
+                                                                         (16, 128, 4)]
+    for shape, found in zip(shapes, sets, strict=True):
+        assert all(fits(g, shape["head_dim"], 2, h200) is None for g in found)
+    # causal: each starter masks only the blocks that cross the diagonal; the search may change that
+    causal = starters(batch=2, heads=16, seq_len=4096, head_dim=128, causal=True)
+    assert all(g.mask_diagonal and not g.causal_split for g in causal)
+    assert [g.with_(mask_diagonal=False) for g in causal] == sets[1]
+    # the split-KV starter's split count comes from the launch's tiles and the SM count (a rule, not a measurement)
+    decode = starters(batch=8, heads=32, kv_heads=8, q_len=1, seq_len=8192, head_dim=128)[-1]
+    assert (decode.block_m, decode.split_kv, decode.fused_combine, decode.pack_gqa) == (16, 2, True, True)
+    assert starters(batch=1, heads=8, q_len=1, seq_len=256, head_dim=64)[-1].split_kv == 1  # too few keys to split
+    decode_shape = AttentionParams(batch=8, heads=32, kv_heads=8, q_len=1, seq_len=8192, head_dim=128)
+    unknown_sms = TemplateMutator(random.Random(0), decode_shape, replace(h200, sm_count=0))
+    assert unknown_sms.starter_genomes()[-1].split_kv == 1
+    # generation 0 evaluates them all (after PyTorch's math path); a small population keeps the first ones
+    m = TemplateMutator(random.Random(0), AttentionParams(**shapes[1]), h200)
+    genomes = [c.genome for c in m.seed()]
+    assert genomes[0] == {"kind": "torch", "variant": "math_baseline"}
+    assert [FlashGenome.from_dict(g) for g in genomes[1:] if g["kind"] == "triton_flash"] == sets[1]
+    assert m.default_genome() == sets[1][0]
+
+
+def test_a_small_gpu_gets_the_starters_that_fit_or_a_smaller_fallback() -> None:
+    tight = HardwareLimits(shared_memory_bytes=48 * 1024)
+    found = TemplateMutator(random.Random(0), AttentionParams(head_dim=128), tight).starter_genomes()
+    assert found and all(fits(g, 128, 2, tight) is None for g in found)
+    roomy = HardwareLimits(shared_memory_bytes=227 * 1024)
+    assert len(TemplateMutator(random.Random(0), AttentionParams(head_dim=128), roomy).starter_genomes()) > len(found)
 
 
 def test_the_two_ways_of_folding_the_scale_exclude_each_other() -> None:

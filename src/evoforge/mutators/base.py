@@ -78,11 +78,13 @@ class GenomeMutator(Mutator):
 
     def breed(self, n: int, seen: set[str], crossable: list[Individual], parents: list[Individual],
               base_of: Callable[[Individual], dict[str, Any]],
-              admit: Callable[[dict[str, Any]], bool] = lambda genome: True) -> list[Candidate]:
+              admit: Callable[[dict[str, Any]], bool] = lambda genome: True,
+              pick: Callable[[list[Individual]], Individual] | None = None) -> list[Candidate]:
         """Up to ``n`` candidates whose hashes are not in ``seen`` (which it extends): each a crossover of
         two ``crossable`` individuals (at ``crossover_rate``, when there are two) or a mutation of
-        ``base_of`` one of ``parents``; genomes ``admit`` refuses are dropped. Gives up after 50 tries
-        per candidate."""
+        ``base_of`` one of ``parents`` (chosen by ``pick``, uniformly by default); genomes ``admit`` refuses
+        are dropped. Gives up after 50 tries per candidate."""
+        pick = pick or self.rng.choice
         out: list[Candidate] = []
         attempts = 0
         while len(out) < n and attempts < 50 * n:
@@ -93,7 +95,7 @@ class GenomeMutator(Mutator):
                 lineage = {"parents": [a.candidate.hash, b.candidate.hash], "mutation": "crossover",
                            "level": "crossover"}
             else:
-                parent = self.rng.choice(parents)
+                parent = pick(parents)
                 genome, description, level = self.mutate(base_of(parent))
                 lineage = {"parents": [parent.candidate.hash], "mutation": description, "level": level}
             if not admit(genome):

@@ -32,8 +32,13 @@ producer warp (``gl.warp_specialize``) or not, one or two consumer partitions, t
 diagonal blocks only or on every block, and a switch of family (to the Triton kernel's generation-0 genome
 and back: ``family`` is a gene in effect); **implementation**, the epilogue by TMA store or from registers,
 the producer's and the second consumer's register budgets; **hardware**, BLOCK_M, BLOCK_N, the K/V ring's
-stages and warps per consumer. Generation 0 adds one Gluon kernel, the same for every shape (the first of
-``gluon_flash.DEFAULTS`` that fits), beside the Triton one.
+stages and warps per consumer.
+
+Generation 0 is the same for every shape (issue 20: the search, not a table of winners per kind of shape,
+picks a shape's kernel): PyTorch's math path, four Triton starters (64x128, 128x128 with 8 warps, 64x64, and a
+16-row tile with split-KV where the tiles alone would not fill the SMs; ``starter_genomes``) and one Gluon
+kernel (the first of ``gluon_flash.DEFAULTS`` that fits), each where it fits the GPU. Parents are drawn family
+first, so the Gluon kernel gets as many mutations as the four Triton starters together.
 """
 
 from __future__ import annotations
@@ -94,47 +99,39 @@ class TemplateMutator(GenomeMutator):
         return isinstance(params, AttentionParams)
 
     # ---------------------------------------------------------------- genomes -> candidates
-    def default_genome(self) -> FlashGenome:
-        """Generation 0's kernel: the best genome measured on an H100 for the task's kind of shape
-        (benchmarks/README.md): the seed's shape, long sequences with D=128 or with smaller heads, or few
-        query rows per head (decode: keys split until the tiles fill the SMs, ``splits_to_fill``), else the first
-        fallback that fits this GPU."""
-        if self.limits.interpreter:
-            return FlashGenome(block_m=32, block_n=32, num_warps=4, num_stages=1)
+    def starter_genomes(self) -> list[FlashGenome]:
+        """Generation 0's Triton kernels: one fixed set for every shape (issue 20: the search, not a table of
+        measured winners per kind of shape, picks the kernel for a shape), each of those that fits the GPU:
+        a 64x128 tile, a 128x128 tile of 8 warps, a 64x64 tile, and a 16-row tile with the keys split over
+        programs until the tiles fill the SMs (``splits_to_fill``, each split at least four 128-key blocks long;
+        the rule FlashAttention's split heuristic follows, no measurement) and, with grouped-query attention, a
+        K/V group's query heads packed into a program's rows. A causal task masks only the blocks crossing the
+        diagonal in each. Where none fits (a small GPU), the first smaller fallback that does."""
+        if self.limits.interpreter:  # Triton's interpreter on a CPU: one small kernel keeps generation 0 quick
+            return [FlashGenome(block_m=32, block_n=32, num_warps=4, num_stages=1)]
         p = self.params
         group = p.heads // p.n_kv_heads
-        shaped = []
-        if p.n_q * group <= 64:  # decode-like: a few rows per K/V head, packed when grouped
-            # Keys split over programs until the tiles fill the GPU (splits_to_fill), each split at least
-            # four 128-key blocks long; the partials combined by the last program of a row block.
-            tiles = p.batch * (p.n_kv_heads * -(-p.n_q * group // 16) if group > 1 else p.heads * -(-p.n_q // 16))
-            split = splits_to_fill(tiles, self.limits.sm_count)
-            while split > 1 and p.seq_len < split * 4 * 128:
-                split //= 2
-            shaped.append(FlashGenome(block_m=16, block_n=128, num_stages=3, k_layout="trans", loop="tl.range",
-                                      pack_gqa=group > 1, split_kv=split, fused_combine=split > 1))
-        elif p.head_dim >= 128 and p.n_q >= 1024:
-            long_d128 = FlashGenome(block_m=128, block_n=128, num_warps=8, num_stages=3, k_layout="trans",
-                                    loop="tl.range", scale_fma=True)
-            if p.causal:  # 128x128 measured 387 us on causal D128 S4096, 128x64 with the loop split 343 us
-                shaped.append(long_d128.with_(block_n=64, causal_split=True))
-            shaped += [long_d128, long_d128.with_(block_n=64)]  # 128x64 where 128x128's stages don't fit
-        elif p.n_q >= 1024:
-            # Long sequences with small heads: 64x64 tiles (four programs per SM) measured 306-311 us on
-            # B=4 H=32 S=2048 D=64, against 320-358 us for 128x64 and 64x128 and 392-486 us for 128x128
-            # (benchmarks/results/genomes-long-d64*-h100.json, non-causal; causal splits its loop as at D=128).
-            shaped.append(FlashGenome(block_m=64, block_n=64, num_stages=3, k_layout="trans", loop="tl.range",
-                                      scale_fma=True, causal_split=p.causal))
-        # The seed's shape and the fallback; causal, one loop masking only the diagonal blocks measured
-        # 7.07-7.12 us on the causal seed shape, against 7.56-7.62 masking every block and 8.13-8.20 with
-        # the loop split (benchmarks/results/source-variants-causal-seed-h100.json).
-        seed = FlashGenome(block_m=64, block_n=128, num_stages=3, loop="tl.range", scale_fma=True,
-                           mask_diagonal=p.causal)
-        for g in (*shaped, seed,
-                  FlashGenome(), FlashGenome(block_m=32, block_n=32, num_stages=1)):
+        common = dict(num_stages=3, loop="tl.range", scale_fma=True, mask_diagonal=p.causal)
+        tiles = p.batch * (p.n_kv_heads * -(-p.n_q * group // 16) if group > 1 else p.heads * -(-p.n_q // 16))
+        split = splits_to_fill(tiles, self.limits.sm_count)
+        while split > 1 and p.seq_len < split * 4 * 128:
+            split //= 2
+        starters = [FlashGenome(block_m=64, block_n=128, **common),
+                    FlashGenome(block_m=128, block_n=128, num_warps=8, k_layout="trans", **common),
+                    FlashGenome(block_m=64, block_n=64, k_layout="trans", **common),
+                    FlashGenome(block_m=16, block_n=128, k_layout="trans", pack_gqa=group > 1, split_kv=split,
+                                fused_combine=split > 1, **common)]
+        fitting = [g for g in dict.fromkeys(starters) if self._fits(g)]
+        if fitting:
+            return fitting
+        for g in (FlashGenome(), FlashGenome(block_m=32, block_n=32, num_stages=1)):
             if self._fits(g):
-                return g
-        return FlashGenome(block_m=16, block_n=16, num_warps=1, num_stages=1)
+                return [g]
+        return [FlashGenome(block_m=16, block_n=16, num_warps=1, num_stages=1)]
+
+    def default_genome(self) -> FlashGenome:
+        """The first of generation 0's Triton kernels (``starter_genomes``): the same for every shape that it fits."""
+        return self.starter_genomes()[0]
 
     def _gluon_default(self) -> gf.GluonGenome | None:
         """Generation 0's Gluon kernel: the first of ``gluon_flash.DEFAULTS`` that fits (not tuned per shape)."""
@@ -164,13 +161,13 @@ class TemplateMutator(GenomeMutator):
                          genome=g.to_dict(), lineage={**lineage, "mutator": self.name})
 
     def seed(self) -> list[Candidate]:
-        seeds = [
-            self.build({"kind": "torch", "variant": "math_baseline"}, {"mutation": "seed", "level": "seed"}),
-            self.build(self.default_genome().to_dict(), {"mutation": "seed", "level": "seed"}),
-        ]
-        if self.gluon_default is not None:
-            seeds.append(self.build(self.gluon_default.to_dict(), {"mutation": "seed", "level": "seed"}))
-        return seeds
+        """Generation 0: PyTorch's math path, the first Triton starter, the Gluon kernel (where offered), then the
+        other Triton starters (a small population keeps the first ones: one of each family)."""
+        first, *others = self.starter_genomes()
+        genomes = [{"kind": "torch", "variant": "math_baseline"}, first.to_dict(),
+                   *([self.gluon_default.to_dict()] if self.gluon_default is not None else []),
+                   *(g.to_dict() for g in others)]
+        return [self.build(g, {"mutation": "seed", "level": "seed"}) for g in genomes]
 
     # ---------------------------------------------------------------- operators
     def _fits(self, g: FlashGenome) -> bool:
@@ -185,7 +182,8 @@ class TemplateMutator(GenomeMutator):
             if rng.random() < 0.6:
                 if self.gluon_default is not None and rng.random() < 0.5:
                     return self.gluon_default.to_dict(), "fuse into the Gluon (sm_90) kernel", "algorithmic"
-                return self.default_genome().to_dict(), "fuse into the online-softmax Triton kernel", "algorithmic"
+                return rng.choice(self.starter_genomes()).to_dict(), "fuse into the online-softmax Triton kernel", \
+                    "algorithmic"
             other = rng.choice([n for n in self.torch_paths if n != genome["variant"]] or [genome["variant"]])
             return {"kind": "torch", "variant": other}, f"switch PyTorch path to {other}", "algorithmic"
         g = FlashGenome.from_dict(genome)
@@ -287,7 +285,7 @@ class TemplateMutator(GenomeMutator):
                 now, then = ("diagonal blocks only", "every block")[::1 if g.causal_split else -1]
                 return g.with_(causal_split=not g.causal_split).to_dict(), f"causal mask: {now} -> {then}", level
             if what == "family":
-                return self.default_genome().to_dict(), "switch family: Gluon -> Triton", level
+                return rng.choice(self.starter_genomes()).to_dict(), "switch family: Gluon -> Triton", level
             variant = rng.choice(sorted(self.torch_paths))
             return {"kind": "torch", "variant": variant}, f"replace the kernel with {variant}", level
         if level == "implementation":
@@ -339,4 +337,19 @@ class TemplateMutator(GenomeMutator):
                    if p.candidate.genome and p.candidate.genome.get("kind") in ("triton_flash", gf.KIND)]
         return self.breed(n, {ind.candidate.hash for ind in history}, kernels, pool,
                           lambda p: p.candidate.genome or {"kind": "torch", "variant": "math_baseline"},
-                          self._admit)
+                          self._admit, self._pick)
+
+    def _pick(self, parents: list[Individual]) -> Individual:
+        """A parent to mutate: PyTorch paths at their share of the parents; the kernels' share split evenly
+        between the kernel families present (generation 0's four Triton starters don't crowd out its one
+        Gluon kernel: each family gets as many mutations as the other)."""
+        chosen = self.rng.choice(parents)
+        kind = (chosen.candidate.genome or {}).get("kind")
+        if kind not in ("triton_flash", gf.KIND):
+            return chosen
+        by_family: dict[str, list[Individual]] = {}
+        for p in parents:
+            family = (p.candidate.genome or {}).get("kind")
+            if family in ("triton_flash", gf.KIND):
+                by_family.setdefault(family, []).append(p)
+        return self.rng.choice(by_family[self.rng.choice(sorted(by_family))])
