@@ -32,13 +32,9 @@ producer warp (``gl.warp_specialize``) or not, one or two consumer partitions, t
 diagonal blocks only or on every block, and a switch of family (to the Triton kernel's generation-0 genome
 and back: ``family`` is a gene in effect); **implementation**, the epilogue by TMA store or from registers,
 the producer's and the second consumer's register budgets; **hardware**, BLOCK_M, BLOCK_N, the K/V ring's
-stages and warps per consumer.
-
-Generation 0 is the same for every shape (issue 20: the search, not a table of winners per kind of shape,
-picks a shape's kernel): PyTorch's math path, four Triton starters (64x128, 128x128 with 8 warps, 64x64, and a
-16-row tile with split-KV where the tiles alone would not fill the SMs; ``starter_genomes``) and one Gluon
-kernel (the first of ``gluon_flash.DEFAULTS`` that fits), each where it fits the GPU. Parents are drawn family
-first, so the Gluon kernel gets as many mutations as the four Triton starters together.
+stages and warps per consumer. Generation 0 is the same for every shape (the search, not a table of winners per
+kind of shape, picks a shape's kernel): PyTorch's math path, four Triton starters (``starter_genomes``) and the
+first of ``gluon_flash.DEFAULTS``, each where it fits the GPU; parents are drawn family first.
 """
 
 from __future__ import annotations
