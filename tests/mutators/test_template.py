@@ -203,3 +203,22 @@ def test_persistent_programs_are_a_hardware_step_on_kernels_without_split_kv() -
     entered = [FlashGenome.from_dict(g) for g, what, _ in
                (m.mutate(FlashGenome(persistent=2).to_dict()) for _ in range(300)) if what == "split-KV 1 -> 2"]
     assert entered and all(g.persistent == 0 and fits(g, PARAMS.head_dim, 2, m.limits) is None for g in entered)
+
+
+def test_split_kv_is_not_offered_where_the_tiles_fill_the_gpu() -> None:
+    h200 = HardwareLimits(shared_memory_bytes=227 * 1024, capability=(9, 0), triton_version=(3, 6), sm_count=132)
+
+    def splits(params: AttentionParams, start: FlashGenome, limits: HardwareLimits = h200) -> set[tuple[int, int]]:
+        m = TemplateMutator(random.Random(12), params, limits)
+        children = (m.mutate(start.to_dict()) for _ in range(400))
+        return {(start.split_kv, g["split_kv"]) for g, what, _ in children
+                if what.startswith("split-KV") and " -> " in what}
+
+    long_rows = AttentionParams(batch=4, heads=32, seq_len=2048, head_dim=64)  # 4096 tiles of 64 rows: 31 waves
+    assert splits(long_rows, FlashGenome(block_m=64, block_n=64)) == set()
+    assert splits(long_rows, FlashGenome(block_m=64, block_n=64, split_kv=4)) == {(4, 2)}  # only back down
+    decode = AttentionParams(batch=8, heads=32, kv_heads=8, q_len=1, seq_len=8192, head_dim=128)  # 64 packed tiles
+    assert splits(decode, FlashGenome(block_m=16, block_n=128, pack_gqa=True)) == {(1, 2)}
+    assert splits(decode, FlashGenome(block_m=16, block_n=128, pack_gqa=True, split_kv=2)) == {(2, 1), (2, 4)}
+    # the SM count unknown: every split is offered, as before
+    assert splits(long_rows, FlashGenome(block_m=64, block_n=64), replace(h200, sm_count=0)) == {(1, 2)}

@@ -108,8 +108,7 @@ class TemplateMutator(GenomeMutator):
         p = self.params
         group = p.heads // p.n_kv_heads
         common = dict(num_stages=3, loop="tl.range", scale_fma=True, mask_diagonal=p.causal)
-        tiles = p.batch * (p.n_kv_heads * -(-p.n_q * group // 16) if group > 1 else p.heads * -(-p.n_q // 16))
-        split = splits_to_fill(tiles, self.limits.sm_count)
+        split = splits_to_fill(self._tiles(16, group > 1), self.limits.sm_count)
         while split > 1 and p.seq_len < split * 4 * 128:
             split //= 2
         starters = [FlashGenome(block_m=64, block_n=128, **common),
@@ -124,6 +123,20 @@ class TemplateMutator(GenomeMutator):
             if self._fits(g):
                 return [g]
         return [FlashGenome(block_m=16, block_n=16, num_warps=1, num_stages=1)]
+
+    def _tiles(self, block_m: int, pack_gqa: bool) -> int:
+        """Programs of a launch without split-KV: row blocks of ``block_m`` rows per head (per K/V group, packed)."""
+        p = self.params
+        group = p.heads // p.n_kv_heads
+        if pack_gqa and group > 1:
+            return p.batch * p.n_kv_heads * -(-p.n_q * group // block_m)
+        return p.batch * p.heads * -(-p.n_q // block_m)
+
+    def _fills_the_gpu(self, g: FlashGenome) -> bool:
+        """Whether ``g``'s tiles alone make a full wave on the GPU's SMs (known SM count only): more key splits
+        then only add partials to combine (on the H200's B4 H32 S2048 D64 row every split-KV mutant of a 64x64
+        or 128x128 tile ran 0.61-0.80x of its parent), so the search is not offered them there."""
+        return 0 < self.limits.sm_count <= self._tiles(g.block_m, g.pack_gqa)
 
     def default_genome(self) -> FlashGenome:
         """The first of generation 0's Triton kernels (``starter_genomes``): the same for every shape that it fits."""
@@ -187,8 +200,9 @@ class TemplateMutator(GenomeMutator):
         if level == "algorithmic":
             gqa = self.params.n_kv_heads < self.params.heads
             options = ["split_kv", "fused_combine", "pack_gqa", "causal_mask", "torch"]
-            weights = [0.5, 0.3 if g.split_kv > 1 else 0.0, 0.35 if gqa else 0.0,
-                       0.35 if self.params.causal else 0.0, 0.15]
+            full = self._fills_the_gpu(g)
+            weights = [0.0 if full and g.split_kv == 1 else 0.5, 0.3 if g.split_kv > 1 else 0.0,
+                       0.35 if gqa else 0.0, 0.35 if self.params.causal else 0.0, 0.15]
             if self.gluon_default is not None:
                 options.append("family")
                 weights.append(0.2)
@@ -198,8 +212,9 @@ class TemplateMutator(GenomeMutator):
             if what == "pack_gqa":
                 return g.with_(pack_gqa=not g.pack_gqa).to_dict(), \
                     f"{'one query head' if g.pack_gqa else 'a K/V group'} per program's rows", level
-            if what == "split_kv":
-                new = _step(SPLITS, g.split_kv, rng)
+            if what == "split_kv":  # where the tiles fill the GPU already, only fewer splits
+                new = SPLITS[SPLITS.index(g.split_kv) - 1] if full and g.split_kv in SPLITS[1:] else \
+                    _step(SPLITS, g.split_kv, rng)
                 # Persistent programs walk whole row blocks: split-KV leaves them behind.
                 return g.with_(split_kv=new, fused_combine=g.fused_combine and new > 1,
                                persistent=g.persistent if new == 1 else 0).to_dict(), \
