@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,8 +57,7 @@ def suite_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "graph" in proc.stdout and "eager" in proc.stdout, proc.stdout  # the row's line
     # the row's search and re-time show what they are doing while they run (a long row takes minutes)
-    assert re.search(r"attention-tiny: +\[ *[\d.]+ s\] ", proc.stdout), proc.stdout  # a stamped step, as it came
-    assert "re-time 1/1: done in" in proc.stdout, proc.stdout
+    assert "attention-tiny: [" in proc.stdout and "re-time 1/1: done in" in proc.stdout, proc.stdout
     return out
 
 

@@ -137,12 +137,11 @@ def retime_cmd(
     """Re-time one exported kernel in fresh evaluator workers beside the task's baselines."""
     from evoforge.bench.retime import retime as run_retime
     from evoforge.bench.retime import summary_lines
-    from evoforge.cli import output
+    from evoforge.bench.sources import stderr_progress
 
     try:
-        with output.progress(True) as say:  # each repeat's steps on stderr: a long row's re-time takes minutes
-            record = run_retime(task, kernel, entry=entry, repeats=repeats, baselines=_names(baselines),
-                                config=_config(device, budget_ms), progress=say)
+        record = run_retime(task, kernel, entry=entry, repeats=repeats, baselines=_names(baselines),
+                            config=_config(device, budget_ms), progress=stderr_progress())
     except ValueError as exc:
         raise _fail(str(exc)) from None
     out.write_text(json.dumps(record, indent=2, default=str))

@@ -11,6 +11,7 @@ the experiments' older row form (status, graph us, eager us, max abs err, detail
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -38,6 +39,17 @@ def choose_baselines(spec: TaskSpec, device: str, names: Iterable[str] | None = 
         raise ValueError(f"no baseline {', '.join(unknown)} for {spec.name} on {device} "
                          f"(offered: {', '.join(b.name for b in every)})")
     return [b for b in every if b.name in wanted]
+
+
+def stderr_progress(label: str = "", stream: Any = None) -> Callable[[str], None]:
+    """A progress printer for long evaluations: each evaluator step on ``stream`` (stderr), with the seconds since
+    the printer was made (a re-time of a long attention row takes minutes, and says what it is doing meanwhile)."""
+    started = time.monotonic()
+
+    def show(message: str) -> None:
+        print(f"[{time.monotonic() - started:6.1f}s] {label}{message}", file=stream or sys.stderr, flush=True)
+
+    return show
 
 
 def evaluate_sources(task: str | TaskSpec, sources: dict[str, str] | list[Candidate], *,

@@ -25,9 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from evoforge import envinfo
-from evoforge.bench.sources import evaluate_sources, retime_record
+from evoforge.bench.sources import evaluate_sources, retime_record, stderr_progress
 from evoforge.candidate import Candidate
-from evoforge.cli import output
 from evoforge.evaluator import EvalConfig
 from evoforge.export import candidate_sources
 from evoforge.report import evidence
@@ -94,9 +93,8 @@ def evolve(task: str = "attention", budget: str = "8m", *, out: Path, prefix: st
         from evoforge.timing import TimingConfig
 
         config.timing = TimingConfig(budget_ms=budget_ms)
-    with output.progress(True) as say:  # on stderr, which the suite echoes as it comes
-        reports = evaluate_sources(spec, [cand], baselines=baselines, repeats=repeats, config=config,
-                                   progress=say)
+    reports = evaluate_sources(spec, [cand], baselines=baselines, repeats=repeats, config=config,
+                               progress=stderr_progress(stream=log))
     retimes = [r.to_dict() for r in reports]
     result = {
         "date": data["date"], "task": data["task"], "device": retimes[0]["env"],
