@@ -20,10 +20,12 @@ def ind(c: Candidate, fitness: float = 1.0) -> Individual:
     return Individual(c, EvalResult(name=c.name, hash=c.hash, status="ok", fitness=fitness))
 
 
-def test_generation_zero_is_the_seeds_3kernel_and_the_default_kernel() -> None:
-    seeds = TemplateMutator(random.Random(0), PARAMS, LIMITS).seed()
-    assert [c.genome["kind"] for c in seeds] == ["torch", "triton_flash"]
-    assert seeds[0].genome["variant"] == "math_baseline" and seeds[1].language == "triton"
+def test_generation_zero_is_the_seeds_3kernel_and_the_triton_starters() -> None:
+    m = TemplateMutator(random.Random(0), PARAMS, LIMITS)
+    seeds = m.seed()
+    assert [c.genome["kind"] for c in seeds] == ["torch"] + ["triton_flash"] * len(m.starter_genomes())
+    assert seeds[0].genome["variant"] == "math_baseline" and all(c.language == "triton" for c in seeds[1:])
+    assert [FlashGenome.from_dict(c.genome) for c in seeds[1:]] == m.starter_genomes()
 
 
 def test_proposals_are_new_valid_and_carry_lineage() -> None:
@@ -159,6 +161,13 @@ def test_a_small_gpu_gets_the_starters_that_fit_or_a_smaller_fallback() -> None:
     assert found and all(fits(g, 128, 2, tight) is None for g in found)
     roomy = HardwareLimits(shared_memory_bytes=227 * 1024)
     assert len(TemplateMutator(random.Random(0), AttentionParams(head_dim=128), roomy).starter_genomes()) > len(found)
+    # an A100's 163 KiB: every starter, each at the most pipeline stages that fit
+    a100 = HardwareLimits(shared_memory_bytes=163 * 1024, capability=(8, 0), triton_version=(3, 6), sm_count=108)
+    mid = TemplateMutator(random.Random(0), AttentionParams(head_dim=128), a100).starter_genomes()
+    assert [(g.block_m, g.block_n, g.num_stages) for g in mid] == [(64, 128, 2), (128, 128, 2), (64, 64, 3),
+                                                                    (16, 128, 2)]
+    assert all(fits(g, 128, 2, a100) is None and fits(g.with_(num_stages=g.num_stages + 1), 128, 2, a100)
+               for g in mid if g.num_stages < 3)
 
 
 def test_the_two_ways_of_folding_the_scale_exclude_each_other() -> None:

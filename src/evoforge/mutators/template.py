@@ -102,7 +102,8 @@ class TemplateMutator(GenomeMutator):
         programs until the tiles fill the SMs (``splits_to_fill``, each split at least four 128-key blocks long;
         the rule FlashAttention's split heuristic follows, no measurement) and, with grouped-query attention, a
         K/V group's query heads packed into a program's rows. A causal task masks only the blocks crossing the
-        diagonal in each. Where none fits (a small GPU), the first smaller fallback that does."""
+        diagonal in each. Each runs the most pipeline stages (of 3) that the GPU's shared memory holds; where none
+        fits at all (a small GPU), the first smaller fallback that does."""
         if self.limits.interpreter:  # Triton's interpreter on a CPU: one small kernel keeps generation 0 quick
             return [FlashGenome(block_m=32, block_n=32, num_warps=4, num_stages=1)]
         p = self.params
@@ -116,9 +117,11 @@ class TemplateMutator(GenomeMutator):
                     FlashGenome(block_m=64, block_n=64, k_layout="trans", **common),
                     FlashGenome(block_m=16, block_n=128, k_layout="trans", pack_gqa=group > 1, split_kv=split,
                                 fused_combine=split > 1, **common)]
-        fitting = [g for g in dict.fromkeys(starters) if self._fits(g)]
-        if fitting:
-            return fitting
+        # each at the most pipeline stages (3, else 2, else 1) that the GPU's shared memory holds
+        fitting = [next((g.with_(num_stages=n) for n in (3, 2, 1) if self._fits(g.with_(num_stages=n))), None)
+                   for g in starters]
+        if any(fitting):
+            return list(dict.fromkeys(g for g in fitting if g is not None))
         for g in (FlashGenome(), FlashGenome(block_m=32, block_n=32, num_stages=1)):
             if self._fits(g):
                 return [g]
